@@ -1,0 +1,56 @@
+#include "fastsafetensors/buffer.hpp"
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "fastsafetensors/detail/checked.hpp"
+
+namespace fst {
+namespace {
+constexpr size_t kHugePage = size_t{2} << 20;
+// Below this, huge pages would waste more memory than page faults cost.
+constexpr size_t kHugeThreshold = kHugePage;
+constexpr size_t kSmallAlignment = 64;
+std::atomic<size_t> g_live_bytes{0};
+}  // namespace
+
+std::shared_ptr<HostBuffer> HostBuffer::allocate(size_t size, bool huge_pages) {
+  std::shared_ptr<HostBuffer> buf(new HostBuffer());
+  size_t want = size == 0 ? 1 : size;
+  if (huge_pages && want >= kHugeThreshold) {
+    // Over-map by one huge page so the start can be moved to a 2 MiB boundary.
+    size_t rounded = detail::align_up(want, kHugePage);
+    size_t map_size = rounded + kHugePage;
+    void* map = ::mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) throw std::bad_alloc();
+    auto base = reinterpret_cast<uintptr_t>(map);
+    auto aligned = detail::align_up(base, kHugePage);
+    buf->map_ = map;
+    buf->map_size_ = map_size;
+    buf->data_ = reinterpret_cast<uint8_t*>(aligned);
+    buf->huge_ = ::madvise(buf->data_, rounded, MADV_HUGEPAGE) == 0;
+  } else {
+    void* p = std::aligned_alloc(kSmallAlignment, detail::align_up(want, kSmallAlignment));
+    if (p == nullptr) throw std::bad_alloc();
+    buf->data_ = static_cast<uint8_t*>(p);
+  }
+  buf->size_ = size;
+  g_live_bytes.fetch_add(size, std::memory_order_relaxed);
+  return buf;
+}
+
+HostBuffer::~HostBuffer() {
+  if (map_ != nullptr) {
+    ::munmap(map_, map_size_);
+  } else {
+    std::free(data_);
+  }
+  g_live_bytes.fetch_sub(size_, std::memory_order_relaxed);
+}
+
+size_t HostBuffer::live_bytes() noexcept { return g_live_bytes.load(std::memory_order_relaxed); }
+
+}  // namespace fst

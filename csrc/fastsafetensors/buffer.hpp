@@ -1,0 +1,46 @@
+// Memory that loaded tensors live in. Buffers are shared: every exported tensor holds a
+// reference, so a buffer is freed when the last tensor (or loader) using it is gone.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "fastsafetensors/dlpack.hpp"
+
+namespace fst {
+
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  virtual uint8_t* data() noexcept = 0;
+  virtual size_t size() const noexcept = 0;
+  virtual DLDevice device() const noexcept = 0;
+};
+
+// Host memory owned by the engine. Large buffers are mmap'd on a 2 MiB boundary with
+// MADV_HUGEPAGE: first-touch page faults on fresh 4 KiB pages cost more than the copy itself.
+class HostBuffer final : public Buffer {
+ public:
+  static std::shared_ptr<HostBuffer> allocate(size_t size, bool huge_pages = true);
+  ~HostBuffer() override;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+
+  uint8_t* data() noexcept override { return data_; }
+  size_t size() const noexcept override { return size_; }
+  DLDevice device() const noexcept override { return {kDLCPU, 0}; }
+  bool huge_pages() const noexcept { return huge_; }
+  // Bytes of host buffers alive in this process (tests check that they come back).
+  static size_t live_bytes() noexcept;
+
+ private:
+  HostBuffer() = default;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  void* map_ = nullptr;  // the mapping behind data_, or null for small heap allocations
+  size_t map_size_ = 0;
+  bool huge_ = false;
+};
+
+}  // namespace fst

@@ -1,0 +1,60 @@
+// Errors the engine raises. Each carries a kind that the bindings map onto the Python exception
+// class of the same name (fastsafetensors.errors), so C++ and Python agree on what went wrong.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace fst {
+
+// Violations of the safetensors format; names follow the reference reader's errors.
+enum class FormatErrorKind {
+  HeaderTooSmall,
+  HeaderTooLarge,
+  InvalidHeaderLength,
+  InvalidHeader,
+  InvalidHeaderDeserialization,
+  InvalidOffset,
+  ValidationOverflow,
+  MisalignedSlice,
+  TensorInvalidInfo,
+  MetadataIncompleteBuffer,
+  DuplicateTensorName,
+};
+
+const char* format_error_name(FormatErrorKind kind) noexcept;
+
+class FormatError : public std::runtime_error {
+ public:
+  FormatError(FormatErrorKind kind, const std::string& message, std::string tensor = {})
+      : std::runtime_error(message), kind_(kind), tensor_(std::move(tensor)) {}
+  FormatErrorKind kind() const noexcept { return kind_; }
+  const std::string& tensor() const noexcept { return tensor_; }
+
+ private:
+  FormatErrorKind kind_;
+  std::string tensor_;
+};
+
+// A failed or short read. `truncated` marks a file that ended before the bytes its header
+// promised (it shrank or was replaced after the header was parsed).
+class ReadError : public std::runtime_error {
+ public:
+  ReadError(const std::string& path, uint64_t offset, int err, bool truncated,
+            const std::string& message)
+      : std::runtime_error(message), path_(path), offset_(offset), errno_(err),
+        truncated_(truncated) {}
+  const std::string& path() const noexcept { return path_; }
+  uint64_t offset() const noexcept { return offset_; }
+  int error_number() const noexcept { return errno_; }
+  bool truncated() const noexcept { return truncated_; }
+
+ private:
+  std::string path_;
+  uint64_t offset_;
+  int errno_;
+  bool truncated_;
+};
+
+}  // namespace fst

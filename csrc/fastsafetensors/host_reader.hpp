@@ -1,0 +1,49 @@
+// Executes read plans into host memory: ranges cut into chunks, chunks read in parallel with
+// pread by a persistent thread pool. Every byte lands or the call throws.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastsafetensors/read_plan.hpp"
+#include "fastsafetensors/thread_pool.hpp"
+
+namespace fst {
+
+// A file to read, with the size its header was validated against: a file that no longer has
+// that size changed after its header was read, and is refused before any byte is read.
+struct ReadSource {
+  std::string path;
+  uint64_t expected_size = 0;
+};
+
+struct ReadOptions {
+  uint64_t chunk_bytes = uint64_t{8} << 20;
+  bool direct = false;  // O_DIRECT through aligned bounce buffers
+};
+
+struct ReadStats {
+  uint64_t bytes = 0;
+  uint64_t chunks = 0;
+};
+
+// Splits ranges into chunks of at most `chunk_bytes`, keeping their order.
+std::vector<ReadRange> split_ranges(const std::vector<ReadRange>& ranges, uint64_t chunk_bytes);
+
+class HostReader {
+ public:
+  explicit HostReader(unsigned threads);
+  unsigned threads() const noexcept { return pool_.size(); }
+
+  // Reads every range into dsts[range.dst] + range.dst_offset. dst_sizes bound each write.
+  ReadStats read(const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
+                 const std::vector<uint8_t*>& dsts, const std::vector<uint64_t>& dst_sizes,
+                 const ReadOptions& options);
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace fst

@@ -1,0 +1,35 @@
+// A read plan: which byte ranges of which files land where in which destination buffer.
+// Planners (whole files here, shards elsewhere) produce plans; readers execute them.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fastsafetensors/header.hpp"
+
+namespace fst {
+
+// Each tensor starts 64-byte aligned in memory: XLA on the CPU imports such buffers without a copy.
+inline constexpr uint64_t kTensorAlignment = 64;
+
+struct ReadRange {
+  uint32_t file = 0;         // index into the plan's file list
+  uint32_t dst = 0;          // index into the destination buffers
+  uint64_t file_offset = 0;  // absolute offset in the file
+  uint64_t length = 0;
+  uint64_t dst_offset = 0;
+};
+
+struct FilePlan {
+  std::vector<uint64_t> tensor_offsets;  // destination offset of each selected tensor
+  std::vector<ReadRange> ranges;         // coalesced, in file order
+  uint64_t dst_size = 0;
+};
+
+// Plans reading the selected tensors (indices into h.tensors; all when empty) of one file into
+// one buffer. Tensors adjacent in the file become one range when their destination alignment
+// allows it; a gap of at most `max_gap` unselected bytes is read through rather than split.
+FilePlan plan_file(const Header& h, uint32_t file, uint32_t dst, const std::vector<uint32_t>& selection,
+                   uint64_t alignment = kTensorAlignment, uint64_t max_gap = 0);
+
+}  // namespace fst

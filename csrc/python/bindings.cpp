@@ -1,0 +1,225 @@
+// Python bindings of the engine: fastsafetensors.cpp. The engine knows no framework; tensors
+// leave it as DLPack capsules that the Python backends import.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <pybind11/stl_bind.h>
+
+#include "bindings.hpp"
+#include "fastsafetensors/buffer.hpp"
+#include "fastsafetensors/dlpack.hpp"
+#include "fastsafetensors/error.hpp"
+#include "fastsafetensors/file.hpp"
+#include "fastsafetensors/header.hpp"
+#include "fastsafetensors/host_reader.hpp"
+#include "fastsafetensors/read_plan.hpp"
+
+namespace py = pybind11;
+using namespace fst;
+
+PYBIND11_MAKE_OPAQUE(std::vector<fst::ReadRange>);
+
+void fst::python::raise_python(const char* name, const std::string& message, const py::dict& extra) {
+  py::object cls = py::module_::import("fastsafetensors.errors").attr(name);
+  py::object exc = cls(message, **extra);
+  PyErr_SetObject(cls.ptr(), exc.ptr());
+}
+
+namespace {
+using fst::python::raise_python;
+
+void translate_errors(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const FormatError& e) {
+    py::dict extra;
+    if (!e.tensor().empty()) extra["tensor"] = e.tensor();
+    raise_python(format_error_name(e.kind()), e.what(), extra);
+  } catch (const ReadError& e) {
+    py::dict extra;
+    extra["filename"] = e.path();
+    extra["offset"] = e.offset();
+    extra["errno"] = e.error_number();
+    raise_python(e.truncated() ? "TruncatedFileError" : "ReadError", e.what(), extra);
+  }
+}
+
+void delete_unconsumed(PyObject* capsule) {
+  // A consumer renames the capsule when it takes ownership; only an untaken one is ours to free.
+  if (PyCapsule_IsValid(capsule, kCapsuleNameVersioned)) {
+    auto* m = static_cast<DLManagedTensorVersioned*>(PyCapsule_GetPointer(capsule, kCapsuleNameVersioned));
+    if (m && m->deleter) m->deleter(m);
+  } else if (PyCapsule_IsValid(capsule, kCapsuleName)) {
+    auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, kCapsuleName));
+    if (m && m->deleter) m->deleter(m);
+  }
+}
+
+py::object dlpack_capsule(const TensorView& v, const py::object& stream, const py::object& max_version,
+                          const py::object& dl_device, const py::object& copy) {
+  (void)stream;  // host memory needs no stream ordering
+  if (!copy.is_none() && copy.cast<bool>()) throw py::buffer_error("fastsafetensors tensors export without copying only");
+  if (!dl_device.is_none()) {
+    auto want = dl_device.cast<std::pair<int, int>>();
+    DLDevice have = v.owner->device();
+    if (want.first != have.device_type || want.second != have.device_id) {
+      throw py::buffer_error("cannot export to another device");
+    }
+  }
+  bool versioned = !max_version.is_none() && max_version.cast<std::pair<int, int>>().first >= 1;
+  PyObject* cap = versioned
+                      ? PyCapsule_New(to_dlpack_versioned(v), kCapsuleNameVersioned, delete_unconsumed)
+                      : PyCapsule_New(to_dlpack(v), kCapsuleName, delete_unconsumed);
+  if (cap == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(cap);
+}
+
+std::vector<uint32_t> selection_from(const py::object& selection) {
+  if (selection.is_none()) return {};
+  return selection.cast<std::vector<uint32_t>>();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(cpp, m) {
+  m.doc() = "fastsafetensors engine: header parsing, read planning, parallel reads, DLPack export";
+  py::register_exception_translator(translate_errors);
+
+  py::class_<TensorInfo>(m, "TensorInfo")
+      .def_readonly("name", &TensorInfo::name)
+      .def_property_readonly("dtype", [](const TensorInfo& t) { return std::string(dtype_name(t.dtype)); })
+      .def_property_readonly("shape", [](const TensorInfo& t) { return py::tuple(py::cast(t.shape)); })
+      .def_readonly("begin", &TensorInfo::begin)
+      .def_readonly("end", &TensorInfo::end)
+      .def_property_readonly("nbytes", &TensorInfo::nbytes);
+
+  py::class_<Header>(m, "Header")
+      .def_readonly("header_length", &Header::header_length)
+      .def_readonly("data_start", &Header::data_start)
+      .def_readonly("file_size", &Header::file_size)
+      .def_readonly("tensors", &Header::tensors)
+      .def_property_readonly("metadata", [](const Header& h) -> py::object {
+        if (!h.has_metadata && h.metadata.empty()) return py::none();
+        py::dict d;
+        for (const auto& [k, v] : h.metadata) d[py::str(k)] = py::str(v);
+        return std::move(d);
+      });
+
+  m.def("read_header", &read_header, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+        "Read and validate the header of a safetensors file.");
+  m.def(
+      "parse_file_image",
+      [](py::bytes image) {
+        std::string_view s = image;
+        auto* p = reinterpret_cast<const uint8_t*>(s.data());
+        uint64_t n = parse_header_length(p, s.size(), s.size());
+        return parse_header(s.substr(8, n), s.size());
+      },
+      py::arg("image"), "Validate a whole safetensors file held in memory (fuzzing, tests).");
+  m.def("dtype_bits", [](const std::string& name) {
+    auto d = parse_dtype(name);
+    if (!d) throw py::value_error("unknown safetensors dtype " + name);
+    return dtype_bits(*d);
+  });
+
+  py::class_<ReadRange>(m, "ReadRange")
+      .def(py::init([](uint32_t file, uint32_t dst, uint64_t file_offset, uint64_t length, uint64_t dst_offset) {
+             return ReadRange{file, dst, file_offset, length, dst_offset};
+           }),
+           py::arg("file"), py::arg("dst"), py::arg("file_offset"), py::arg("length"), py::arg("dst_offset"))
+      .def_readwrite("file", &ReadRange::file)
+      .def_readwrite("dst", &ReadRange::dst)
+      .def_readwrite("file_offset", &ReadRange::file_offset)
+      .def_readwrite("length", &ReadRange::length)
+      .def_readwrite("dst_offset", &ReadRange::dst_offset)
+      .def("__repr__", [](const ReadRange& r) {
+        return "ReadRange(file=" + std::to_string(r.file) + ", dst=" + std::to_string(r.dst) +
+               ", file_offset=" + std::to_string(r.file_offset) + ", length=" + std::to_string(r.length) +
+               ", dst_offset=" + std::to_string(r.dst_offset) + ")";
+      });
+  py::bind_vector<std::vector<ReadRange>>(m, "RangeList");
+
+  py::class_<FilePlan>(m, "FilePlan")
+      .def_readonly("tensor_offsets", &FilePlan::tensor_offsets)
+      .def_readonly("ranges", &FilePlan::ranges)
+      .def_readonly("dst_size", &FilePlan::dst_size);
+  m.def(
+      "plan_file",
+      [](const Header& h, uint32_t file, uint32_t dst, const py::object& selection, uint64_t alignment,
+         uint64_t max_gap) { return plan_file(h, file, dst, selection_from(selection), alignment, max_gap); },
+      py::arg("header"), py::arg("file"), py::arg("dst"), py::arg("selection") = py::none(),
+      py::arg("alignment") = kTensorAlignment, py::arg("max_gap") = 0);
+  m.attr("TENSOR_ALIGNMENT") = kTensorAlignment;
+
+  py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer")
+      .def_property_readonly("data_ptr", [](Buffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
+      .def_property_readonly("size", &Buffer::size)
+      .def_property_readonly("device", [](const Buffer& b) {
+        DLDevice d = b.device();
+        return py::make_tuple(d.device_type, d.device_id);
+      })
+      .def(
+          "view",
+          [](const std::shared_ptr<Buffer>& b, uint64_t offset, std::vector<int64_t> shape, uint8_t code,
+             uint8_t bits) {
+            uint64_t numel = 1;
+            for (int64_t d : shape) {
+              if (d < 0) throw py::value_error("negative dimension");
+              numel *= static_cast<uint64_t>(d);
+            }
+            if (bits % 8 != 0 || offset > b->size() || numel * (bits / 8) > b->size() - offset) {
+              throw py::value_error("view outside its buffer");
+            }
+            return TensorView{b, offset, std::move(shape), DLDataType{code, bits, 1}};
+          },
+          py::arg("offset"), py::arg("shape"), py::arg("code"), py::arg("bits"),
+          "A DLPack-exportable view of `shape` elements of (code, bits) starting at `offset`.");
+
+  py::class_<HostBuffer, Buffer, std::shared_ptr<HostBuffer>>(m, "HostBuffer")
+      .def_static("allocate", &HostBuffer::allocate, py::arg("size"), py::arg("huge_pages") = true,
+                  py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("huge_pages", &HostBuffer::huge_pages);
+  m.def("host_live_bytes", &HostBuffer::live_bytes, "Bytes of engine host buffers still alive.");
+
+  py::class_<TensorView>(m, "DLPackTensor")
+      .def_property_readonly("data_ptr", [](const TensorView& v) {
+        return reinterpret_cast<uintptr_t>(v.owner->data() + v.offset);
+      })
+      .def_readonly("shape", &TensorView::shape)
+      .def_property_readonly("buffer", [](const TensorView& v) { return v.owner; })
+      .def("__dlpack__", &dlpack_capsule, py::kw_only(), py::arg("stream") = py::none(),
+           py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+      .def("__dlpack_device__", [](const TensorView& v) {
+        DLDevice d = v.owner->device();
+        return py::make_tuple(d.device_type, d.device_id);
+      });
+
+  py::class_<ReadSource>(m, "ReadSource")
+      .def(py::init([](std::string path, uint64_t size) { return ReadSource{std::move(path), size}; }),
+           py::arg("path"), py::arg("expected_size"))
+      .def_readonly("path", &ReadSource::path)
+      .def_readonly("expected_size", &ReadSource::expected_size);
+
+  py::class_<HostReader>(m, "HostReader")
+      .def(py::init<unsigned>(), py::arg("threads"))
+      .def_property_readonly("threads", &HostReader::threads)
+      .def(
+          "read",
+          [](HostReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
+             const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct) {
+            std::vector<uint8_t*> dsts;
+            std::vector<uint64_t> sizes;
+            for (const auto& b : buffers) {
+              if (b->device().device_type != kDLCPU) throw py::value_error("HostReader reads into host buffers only");
+              dsts.push_back(b->data());
+              sizes.push_back(b->size());
+            }
+            py::gil_scoped_release nogil;
+            return r.read(sources, ranges, dsts, sizes, ReadOptions{chunk_bytes, direct}).bytes;
+          },
+          py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
+          py::arg("direct") = false, "Read every range into its buffer; returns the bytes read.");
+
+  m.def(
+      "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),
+      "Drop a file's pages from the page cache (posix_fadvise DONTNEED).");
+}

@@ -1,0 +1,45 @@
+"""fastsafetensors: load safetensors checkpoints at the speed of the hardware.
+
+``fastsafetensors.load`` is the one-call entry point; the fastsafetensors 0.3 API
+(``SafeTensorsFileLoader``, ``fastsafe_open``, ``SingleGroup``, ...) keeps working unchanged.
+Importing this package imports no framework.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from . import cpp, errors
+from .api import load
+from .common import SafeTensorsMetadata, SingleGroup, TensorFrame
+from .errors import *  # noqa: F401,F403
+from .files import SafeTensorsFile, read_file_header
+from .loader import FilesBufferOnDevice, SafeTensorsFileLoader, fastsafe_open
+from .metrics import LoadMetrics
+from .st_types import Device, DeviceType, DType
+
+__version__ = "0.6.0"
+
+__all__ = [
+    "load",
+    "LoadMetrics",
+    "SafeTensorsFileLoader",
+    "FilesBufferOnDevice",
+    "fastsafe_open",
+    "SingleGroup",
+    "SafeTensorsMetadata",
+    "TensorFrame",
+    "SafeTensorsFile",
+    "read_file_header",
+    "Device",
+    "DeviceType",
+    "DType",
+    "errors",
+    "cpp",
+]
+
+logging.getLogger("fastsafetensors").addHandler(logging.NullHandler())
+if os.environ.get("FASTSAFETENSORS_DEBUG", "") not in ("", "0", "false"):
+    logging.basicConfig()
+    logging.getLogger("fastsafetensors").setLevel(logging.DEBUG)

@@ -1,0 +1,99 @@
+"""One call to load a checkpoint: ``fastsafetensors.load``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+from . import cpp
+from .dtypes import FLOAT_DTYPES
+from .engine import read_into_host
+from .files import PathLike, SafeTensorsFile, check_index, read_headers, resolve_checkpoint
+from .frameworks import Framework, get_framework
+from .metrics import LoadMetrics
+from .plan import LoadPlan, plan_load
+from .st_types import Device, DType
+
+__all__ = ["load", "load_files", "instantiate"]
+
+logger = logging.getLogger("fastsafetensors")
+
+
+def _direct_io_default() -> bool:
+    return os.environ.get("FASTSAFETENSORS_ODIRECT", "0") not in ("", "0", "false", "False")
+
+
+def instantiate(plan: LoadPlan, buffers: List["cpp.HostBuffer"], framework: Framework, *,
+                dtype: Union[DType, str, None] = None, raw: bool = False,
+                device: Union[str, Device] = "cpu") -> Dict[str, Any]:
+    """Framework arrays for every planned tensor, viewing the buffers without copying.
+
+    ``dtype`` (other than AUTO) converts floating tensors; ``device`` moves them off the host.
+    """
+    target = Device.from_str(device)
+    cast = None if dtype in (None, DType.AUTO, "auto") else DType(dtype).value
+    out: Dict[str, Any] = {}
+    for name, loc in plan.tensors.items():
+        t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
+        if cast is not None and not raw and loc.dtype in FLOAT_DTYPES and loc.dtype != cast:
+            t = framework.convert(t, cast)
+        out[name] = framework.to_device(t, target)
+    return out
+
+
+def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = "numpy", *,
+               names: Optional[Iterable[str]] = None, device: Union[str, Device] = "cpu",
+               dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
+               direct_io: Optional[bool] = None, progress: Optional[bool] = None,
+               metrics: Optional[LoadMetrics] = None) -> Dict[str, Any]:
+    """Loads tensors of files whose headers were already read (see :func:`load`)."""
+    metrics = metrics if metrics is not None else LoadMetrics()
+    fw = get_framework(framework)
+    with metrics.phase("plan"):
+        plan = plan_load(files, names)
+    buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
+                             direct_io=_direct_io_default() if direct_io is None else direct_io)
+    with metrics.phase("instantiate"):
+        out = instantiate(plan, buffers, fw, dtype=dtype, raw=raw, device=device)
+    metrics.tensors += len(out)
+    logger.debug("load: %s", metrics.summary())
+    return out
+
+
+def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[str, Framework] = "numpy",
+         device: Union[str, Device] = "cpu", *, names: Optional[Iterable[str]] = None,
+         dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
+         direct_io: Optional[bool] = None, progress: Optional[bool] = None,
+         metrics: Optional[LoadMetrics] = None) -> Dict[str, Any]:
+    """Loads a checkpoint into a ``{name: array}`` dict.
+
+    Args:
+        path_or_paths: a ``.safetensors`` file, a list of them, a directory, or a
+            ``model.safetensors.index.json`` (each file is checked to hold the tensors the index
+            names).
+        framework: "numpy"/"np", "torch"/"pt"/"pytorch", "jax" or "cupy".
+        device: "cpu", "cuda" or "cuda:N".
+        names: load only these tensors (only their bytes are read).
+        dtype: convert floating tensors to this safetensors dtype (e.g. "BF16").
+        raw: return every tensor's bytes as uint8 (for dtypes a framework lacks).
+        threads: reader threads (default: FASTSAFETENSORS_THREADS or 2 per core, 4 to 16).
+        direct_io: read with O_DIRECT (default: FASTSAFETENSORS_ODIRECT, off).
+        progress: show a progress bar (default: for loads of 1 GiB or more on a terminal).
+        metrics: a :class:`LoadMetrics` to fill in with bytes and seconds per phase.
+
+    Tensors own their memory: they stay valid however long they are kept.
+
+    Example::
+
+        import fastsafetensors
+        weights = fastsafetensors.load("model/", framework="torch")
+    """
+    metrics = metrics if metrics is not None else LoadMetrics()
+    paths, weight_map = resolve_checkpoint(path_or_paths)
+    with metrics.phase("headers"):
+        files = read_headers(paths)
+        if weight_map is not None:
+            check_index(files, weight_map)
+    return load_files(files, framework, names=names, device=device, dtype=dtype, raw=raw, threads=threads,
+                      direct_io=direct_io, progress=progress, metrics=metrics)

@@ -1,0 +1,54 @@
+"""Types of the fastsafetensors 0.3 API that callers import from ``fastsafetensors.common``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from .files import PathLike, SafeTensorsFile, read_file_header
+from .st_types import DType
+
+__all__ = ["SingleGroup", "TensorFrame", "SafeTensorsMetadata"]
+
+
+class SingleGroup:
+    """The process group of a single process: rank 0 of 1."""
+
+    def size(self) -> int:
+        return 1
+
+    def rank(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class TensorFrame:
+    """A tensor's header entry: dtype, shape and byte range within the data section."""
+
+    dtype: DType
+    shape: Tuple[int, ...]
+    data_offsets: Tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data_offsets[1] - self.data_offsets[0]
+
+
+@dataclass
+class SafeTensorsMetadata:
+    """A file's validated header, as the 0.3 API exposed it."""
+
+    src: str
+    header_length: int
+    size_bytes: int
+    tensors: Dict[str, TensorFrame]
+    metadata: Optional[Dict[str, str]]
+
+    @classmethod
+    def from_file(cls, filename: PathLike, framework: object = None) -> "SafeTensorsMetadata":
+        return cls.from_header(read_file_header(filename))
+
+    @classmethod
+    def from_header(cls, f: SafeTensorsFile) -> "SafeTensorsMetadata":
+        tensors = {t.name: TensorFrame(DType(t.dtype), tuple(t.shape), (t.begin, t.end)) for t in f.infos}
+        return cls(f.path, f.header.header_length, f.size, tensors, f.metadata)

@@ -1,0 +1,96 @@
+"""Read plan to host buffers: runs a plan on the engine's persistent reader threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import List, Optional
+
+from . import cpp
+from .metrics import LoadMetrics
+from .plan import LoadPlan
+
+__all__ = ["default_threads", "get_reader", "read_into_host"]
+
+logger = logging.getLogger("fastsafetensors")
+
+_lock = threading.Lock()
+_readers: dict = {}
+
+# A progress bar appears by itself for loads at least this large, when stderr is a terminal.
+PROGRESS_MIN_BYTES = 1 << 30
+# Reads are issued in batches of about this size so the progress bar can move between them.
+_BATCH_BYTES = 512 << 20
+DEFAULT_CHUNK_BYTES = 8 << 20
+
+
+def default_threads() -> int:
+    """Reader threads: FASTSAFETENSORS_THREADS, else enough to keep every core and the disk busy."""
+    env = os.environ.get("FASTSAFETENSORS_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(4, min(16, 2 * (os.cpu_count() or 1)))
+
+
+def get_reader(threads: Optional[int] = None) -> "cpp.HostReader":
+    """The process-wide reader with this many threads, started once and reused by every load."""
+    n = threads or default_threads()
+    with _lock:
+        reader = _readers.get(n)
+        if reader is None:
+            reader = _readers[n] = cpp.HostReader(n)
+        return reader
+
+
+def _batches(ranges: "cpp.RangeList", batch_bytes: int) -> List["cpp.RangeList"]:
+    out, cur, size = [], cpp.RangeList(), 0
+    for r in ranges:
+        cur.append(r)
+        size += r.length
+        if size >= batch_bytes:
+            out.append(cur)
+            cur, size = cpp.RangeList(), 0
+    if len(cur):
+        out.append(cur)
+    return out
+
+
+def _progress_bar(total: int, progress: Optional[bool]):
+    if progress is None:
+        progress = total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="fastsafetensors", leave=False)
+
+
+def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
+                   metrics: Optional[LoadMetrics] = None) -> List["cpp.HostBuffer"]:
+    """Allocates one host buffer per planned file and reads every range into it."""
+    metrics = metrics if metrics is not None else LoadMetrics()
+    reader = get_reader(threads)
+    with metrics.phase("allocate"):
+        buffers = [cpp.HostBuffer.allocate(size) for size in plan.buffer_sizes]
+    sources = plan.sources()
+    bar = _progress_bar(plan.total_bytes, progress)
+    try:
+        with metrics.phase("read"):
+            batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
+            for batch in batches:
+                done = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
+                if bar is not None:
+                    bar.update(done)
+    finally:
+        if bar is not None:
+            bar.close()
+    metrics.files += len(plan.files)
+    metrics.bytes_read += plan.total_bytes
+    for r in plan.ranges:
+        path = plan.files[r.file].path
+        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
+    logger.debug("read %d bytes from %d file(s) with %d threads", plan.total_bytes, len(plan.files), reader.threads)
+    return buffers

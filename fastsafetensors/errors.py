@@ -1,0 +1,122 @@
+"""Exceptions raised by fastsafetensors.
+
+Format errors derive from :class:`SafeTensorsError` (a ``ValueError``) and are named after the
+reference reader's errors, so a user who knows ``safetensors`` recognises them. I/O failures
+derive from :class:`ReadError` (an ``OSError``). Every message names the file and, where it
+applies, the tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "SafeTensorsError",
+    "HeaderTooSmall",
+    "HeaderTooLarge",
+    "InvalidHeaderLength",
+    "InvalidHeader",
+    "InvalidHeaderDeserialization",
+    "InvalidOffset",
+    "ValidationOverflow",
+    "MisalignedSlice",
+    "TensorInvalidInfo",
+    "MetadataIncompleteBuffer",
+    "DuplicateTensorName",
+    "TensorNotFound",
+    "IndexMismatch",
+    "UnsupportedDtype",
+    "ReadError",
+    "TruncatedFileError",
+    "LoaderClosedError",
+]
+
+
+class SafeTensorsError(ValueError):
+    """A file is not a valid safetensors file, or a request does not fit it."""
+
+    def __init__(self, message: str, *, filename: Optional[str] = None, tensor: Optional[str] = None):
+        super().__init__(message)
+        self.filename = filename
+        self.tensor = tensor
+
+
+class HeaderTooSmall(SafeTensorsError):
+    """The file is shorter than the 8-byte header length."""
+
+
+class HeaderTooLarge(SafeTensorsError):
+    """The header length exceeds 100,000,000 bytes."""
+
+
+class InvalidHeaderLength(SafeTensorsError):
+    """The header length points past the end of the file."""
+
+
+class InvalidHeader(SafeTensorsError):
+    """The header is not valid UTF-8."""
+
+
+class InvalidHeaderDeserialization(SafeTensorsError):
+    """The header is not JSON of the safetensors schema (syntax, unknown dtype, bad shape...)."""
+
+
+class InvalidOffset(SafeTensorsError):
+    """A tensor's data_offsets leave a gap, overlap another tensor, or run backwards."""
+
+
+class ValidationOverflow(SafeTensorsError):
+    """A tensor's element or byte count does not fit in 64 bits."""
+
+
+class MisalignedSlice(SafeTensorsError):
+    """A packed (sub-byte) tensor does not fill whole bytes."""
+
+
+class TensorInvalidInfo(SafeTensorsError):
+    """A tensor's byte range does not match its shape and dtype."""
+
+
+class MetadataIncompleteBuffer(SafeTensorsError):
+    """The tensors do not cover the data section exactly (missing or extra bytes)."""
+
+
+class DuplicateTensorName(InvalidHeaderDeserialization):
+    """The header names the same tensor twice (most readers silently keep the last)."""
+
+
+class TensorNotFound(SafeTensorsError, KeyError):
+    """A requested tensor is in none of the files."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class IndexMismatch(SafeTensorsError):
+    """A model.safetensors.index.json and the files it names disagree."""
+
+
+class UnsupportedDtype(SafeTensorsError, TypeError):
+    """The framework asked for has no type for a tensor's dtype."""
+
+
+class ReadError(OSError):
+    """Reading a file failed. ``filename`` and ``offset`` say where."""
+
+    def __init__(self, message: str, *, filename: Optional[str] = None, offset: Optional[int] = None,
+                 errno: int = 0):
+        super().__init__(message)
+        self.filename = filename
+        self.offset = offset
+        self.errno = errno or None
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TruncatedFileError(ReadError):
+    """A file ended early or changed size after its header was read: its bytes are not delivered."""
+
+
+class LoaderClosedError(RuntimeError):
+    """A loader or buffer was used after ``close()``."""

@@ -1,0 +1,113 @@
+"""Files to headers: finding a checkpoint's files and reading their validated headers."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from . import cpp
+from .errors import IndexMismatch, SafeTensorsError, TensorNotFound
+
+__all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "PathLike"]
+
+PathLike = Union[str, os.PathLike]
+INDEX_SUFFIX = ".index.json"
+
+
+@dataclass
+class SafeTensorsFile:
+    """One file's validated header: its tensors by name, in header order."""
+
+    path: str
+    header: "cpp.Header"
+    infos: List["cpp.TensorInfo"] = field(repr=False)  # header order
+    tensors: Dict[str, "cpp.TensorInfo"] = field(repr=False)
+
+    @property
+    def metadata(self) -> Optional[Dict[str, str]]:
+        return self.header.metadata
+
+    @property
+    def size(self) -> int:
+        return self.header.file_size
+
+    @property
+    def data_bytes(self) -> int:
+        return self.header.file_size - self.header.data_start
+
+
+def read_file_header(path: PathLike) -> SafeTensorsFile:
+    """Reads and validates one file's header; errors carry the file name."""
+    path = os.fspath(path)
+    try:
+        header = cpp.read_header(path)
+    except SafeTensorsError as exc:
+        exc.filename = path
+        raise
+    infos = header.tensors  # converted once: each access of header.tensors copies the list
+    return SafeTensorsFile(path, header, infos, {t.name: t for t in infos})
+
+
+def read_headers(paths: Sequence[PathLike]) -> List[SafeTensorsFile]:
+    """Reads many headers at once (the engine releases the GIL while it reads)."""
+    if len(paths) <= 1:
+        return [read_file_header(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+        return list(pool.map(read_file_header, paths))
+
+
+def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IndexMismatch(f"{index_path}: not a usable index file: {exc}", filename=index_path) from exc
+    base = os.path.dirname(index_path)
+    files = sorted({os.path.join(base, f) for f in weight_map.values()})
+    return files, {name: os.path.join(base, f) for name, f in weight_map.items()}
+
+
+def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tuple[List[str], Optional[Dict[str, str]]]:
+    """Turns a file, a list of files, a directory or an ``*.index.json`` into a list of files.
+
+    Returns the files and, for an index (given directly or found in a directory), its weight
+    map (tensor name -> file), which :func:`check_index` compares with the headers.
+    """
+    if isinstance(path_or_paths, (str, os.PathLike)):
+        path = os.fspath(path_or_paths)
+        if os.path.isdir(path):
+            indexes = sorted(f for f in os.listdir(path) if f.endswith(".safetensors" + INDEX_SUFFIX))
+            if len(indexes) == 1:
+                return _read_index(os.path.join(path, indexes[0]))
+            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{path}: no .safetensors files in this directory")
+            return files, None
+        if path.endswith(INDEX_SUFFIX):
+            return _read_index(path)
+        return [path], None
+    files = [os.fspath(p) for p in path_or_paths]
+    if not files:
+        raise ValueError("no files given")
+    return files, None
+
+
+def check_index(files: Sequence[SafeTensorsFile], weight_map: Mapping[str, str]) -> None:
+    """Every tensor the index names must be in the file it names, and no file may hold more."""
+    by_path = {os.path.realpath(f.path): f for f in files}
+    for name, path in weight_map.items():
+        f = by_path.get(os.path.realpath(path))
+        if f is None or name not in f.tensors:
+            raise TensorNotFound(f"{path}: the index says this file holds tensor `{name}`, but it does not",
+                                 filename=path, tensor=name)
+    for f in files:
+        extra = [n for n in f.tensors if n not in weight_map]
+        if extra:
+            raise IndexMismatch(f"{f.path}: holds tensor `{extra[0]}` that the index does not list",
+                                filename=f.path, tensor=extra[0])

@@ -1,0 +1,45 @@
+"""Framework backends: turn engine buffers into NumPy, PyTorch, JAX or CuPy arrays.
+
+Each backend lives in its own module and is imported only when asked for, so importing
+fastsafetensors imports no framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict
+
+from ._base import Framework
+
+__all__ = ["Framework", "get_framework", "canonical_name"]
+
+_ALIASES = {
+    "pt": "torch",
+    "pytorch": "torch",
+    "torch": "torch",
+    "np": "numpy",
+    "numpy": "numpy",
+    "jax": "jax",
+    "cupy": "cupy",
+    "cp": "cupy",
+}
+_loaded: Dict[str, Framework] = {}
+
+
+def canonical_name(name: str) -> str:
+    try:
+        return _ALIASES[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"unknown framework {name!r}: use one of {sorted(set(_ALIASES))}") from None
+
+
+def get_framework(name) -> Framework:
+    """The backend for ``name`` ("pt"/"pytorch"/"torch", "jax", "numpy"/"np", "cupy")."""
+    if isinstance(name, Framework):
+        return name
+    key = canonical_name(name)
+    fw = _loaded.get(key)
+    if fw is None:
+        module = importlib.import_module(f".{key}", __name__)
+        fw = _loaded[key] = module.make_framework()
+    return fw

@@ -1,0 +1,57 @@
+"""What every framework backend provides."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Tuple
+
+from .. import cpp
+from ..dtypes import BITS, NATIVE, RAW_BYTES, packed_shape
+from ..errors import UnsupportedDtype
+from ..st_types import Device
+
+__all__ = ["Framework", "native_view", "raw_view", "uint_view"]
+
+_UINT_OF_BITS = {8: "U8", 16: "U16", 32: "U32", 64: "U64"}
+
+
+def native_view(buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "cpp.DLPackTensor":
+    """A DLPack view typed as the dtype itself (only for dtypes in dtypes.NATIVE)."""
+    code, bits = NATIVE[dtype]
+    return buffer.view(offset, list(shape), code, bits)
+
+
+def raw_view(buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "cpp.DLPackTensor":
+    """A DLPack view of a tensor's bytes as uint8, shaped by dtypes.packed_shape."""
+    code, bits = RAW_BYTES
+    return buffer.view(offset, list(packed_shape(dtype, shape)), code, bits)
+
+
+def uint_view(buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "cpp.DLPackTensor":
+    """A DLPack view typed as unsigned ints of the dtype's width (for byte-wide and wider dtypes),
+    which a framework then reinterprets as its own type of that width without copying."""
+    return native_view(buffer, offset, _UINT_OF_BITS[BITS[dtype]], shape)
+
+
+class Framework(ABC):
+    """Turns (buffer, offset, dtype, shape) into a framework array without copying."""
+
+    name: str = ""
+
+    @abstractmethod
+    def from_buffer(self, buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...],
+                    raw: bool = False) -> Any:
+        """The tensor stored at ``offset`` of ``buffer``; ``raw`` returns its bytes as uint8."""
+
+    @abstractmethod
+    def convert(self, tensor: Any, dtype: str) -> Any:
+        """``tensor`` cast to the safetensors dtype ``dtype``."""
+
+    def to_device(self, tensor: Any, device: Device) -> Any:
+        if device.is_cpu:
+            return tensor
+        raise NotImplementedError(f"{self.name}: loading to {device} is not supported")
+
+    def unsupported(self, dtype: str) -> UnsupportedDtype:
+        return UnsupportedDtype(f"{self.name} has no type for safetensors dtype {dtype}; "
+                                "pass raw=True to get its bytes as uint8")

@@ -1,0 +1,57 @@
+"""JAX backend: zero-copy import on the CPU (tensors are 64-byte aligned); fp8 bitcast after import."""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from ..dtypes import NATIVE
+from ..st_types import Device
+from ._base import Framework, native_view, raw_view, uint_view
+
+_OPTIONAL = {
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+}
+# JAX's DLPack import refuses fp8: these come in as uint8 and are bitcast on the device.
+_BITCAST_TYPES = {st: getattr(jnp, name) for st, name in _OPTIONAL.items() if hasattr(jnp, name)}
+
+JAX_DTYPES = {
+    "BOOL": jnp.bool_, "U8": jnp.uint8, "I8": jnp.int8, "I16": jnp.int16, "U16": jnp.uint16,
+    "F16": jnp.float16, "BF16": jnp.bfloat16, "I32": jnp.int32, "U32": jnp.uint32, "F32": jnp.float32,
+    "I64": jnp.int64, "U64": jnp.uint64, "F64": jnp.float64, "C64": jnp.complex64, **_BITCAST_TYPES,
+}
+
+
+class JaxFramework(Framework):
+    name = "jax"
+
+    def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
+        if raw:
+            return jax.dlpack.from_dlpack(raw_view(buffer, offset, dtype, shape))
+        if dtype in NATIVE:
+            return jax.dlpack.from_dlpack(native_view(buffer, offset, dtype, shape))
+        if dtype in _BITCAST_TYPES:
+            raw_bytes = jax.dlpack.from_dlpack(uint_view(buffer, offset, dtype, shape))
+            return jax.lax.bitcast_convert_type(raw_bytes, _BITCAST_TYPES[dtype])
+        raise self.unsupported(dtype)
+
+    def convert(self, tensor: Any, dtype: str) -> Any:
+        if dtype not in JAX_DTYPES:
+            raise self.unsupported(dtype)
+        return tensor.astype(JAX_DTYPES[dtype])
+
+    def to_device(self, tensor: Any, device: Device) -> Any:
+        if device.is_cpu:
+            return tensor
+        devices = jax.devices("gpu")
+        return jax.device_put(tensor, devices[device.index or 0])
+
+
+def make_framework() -> Framework:
+    return JaxFramework()

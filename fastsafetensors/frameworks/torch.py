@@ -1,0 +1,58 @@
+"""PyTorch backend: zero-copy tensors through DLPack; fp8/fp4 viewed from raw bytes."""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import torch
+
+from ..dtypes import NATIVE
+from ..st_types import Device
+from ._base import Framework, native_view, raw_view, uint_view
+
+_OPTIONAL = {
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F4": "float4_e2m1fn_x2",
+}
+# Types torch imports from DLPack under their own code; the rest travel as bytes.
+_VIEW_TYPES = {st: getattr(torch, name) for st, name in _OPTIONAL.items() if hasattr(torch, name)}
+
+TORCH_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "F16": torch.float16,
+    "BF16": torch.bfloat16, "I32": torch.int32, "F32": torch.float32, "I64": torch.int64,
+    "F64": torch.float64, "C64": torch.complex64, **_VIEW_TYPES,
+}
+for _st, _name in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+    if hasattr(torch, _name):
+        TORCH_DTYPES[_st] = getattr(torch, _name)
+
+
+class TorchFramework(Framework):
+    name = "torch"
+
+    def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
+        if raw:
+            return torch.from_dlpack(raw_view(buffer, offset, dtype, shape))
+        if dtype in NATIVE:
+            return torch.from_dlpack(native_view(buffer, offset, dtype, shape))
+        if dtype == "F4" and "F4" in _VIEW_TYPES and shape and shape[-1] % 2 == 0:
+            return torch.from_dlpack(raw_view(buffer, offset, dtype, shape)).view(_VIEW_TYPES["F4"])
+        if dtype in _VIEW_TYPES and dtype != "F4":
+            return torch.from_dlpack(uint_view(buffer, offset, dtype, shape)).view(_VIEW_TYPES[dtype])
+        raise self.unsupported(dtype)
+
+    def convert(self, tensor: Any, dtype: str) -> Any:
+        if dtype not in TORCH_DTYPES:
+            raise self.unsupported(dtype)
+        return tensor.to(TORCH_DTYPES[dtype])
+
+    def to_device(self, tensor: Any, device: Device) -> Any:
+        return tensor if device.is_cpu else tensor.to(str(device))
+
+
+def make_framework() -> Framework:
+    return TorchFramework()

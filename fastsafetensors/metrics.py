@@ -1,0 +1,43 @@
+"""What a load did: bytes, files and seconds per phase, for users, logs and benchmarks."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator
+
+__all__ = ["LoadMetrics"]
+
+
+@dataclass
+class LoadMetrics:
+    """Filled in by a load. ``seconds`` holds wall time per phase (headers, plan, read, ...)."""
+
+    files: int = 0
+    tensors: int = 0
+    bytes_read: int = 0
+    bytes_per_file: Dict[str, int] = field(default_factory=dict)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def gb_per_s(self) -> float:
+        t = self.total_seconds
+        return self.bytes_read / t / 1e9 if t > 0 else 0.0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> str:
+        phases = ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items())
+        return (f"{self.tensors} tensors from {self.files} file(s), {self.bytes_read / 1e9:.3f} GB "
+                f"in {self.total_seconds:.3f}s ({self.gb_per_s:.2f} GB/s; {phases})")
