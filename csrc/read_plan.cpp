@@ -58,4 +58,64 @@ FilePlan plan_file(const Header& h, uint32_t file, uint32_t dst, const std::vect
   return plan;
 }
 
+std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file,
+                                uint32_t dst, uint64_t dst_offset) {
+  if (tensor >= h.tensors.size()) throw std::invalid_argument("tensor index out of range");
+  const TensorInfo& t = h.tensors[tensor];
+  const size_t rank = t.shape.size();
+  if (box.start.size() != rank || box.stop.size() != rank) {
+    throw std::invalid_argument("box rank differs from the rank of tensor `" + t.name + "`");
+  }
+  uint64_t numel = 1;
+  for (size_t d = 0; d < rank; ++d) {
+    if (box.start[d] > box.stop[d] || box.stop[d] > t.shape[d]) {
+      throw std::invalid_argument("box outside tensor `" + t.name + "` along dimension " + std::to_string(d));
+    }
+    numel *= box.stop[d] - box.start[d];  // bounded by the validated tensor size
+  }
+  std::vector<ReadRange> out;
+  if (numel == 0) return out;
+  // Innermost dimension the box cuts: everything after it is whole, so each run spans
+  // (stop - start) of it times the full rows below.
+  size_t cut = 0;
+  for (size_t d = rank; d-- > 0;) {
+    if (box.start[d] != 0 || box.stop[d] != t.shape[d]) {
+      cut = d;
+      break;
+    }
+  }
+  uint64_t inner = 1;  // elements per unit step of dimension `cut`
+  for (size_t d = cut + 1; d < rank; ++d) inner *= t.shape[d];
+  const unsigned bits = dtype_bits(t.dtype);
+  uint64_t run_elems = rank == 0 ? 1 : (box.stop[cut] - box.start[cut]) * inner;
+  if ((run_elems * bits) % 8 != 0 || (rank > 0 && (box.start[cut] * inner * bits) % 8 != 0)) {
+    throw std::invalid_argument("box splits the packed bytes of tensor `" + t.name + "`");
+  }
+  const uint64_t run_bytes = run_elems * bits / 8;
+  // Row-major strides in elements, and an odometer over the dimensions before `cut`.
+  std::vector<uint64_t> stride(rank, 1);
+  for (size_t d = rank; d-- > 1;) stride[d - 1] = stride[d] * t.shape[d];
+  std::vector<uint64_t> idx(box.start.begin(), box.start.end());
+  const uint64_t base = h.data_start + t.begin;
+  uint64_t at = dst_offset;
+  while (true) {
+    uint64_t elem = 0;
+    for (size_t d = 0; d < rank; ++d) elem += idx[d] * stride[d];
+    uint64_t file_offset = base + elem * bits / 8;
+    if (!out.empty() && out.back().file_offset + out.back().length == file_offset) {
+      out.back().length += run_bytes;  // neighbouring runs touch: one range
+    } else {
+      out.push_back(ReadRange{file, dst, file_offset, run_bytes, at});
+    }
+    at += run_bytes;
+    size_t d = cut;
+    while (d-- > 0) {
+      if (++idx[d] < box.stop[d]) break;
+      idx[d] = box.start[d];
+    }
+    if (d == static_cast<size_t>(-1)) break;
+  }
+  return out;
+}
+
 }  // namespace fst

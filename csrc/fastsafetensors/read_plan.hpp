@@ -32,4 +32,17 @@ struct FilePlan {
 FilePlan plan_file(const Header& h, uint32_t file, uint32_t dst, const std::vector<uint32_t>& selection,
                    uint64_t alignment = kTensorAlignment, uint64_t max_gap = 0);
 
+// A rectangular slice of a tensor: [start[d], stop[d]) in elements along each dimension.
+struct Box {
+  std::vector<uint64_t> start;
+  std::vector<uint64_t> stop;
+};
+
+// Plans reading `box` of tensor `tensor` (an index into h.tensors) into a C-order, contiguous
+// destination at dst_offset. The box becomes runs of contiguous bytes: one range for a slice
+// along the leading axis, one per row for slices along inner axes. Throws std::invalid_argument
+// for a box outside the tensor or one that splits the bytes of a packed dtype.
+std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file,
+                                uint32_t dst, uint64_t dst_offset);
+
 }  // namespace fst

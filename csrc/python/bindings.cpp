@@ -148,6 +148,19 @@ PYBIND11_MODULE(cpp, m) {
          uint64_t max_gap) { return plan_file(h, file, dst, selection_from(selection), alignment, max_gap); },
       py::arg("header"), py::arg("file"), py::arg("dst"), py::arg("selection") = py::none(),
       py::arg("alignment") = kTensorAlignment, py::arg("max_gap") = 0);
+  m.def(
+      "plan_box",
+      [](const Header& h, uint32_t tensor, std::vector<uint64_t> start, std::vector<uint64_t> stop, uint32_t file,
+         uint32_t dst, uint64_t dst_offset) {
+        try {
+          return plan_box(h, tensor, Box{std::move(start), std::move(stop)}, file, dst, dst_offset);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("header"), py::arg("tensor"), py::arg("start"), py::arg("stop"), py::arg("file"), py::arg("dst"),
+      py::arg("dst_offset") = 0,
+      "Ranges reading the box [start, stop) of a tensor into a contiguous C-order destination.");
   m.attr("TENSOR_ALIGNMENT") = kTensorAlignment;
 
   py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer")
