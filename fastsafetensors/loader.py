@@ -146,6 +146,7 @@ class SafeTensorsFileLoader:
             self._files.setdefault(int(rank), []).extend(read_headers(list(paths)))
 
     def _all_files(self) -> List[SafeTensorsFile]:
+        self._check_open()
         return [f for rank in sorted(self._files) for f in self._files[rank]]
 
     def _find(self, name: str) -> "cpp.TensorInfo":
