@@ -70,6 +70,8 @@ def test_missing_dtype_is_a_clear_error(dtype_file, fw, dtype, x64):
     message = str(exc_info.value)
     assert dtype in message and "raw=True" in message
     assert dtype_file in message and f"`{name}`" in message
+    raw = fastsafetensors.load(dtype_file, framework=fw, names=[name], raw=True)[name]
+    assert tensor_bytes(raw) == tensor_bytes(load_file(dtype_file)[name])
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)

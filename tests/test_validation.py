@@ -190,3 +190,12 @@ def test_missing_file_raises_read_error(tmp_path):
         assert path in str(exc_info.value)
         assert exc_info.value.filename == path
         assert isinstance(exc_info.value, OSError)
+
+
+def test_extra_fields_in_entries_are_ignored(tmp_path):
+    header = ('{"w":{"dtype":"U8","extra":{"a":[1,-2.5e3,null,true,false,"s"]},"shape":[2],'
+              '"data_offsets":[0,2],"note":"x"},"__metadata__":null}')
+    path = write_raw(tmp_path / "extra.safetensors", header, b"hi")
+    assert load(path, framework="numpy")["w"].tobytes() == b"hi"
+    with safe_open(path, "numpy") as f:
+        assert f.get_tensor("w").tobytes() == b"hi"
