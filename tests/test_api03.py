@@ -163,9 +163,11 @@ def test_fastsafe_open_keys_and_metadata(multi_files, tmp_path, framework):
         assert_exact({k: f.get_tensor(k) for k in f.keys()}, _reference(files))
 
 
-def test_fastsafe_open_single_path_and_pg(multi_files):
+def test_fastsafe_open_single_path_rank_map_and_pg(multi_files):
     with fastsafe_open(multi_files[0], framework="pt", pg=SingleGroup()) as f:
         assert_exact({k: f.get_tensor(k) for k in f.keys()}, multi_files[0])
+    with fastsafe_open({0: multi_files}, framework="pt") as f:  # 0.3 also takes a rank-file map
+        assert_exact({k: f.get_tensor(k) for k in f.keys()}, _reference(multi_files))
 
 
 def test_fastsafe_open_rejects_bad_files(tmp_path, raw_file):
