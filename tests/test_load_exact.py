@@ -297,6 +297,25 @@ def test_dtype_conversion(multi_files, fw, target, x64):
             assert tensor_bytes(out[name]) == tensor_bytes(r) and _type_name(out[name]) == _expected_type(fw, "I64")
 
 
+@pytest.mark.filterwarnings("ignore:.*encountered in cast:RuntimeWarning")  # random F64 bits overflow F32
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_dtype_conversion_of_every_dtype(dtype_file, fw, x64):
+    """Every float dtype the framework has converts to F32 as torch converts it; F4 cannot be
+    converted (its values are packed) and says so; integers are left alone."""
+    ref = load_file(dtype_file)
+    names = [n for n in ref if n != "t_F4"]
+    out = fastsafetensors.load(dtype_file, framework=fw, names=names, dtype="F32")
+    for name in names:
+        r = ref[name]
+        if r.is_floating_point():
+            assert _type_name(out[name]) == _expected_type(fw, "F32"), name
+            assert_same_values(out[name], r.to(torch.float32), name)
+        else:
+            assert tensor_bytes(out[name]) == tensor_bytes(r), name
+    with pytest.raises(errors.UnsupportedDtype, match="t_F4"):
+        fastsafetensors.load(dtype_file, framework=fw, names=["t_F4"], dtype="F32")
+
+
 # --- zero copy and alignment ---------------------------------------------------------------------
 
 def _copies(fw: str, dtype: str) -> bool:
