@@ -8,10 +8,14 @@ reader is stricter on purpose (duplicate names).
 
 from __future__ import annotations
 
+import json
+import random
 import struct
 
 import pytest
-from safetensors import safe_open
+import torch
+from safetensors import deserialize, safe_open
+from safetensors.torch import save
 
 from fastsafetensors import cpp, errors, load, read_file_header
 
@@ -199,3 +203,94 @@ def test_extra_fields_in_entries_are_ignored(tmp_path):
     assert load(path, framework="numpy")["w"].tobytes() == b"hi"
     with safe_open(path, "numpy") as f:
         assert f.get_tensor("w").tobytes() == b"hi"
+
+
+# --- differential check against the reference parser ------------------------------------------
+
+_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+         "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+         "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+
+def _random_image(rng) -> bytes:
+    """A header of a few tensors, each valid or off by one in a random way, and a data section
+    that fits or is a byte short or long."""
+    header, end = {}, 0
+    for j in range(rng.randint(0, 4)):
+        dtype = rng.choice(sorted(_BITS))
+        shape = [rng.choice([0, 1, 2, 3, 5, 8, 2**33]) for _ in range(rng.randint(0, 3))]
+        numel = 1
+        for d in shape:
+            numel *= d
+        begin, stop = end, end + numel * _BITS[dtype] // 8
+        fault = rng.random()
+        if fault < 0.1:
+            stop += rng.choice([-1, 1])
+        elif fault < 0.15:
+            begin += 1
+        elif fault < 0.2:
+            begin, stop = stop, begin
+        header[f"t{j}"] = {"dtype": dtype, "shape": shape, "data_offsets": [begin, stop]}
+        end = max(end, stop)
+    if rng.random() < 0.2:
+        header["__metadata__"] = rng.choice([None, {"a": "b"}, {}, {"a": 1}, "x", []])
+    end = min(end, 1 << 16)
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + bytes(max(0, end + rng.choice([0] * 8 + [1, -1])))
+
+
+def test_agrees_with_reference_parser_on_random_headers():
+    rng = random.Random(1234)
+    outcomes = {True: 0, False: 0}
+    for _ in range(1500):
+        image = _random_image(rng)
+        try:
+            ref = {name: (t["dtype"], t["shape"], bytes(t["data"])) for name, t in deserialize(image)}
+        except Exception:
+            ref = None
+        try:
+            ours = cpp.parse_file_image(image)
+        except E.SafeTensorsError:
+            ours = None
+        assert (ref is None) == (ours is None), image[8:]
+        outcomes[ref is not None] += 1
+        if ours is not None:
+            start = ours.data_start
+            assert {t.name: (t.dtype, list(t.shape), image[start + t.begin:start + t.end]) for t in ours.tensors} == ref
+    assert min(outcomes.values()) > 300  # both valid and invalid images were tried
+
+
+def test_agrees_with_reference_parser_on_mutated_bytes():
+    """Byte-level mutations of a real writer's header (syntax errors, escapes, bad UTF-8...)."""
+    image = save({"a": torch.zeros(2, 3), "bé": torch.ones(4, dtype=torch.int16), "c": torch.zeros(0)},
+                 metadata={"k": "v"})
+    n = struct.unpack("<Q", image[:8])[0]
+    header, data = image[8:8 + n], image[8 + n:]
+    alphabet = b' {}[]",:0123456789-.eE\\u\x00\xff\xc3\xa9\tabF'
+    rng = random.Random(99)
+    accepted = 0
+    for _ in range(3000):
+        h = bytearray(header)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(h))
+            op = rng.random()
+            if op < 0.4:
+                h[i] = rng.choice(alphabet)
+            elif op < 0.7:
+                h.insert(i, rng.choice(alphabet))
+            else:
+                del h[i]
+        mutated = struct.pack("<Q", len(h)) + bytes(h) + data
+        try:
+            deserialize(mutated)
+            ref_ok = True
+        except Exception:
+            ref_ok = False
+        try:
+            cpp.parse_file_image(mutated)
+            ours_ok = True
+        except E.SafeTensorsError:
+            ours_ok = False
+        assert ours_ok == ref_ok, bytes(h)
+        accepted += ours_ok
+    assert accepted > 20
