@@ -54,7 +54,7 @@ def multi_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory) -> str:
     """A tiny random Llama saved by transformers in several shards with an index.json."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # imported here: it takes seconds, and only this fixture needs it
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
