@@ -93,7 +93,7 @@ TensorInfo read_tensor_entry(JsonCursor& in, std::string name) {
         seen = &have_dtype;
         std::string dtype = in.read_string();
         auto parsed = parse_dtype(dtype);
-        if (!parsed) in.fail("unknown dtype \"" + dtype + "\" for tensor `" + t.name + "`");
+        if (!parsed) in.fail("unknown dtype \"" + dtype + "\"");
         t.dtype = *parsed;
       } else if (field == "shape") {
         seen = &have_shape;
@@ -101,21 +101,21 @@ TensorInfo read_tensor_entry(JsonCursor& in, std::string name) {
       } else if (field == "data_offsets") {
         seen = &have_offsets;
         auto offsets = read_uint_array(in);
-        if (offsets.size() != 2) in.fail("data_offsets of tensor `" + t.name + "` must hold 2 integers");
+        if (offsets.size() != 2) in.fail("data_offsets must hold 2 integers");
         t.begin = offsets[0];
         t.end = offsets[1];
       } else {
         in.skip_value(kMaxSkipDepth);
         continue;
       }
-      if (*seen) in.fail("duplicate field `" + field + "` in tensor `" + t.name + "`");
+      if (*seen) in.fail("duplicate field `" + field + "`");
       *seen = true;
     } while (in.accept(','));
     in.expect('}', "',' or '}'");
   }
-  if (!have_dtype) in.fail("missing field `dtype` in tensor `" + t.name + "`");
-  if (!have_shape) in.fail("missing field `shape` in tensor `" + t.name + "`");
-  if (!have_offsets) in.fail("missing field `data_offsets` in tensor `" + t.name + "`");
+  if (!have_dtype) in.fail("missing field `dtype`");
+  if (!have_shape) in.fail("missing field `shape`");
+  if (!have_offsets) in.fail("missing field `data_offsets`");
   return t;
 }
 
@@ -152,7 +152,12 @@ void parse_json(std::string_view json, Header& h) {
         throw FormatError(FormatErrorKind::DuplicateTensorName,
                           "duplicate tensor name `" + key + "` in header", key);
       }
-      h.tensors.push_back(read_tensor_entry(in, std::move(key)));
+      try {
+        h.tensors.push_back(read_tensor_entry(in, key));
+      } catch (JsonError& e) {
+        e.tensor = key;  // every problem inside an entry names its tensor
+        throw;
+      }
     } while (in.accept(','));
     in.expect('}', "',' or '}'");
   }
@@ -238,9 +243,10 @@ Header parse_header(std::string_view json, uint64_t file_size) {
   try {
     parse_json(json, h);
   } catch (const JsonError& e) {
+    std::string where = e.tensor.empty() ? std::string() : " in tensor `" + e.tensor + "`";
     throw FormatError(FormatErrorKind::InvalidHeaderDeserialization,
-                      "invalid JSON in header: " + e.what + " at byte " +
-                          std::to_string(e.position + 8));
+                      "invalid JSON in header: " + e.what + where + " at byte " + std::to_string(e.position + 8),
+                      e.tensor);
   }
   validate_layout(h);
   return h;

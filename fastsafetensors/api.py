@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 from . import cpp
 from .dtypes import FLOAT_DTYPES
 from .engine import read_into_host
+from .errors import UnsupportedDtype
 from .files import PathLike, SafeTensorsFile, check_index, read_headers, resolve_checkpoint
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
@@ -35,9 +36,13 @@ def instantiate(plan: LoadPlan, buffers: List["cpp.HostBuffer"], framework: Fram
     cast = None if dtype in (None, DType.AUTO, "auto") else DType(dtype).value
     out: Dict[str, Any] = {}
     for name, loc in plan.tensors.items():
-        t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
-        if cast is not None and not raw and loc.dtype in FLOAT_DTYPES and loc.dtype != cast:
-            t = framework.convert(t, cast)
+        try:
+            t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
+            if cast is not None and not raw and loc.dtype in FLOAT_DTYPES and loc.dtype != cast:
+                t = framework.convert(t, cast)
+        except UnsupportedDtype as exc:  # backends know no file names: say which tensor failed
+            path = plan.files[loc.file].path
+            raise UnsupportedDtype(f"{path}: tensor `{name}`: {exc}", filename=path, tensor=name) from None
         out[name] = framework.to_device(t, target)
     return out
 

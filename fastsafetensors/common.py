@@ -39,7 +39,7 @@ class SafeTensorsMetadata:
     """A file's validated header, as the 0.3 API exposed it."""
 
     src: str
-    header_length: int
+    header_length: int  # bytes before the data section: 8 + the JSON length, as in 0.3
     size_bytes: int
     tensors: Dict[str, TensorFrame]
     metadata: Optional[Dict[str, str]]
@@ -51,4 +51,5 @@ class SafeTensorsMetadata:
     @classmethod
     def from_header(cls, f: SafeTensorsFile) -> "SafeTensorsMetadata":
         tensors = {t.name: TensorFrame(DType(t.dtype), tuple(t.shape), (t.begin, t.end)) for t in f.infos}
-        return cls(f.path, f.header.header_length, f.size, tensors, f.metadata)
+        # 0.3 callers read header_length as the data section's start (8-byte prefix + JSON).
+        return cls(f.path, f.header.data_start, f.size, tensors, f.metadata)

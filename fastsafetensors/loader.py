@@ -146,6 +146,7 @@ class SafeTensorsFileLoader:
             self._files.setdefault(int(rank), []).extend(read_headers(list(paths)))
 
     def _all_files(self) -> List[SafeTensorsFile]:
+        self._check_open()
         return [f for rank in sorted(self._files) for f in self._files[rank]]
 
     def _find(self, name: str) -> "cpp.TensorInfo":
@@ -192,12 +193,16 @@ class SafeTensorsFileLoader:
 class fastsafe_open:  # noqa: N801 - the 0.3 API's name
     """Context manager over a list of files: ``keys()``/``get_keys()``, ``metadata()``, ``get_tensor()``."""
 
-    def __init__(self, filenames: Union[PathLike, Iterable[PathLike]], framework: str = "pt", pg: Any = None,
+    def __init__(self, filenames: Union[PathLike, Iterable[PathLike], Mapping[int, Iterable[PathLike]]],
+                 framework: str = "pt", pg: Any = None,
                  device: str = "cpu", nogds: bool = False, debug_log: bool = False,
                  max_copy_block_size: int = 16 * 1024 ** 3):
-        paths = [filenames] if isinstance(filenames, (str, bytes)) or hasattr(filenames, "__fspath__") else list(filenames)
         self._loader = SafeTensorsFileLoader(pg, device, nogds=nogds, debug_log=debug_log, framework=framework)
-        self._loader.add_filenames({self._loader.pg.rank(): paths})
+        if isinstance(filenames, Mapping):  # 0.3 also takes a {rank: [files]} map
+            self._loader.add_filenames(filenames)
+        else:
+            single = isinstance(filenames, (str, bytes)) or hasattr(filenames, "__fspath__")
+            self._loader.add_filenames({self._loader.pg.rank(): [filenames] if single else list(filenames)})
         self._max_copy_block_size = max_copy_block_size
         self._buffer: Optional[FilesBufferOnDevice] = None
 

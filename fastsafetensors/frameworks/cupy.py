@@ -9,7 +9,7 @@ import cupy
 
 from ..errors import UnsupportedDtype
 from ..st_types import Device
-from ._base import Framework
+from ._base import Framework, raw_view
 from .numpy import NUMPY_DTYPES, NumpyFramework
 
 
@@ -21,7 +21,7 @@ class CupyFramework(Framework):
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if buffer.device[0] != 1:  # already on the GPU
-            return cupy.from_dlpack(buffer.view(offset, list(shape), 1, 8)) if raw else self._gpu_view(buffer, offset, dtype, shape)
+            return cupy.from_dlpack(raw_view(buffer, offset, dtype, shape)) if raw else self._gpu_view(buffer, offset, dtype, shape)
         return cupy.asarray(self._host.from_buffer(buffer, offset, dtype, shape, raw))
 
     def _gpu_view(self, buffer, offset, dtype, shape):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ..dtypes import NATIVE
+from ..errors import UnsupportedDtype
 from ..st_types import Device
 from ._base import Framework, native_view, raw_view, uint_view
 
@@ -26,6 +27,8 @@ JAX_DTYPES = {
     "F16": jnp.float16, "BF16": jnp.bfloat16, "I32": jnp.int32, "U32": jnp.uint32, "F32": jnp.float32,
     "I64": jnp.int64, "U64": jnp.uint64, "F64": jnp.float64, "C64": jnp.complex64, **_BITCAST_TYPES,
 }
+# Without jax_enable_x64, JAX narrows these to 32 bits on import: values would change silently.
+_NEEDS_X64 = frozenset({"I64", "U64", "F64"})
 
 
 class JaxFramework(Framework):
@@ -34,6 +37,7 @@ class JaxFramework(Framework):
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if raw:
             return jax.dlpack.from_dlpack(raw_view(buffer, offset, dtype, shape))
+        self._check_x64(dtype)
         if dtype in NATIVE:
             return jax.dlpack.from_dlpack(native_view(buffer, offset, dtype, shape))
         if dtype in _BITCAST_TYPES:
@@ -44,7 +48,15 @@ class JaxFramework(Framework):
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in JAX_DTYPES:
             raise self.unsupported(dtype)
+        self._check_x64(dtype)
         return tensor.astype(JAX_DTYPES[dtype])
+
+    def _check_x64(self, dtype: str) -> None:
+        if dtype in _NEEDS_X64 and not jax.config.jax_enable_x64:
+            raise UnsupportedDtype(
+                f"jax: safetensors dtype {dtype} needs 64-bit types, which JAX would silently narrow to "
+                "32 bits: set jax_enable_x64 (jax.config.update('jax_enable_x64', True) or the "
+                "jax.enable_x64() context), or pass raw=True to get the bytes as uint8")
 
     def to_device(self, tensor: Any, device: Device) -> Any:
         if device.is_cpu:

@@ -7,6 +7,7 @@ from typing import Any, Tuple
 import torch
 
 from ..dtypes import NATIVE
+from ..errors import UnsupportedDtype
 from ..st_types import Device
 from ._base import Framework, native_view, raw_view, uint_view
 
@@ -48,6 +49,9 @@ class TorchFramework(Framework):
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in TORCH_DTYPES:
             raise self.unsupported(dtype)
+        if tensor.dtype == _VIEW_TYPES.get("F4"):  # torch has no conversions for packed fp4
+            raise UnsupportedDtype(f"torch cannot convert F4 (float4_e2m1fn_x2) to {dtype}; "
+                                   "load it without dtype= and convert it yourself")
         return tensor.to(TORCH_DTYPES[dtype])
 
     def to_device(self, tensor: Any, device: Device) -> Any:

@@ -13,6 +13,7 @@ namespace fst::detail {
 struct JsonError {
   std::string what;
   size_t position;
+  std::string tensor = {};  // the tensor entry being read, when there is one
 };
 
 class JsonCursor {
