@@ -188,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  phases: {_phases(m)}")
         for name in list(tensors)[:3] + list(tensors)[-1:]:
             t = tensors[name]
-            print(f"  {name}: {type(t).__module__.split('.')[0]} {t.dtype} {tuple(t.shape)}")
+            print(f"  {name}: {args.framework} {t.dtype} {tuple(t.shape)}")
         print(f"checked: all {_check_demo(tensors, size)} tensors equal what was written")
     finally:
         if args.keep:
