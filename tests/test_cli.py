@@ -18,7 +18,8 @@ import fastsafetensors  # noqa: E402
 from fastsafetensors._synthetic import INDEX_NAME, llama_specs  # noqa: E402
 from fastsafetensors.cli import main  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses import the same fastsafetensors as this test (the source tree or an install).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastsafetensors.__file__)))
 
 
 def _tensors(seed):
@@ -58,7 +59,7 @@ def _shards(d):
 
 
 def _run(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
     return subprocess.run([sys.executable, "-m", "fastsafetensors", *args], capture_output=True, text=True,
                           env=env, timeout=240)
 
