@@ -17,7 +17,7 @@ import numpy as np
 
 from .frameworks.numpy import NUMPY_DTYPES
 
-__all__ = ["TensorSpec", "llama_specs", "split_shards", "make_tensor", "save_numpy", "write_checkpoint",
+__all__ = ["TensorSpec", "llama_specs", "split_shards", "make_tensor", "save_numpy", "save_with_safetensors", "write_checkpoint",
            "expected_tensors", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -117,12 +117,26 @@ def save_numpy(tensors: Dict[str, np.ndarray], path: str, metadata: Optional[Dic
             f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
 
 
+def save_with_safetensors(tensors: Dict[str, np.ndarray], path: str,
+                          metadata: Optional[Dict[str, str]] = None) -> None:
+    """Writes with the reference writer, ``safetensors.torch.save_file`` (needs torch)."""
+    import torch
+    from safetensors.torch import save_file
+
+    def to_torch(a: np.ndarray) -> "torch.Tensor":
+        if a.dtype == NUMPY_DTYPES["BF16"]:  # torch.from_numpy knows no bfloat16: pass the bits
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
+    save_file({name: to_torch(a) for name, a in tensors.items()}, path, metadata)
+
+
 def write_checkpoint(directory: str, size_bytes: int, shards: int = 3, *, seed: int = 0,
                      save: SaveFn = save_numpy) -> List[str]:
     """Writes a sharded Llama-shaped checkpoint and its ``model.safetensors.index.json``.
 
     ``save(tensors, path, metadata)`` writes one shard (the demo's own writer by default; the
-    benchmarks pass ``safetensors.torch.save_file``). Returns the shard paths.
+    benchmarks and tests pass :func:`save_with_safetensors`). Returns the shard paths.
     """
     os.makedirs(directory, exist_ok=True)
     groups = split_shards(llama_specs(size_bytes), shards)
