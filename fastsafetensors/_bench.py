@@ -101,6 +101,10 @@ def _safetensors(module: str, touch: bool = False) -> LoadFn:
             out.update(load_file(p))
         if touch:
             touch_pages(out)
+        if module == "flax":
+            import jax
+
+            jax.block_until_ready(list(out.values()))  # JAX copies asynchronously
         return out
 
     return load
