@@ -419,6 +419,8 @@ def report(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[str
     head = ["case"]
     for reg in regs:
         head += [f"{reg} GB/s", "vs ours"]
+    if "hot" in results:
+        head += ["1st load in a new process GB/s"]
     head += ["peak RSS GiB", "RSS - data GiB", "same bytes as safetensors"]
     rows = []
     for c in cases:
@@ -431,9 +433,11 @@ def report(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[str
             rss, base = max(rss, r.maxrss_kb), max(base, r.base_rss_kb)
             checked.append(r.checked)
             error = error or r.error
+        if "hot" in results:
+            first = results["hot"][c.key].first
+            row += [f"{ck.data_bytes / _median(first) / 1e9:.2f}" if first else "-"]
         row += ["-", "-"] if not rss else [f"{rss / 2**20:.2f}", f"{(rss - base) / 2**20 - ck.data_bytes / 2**30:+.2f}"]
-        row += [
-                "error: " + error if error else ("yes" if all(checked) else "NO")]
+        row.append("error: " + error if error else ("yes" if all(checked) else "NO"))
         rows.append(row)
     return bench.markdown_table(head, rows)
 

@@ -91,10 +91,21 @@ def _fail(what: str, exc: BaseException) -> None:
     print(f"FAIL  {what}: {type(exc).__name__}: {exc}")
 
 
+# verify reads a file this many bytes at a time, so a large shard needs no more memory than this.
+VERIFY_BATCH_BYTES = 512 << 20
+
+
 def _verify_file(path: str) -> SafeTensorsFile:
     """Validates the header, then reads every tensor byte (the tensors cover the data exactly)."""
     f = read_file_header(path)
-    api.load_files([f], "numpy", raw=True, progress=False)
+    batch: List[str] = []
+    size = 0
+    for i, t in enumerate(f.infos):
+        batch.append(t.name)
+        size += t.nbytes
+        if size >= VERIFY_BATCH_BYTES or i == len(f.infos) - 1:
+            api.load_files([f], "numpy", names=batch, raw=True, progress=False)
+            batch, size = [], 0
     return f
 
 

@@ -252,3 +252,11 @@ def test_module_entry_point_lists_the_commands():
     assert proc.returncode == 0
     for cmd in ("load", "inspect", "verify", "bench", "demo"):
         assert cmd in proc.stdout
+
+
+def test_verify_reads_large_files_in_batches(sharded, capsys, monkeypatch):
+    import fastsafetensors.cli as cli
+
+    monkeypatch.setattr(cli, "VERIFY_BATCH_BYTES", 100)  # one batch per tensor or two
+    assert main(["verify", str(sharded)]) == 0
+    assert "all 2 file(s) OK" in capsys.readouterr().out
