@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import queue
-import resource
 import shutil
 import statistics
 import subprocess
@@ -185,6 +184,13 @@ def _prepare(key: str) -> None:
         import fastsafetensors.loader  # noqa: F401
 
 
+def _memory_kb(field: str) -> int:
+    """VmHWM (peak) or VmRSS (now) of this process. Not ru_maxrss: Linux carries that over from
+    the parent through fork and exec, so every child would report at least the parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def _send(**msg: Any) -> None:
     print(MARK + json.dumps(msg), flush=True)
 
@@ -194,7 +200,7 @@ def child_main(key: str, helpers_path: str, paths: List[str]) -> None:
     helpers = _import_by_path("fst_bench_helpers", helpers_path)
     load = make_case(key, helpers)
     _prepare(key)
-    _send(ready=True, maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    _send(ready=True, rss_kb=_memory_kb("VmRSS"))
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
@@ -209,7 +215,7 @@ def child_main(key: str, helpers_path: str, paths: List[str]) -> None:
             close()
         gc.collect()
         _send(seconds=seconds, digests=digests)
-    _send(maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    _send(peak_rss_kb=_memory_kb("VmHWM"))
 
 
 # ============================================================== the parent
@@ -329,8 +335,8 @@ class Child:
 class CaseResult:
     seconds: List[float] = field(default_factory=list)  # loads counted for the regime
     first: List[float] = field(default_factory=list)  # each child's warm-up load (not counted)
-    maxrss_kb: int = 0
-    base_rss_kb: int = 0
+    peak_rss_kb: int = 0  # the child's VmHWM
+    base_rss_kb: int = 0  # its RSS once its libraries were imported, before any load
     resident_after_evict: List[int] = field(default_factory=list)
     checked: Optional[bool] = None
     error: Optional[str] = None
@@ -359,7 +365,7 @@ def run_regime(regime: str, cases: Sequence[CaseDef], ck: Checkpoint, rounds: in
                 res.error = f"did not start: {exc}"
                 continue
             try:
-                res.base_rss_kb = max(res.base_rss_kb, child.ready["maxrss_kb"])
+                res.base_rss_kb = max(res.base_rss_kb, child.ready["rss_kb"])
                 times = []
                 for k in range(loads + 1):
                     if regime == "cold":
@@ -372,7 +378,7 @@ def run_regime(regime: str, cases: Sequence[CaseDef], ck: Checkpoint, rounds: in
                         res.checked = _same_bytes(case, out["digests"], ck.reference)
                     times.append(out["seconds"])
                     (res.seconds if k else res.first).append(out["seconds"])
-                res.maxrss_kb = max(res.maxrss_kb, child.close()["maxrss_kb"])
+                res.peak_rss_kb = max(res.peak_rss_kb, child.close()["peak_rss_kb"])
             except Exception as exc:  # a peer that fails is reported, the others go on
                 res.error = f"{type(exc).__name__}: {exc}"
                 child.proc.kill()
@@ -421,7 +427,7 @@ def report(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[str
         head += [f"{reg} GB/s", "vs ours"]
     if "hot" in results:
         head += ["1st load in a new process GB/s"]
-    head += ["peak RSS GiB", "RSS - data GiB", "same bytes as safetensors"]
+    head += ["peak RSS GiB", "peak - imports - data GiB", "same bytes as safetensors"]
     rows = []
     for c in cases:
         row: List[Any] = [c.label]
@@ -430,7 +436,7 @@ def report(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[str
             r = results[reg][c.key]
             ours = gbs[reg].get("ours-numpy", float("nan"))
             row += (["-", "-"] if not r.seconds else [f"{gbs[reg][c.key]:.2f}", f"{gbs[reg][c.key] / ours:.2f}x"])
-            rss, base = max(rss, r.maxrss_kb), max(base, r.base_rss_kb)
+            rss, base = max(rss, r.peak_rss_kb), max(base, r.base_rss_kb)
             checked.append(r.checked)
             error = error or r.error
         if "hot" in results:
