@@ -32,6 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_05 = "/work/.peers/fst05"  # pip install --no-deps --target /work/.peers/fst05 fastsafetensors==0.5.0
 MARK = "@@"  # prefixes the child's protocol lines; anything else a library prints is passed through
 HUGE_PAGE = 2 << 20
+# label -> (bytes of tensors asked of the writer, shards)
+CHECKPOINTS = {"1GB": (1_060_000_000, 2), "6GB": (6_200_000_000, 7)}
 READ_CHUNK = 8 << 20
 
 
@@ -450,7 +452,8 @@ def report(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="the ~1 GB checkpoint only")
+    p.add_argument("--quick", action="store_true", help="the ~1 GB checkpoint only (same as --sizes 1GB)")
+    p.add_argument("--sizes", default=",".join(CHECKPOINTS), help="checkpoints to run (default 1GB,6GB)")
     p.add_argument("--cache", default="/tmp/fst-bench", help="where checkpoints are written once (default /tmp/fst-bench)")
     p.add_argument("--regimes", default="hot,cold", help="hot, cold or both (default hot,cold)")
     p.add_argument("--rounds", type=int, default=3, help="children per case and regime, alternating order (default 3)")
@@ -475,7 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"(pip install --no-deps --target {args.peer05} fastsafetensors==0.5.0)")
         cases = [c for c in cases if not c.peer05]
     regimes = args.regimes.split(",")
-    sizes = [("1 GB", 1_060_000_000, 2)] + ([] if args.quick else [("6 GB", 6_200_000_000, 7)])
+    sizes = [(label, *CHECKPOINTS[label]) for label in ("1GB" if args.quick else args.sizes).split(",")]
     lines = [f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {machine()}.",
              f"Command: `python benchmarks/cpu_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
              f" ({args.rounds} children per case and regime in alternating order, each 1 warm-up + {args.loads} counted"
