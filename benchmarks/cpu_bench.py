@@ -19,7 +19,6 @@ import os
 import platform
 import queue
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -416,13 +415,9 @@ def machine() -> str:
             f"THP `{thp}`, Python {platform.python_version()}, " + ", ".join(versions))
 
 
-def _median(xs: Sequence[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
 def report(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[str, CaseResult]]) -> str:
     _, bench, _ = _ours()
-    gbs = {reg: {k: ck.data_bytes / _median(r.seconds) / 1e9 for k, r in res.items()} for reg, res in results.items()}
+    gbs = {reg: {k: ck.data_bytes / bench.median(r.seconds) / 1e9 for k, r in res.items()} for reg, res in results.items()}
     regs = list(results)
     head = ["case"]
     for reg in regs:
@@ -443,7 +438,7 @@ def report(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[str
             error = error or r.error
         if "hot" in results:
             first = results["hot"][c.key].first
-            row += [f"{ck.data_bytes / _median(first) / 1e9:.2f}" if first else "-"]
+            row += [f"{ck.data_bytes / bench.median(first) / 1e9:.2f}" if first else "-"]
         row += ["-", "-"] if not rss else [f"{rss / 2**20:.2f}", f"{(rss - base) / 2**20 - ck.data_bytes / 2**30:+.2f}"]
         row.append("error: " + error if error else ("yes" if all(checked) else "NO"))
         rows.append(row)

@@ -35,14 +35,6 @@ def _resolve(paths: Sequence[str]) -> Tuple[List[str], Optional[Dict[str, str]]]
     return resolve_checkpoint(_checkpoint(paths))
 
 
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.3f} GB"
-
-
-def _phases(m: LoadMetrics) -> str:
-    return ", ".join(f"{k} {v:.3f}s" for k, v in m.seconds.items())
-
-
 # ---------------------------------------------------------------- load
 
 
@@ -50,9 +42,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     m = LoadMetrics()
     tensors = api.load(_checkpoint(args.path), framework=args.framework, threads=args.threads,
                        direct_io=args.direct_io or None, progress=True, metrics=m)
-    print(f"loaded {len(tensors)} tensors, {_gb(m.bytes_read)} from {m.files} file(s) into {args.framework} "
-          f"in {m.total_seconds:.3f} s: {m.gb_per_s:.2f} GB/s")
-    print(f"  phases: {_phases(m)}")
+    print(f"loaded into {args.framework}: {m.summary()}")
+    del tensors
     return 0
 
 
@@ -148,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     nbytes = sum(read_file_header(p).data_bytes for p in paths)
     cases = _bench.cases(["fastsafetensors numpy", "fastsafetensors torch", "safetensors numpy",
                           "safetensors torch (mmap, pages touched)"])
-    print(f"{len(paths)} file(s), {_gb(nbytes)}; {args.repeats} loads per case, in alternating order, "
+    print(f"{len(paths)} file(s), {nbytes / 1e9:.3f} GB; {args.repeats} loads per case, in alternating order, "
           "page cache as it is (run twice to measure a warm one)", flush=True)
     reference = _bench.reference_digests(paths)
     seconds = _bench.run_alternating(cases, paths, args.repeats, reference)
@@ -190,13 +181,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"writing a Llama-shaped checkpoint of about {args.size_mb:g} MB ({args.shards} shards + index) "
               f"to {directory}", flush=True)
         start = time.perf_counter()
-        shards = write_checkpoint(directory, size, args.shards)
+        write_checkpoint(directory, size, args.shards)
         print(f"  written in {time.perf_counter() - start:.1f} s; loading it through {INDEX_NAME} ...", flush=True)
         m = LoadMetrics()
         tensors = api.load(os.path.join(directory, INDEX_NAME), framework=args.framework, progress=True, metrics=m)
-        print(f"loaded {len(tensors)} tensors, {_gb(m.bytes_read)} from {len(shards)} files into {args.framework} "
-              f"in {m.total_seconds:.3f} s: {m.gb_per_s:.2f} GB/s (page cache warm: the files were just written)")
-        print(f"  phases: {_phases(m)}")
+        print(f"loaded into {args.framework}: {m.summary()}")
+        print("  (from a warm page cache: the files were just written)")
         for name in list(tensors)[:3] + list(tensors)[-1:]:
             t = tensors[name]
             print(f"  {name}: {args.framework} {t.dtype} {tuple(t.shape)}")
