@@ -157,7 +157,9 @@ def make_case(key: str, helpers) -> Callable[[Sequence[str]], Loaded]:
     if key.startswith("fst05"):
         return _load_fst05
     if key == "readinto":
-        threads = max(4, min(16, 2 * (os.cpu_count() or 1)))  # as many as our loader's default
+        from fastsafetensors.engine import default_threads  # as many threads as our loader uses
+
+        threads = default_threads()
         return lambda paths: _load_readinto(paths, threads)
     raise ValueError(key)
 
@@ -240,23 +242,32 @@ class Checkpoint:
     reference: Dict[str, str]
 
 
+def _read_json(path: str) -> Dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
 def prepare_checkpoint(cache: str, label: str, size: int, shards: int) -> Checkpoint:
-    """Writes the checkpoint with safetensors.torch.save_file once; later runs reuse it."""
-    fst, _bench, synthetic = _ours()
-    directory = os.path.join(cache, f"llama-{label.replace(' ', '').lower()}")
+    """Writes the checkpoint with safetensors.torch.save_file once; later runs reuse it.
+
+    ``complete.json`` beside the shards records what was written and the reference digests; a
+    checkpoint without it (an interrupted write) or written to another spec is written again.
+    """
+    fst, bench, synthetic = _ours()
+    directory = os.path.join(cache, f"llama-{label.lower()}")
     stamp = os.path.join(directory, "complete.json")
     want = {"size": size, "shards": shards, "seed": 0, "writer": "safetensors.torch.save_file"}
-    if not (os.path.exists(stamp) and json.load(open(stamp)).get("spec") == want):
+    if os.path.exists(stamp) and _read_json(stamp).get("spec") == want:
+        paths = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".safetensors"))
+    else:
         shutil.rmtree(directory, ignore_errors=True)
         print(f"writing the {label} checkpoint to {directory} ...", flush=True)
-        synthetic.write_checkpoint(directory, size, shards, save=synthetic.save_with_safetensors)
-        paths = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".safetensors"))
+        paths = sorted(synthetic.write_checkpoint(directory, size, shards, save=synthetic.save_with_safetensors))
         print("  reference digests (safetensors.safe_open, one tensor at a time) ...", flush=True)
         with open(stamp, "w") as f:
-            json.dump({"spec": want, "reference": _bench.reference_digests(paths)}, f)
-    paths = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".safetensors"))
+            json.dump({"spec": want, "reference": bench.reference_digests(paths)}, f)
     data = sum(fst.read_file_header(p).data_bytes for p in paths)
-    return Checkpoint(label, directory, paths, data, json.load(open(stamp))["reference"])
+    return Checkpoint(label, directory, paths, data, _read_json(stamp)["reference"])
 
 
 def resident_bytes(paths: Sequence[str]) -> Optional[int]:

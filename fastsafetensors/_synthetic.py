@@ -17,8 +17,8 @@ import numpy as np
 
 from .frameworks.numpy import NUMPY_DTYPES
 
-__all__ = ["TensorSpec", "llama_specs", "split_shards", "make_tensor", "save_numpy", "save_with_safetensors", "write_checkpoint",
-           "expected_tensors", "INDEX_NAME"]
+__all__ = ["TensorSpec", "llama_specs", "split_shards", "make_tensor", "save_numpy", "save_with_safetensors",
+           "write_checkpoint", "expected_tensors", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
 _SAFETENSORS_DTYPE = {np.dtype(t): name for name, t in NUMPY_DTYPES.items()}
