@@ -1,0 +1,7 @@
+"""``python -m fastsafetensors``: the same command line as ``fastsafetensors``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,256 @@
+"""The ``fastsafetensors`` command: load, inspect, verify, bench and demo.
+
+Every command takes what ``fastsafetensors.load`` takes: a ``.safetensors`` file, several, a
+directory, or a ``model.safetensors.index.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__, api
+from .errors import SafeTensorsError
+from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
+from .frameworks import canonical_name
+from .metrics import LoadMetrics
+from .plan import plan_load
+
+__all__ = ["main"]
+
+FRAMEWORKS = ("numpy", "torch", "jax")
+
+
+def _checkpoint(paths: Sequence[str]):
+    """One path as given (file, directory or index), several as a list of files."""
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
+def _resolve(paths: Sequence[str]) -> Tuple[List[str], Optional[Dict[str, str]]]:
+    return resolve_checkpoint(_checkpoint(paths))
+
+
+# ---------------------------------------------------------------- load
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    m = LoadMetrics()
+    tensors = api.load(_checkpoint(args.path), framework=args.framework, threads=args.threads,
+                       direct_io=args.direct_io or None, progress=True, metrics=m)
+    print(f"loaded into {args.framework}: {m.summary()}")
+    del tensors
+    return 0
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def _print_header(f: SafeTensorsFile) -> None:
+    h = f.header
+    print(f"{f.path}: {len(f.infos)} tensors, {f.size:,} bytes "
+          f"(header {h.header_length:,} bytes, data from byte {h.data_start:,})")
+    if f.metadata:
+        print("  metadata: " + ", ".join(f"{k}={v}" for k, v in f.metadata.items()))
+    rows = [(t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]", f"{t.nbytes:,}", f"[{t.begin}, {t.end})")
+            for t in f.infos]
+    heads = ("name", "dtype", "shape", "bytes", "offsets")
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
+    for row in [heads, *rows]:
+        print(("  " + "  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))).rstrip())
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    paths, weight_map = _resolve(args.path)
+    if weight_map is not None:
+        print(f"index: {len(weight_map)} tensors in {len(paths)} file(s)")
+    for i, p in enumerate(paths):
+        if i:
+            print()
+        _print_header(read_file_header(p))
+    return 0
+
+
+# ---------------------------------------------------------------- verify
+
+
+def _fail(what: str, exc: BaseException) -> None:
+    print(f"FAIL  {what}: {type(exc).__name__}: {exc}")
+
+
+# verify reads a file this many bytes at a time, so a large shard needs no more memory than this.
+VERIFY_BATCH_BYTES = 512 << 20
+
+
+def _verify_file(path: str) -> SafeTensorsFile:
+    """Validates the header, then reads every tensor byte (the tensors cover the data exactly)."""
+    f = read_file_header(path)
+    batch: List[str] = []
+    size = 0
+    for i, t in enumerate(f.infos):
+        batch.append(t.name)
+        size += t.nbytes
+        if size >= VERIFY_BATCH_BYTES or i == len(f.infos) - 1:
+            api.load_files([f], "numpy", names=batch, raw=True, progress=False)
+            batch, size = [], 0
+    return f
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    paths, weight_map = _resolve(args.path)
+    good: List[SafeTensorsFile] = []
+    failed = 0
+    for p in paths:
+        try:
+            f = _verify_file(p)
+        except (SafeTensorsError, OSError) as exc:
+            failed += 1
+            _fail(p, exc)
+            continue
+        good.append(f)
+        print(f"OK    {p}: {len(f.infos)} tensors, {f.data_bytes:,} data bytes read")
+    if not failed:
+        try:
+            if weight_map is not None:
+                check_index(good, weight_map)
+                print(f"OK    index: {len(weight_map)} tensors, each in the file it names")
+            plan_load(good)  # a tensor name in two files is an error
+        except SafeTensorsError as exc:
+            failed += 1
+            _fail("checkpoint", exc)
+    if failed:
+        print(f"{failed} problem(s) found")
+        return 1
+    print(f"all {len(paths)} file(s) OK")
+    return 0
+
+
+# ---------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import _bench
+
+    paths, _ = _resolve(args.path)
+    nbytes = sum(read_file_header(p).data_bytes for p in paths)
+    cases = _bench.cases(["fastsafetensors numpy", "fastsafetensors torch", "safetensors numpy",
+                          "safetensors torch (mmap, pages touched)"])
+    print(f"{len(paths)} file(s), {nbytes / 1e9:.3f} GB; {args.repeats} loads per case, in alternating order, "
+          "page cache as it is (run twice to measure a warm one)", flush=True)
+    reference = _bench.reference_digests(paths)
+    seconds = _bench.run_alternating(cases, paths, args.repeats, reference)
+    ours = _bench.median(seconds[cases[0].name])
+    rows = []
+    for c in cases:
+        t = _bench.median(seconds[c.name])
+        rows.append((c.name, f"{t:.3f}", f"{nbytes / t / 1e9:.2f}", f"{ours / t:.2f}x"))
+    print(_bench.markdown_table(("case", "median s", "GB/s", "speed vs ours"), rows))
+    print("every case returned the same bytes as safetensors")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _check_demo(tensors: Dict[str, object], size_bytes: int) -> int:
+    """Compares every loaded tensor with what the demo wrote (regenerated); returns the count."""
+    from ._bench import flat_bytes
+    from ._synthetic import expected_tensors
+
+    n = 0
+    for spec, want in expected_tensors(size_bytes):
+        got = tensors[spec.name]
+        if not (flat_bytes(got) == flat_bytes(want)).all():
+            raise AssertionError(f"tensor {spec.name} differs from what was written")
+        n += 1
+    if n != len(tensors):
+        raise AssertionError(f"loaded {len(tensors)} tensors, wrote {n}")
+    return n
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._synthetic import INDEX_NAME, write_checkpoint
+
+    size = int(args.size_mb * 1e6)
+    directory = args.keep or tempfile.mkdtemp(prefix="fastsafetensors-demo-")
+    try:
+        print(f"writing a Llama-shaped checkpoint of about {args.size_mb:g} MB ({args.shards} shards + index) "
+              f"to {directory}", flush=True)
+        start = time.perf_counter()
+        write_checkpoint(directory, size, args.shards)
+        print(f"  written in {time.perf_counter() - start:.1f} s; loading it through {INDEX_NAME} ...", flush=True)
+        m = LoadMetrics()
+        tensors = api.load(os.path.join(directory, INDEX_NAME), framework=args.framework, progress=True, metrics=m)
+        print(f"loaded into {args.framework}: {m.summary()}")
+        print("  (from a warm page cache: the files were just written)")
+        for name in list(tensors)[:3] + list(tensors)[-1:]:
+            t = tensors[name]
+            print(f"  {name}: {args.framework} {t.dtype} {tuple(t.shape)}")
+        print(f"checked: all {_check_demo(tensors, size)} tensors equal what was written")
+    finally:
+        if args.keep:
+            print(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def _framework(name: str) -> str:
+    fw = canonical_name(name)
+    if fw not in FRAMEWORKS:
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(FRAMEWORKS)}")
+    return fw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastsafetensors", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"fastsafetensors {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    path_help = "a .safetensors file, several, a directory, or a model.safetensors.index.json"
+
+    s = sub.add_parser("load", help="load a checkpoint and report how fast")
+    s.add_argument("path", nargs="+", help=path_help)
+    s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
+    s.add_argument("--threads", type=int, default=None, help="reader threads (default: 2 per core, 4 to 16)")
+    s.add_argument("--direct-io", action="store_true", help="read with O_DIRECT, bypassing the page cache")
+    s.set_defaults(func=cmd_load)
+
+    s = sub.add_parser("inspect", help="print each file's tensors (name, dtype, shape, bytes, offsets) and metadata")
+    s.add_argument("path", nargs="+", help=path_help)
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("verify", help="validate every file and read every byte; exit 1 on a bad one")
+    s.add_argument("path", nargs="+", help=path_help)
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("bench", help="time fastsafetensors against safetensors on a checkpoint")
+    s.add_argument("path", nargs="+", help=path_help)
+    s.add_argument("--repeats", type=int, default=5, help="loads per case (default 5)")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("demo", help="write a synthetic Llama-shaped checkpoint, load it, report")
+    s.add_argument("--size-mb", type=float, default=300, help="checkpoint size in MB (default 300)")
+    s.add_argument("--shards", type=int, default=3, help="number of shard files (default 3)")
+    s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
+    s.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (SafeTensorsError, OSError) as exc:
+        print(f"fastsafetensors {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,261 @@
+"""The ``fastsafetensors`` command line: load, inspect, verify, bench and demo."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import ml_dtypes  # noqa: F401  (lets safetensors.numpy read bf16)
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+import fastsafetensors  # noqa: E402
+from fastsafetensors._synthetic import INDEX_NAME, llama_specs  # noqa: E402
+from fastsafetensors.cli import main  # noqa: E402
+
+# Subprocesses import the same fastsafetensors as this test (the source tree or an install).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastsafetensors.__file__)))
+
+
+def _tensors(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        f"w{seed}": torch.randn(17, 33, generator=g).to(torch.bfloat16),
+        f"norm{seed}": torch.rand(33, generator=g),
+        f"ids{seed}": torch.arange(7, dtype=torch.int64),
+        f"scalar{seed}": torch.tensor(3.5, dtype=torch.float16),
+        f"empty{seed}": torch.zeros(0, 4),
+    }
+
+
+def _header(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n))
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    """Two shards written by safetensors and the index that names them."""
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    weight_map = {}
+    for k in range(2):
+        name = f"model-{k + 1:05d}-of-00002.safetensors"
+        tensors = _tensors(k)
+        save_file(tensors, str(d / name), metadata={"format": "pt"})
+        weight_map.update({t: name for t in tensors})
+    (d / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return d
+
+
+def _shards(d):
+    return sorted(str(p) for p in d.glob("*.safetensors"))
+
+
+def _run(*args):
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+    return subprocess.run([sys.executable, "-m", "fastsafetensors", *args], capture_output=True, text=True,
+                          env=env, timeout=240)
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def test_inspect_lists_every_tensor(sharded, capsys):
+    assert main(["inspect", str(sharded)]) == 0
+    out = capsys.readouterr().out
+    assert "index: 10 tensors in 2 file(s)" in out
+    for path in _shards(sharded):
+        header = _header(path)
+        assert f"{path}: {len(header) - 1} tensors, {os.path.getsize(path):,} bytes" in out
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            shape = "[" + ", ".join(map(str, entry["shape"])) + "]"
+            begin, end = entry["data_offsets"]
+            row = rf"\n  {re.escape(name)}\s+{entry['dtype']}\s+{re.escape(shape)}\s+{end - begin:,}\s+\[{begin}, {end}\)\n"
+            assert re.search(row, out), f"no row for {name}"
+    assert out.count("metadata: format=pt") == 2
+
+
+# ---------------------------------------------------------------- verify
+
+
+def test_verify_good_checkpoint(sharded, capsys):
+    assert main(["verify", str(sharded)]) == 0
+    out = capsys.readouterr().out
+    for path in _shards(sharded):
+        assert f"OK    {path}: 5 tensors" in out
+    assert "OK    index: 10 tensors" in out
+    assert "FAIL" not in out
+
+
+def _truncate(path):
+    size = os.path.getsize(path)
+    os.truncate(path, size - 10)
+
+
+def _break_json(path):
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(b"[")  # the header's root is no longer an object
+
+
+def _oversize_header_length(path):
+    with open(path, "r+b") as f:
+        f.write(os.path.getsize(path).to_bytes(8, "little"))
+
+
+def _grow(path):
+    with open(path, "ab") as f:
+        f.write(b"\0" * 3)
+
+
+@pytest.mark.parametrize("damage, error", [
+    (_truncate, "MetadataIncompleteBuffer"),
+    (_grow, "MetadataIncompleteBuffer"),
+    (_break_json, "InvalidHeaderDeserialization"),
+    (_oversize_header_length, "InvalidHeaderLength"),
+])
+def test_verify_fails_on_a_damaged_file_and_checks_the_others(sharded, capsys, damage, error):
+    bad, good = _shards(sharded)
+    damage(bad)
+    with pytest.raises(Exception) as exc_info:
+        fastsafetensors.read_file_header(bad)
+    assert type(exc_info.value).__name__ == error  # the library agrees on what is wrong
+    assert main(["verify", str(sharded)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(rf"^FAIL  {re.escape(bad)}: {error}: .+", out, re.M)
+    assert f"OK    {good}: 5 tensors" in out
+    assert "1 problem(s) found" in out
+
+
+def test_verify_fails_when_the_index_disagrees(sharded, capsys):
+    index = json.loads((sharded / INDEX_NAME).read_text())
+    index["weight_map"]["not_there"] = "model-00001-of-00002.safetensors"
+    (sharded / INDEX_NAME).write_text(json.dumps(index))
+    assert main(["verify", str(sharded / INDEX_NAME)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"^FAIL  checkpoint: TensorNotFound: .*not_there", out, re.M)
+
+
+def test_verify_fails_on_a_name_in_two_files(tmp_path, capsys):
+    save_file({"w": torch.ones(3)}, str(tmp_path / "a.safetensors"))
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "b.safetensors"))
+    assert main(["verify", str(tmp_path)]) == 1
+    assert re.search(r"^FAIL  checkpoint: DuplicateTensorName: .*`w`", capsys.readouterr().out, re.M)
+
+
+def test_verify_exit_status_from_the_shell(sharded):
+    assert _run("verify", str(sharded)).returncode == 0
+    bad = _shards(sharded)[1]
+    _truncate(bad)
+    proc = _run("verify", bad)
+    assert proc.returncode == 1
+    assert "MetadataIncompleteBuffer" in proc.stdout
+
+
+# ---------------------------------------------------------------- load
+
+
+def test_load_reports_what_it_loaded(sharded, capsys):
+    files = _shards(sharded)
+    nbytes = sum(os.path.getsize(p) - 8 - int.from_bytes(open(p, "rb").read(8), "little") for p in files)
+    assert main(["load", *files, "--framework", "torch", "--threads", "3"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^loaded into torch: 10 tensors from 2 file\(s\), {nbytes / 1e9:.3f} GB in [0-9.]+s "
+                     r"\([0-9.]+ GB/s; headers [0-9.]+s, .*read [0-9.]+s.*\)$", out, re.M)
+
+
+def test_load_of_a_missing_file_fails_cleanly(tmp_path, capsys):
+    assert main(["load", str(tmp_path / "nope.safetensors")]) == 1
+    assert "fastsafetensors load:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- demo
+
+
+def test_demo_writes_a_checkpoint_the_reference_reads(tmp_path):
+    keep = tmp_path / "demo"
+    proc = _run("demo", "--size-mb", "3", "--keep", str(keep))
+    assert proc.returncode == 0, proc.stderr
+    names = [s.name for s in llama_specs(3_000_000)]
+    assert f"checked: all {len(names)} tensors equal what was written" in proc.stdout
+    assert "model.layers.0.self_attn.q_proj.weight" in names
+    index = json.loads((keep / INDEX_NAME).read_text())
+    assert sorted(index["weight_map"]) == sorted(names)
+    assert len(set(index["weight_map"].values())) == 3
+    ours = fastsafetensors.load(keep, framework="numpy")
+    seen = set()
+    for path in _shards(keep):
+        with safe_open(path, framework="numpy") as f:
+            for name in f.keys():
+                ref = f.get_tensor(name)
+                assert ours[name].dtype == ref.dtype and ours[name].shape == ref.shape
+                assert ours[name].tobytes() == ref.tobytes()
+                seen.add(name)
+    assert seen == set(names)
+    dtypes = {str(a.dtype) for a in ours.values()}
+    assert dtypes == {"bfloat16", "float32"}
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_demo_removes_its_directory(capsys, framework):
+    if framework == "jax":
+        pytest.importorskip("jax")
+    assert main(["demo", "--size-mb", "1", "--framework", framework]) == 0
+    out = capsys.readouterr().out
+    directory = re.search(r"^writing .* to (\S+)$", out, re.M).group(1)
+    assert not os.path.exists(directory)
+    assert re.search(rf"^  model\.embed_tokens\.weight: {framework} ", out, re.M)
+    assert "checked: all" in out
+
+
+# ---------------------------------------------------------------- bench and entry point
+
+
+def test_bench_compares_with_safetensors(sharded, capsys):
+    assert main(["bench", str(sharded), "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    for case in ("fastsafetensors numpy", "fastsafetensors torch", "safetensors numpy",
+                 "safetensors torch (mmap, pages touched)"):
+        assert re.search(rf"^\| {re.escape(case)} +\| +[0-9.]+ \| +[0-9.]+ \| +[0-9.]+x \|$", out, re.M), case
+    assert re.search(r"^\| fastsafetensors numpy +\| .* 1\.00x \|$", out, re.M)
+    assert "every case returned the same bytes as safetensors" in out
+
+
+def test_bench_catches_a_loader_returning_wrong_bytes(sharded):
+    from fastsafetensors import _bench
+
+    paths = _shards(sharded)
+    reference = _bench.reference_digests(paths)
+
+    def broken(p):
+        out = fastsafetensors.load(list(p))
+        out["w0"] = out["w0"].copy()
+        out["w0"].reshape(-1).view(np.uint8)[5] ^= 1
+        return out
+
+    with pytest.raises(AssertionError, match="w0"):
+        _bench.run_alternating([_bench.Case("broken", broken)], paths, 1, reference)
+
+
+def test_module_entry_point_lists_the_commands():
+    proc = _run("--help")
+    assert proc.returncode == 0
+    for cmd in ("load", "inspect", "verify", "bench", "demo"):
+        assert cmd in proc.stdout
+
+
+def test_verify_reads_large_files_in_batches(sharded, capsys, monkeypatch):
+    import fastsafetensors.cli as cli
+
+    monkeypatch.setattr(cli, "VERIFY_BATCH_BYTES", 100)  # one batch per tensor or two
+    assert main(["verify", str(sharded)]) == 0
+    assert "all 2 file(s) OK" in capsys.readouterr().out
