@@ -228,27 +228,28 @@ def _mesh_axes(entry: Any) -> Tuple[str, ...]:
     return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def _sharding_error(t: _Target, f: SafeTensorsFile, exc: Exception) -> ShardingMismatch:
-    """Names the tensor, the dimension and the mesh axes that JAX refused."""
+def _sharding_error(t: _Target, f: SafeTensorsFile, exc: Optional[Exception]) -> ShardingMismatch:
+    """Names the tensor, the dimension and the mesh axes of a sharding that does not fit it."""
     s, shape = t.sharding, t.shape
+    msg = f"does not fit sharding {s}: {exc}"
     if isinstance(s, NamedSharding):
         spec = tuple(s.spec)
         if len(spec) > len(shape):
             msg = f"has rank {len(shape)} but its PartitionSpec {s.spec} names {len(spec)} dimensions"
-            return ShardingMismatch(f"{f.path}: tensor `{t.name}` of shape {shape} {msg}", filename=f.path, tensor=t.name)
-        for axis, entry in enumerate(spec):
+        for axis, entry in enumerate(spec[:len(shape)]):
             names = _mesh_axes(entry)
             ways = int(np.prod([s.mesh.shape[n] for n in names])) if names else 1
             if shape[axis] % ways:
-                return ShardingMismatch(
-                    f"{f.path}: tensor `{t.name}` of shape {shape}: axis {axis} (size {shape[axis]}) does not divide "
-                    f"over mesh axis {'x'.join(names)} ({ways} ways)", filename=f.path, tensor=t.name)
-    return ShardingMismatch(f"{f.path}: tensor `{t.name}` of shape {shape} does not fit sharding {s}: {exc}",
-                            filename=f.path, tensor=t.name)
+                msg = (f"axis {axis} (size {shape[axis]}) does not divide over mesh axis {'x'.join(names)} "
+                       f"({ways} ways)")
+                break
+    return ShardingMismatch(f"{f.path}: tensor `{t.name}` of shape {shape} {msg}", filename=f.path, tensor=t.name)
 
 
 def _shard_boxes(t: _Target, f: SafeTensorsFile) -> Dict[BoxKey, List["jax.Device"]]:
     """Distinct index boxes of this host's devices, each with the devices that hold it."""
+    if isinstance(t.sharding, NamedSharding) and len(t.sharding.spec) > len(t.shape):
+        raise _sharding_error(t, f, None)  # JAX would fail with an IndexError deep inside
     try:
         index_map = t.sharding.addressable_devices_indices_map(t.shape)
     except ValueError as exc:  # JAX refuses this shape for this sharding: so do we, by name
@@ -448,10 +449,15 @@ def _choose(strategy: str, targets: List[_Target]) -> str:
     return "per_device" if strategy == "auto" else strategy
 
 
+@lru_cache(maxsize=None)
+def _cast_to(dtype: np.dtype, sharding: Sharding) -> Callable[[jax.Array], jax.Array]:
+    return jax.jit(lambda x: x.astype(dtype), out_shardings=sharding)
+
+
 def _convert(out: Dict[str, jax.Array], targets: List[_Target]) -> Dict[str, jax.Array]:
     for t in targets:
         if t.dtype is not None and out[t.name].dtype != t.dtype:
-            out[t.name] = out[t.name].astype(t.dtype)  # on the devices, keeping the sharding
+            out[t.name] = _cast_to(t.dtype, t.sharding)(out[t.name])  # on the devices, same sharding
     return jax.block_until_ready(out)
 
 

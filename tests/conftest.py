@@ -1,0 +1,1 @@
+import os; os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()  # 8 CPU devices for the JAX sharding tests: set before anything imports jax
