@@ -90,12 +90,10 @@ def run_ours(path, mesh, rules, strategy):
 
 
 def best(fn, repeat):
-    times, extra = [], None
-    for _ in range(repeat):
-        r = fn()
-        t, extra = (r if isinstance(r, tuple) else (r, None))
-        times.append(t)
-    return min(times), extra
+    """The fastest of `repeat` runs, with what that run returned besides its time."""
+    runs = [fn() for _ in range(repeat)]
+    runs = [r if isinstance(r, tuple) else (r, None) for r in runs]
+    return min(runs, key=lambda r: r[0])
 
 
 def single_process(path, size, repeat):

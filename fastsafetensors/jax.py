@@ -308,19 +308,23 @@ class _Slot:
 
 @dataclass
 class _Region:
-    """A box read once into a staging buffer, then cut into the shards (slots) inside it."""
+    """A box read once into the staging buffer, then cut into the shards (slots) inside it."""
 
     target: _Target
     box: BoxKey
-    buffer: int
     slots: List[_Slot]
+    ranges: "cpp.RangeList"  # into the staging buffer, which follows the per-file buffers
 
 
 @dataclass
 class _ShardPlan:
-    plan: LoadPlan  # ranges and buffer sizes (the engine's input); no whole-tensor locations
+    plan: LoadPlan  # direct reads into one buffer per file; no whole-tensor locations
     slots: List[_Slot]
     regions: List[_Region]
+
+    @property
+    def staging_bytes(self) -> int:
+        return max((_box_bytes(r.box, r.target.info.dtype) for r in self.regions), default=0)
 
 
 def _bounding_box(boxes: Iterable[BoxKey]) -> BoxKey:
@@ -340,43 +344,57 @@ def _wants_region(t: _Target, boxes: Dict[BoxKey, Any], per_box: Dict[BoxKey, An
     return shard_bytes >= MIN_REGION_COVER * region
 
 
+def _plan_box(f: SafeTensorsFile, t: _Target, box: BoxKey, dst: int, offset: int) -> "cpp.RangeList":
+    start, stop = zip(*box) if box else ((), ())
+    return cpp.plan_box(f.header, t.index, list(start), list(stop), t.file, dst, offset)
+
+
 def _plan_shards(files: List[SafeTensorsFile], targets: List[_Target]) -> _ShardPlan:
     ranges = cpp.RangeList()
     sizes: List[int] = [0] * len(files)  # buffer i holds the shards of file i
+    staging = len(files)
     slots: List[_Slot] = []
     regions: List[_Region] = []
     for t in targets:
         f = files[t.file]
         boxes = _shard_boxes(t, f)
-        my_slots = []
-        per_box = {}
+        my_slots, per_box = [], {}
         for box, devices in boxes.items():
             slot = _Slot(t, box, devices, t.file, sizes[t.file])
             sizes[t.file] = _align(slot.offset + _box_bytes(box, t.info.dtype))
             my_slots.append(slot)
-            start, stop = zip(*box) if box else ((), ())
-            per_box[box] = cpp.plan_box(f.header, t.index, list(start), list(stop), t.file, t.file, slot.offset)
+            per_box[box] = _plan_box(f, t, box, t.file, slot.offset)
         slots.extend(my_slots)
         if _wants_region(t, boxes, per_box):
-            region = _Region(t, _bounding_box(boxes), len(sizes), my_slots)
-            sizes.append(_align(_box_bytes(region.box, t.info.dtype)))
-            start, stop = zip(*region.box)
-            ranges.extend(cpp.plan_box(f.header, t.index, list(start), list(stop), t.file, region.buffer, 0))
-            regions.append(region)
+            region = _bounding_box(boxes)
+            regions.append(_Region(t, region, my_slots, _plan_box(f, t, region, staging, 0)))
         else:
             for r in per_box.values():
                 ranges.extend(r)
     return _ShardPlan(LoadPlan(files, ranges, sizes, {}), slots, regions)
 
 
-def _cut_regions(sp: _ShardPlan, buffers: List["cpp.HostBuffer"]) -> None:
-    for region in sp.regions:
-        origin = [a for a, _ in region.box]
-        targets = [([a - o for (a, _), o in zip(s.box, origin)], [b - o for (_, b), o in zip(s.box, origin)],
-                    buffers[s.buffer], s.offset) for s in region.slots]
-        cpp.copy_boxes(buffers[region.buffer], 0, list(_box_shape(region.box)),
-                       BITS[region.target.info.dtype] // 8, targets)
-        buffers[region.buffer] = None  # staging is done: let it go
+def _cut_region(region: _Region, buffers: List["cpp.HostBuffer"], staging: "cpp.HostBuffer") -> None:
+    origin = [a for a, _ in region.box]
+    targets = [([a - o for (a, _), o in zip(s.box, origin)], [b - o for (_, b), o in zip(s.box, origin)],
+                buffers[s.buffer], s.offset) for s in region.slots]
+    cpp.copy_boxes(staging, 0, list(_box_shape(region.box)), BITS[region.target.info.dtype] // 8, targets)
+
+
+def _read_shards(sp: _ShardPlan, metrics: JaxLoadMetrics, read_options) -> List["cpp.HostBuffer"]:
+    """Reads the direct ranges, then each region into one reused staging buffer and cuts it:
+    host memory peaks at the shards plus the largest region, not twice the shards."""
+    buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
+    if sp.regions:
+        with metrics.phase("allocate"):
+            staging = cpp.HostBuffer.allocate(sp.staging_bytes)
+        for region in sp.regions:
+            read_into_host(LoadPlan(sp.plan.files, region.ranges, [], {}), metrics=metrics,
+                           buffers=[*buffers, staging], **read_options)
+            with metrics.phase("cut"):
+                _cut_region(region, buffers, staging)
+    metrics.files = len(metrics.bytes_per_file)  # each read call counted its files again
+    return buffers
 
 
 def _host_view(buffers, buffer: int, offset: int, t: _Target, shape: Tuple[int, ...]) -> np.ndarray:
@@ -389,9 +407,7 @@ def _host_view(buffers, buffer: int, offset: int, t: _Target, shape: Tuple[int, 
 def _load_per_device(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
     with metrics.phase("plan"):
         sp = _plan_shards(files, targets)
-    buffers: List[Any] = read_into_host(sp.plan, metrics=metrics, **read_options)
-    with metrics.phase("cut"):
-        _cut_regions(sp, buffers)
+    buffers = _read_shards(sp, metrics, read_options)
     with metrics.phase("transfer"):
         views, devices, owners = [], [], []
         for s in sp.slots:
@@ -443,7 +459,9 @@ def _load_scatter(files, targets, metrics, read_options) -> Dict[str, jax.Array]
 # ---------------------------------------------------------------- the entry point
 
 
-def _choose(strategy: str, targets: List[_Target]) -> str:
+def _choose(strategy: str) -> str:
+    """"auto" is per_device: it reads only this host's shards, holds host memory once (zero-copy
+    on the CPU) and works across processes; see docs/jax.md for when scatter wins."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     return "per_device" if strategy == "auto" else strategy
@@ -509,7 +527,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         files = open_checkpoint(paths)
     placer = _Placer(sharding, mesh, rules)
     targets = _targets(files, placer, names, dtype)
-    metrics.strategy = _choose(strategy, targets)
+    metrics.strategy = _choose(strategy)
     for t in targets:  # every shape checked against its sharding before any byte is read
         _shard_boxes(t, files[t.file])
     read_options = {"threads": threads, "progress": progress,
