@@ -1,6 +1,6 @@
 """JAX loads on the CPU with 8 fake devices: fastsafetensors.jax against safetensors.flax.
 
-Writes a Llama-shaped bf16 checkpoint (about 1 GB by default) with safetensors, then for
+Writes a Llama-shaped bf16 checkpoint (about 1.06 GB by default) with safetensors, then for
 column- and row-sharded layouts over a 1x8 mesh times, in the same run:
 
 * ``safetensors.flax.load_file`` followed by ``jax.device_put`` to the same shardings (the peer),
@@ -10,7 +10,7 @@ and reports ratios against the peer (page cache warm: the file was just written)
 N processes (jax.distributed on 127.0.0.1, 8/N devices each, one mesh over all 8) and reports the
 bytes each process read for N-way sharding, as a fraction of the checkpoint.
 
-    python benchmarks/jax_bench.py [--layers 7] [--repeat 3] [--procs 2 4]
+    python benchmarks/jax_bench.py [--layers 9] [--repeat 3] [--procs 2 4]
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main():
         _, _, path, port, n, pid, layout = sys.argv
         return worker(path, int(port), int(n), int(pid), layout)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=7, help="decoder layers (7: about 1 GB)")
+    ap.add_argument("--layers", type=int, default=9, help="decoder layers (9: about 1.06 GB)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--procs", type=int, nargs="*", default=[2, 4], help="process counts for the bytes-read check")
     ap.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temporary folder)")

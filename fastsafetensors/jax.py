@@ -117,14 +117,15 @@ def _path_name(path: Sequence[Any]) -> str:
     return ".".join(parts)
 
 
-def _abstract_leaves(tree: Any) -> Dict[str, jax.ShapeDtypeStruct]:
-    """Dotted name -> ShapeDtypeStruct of an abstract pytree (``{"a": {"b": [x]}}`` -> ``a.b.0``)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+def _tree_leaves(tree: Any) -> Dict[str, Any]:
+    """Dotted name -> leaf of a pytree whose leaves are ShapeDtypeStructs, Shardings or devices
+    (``{"a": {"b": [x]}}`` -> ``a.b.0``; a flat ``{"a.b": x}`` names ``a.b`` as well)."""
+    is_leaf = lambda x: isinstance(x, jax.ShapeDtypeStruct) or _is_placement(x)  # noqa: E731
     out = {}
-    for path, leaf in flat:
-        if not isinstance(leaf, jax.ShapeDtypeStruct):
-            raise TypeError(f"{_path_name(path)}: an abstract pytree holds jax.ShapeDtypeStruct leaves, "
-                            f"not {type(leaf).__name__}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+        if not is_leaf(leaf):
+            raise TypeError(f"{_path_name(path)}: a placement tree holds jax.ShapeDtypeStruct, Sharding or "
+                            f"Device leaves, not {type(leaf).__name__}")
         out[_path_name(path)] = leaf
     return out
 
@@ -146,8 +147,8 @@ def _rule_sharding(mesh: "jax.sharding.Mesh", rules: Rules) -> Callable[[str], S
 
 
 class _Placer:
-    """Turns the ``sharding``/``mesh``/``rules`` arguments into a sharding (and declared dtype)
-    per name. ``declared`` lists the names a mapping or abstract pytree asks for."""
+    """Turns the ``sharding``/``mesh``/``rules`` arguments into a sharding (and declared dtype and
+    shape) per name. ``declared`` lists the names a mapping or abstract pytree asks for."""
 
     def __init__(self, sharding: Placement, mesh: Optional["jax.sharding.Mesh"], rules: Optional[Rules]):
         self.declared: Optional[List[str]] = None
@@ -156,6 +157,8 @@ class _Placer:
         self._shapes: Dict[str, Tuple[int, ...]] = {}
         self._rule: Optional[Callable[[str], Sharding]] = None
         self._default: Optional[Sharding] = None
+        fallback = (NamedSharding(mesh, PartitionSpec()) if mesh is not None
+                    else SingleDeviceSharding(jax.local_devices()[0]))
         if rules is not None:
             if sharding is not None:
                 raise ValueError("pass either sharding= or rules= (with mesh=), not both")
@@ -163,23 +166,20 @@ class _Placer:
                 raise ValueError("rules= needs mesh=")
             self._rule = _rule_sharding(mesh, rules)
         elif sharding is None:
-            self._default = (NamedSharding(mesh, PartitionSpec()) if mesh is not None
-                             else SingleDeviceSharding(jax.local_devices()[0]))
+            self._default = fallback
         elif _is_placement(sharding):
             self._default = _as_sharding(sharding)
-        elif isinstance(sharding, Mapping) and all(_is_placement(v) for v in sharding.values()):
-            self._by_name = {str(k): _as_sharding(v) for k, v in sharding.items()}
-            self.declared = list(self._by_name)
         else:
-            self._from_abstract(_abstract_leaves(sharding), mesh)
+            self._from_tree(_tree_leaves(sharding), fallback)
 
-    def _from_abstract(self, leaves: Dict[str, jax.ShapeDtypeStruct], mesh) -> None:
-        fallback = (NamedSharding(mesh, PartitionSpec()) if mesh is not None
-                    else SingleDeviceSharding(jax.local_devices()[0]))
+    def _from_tree(self, leaves: Dict[str, Any], fallback: Sharding) -> None:
         for name, leaf in leaves.items():
-            self._by_name[name] = leaf.sharding if leaf.sharding is not None else fallback
-            self._dtypes[name] = np.dtype(leaf.dtype)
-            self._shapes[name] = tuple(leaf.shape)
+            if isinstance(leaf, jax.ShapeDtypeStruct):
+                self._by_name[name] = leaf.sharding if leaf.sharding is not None else fallback
+                self._dtypes[name] = np.dtype(leaf.dtype)
+                self._shapes[name] = tuple(leaf.shape)
+            else:
+                self._by_name[name] = _as_sharding(leaf)
         self.declared = list(leaves)
 
     def sharding(self, name: str) -> Sharding:

@@ -186,6 +186,11 @@ def test_placement_forms(ckpt):
     assert out["lm_head.weight"].sharding == mapping["lm_head.weight"]
     for name in mapping:
         assert_shards_match(out[name], ref[name])
+    # A pytree of shardings and devices places the tensors its dotted paths name.
+    tree = {"lm_head": {"weight": mapping["lm_head.weight"]}, "model": {"layers": [{"norm": {"weight": dev}}]}}
+    out = fj.load(d, tree, nested=True)
+    assert out["model"]["layers"]["0"]["norm"]["weight"].sharding == SingleDeviceSharding(dev)
+    assert_shards_match(out["lm_head"]["weight"], ref["lm_head.weight"])
 
 
 def test_abstract_pytree_sets_sharding_dtype_and_nesting(ckpt):
