@@ -1,7 +1,7 @@
 """JAX first: load a checkpoint straight into sharded ``jax.Array`` s.
 
-``load`` places every tensor by a sharding (one for all, one per name, regex rules over a mesh, or
-an abstract pytree of ``jax.ShapeDtypeStruct``) and reads, on each host, only the bytes of the
+``load`` places every tensor by a sharding (one for all, regex rules over a mesh, or a pytree of
+shardings or ``jax.ShapeDtypeStruct`` whose dotted paths are tensor names) and reads, on each host, only the bytes of the
 shards its addressable devices hold. See docs/jax.md.
 
 Two strategies:
