@@ -4,7 +4,7 @@ Writes a Llama-shaped bf16 checkpoint (about 1.06 GB by default) with safetensor
 column- and row-sharded layouts over a 1x8 mesh times, in the same run:
 
 * ``safetensors.flax.load_file`` followed by ``jax.device_put`` to the same shardings (the peer),
-* ``fastsafetensors.jax.load`` with strategy ``per_device`` and with ``scatter``,
+* ``fastsafetensors.jax.load`` with strategy ``per_device``, ``scatter`` and ``auto``,
 
 and reports ratios against the peer (page cache warm: the file was just written). Then it starts
 N processes (jax.distributed on 127.0.0.1, 8/N devices each, one mesh over all 8) and reports the
@@ -102,7 +102,7 @@ def single_process(path, size, repeat):
     for layout, rules in LAYOUTS.items():
         peer, _ = best(lambda: run_peer(path, mesh, rules), repeat)
         print(f"  {layout:7s} safetensors.flax + device_put   {peer:7.3f} s  {size / peer / 1e9:6.2f} GB/s")
-        for strategy in ("per_device", "scatter"):
+        for strategy in ("per_device", "scatter", "auto"):
             t, m = best(lambda: run_ours(path, mesh, rules, strategy), repeat)
             phases = ", ".join(f"{k} {v:.3f}" for k, v in m.seconds.items())
             print(f"  {layout:7s} fastsafetensors {strategy:10s}    {t:7.3f} s  {size / t / 1e9:6.2f} GB/s  "

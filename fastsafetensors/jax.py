@@ -59,6 +59,7 @@ BoxKey = Tuple[Tuple[int, int], ...]  # (start, stop) per dimension
 class JaxLoadMetrics(LoadMetrics):
     """:class:`LoadMetrics` of a JAX load.
 
+    ``strategy`` is the one asked for, ``tensors_per_strategy`` how many tensors each took.
     ``bytes_read`` and ``bytes_per_file`` count what this process read from disk;
     ``bytes_per_device`` the shard bytes delivered to each addressable device (a replicated
     shard counts for each device that holds it, although it was read once).
@@ -66,6 +67,7 @@ class JaxLoadMetrics(LoadMetrics):
     """
 
     strategy: str = ""
+    tensors_per_strategy: Dict[str, int] = field(default_factory=dict)
     process_index: int = 0
     bytes_per_device: Dict[str, int] = field(default_factory=dict)
 
@@ -393,7 +395,6 @@ def _read_shards(sp: _ShardPlan, metrics: JaxLoadMetrics, read_options) -> List[
                            buffers=[*buffers, staging], **read_options)
             with metrics.phase("cut"):
                 _cut_region(region, buffers, staging)
-    metrics.files = len(metrics.bytes_per_file)  # each read call counted its files again
     return buffers
 
 
@@ -459,12 +460,17 @@ def _load_scatter(files, targets, metrics, read_options) -> Dict[str, jax.Array]
 # ---------------------------------------------------------------- the entry point
 
 
-def _choose(strategy: str) -> str:
-    """"auto" is per_device: it reads only this host's shards, holds host memory once (zero-copy
-    on the CPU) and works across processes; see docs/jax.md for when scatter wins."""
+def _split(strategy: str, files: List[SafeTensorsFile], targets: List[_Target]) -> Tuple[List[_Target], List[_Target]]:
+    """(per_device targets, scatter targets). "auto" scatters the tensors whose shards all live in
+    this process and would be read as a region and cut on the host (column-style shards): both
+    read the same bytes, and XLA's copy beat our host cut in our measurements. Everything else,
+    and every tensor that spans processes, is read per device."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    return "per_device" if strategy == "auto" else strategy
+    if strategy != "auto":
+        return (targets, []) if strategy == "per_device" else ([], targets)
+    cut = {r.target.name for r in _plan_shards(files, targets).regions if r.target.sharding.is_fully_addressable}
+    return [t for t in targets if t.name not in cut], [t for t in targets if t.name in cut]
 
 
 @lru_cache(maxsize=None)
@@ -515,7 +521,8 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         names: load only these tensors (only their bytes are read).
         dtype: convert floating tensors to this dtype ("BF16", ``jnp.bfloat16``...) on the devices.
         strategy: "per_device" (read each host's shards only), "scatter" (read whole tensors once,
-            distribute with a jitted identity), or "auto" (per_device; see docs/jax.md).
+            distribute with a jitted identity), or "auto" (per tensor: scatter for column-style
+            shards held by this process alone, per_device for the rest; see docs/jax.md).
         metrics: a :class:`JaxLoadMetrics` to fill in.
         threads, direct_io, progress: as for :func:`fastsafetensors.load`.
 
@@ -527,13 +534,21 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         files = open_checkpoint(paths)
     placer = _Placer(sharding, mesh, rules)
     targets = _targets(files, placer, names, dtype)
-    metrics.strategy = _choose(strategy)
     for t in targets:  # every shape checked against its sharding before any byte is read
         _shard_boxes(t, files[t.file])
+    with metrics.phase("plan"):
+        per_device, scatter = _split(strategy, files, targets)
+    metrics.strategy = strategy
+    metrics.tensors_per_strategy = {"per_device": len(per_device), "scatter": len(scatter)}
     read_options = {"threads": threads, "progress": progress,
                     "direct_io": _direct_io_default() if direct_io is None else direct_io}
-    load_with = _load_scatter if metrics.strategy == "scatter" else _load_per_device
-    out = load_with(files, targets, metrics, read_options)
+    out: Dict[str, jax.Array] = {}
+    if per_device:
+        out.update(_load_per_device(files, per_device, metrics, read_options))
+    if scatter:
+        out.update(_load_scatter(files, scatter, metrics, read_options))
+    metrics.files = len(metrics.bytes_per_file)  # each read call counted its files again
+    out = {t.name: out[t.name] for t in targets}
     with metrics.phase("convert"):
         out = _convert(out, targets)
     metrics.tensors += len(out)

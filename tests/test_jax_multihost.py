@@ -41,7 +41,7 @@ def worker(ckpt: str, port: int, process_id: int, result: str) -> None:
     with open(result, "w") as f:
         json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
                    "devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
-                   "bytes_read": metrics.bytes_read, "bytes_per_device": metrics.bytes_per_device,
+                   "bytes_read": metrics.bytes_read, "tensors_per_strategy": metrics.tensors_per_strategy, "bytes_per_device": metrics.bytes_per_device,
                    "shards": sum(len(a.addressable_shards) for a in out.values()),
                    "mismatches": mismatches, "total": total, "ref_total": float(ref["cols"].sum(dtype=np.float32))},
                   f)
@@ -99,6 +99,8 @@ def test_two_processes_read_half_each(tmp_path):
         # Half of every sharded tensor, plus the replicated one whole: within 5% of that.
         assert abs(r["bytes_read"] - replicated - sharded / 2) <= 0.05 * sharded / 2, r["bytes_read"]
         assert len(r["bytes_per_device"]) == 4
+        # auto reads per device whatever spans both processes ("norm" is replicated: on each process).
+        assert r["tensors_per_strategy"]["per_device"] >= len(SHARDED)
         assert r["total"] == pytest.approx(r["ref_total"], rel=1e-5)
 
 

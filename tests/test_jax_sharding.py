@@ -142,7 +142,7 @@ def test_zero_copy_and_replicas_share_host_memory(ckpt):
     gc.collect()  # arrays of earlier tests must not be freed while this one counts
     before = cpp.host_live_bytes()
     out = fj.load(d, mesh=mesh, rules=[(r"embed", P("a")), (r"lm_head", P(None, "b"))],
-                  names=["model.embed.weight", "lm_head.weight"])
+                  names=["model.embed.weight", "lm_head.weight"], strategy="per_device")
     held = cpp.host_live_bytes() - before
     # The arrays live in the engine's buffers (no copy): one slot per distinct shard.
     assert ref["model.embed.weight"].nbytes + ref["lm_head.weight"].nbytes <= held
@@ -169,8 +169,15 @@ def test_column_shards_read_as_one_region(ckpt):
     # Columns: 8 shards x 64 rows of 16-byte runs become one contiguous region read; rows: one run each.
     assert [r.target.name for r in sp.regions] == ["model.embed.weight"]
     assert len(sp.regions[0].ranges) == 1 and len(sp.plan.ranges) == 8
-    out = fj.load(d, mesh=mesh, rules=[(r"embed", P(None, "b"))], names=["model.embed.weight"])
-    assert_shards_match(out["model.embed.weight"], ref["model.embed.weight"])
+    for strategy in ("per_device", "auto"):
+        m = fj.JaxLoadMetrics()
+        out = fj.load(d, mesh=mesh, rules=[(r"embed", P(None, "b")), (r"lm_head", P("b"))],
+                      names=["model.embed.weight", "lm_head.weight"], strategy=strategy, metrics=m)
+        for name in ("model.embed.weight", "lm_head.weight"):
+            assert_shards_match(out[name], ref[name])
+        # auto scatters the column-sharded tensor (held by this process alone), reads rows per device.
+        expected = {"per_device": 2, "scatter": 0} if strategy == "per_device" else {"per_device": 1, "scatter": 1}
+        assert m.tensors_per_strategy == expected
 
 
 def test_placement_forms(ckpt):
@@ -258,7 +265,7 @@ def test_scatter_matches_per_device(ckpt):
     rules = [(r"mlp", P("a", None, "b")), (r"q\.", P(None, "b")), (r"embed|lm_head", P("b", "a"))]
     m = fj.JaxLoadMetrics()
     out = fj.load(d, mesh=mesh, rules=rules, strategy="scatter", metrics=m)
-    assert m.strategy == "scatter"
+    assert m.strategy == "scatter" and m.tensors_per_strategy == {"per_device": 0, "scatter": len(ref)}
     assert m.bytes_read == sum(r.nbytes for r in ref.values())
     for name, arr in out.items():
         assert_shards_match(arr, ref[name])
