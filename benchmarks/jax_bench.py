@@ -117,7 +117,8 @@ def worker(path, port, procs, pid, layout):
     m = fj.JaxLoadMetrics()
     t0 = time.perf_counter()
     jax.block_until_ready(fj.load(path, mesh=mesh, rules=LAYOUTS[layout], metrics=m))
-    print(json.dumps({"pid": pid, "bytes_read": m.bytes_read, "seconds": time.perf_counter() - t0}), flush=True)
+    print(json.dumps({"pid": pid, "bytes_read": m.bytes_read, "seconds": time.perf_counter() - t0,
+                      "phases": m.seconds}), flush=True)
     jax.distributed.shutdown()
 
 
@@ -140,8 +141,10 @@ def multi_process(path, size, nprocs):
                         p.kill()
                     p.wait()
             worst = max(o["bytes_read"] for o in outs)
+            slowest = max(outs, key=lambda o: o["seconds"])
+            phases = ", ".join(f"{k} {v:.3f}" for k, v in slowest["phases"].items())
             print(f"  {layout:7s} N={n}: max {worst / 1e9:.3f} GB per process = {worst * n / size:.3f} x (1/N of "
-                  f"the checkpoint); slowest process {max(o['seconds'] for o in outs):.2f} s")
+                  f"the checkpoint); slowest process {slowest['seconds']:.2f} s ({phases})")
 
 
 def main():

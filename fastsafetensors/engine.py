@@ -91,9 +91,11 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
         if bar is not None:
             bar.close()
     metrics.files += len(plan.files)
-    metrics.bytes_read += plan.total_bytes
-    for r in plan.ranges:
-        path = plan.files[r.file].path
-        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
-    logger.debug("read %d bytes from %d file(s) with %d threads", plan.total_bytes, len(plan.files), reader.threads)
+    per_file = cpp.bytes_per_file(plan.ranges)
+    total = sum(per_file.values())
+    metrics.bytes_read += total
+    for i, n in per_file.items():
+        path = plan.files[i].path
+        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + n
+    logger.debug("read %d bytes from %d file(s) with %d threads", total, len(plan.files), reader.threads)
     return buffers

@@ -40,7 +40,7 @@ class LoadPlan:
 
     @property
     def total_bytes(self) -> int:
-        return sum(r.length for r in self.ranges)
+        return sum(cpp.bytes_per_file(self.ranges).values())
 
     def sources(self) -> List["cpp.ReadSource"]:
         return [cpp.ReadSource(f.path, f.size) for f in self.files]

@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <thread>
@@ -13,6 +14,9 @@
 #include "fastsafetensors/buffer.hpp"
 
 namespace py = pybind11;
+
+// RangeList is bound opaque in bindings.cpp; every file that takes one must say so too.
+PYBIND11_MAKE_OPAQUE(std::vector<fst::ReadRange>);
 
 namespace {
 using fst::Box;
@@ -60,4 +64,13 @@ void fst::python::bind_shards(py::module_& m) {
         py::arg("elem_bytes"), py::arg("targets"),
         "Copy boxes (start, stop, dst buffer, dst offset) of the C-order region at src_offset (src_shape "
         "elements of elem_bytes) into contiguous C-order destinations, in parallel.");
+  // Shard plans hold a range per strided run (millions for column shards): sum them here, not in Python.
+  m.def(
+      "bytes_per_file",
+      [](const std::vector<fst::ReadRange>& ranges) {
+        std::map<uint32_t, uint64_t> out;
+        for (const auto& r : ranges) out[r.file] += r.length;
+        return out;
+      },
+      py::arg("ranges"), "Bytes the ranges read from each file index.");
 }
