@@ -460,17 +460,13 @@ def _load_scatter(files, targets, metrics, read_options) -> Dict[str, jax.Array]
 # ---------------------------------------------------------------- the entry point
 
 
-def _split(strategy: str, files: List[SafeTensorsFile], targets: List[_Target]) -> Tuple[List[_Target], List[_Target]]:
-    """(per_device targets, scatter targets). "auto" scatters the tensors whose shards all live in
-    this process and would be read as a region and cut on the host (column-style shards): both
-    read the same bytes, and XLA's copy beat our host cut in our measurements. Everything else,
-    and every tensor that spans processes, is read per device."""
+def _split(strategy: str, targets: List[_Target]) -> Tuple[List[_Target], List[_Target]]:
+    """(per_device targets, scatter targets). "auto" is per_device: it reads only this host's
+    shards, holds host memory once (zero-copy on the CPU) and works across processes; scatter won
+    no layout consistently in our measurements (docs/jax.md)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy != "auto":
-        return (targets, []) if strategy == "per_device" else ([], targets)
-    cut = {r.target.name for r in _plan_shards(files, targets).regions if r.target.sharding.is_fully_addressable}
-    return [t for t in targets if t.name not in cut], [t for t in targets if t.name in cut]
+    return ([], targets) if strategy == "scatter" else (targets, [])
 
 
 @lru_cache(maxsize=None)
@@ -521,8 +517,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         names: load only these tensors (only their bytes are read).
         dtype: convert floating tensors to this dtype ("BF16", ``jnp.bfloat16``...) on the devices.
         strategy: "per_device" (read each host's shards only), "scatter" (read whole tensors once,
-            distribute with a jitted identity), or "auto" (per tensor: scatter for column-style
-            shards held by this process alone, per_device for the rest; see docs/jax.md).
+            distribute with a jitted identity), or "auto" (per_device; see docs/jax.md).
         metrics: a :class:`JaxLoadMetrics` to fill in.
         threads, direct_io, progress: as for :func:`fastsafetensors.load`.
 
@@ -536,8 +531,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
     targets = _targets(files, placer, names, dtype)
     for t in targets:  # every shape checked against its sharding before any byte is read
         _shard_boxes(t, files[t.file])
-    with metrics.phase("plan"):
-        per_device, scatter = _split(strategy, files, targets)
+    per_device, scatter = _split(strategy, targets)
     metrics.strategy = strategy
     metrics.tensors_per_strategy = {"per_device": len(per_device), "scatter": len(scatter)}
     read_options = {"threads": threads, "progress": progress,
