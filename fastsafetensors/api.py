@@ -10,7 +10,7 @@ from . import cpp
 from .dtypes import FLOAT_DTYPES
 from .engine import read_into_host
 from .errors import UnsupportedDtype
-from .files import PathLike, SafeTensorsFile, check_index, read_headers, resolve_checkpoint
+from .files import PathLike, SafeTensorsFile, open_checkpoint
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
 from .plan import LoadPlan, plan_load
@@ -95,10 +95,7 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
         weights = fastsafetensors.load("model/", framework="torch")
     """
     metrics = metrics if metrics is not None else LoadMetrics()
-    paths, weight_map = resolve_checkpoint(path_or_paths)
     with metrics.phase("headers"):
-        files = read_headers(paths)
-        if weight_map is not None:
-            check_index(files, weight_map)
+        files = open_checkpoint(path_or_paths)
     return load_files(files, framework, names=names, device=device, dtype=dtype, raw=raw, threads=threads,
                       direct_io=direct_io, progress=progress, metrics=metrics)

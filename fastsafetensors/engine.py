@@ -69,12 +69,15 @@ def _progress_bar(total: int, progress: Optional[bool]):
 
 def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
-                   metrics: Optional[LoadMetrics] = None) -> List["cpp.HostBuffer"]:
-    """Allocates one host buffer per planned file and reads every range into it."""
+                   metrics: Optional[LoadMetrics] = None,
+                   buffers: Optional[List["cpp.Buffer"]] = None) -> List["cpp.HostBuffer"]:
+    """Allocates one host buffer per planned file (unless ``buffers`` are given to reuse) and reads
+    every range into its buffer."""
     metrics = metrics if metrics is not None else LoadMetrics()
     reader = get_reader(threads)
-    with metrics.phase("allocate"):
-        buffers = [cpp.HostBuffer.allocate(size) for size in plan.buffer_sizes]
+    if buffers is None:
+        with metrics.phase("allocate"):
+            buffers = [cpp.HostBuffer.allocate(size) for size in plan.buffer_sizes]
     sources = plan.sources()
     bar = _progress_bar(plan.total_bytes, progress)
     try:
@@ -88,9 +91,11 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
         if bar is not None:
             bar.close()
     metrics.files += len(plan.files)
-    metrics.bytes_read += plan.total_bytes
-    for r in plan.ranges:
-        path = plan.files[r.file].path
-        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
-    logger.debug("read %d bytes from %d file(s) with %d threads", plan.total_bytes, len(plan.files), reader.threads)
+    per_file = cpp.bytes_per_file(plan.ranges)
+    total = sum(per_file.values())
+    metrics.bytes_read += total
+    for i, n in per_file.items():
+        path = plan.files[i].path
+        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + n
+    logger.debug("read %d bytes from %d file(s) with %d threads", total, len(plan.files), reader.threads)
     return buffers

@@ -26,6 +26,7 @@ __all__ = [
     "TensorNotFound",
     "IndexMismatch",
     "UnsupportedDtype",
+    "ShardingMismatch",
     "ReadError",
     "TruncatedFileError",
     "LoaderClosedError",
@@ -98,6 +99,11 @@ class IndexMismatch(SafeTensorsError):
 
 class UnsupportedDtype(SafeTensorsError, TypeError):
     """The framework asked for has no type for a tensor's dtype."""
+
+
+class ShardingMismatch(SafeTensorsError):
+    """A requested placement does not fit a tensor (a shape the mesh does not divide, a rank or
+    shape other than the tensor's). Raised before any byte is read."""
 
 
 class ReadError(OSError):

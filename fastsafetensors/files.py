@@ -11,7 +11,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 from . import cpp
 from .errors import IndexMismatch, SafeTensorsError, TensorNotFound
 
-__all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "PathLike"]
+__all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]
 
 PathLike = Union[str, os.PathLike]
 INDEX_SUFFIX = ".index.json"
@@ -111,3 +111,13 @@ def check_index(files: Sequence[SafeTensorsFile], weight_map: Mapping[str, str])
         if extra:
             raise IndexMismatch(f"{f.path}: holds tensor `{extra[0]}` that the index does not list",
                                 filename=f.path, tensor=extra[0])
+
+
+def open_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> List[SafeTensorsFile]:
+    """Resolves a checkpoint (see :func:`resolve_checkpoint`) and reads its headers, checked
+    against its index when it has one."""
+    paths, weight_map = resolve_checkpoint(path_or_paths)
+    files = read_headers(paths)
+    if weight_map is not None:
+        check_index(files, weight_map)
+    return files

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import cpp
 from .errors import DuplicateTensorName, TensorNotFound
 from .files import SafeTensorsFile
 
-__all__ = ["TensorLocation", "LoadPlan", "plan_load"]
+__all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors"]
 
 
 @dataclass(frozen=True)
@@ -40,31 +40,40 @@ class LoadPlan:
 
     @property
     def total_bytes(self) -> int:
-        return sum(r.length for r in self.ranges)
+        return sum(cpp.bytes_per_file(self.ranges).values())
 
     def sources(self) -> List["cpp.ReadSource"]:
         return [cpp.ReadSource(f.path, f.size) for f in self.files]
 
 
-def plan_load(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> LoadPlan:
-    """Plans reading ``names`` (every tensor when None) from ``files``, one buffer per file.
+def locate_tensors(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> Dict[str, Tuple[int, int]]:
+    """Where each of ``names`` (every tensor when None) is: (file index, index in its header).
 
     A name found in two files is an error: silently keeping one would hide a broken checkpoint.
     """
-    owner: Dict[str, int] = {}
+    where: Dict[str, Tuple[int, int]] = {}
     for i, f in enumerate(files):
-        for name in f.tensors:
-            if name in owner:
-                raise DuplicateTensorName(
-                    f"tensor `{name}` is in both {files[owner[name]].path} and {f.path}", filename=f.path, tensor=name)
-            owner[name] = i
-    wanted: Optional[set] = None
-    if names is not None:
-        wanted = set(names)
-        for name in wanted:
-            if name not in owner:
-                raise TensorNotFound(f"tensor `{name}` is in none of the {len(files)} file(s): "
-                                     + ", ".join(f.path for f in files), tensor=name)
+        for k, info in enumerate(f.infos):
+            if info.name in where:
+                first = files[where[info.name][0]].path
+                raise DuplicateTensorName(f"tensor `{info.name}` is in both {first} and {f.path}",
+                                          filename=f.path, tensor=info.name)
+            where[info.name] = (i, k)
+    if names is None:
+        return where
+    out: Dict[str, Tuple[int, int]] = {}
+    for name in names:
+        if name not in where:
+            raise TensorNotFound(f"tensor `{name}` is in none of the {len(files)} file(s): "
+                                 + ", ".join(f.path for f in files), tensor=name)
+        out[name] = where[name]
+    return out
+
+
+def plan_load(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> LoadPlan:
+    """Plans reading ``names`` (every tensor when None) from ``files``, one buffer per file."""
+    where = locate_tensors(files, names)
+    wanted = None if names is None else set(where)
     ranges = cpp.RangeList()
     sizes: List[int] = []
     tensors: Dict[str, TensorLocation] = {}

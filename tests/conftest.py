@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+# The JAX sharding tests need 8 CPU devices; XLA reads this once, before anything imports jax.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 from typing import Dict
 
 import pytest

@@ -1,0 +1,168 @@
+"""JAX loads on the CPU with 8 fake devices: fastsafetensors.jax against safetensors.flax.
+
+Writes a Llama-shaped bf16 checkpoint (about 1.06 GB by default) with safetensors, then for
+column- and row-sharded layouts over a 1x8 mesh times, in the same run:
+
+* ``safetensors.flax.load_file`` followed by ``jax.device_put`` to the same shardings (the peer),
+* ``fastsafetensors.jax.load`` with strategy ``per_device``, ``scatter`` and ``auto``,
+
+and reports ratios against the peer (page cache warm: the file was just written). Then it starts
+N processes (jax.distributed on 127.0.0.1, 8/N devices each, one mesh over all 8) and reports the
+bytes each process read for N-way sharding, as a fraction of the checkpoint.
+
+    python benchmarks/jax_bench.py [--layers 9] [--repeat 3] [--procs 2 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+if "--worker" not in sys.argv:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+LAYOUTS = {
+    # every 2-D weight split along its last axis (columns: small strided runs) or its first (rows)
+    "column": [(r"(proj|embed_tokens|lm_head)\.weight$", P(None, "model"))],
+    "row": [(r"(proj|embed_tokens|lm_head)\.weight$", P("model", None))],
+}
+
+
+def write_checkpoint(path: str, layers: int, hidden: int = 2048, inter: int = 5632, vocab: int = 32000,
+                     kv: int = 256) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(torch.bfloat16)
+
+    tensors = {"model.embed_tokens.weight": w(vocab, hidden), "lm_head.weight": w(vocab, hidden),
+               "model.norm.weight": w(hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        tensors.update({p + "self_attn.q_proj.weight": w(hidden, hidden), p + "self_attn.k_proj.weight": w(kv, hidden),
+                        p + "self_attn.v_proj.weight": w(kv, hidden), p + "self_attn.o_proj.weight": w(hidden, hidden),
+                        p + "mlp.gate_proj.weight": w(inter, hidden), p + "mlp.up_proj.weight": w(inter, hidden),
+                        p + "mlp.down_proj.weight": w(hidden, inter), p + "input_layernorm.weight": w(hidden)})
+    save_file(tensors, path)
+    return os.path.getsize(path)
+
+
+def shardings_for(names, mesh, rules):
+    import fastsafetensors.jax as fj
+
+    place = fj._rule_sharding(mesh, rules)
+    return {n: place(n) for n in names}
+
+
+def run_peer(path, mesh, rules):
+    from safetensors.flax import load_file
+
+    t0 = time.perf_counter()
+    host = load_file(path)
+    out = jax.device_put(host, shardings_for(host, mesh, rules))
+    jax.block_until_ready(out)
+    return time.perf_counter() - t0
+
+
+def run_ours(path, mesh, rules, strategy):
+    import fastsafetensors.jax as fj
+
+    m = fj.JaxLoadMetrics()
+    t0 = time.perf_counter()
+    out = fj.load(path, mesh=mesh, rules=rules, strategy=strategy, metrics=m)
+    jax.block_until_ready(out)
+    return time.perf_counter() - t0, m
+
+
+def best(fn, repeat):
+    """The fastest of `repeat` runs, with what that run returned besides its time."""
+    runs = [fn() for _ in range(repeat)]
+    runs = [r if isinstance(r, tuple) else (r, None) for r in runs]
+    return min(runs, key=lambda r: r[0])
+
+
+def single_process(path, size, repeat):
+    mesh = Mesh(np.array(jax.devices()), ("model",))
+    print(f"checkpoint {size / 1e9:.3f} GB, {len(jax.devices())} CPU devices, warm page cache, best of {repeat}")
+    for layout, rules in LAYOUTS.items():
+        peer, _ = best(lambda: run_peer(path, mesh, rules), repeat)
+        print(f"  {layout:7s} safetensors.flax + device_put   {peer:7.3f} s  {size / peer / 1e9:6.2f} GB/s")
+        for strategy in ("per_device", "scatter", "auto"):
+            t, m = best(lambda: run_ours(path, mesh, rules, strategy), repeat)
+            phases = ", ".join(f"{k} {v:.3f}" for k, v in m.seconds.items())
+            print(f"  {layout:7s} fastsafetensors {strategy:10s}    {t:7.3f} s  {size / t / 1e9:6.2f} GB/s  "
+                  f"x{peer / t:5.2f} vs peer  (read {m.bytes_read / 1e9:.3f} GB; {phases})")
+
+
+def worker(path, port, procs, pid, layout):
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=procs, process_id=pid, initialization_timeout=120)
+    import fastsafetensors.jax as fj
+
+    mesh = Mesh(np.array(jax.devices()), ("model",))
+    m = fj.JaxLoadMetrics()
+    t0 = time.perf_counter()
+    jax.block_until_ready(fj.load(path, mesh=mesh, rules=LAYOUTS[layout], metrics=m))
+    print(json.dumps({"pid": pid, "bytes_read": m.bytes_read, "seconds": time.perf_counter() - t0,
+                      "phases": m.seconds}), flush=True)
+    jax.distributed.shutdown()
+
+
+def multi_process(path, size, nprocs):
+    print("bytes read per process, N-way sharding over 8 devices in N processes (target <= 1/N + 5%)")
+    for layout in LAYOUTS:
+        for n in nprocs:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // n}")
+            procs = [subprocess.Popen([sys.executable, __file__, "--worker", path, str(port), str(n), str(i), layout],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                     for i in range(n)]
+            try:
+                outs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                    p.wait()
+            worst = max(o["bytes_read"] for o in outs)
+            slowest = max(outs, key=lambda o: o["seconds"])
+            phases = ", ".join(f"{k} {v:.3f}" for k, v in slowest["phases"].items())
+            print(f"  {layout:7s} N={n}: max {worst / 1e9:.3f} GB per process = {worst * n / size:.3f} x (1/N of "
+                  f"the checkpoint); slowest process {slowest['seconds']:.2f} s ({phases})")
+
+
+def main():
+    if sys.argv[1:2] == ["--worker"]:
+        _, _, path, port, n, pid, layout = sys.argv
+        return worker(path, int(port), int(n), int(pid), layout)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=9, help="decoder layers (9: about 1.06 GB)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--procs", type=int, nargs="*", default=[2, 4], help="process counts for the bytes-read check")
+    ap.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temporary folder)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        path = os.path.join(d, "model.safetensors")
+        size = write_checkpoint(path, args.layers)
+        single_process(path, size, args.repeat)
+        multi_process(path, size, args.procs)
+
+
+if __name__ == "__main__":
+    main()
