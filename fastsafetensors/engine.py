@@ -67,23 +67,43 @@ def _progress_bar(total: int, progress: Optional[bool]):
     return tqdm(total=total, unit="B", unit_scale=True, desc="fastsafetensors", leave=False)
 
 
+def _buffer_files(plan: LoadPlan) -> List[str]:
+    """The file each planned buffer holds (buffer i is filled by one file)."""
+    owner = {loc.buffer: plan.files[loc.file].path for loc in plan.tensors.values()}
+    return [owner[i] for i in range(len(plan.buffer_sizes))]
+
+
+def _allocate(size: int, path: str) -> "cpp.HostBuffer":
+    try:
+        return cpp.HostBuffer.allocate(size)
+    except MemoryError as exc:
+        raise MemoryError(f"{path}: cannot allocate {size} bytes of host memory to load it") from exc
+
+
 def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
                    metrics: Optional[LoadMetrics] = None) -> List["cpp.HostBuffer"]:
     """Allocates one host buffer per planned file and reads every range into it."""
     metrics = metrics if metrics is not None else LoadMetrics()
     reader = get_reader(threads)
-    with metrics.phase("allocate"):
-        buffers = [cpp.HostBuffer.allocate(size) for size in plan.buffer_sizes]
-    sources = plan.sources()
-    bar = _progress_bar(plan.total_bytes, progress)
+    buffers: List["cpp.HostBuffer"] = []
+    bar = None
     try:
+        with metrics.phase("allocate"):
+            for size, path in zip(plan.buffer_sizes, _buffer_files(plan)):
+                buffers.append(_allocate(size, path))
+        sources = plan.sources()
+        bar = _progress_bar(plan.total_bytes, progress)
         with metrics.phase("read"):
             batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
             for batch in batches:
                 done = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
                 if bar is not None:
                     bar.update(done)
+    except BaseException:
+        # Nothing of a failed load is handed back, and the traceback must not keep it alive.
+        buffers.clear()
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -26,6 +26,7 @@ __all__ = [
     "TensorNotFound",
     "IndexMismatch",
     "UnsupportedDtype",
+    "IntegrityError",
     "ReadError",
     "TruncatedFileError",
     "LoaderClosedError",
@@ -98,6 +99,16 @@ class IndexMismatch(SafeTensorsError):
 
 class UnsupportedDtype(SafeTensorsError, TypeError):
     """The framework asked for has no type for a tensor's dtype."""
+
+
+class IntegrityError(SafeTensorsError):
+    """A file's SHA-256 is not the one expected (or no expected digest is known for it)."""
+
+    def __init__(self, message: str, *, filename: Optional[str] = None, expected: Optional[str] = None,
+                 actual: Optional[str] = None):
+        super().__init__(message, filename=filename)
+        self.expected = expected
+        self.actual = actual
 
 
 class ReadError(OSError):

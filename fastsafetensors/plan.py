@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from . import cpp
-from .errors import DuplicateTensorName, TensorNotFound
+from .dtypes import BITS
+from .errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
 __all__ = ["TensorLocation", "LoadPlan", "plan_load"]
-
 
 @dataclass(frozen=True)
 class TensorLocation:
@@ -29,6 +29,24 @@ class TensorLocation:
     @property
     def shape(self):
         return self.info.shape
+
+
+# DLPack carries dimensions as int64, NumPy arrays have at most 64 of them, and frameworks size
+# arrays by the product of their non-zero dimensions: a valid header may describe an empty tensor
+# (one zero dimension) whose other dimensions no framework can hold.
+MAX_LOADABLE_RANK = 64
+_MAX_EXTENT = 2 ** 63 - 1
+
+
+def _check_loadable(f: SafeTensorsFile, info: "cpp.TensorInfo") -> None:
+    shape = info.shape
+    extent = max(1, BITS[info.dtype] // 8)
+    for d in shape:
+        extent *= d or 1
+    if len(shape) > MAX_LOADABLE_RANK or extent > _MAX_EXTENT:
+        raise TensorInvalidInfo(f"{f.path}: tensor `{info.name}` has shape {shape}, which no framework can hold "
+                                f"(at most {MAX_LOADABLE_RANK} dimensions whose non-zero product fits in "
+                                "2**63-1 bytes)", filename=f.path, tensor=info.name)
 
 
 @dataclass
@@ -78,5 +96,6 @@ def plan_load(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] =
         sizes.append(fp.dst_size)
         for k, offset in zip(index, fp.tensor_offsets):
             info = f.infos[k]
+            _check_loadable(f, info)
             tensors[info.name] = TensorLocation(info.name, i, buffer, offset, info)
     return LoadPlan(list(files), ranges, sizes, tensors)
