@@ -60,12 +60,15 @@ class Resources:
         return cls(len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), cpp.host_live_bytes())
 
 
-def settled_resources(expected: Resources, timeout: float = 2.0) -> Resources:
-    """Current resources, polled until they equal ``expected`` or ``timeout`` passes: a joined
-    Python thread leaves /proc/self/task a moment after join() returns."""
+def assert_released(before: Resources, timeout: float = 5.0) -> None:
+    """No more fds, threads or engine host bytes than ``before``. Polled for a moment, because a
+    Python thread that join() returned for leaves /proc/self/task a little later (threads that
+    were finishing when ``before`` was taken may also be gone by now, hence at most)."""
     deadline = time.monotonic() + timeout
-    now = Resources.now()
-    while now != expected and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while True:
         now = Resources.now()
-    return now
+        released = now.fds == before.fds and now.host_bytes == before.host_bytes and now.threads <= before.threads
+        if released or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert released, f"resources not released: before {before}, now {now}"

@@ -18,7 +18,7 @@ from fastsafetensors.errors import IntegrityError, ReadError, TruncatedFileError
 from fastsafetensors.files import read_headers  # noqa: E402
 from fastsafetensors.integrity import sha256_file  # noqa: E402
 
-from _hardening import Resources, assert_exact, make_checkpoint, settled_resources  # noqa: E402
+from _hardening import Resources, assert_exact, assert_released, make_checkpoint  # noqa: E402
 
 faults = cpp._testing
 
@@ -38,7 +38,7 @@ def _assert_clean_failure(exc_info, paths, before: Resources) -> None:
     assert exc.filename in paths
     assert isinstance(exc.offset, int) and exc.offset >= 0
     assert exc.filename in str(exc) and str(exc.offset) in str(exc)
-    assert settled_resources(before) == before
+    assert_released(before)
 
 
 def _assert_next_load_exact(paths) -> None:
@@ -138,7 +138,7 @@ def test_same_size_replacement_caught_by_verify(ckpt, tmp_path):
     with pytest.raises(IntegrityError) as ei:
         load_files(files, verify=True, sha256=digests)
     assert ei.value.filename == ckpt[0] and ei.value.expected == digests[ckpt[0]]
-    assert settled_resources(before) == before
+    assert_released(before)
 
 
 def test_allocation_failure(ckpt):
@@ -148,7 +148,7 @@ def test_allocation_failure(ckpt):
     with pytest.raises(MemoryError) as ei:
         load_files(files)
     assert ckpt[1] in str(ei.value) and "bytes of host memory" in str(ei.value)
-    assert settled_resources(before) == before
+    assert_released(before)
     _assert_next_load_exact(ckpt)
 
 
