@@ -1,5 +1,7 @@
 #include "fastsafetensors/sha256.hpp"
 
+#include "fastsafetensors/detail/sha256_blocks.hpp"
+
 #include <algorithm>
 #include <cstring>
 
@@ -28,12 +30,9 @@ inline uint32_t load_be32(const uint8_t* p) noexcept {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
 
-}  // namespace
-
-Sha256::Sha256() noexcept { std::memcpy(state_, kInitial, sizeof(state_)); }
-
-void Sha256::compress(const uint8_t* block) noexcept {
-  // Message schedule (6.2.2 step 1).
+// One block, as FIPS 180-4 6.2.2 describes it.
+void compress(uint32_t state[8], const uint8_t* block) noexcept {
+  // Message schedule (step 1).
   uint32_t w[64];
   for (int t = 0; t < 16; ++t) w[t] = load_be32(block + 4 * t);
   for (int t = 16; t < 64; ++t) {
@@ -41,8 +40,8 @@ void Sha256::compress(const uint8_t* block) noexcept {
     uint32_t s1 = rotr(w[t - 2], 17) ^ rotr(w[t - 2], 19) ^ (w[t - 2] >> 10);
     w[t] = w[t - 16] + s0 + w[t - 7] + s1;
   }
-  uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
-  uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
+  uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+  uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
   for (int t = 0; t < 64; ++t) {
     uint32_t big_s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
     uint32_t ch = (e & f) ^ (~e & g);
@@ -53,8 +52,24 @@ void Sha256::compress(const uint8_t* block) noexcept {
     h = g; g = f; f = e; e = d + t1;
     d = c; c = b; b = a; a = t1 + t2;
   }
-  state_[0] += a; state_[1] += b; state_[2] += c; state_[3] += d;
-  state_[4] += e; state_[5] += f; state_[6] += g; state_[7] += h;
+  state[0] += a; state[1] += b; state[2] += c; state[3] += d;
+  state[4] += e; state[5] += f; state[6] += g; state[7] += h;
+}
+
+void blocks_portable(uint32_t state[8], const uint8_t* p, size_t count) noexcept {
+  for (; count > 0; --count, p += 64) compress(state, p);
+}
+
+}  // namespace
+
+Sha256::Sha256(bool portable) noexcept {
+  detail::Sha256BlocksFn fast = portable ? nullptr : detail::sha256_blocks_x86();
+  blocks_ = fast != nullptr ? fast : &blocks_portable;
+  std::memcpy(state_, kInitial, sizeof(state_));
+}
+
+const char* Sha256::implementation() noexcept {
+  return detail::sha256_blocks_x86() != nullptr ? "sha-ni" : "portable";
 }
 
 void Sha256::update(const void* data, size_t length) noexcept {
@@ -67,10 +82,13 @@ void Sha256::update(const void* data, size_t length) noexcept {
     p += take;
     length -= take;
     if (block_len_ < sizeof(block_)) return;
-    compress(block_);
+    blocks_(state_, block_, 1);
     block_len_ = 0;
   }
-  for (; length >= 64; p += 64, length -= 64) compress(p);
+  size_t whole = length / 64;
+  if (whole > 0) blocks_(state_, p, whole);
+  p += whole * 64;
+  length -= whole * 64;
   std::memcpy(block_, p, length);
   block_len_ = length;
 }
@@ -81,12 +99,12 @@ Sha256::Digest Sha256::finish() noexcept {
   block_[block_len_++] = 0x80;
   if (block_len_ > 56) {
     std::memset(block_ + block_len_, 0, 64 - block_len_);
-    compress(block_);
+    blocks_(state_, block_, 1);
     block_len_ = 0;
   }
   std::memset(block_ + block_len_, 0, 56 - block_len_);
   for (int i = 0; i < 8; ++i) block_[56 + i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
-  compress(block_);
+  blocks_(state_, block_, 1);
   Digest out;
   for (int i = 0; i < 8; ++i) {
     for (int k = 0; k < 4; ++k) out[4 * i + k] = static_cast<uint8_t>(state_[i] >> (24 - 8 * k));

@@ -28,8 +28,11 @@ def _hashlib_file(path) -> str:
 
 @pytest.mark.parametrize("length", [0, 1, 3, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 65537, 1 << 20])
 def test_sha256_matches_hashlib(length):
+    """Both the SHA-NI path (where the CPU has it) and the portable FIPS 180-4 code."""
     data = os.urandom(length)
     assert cpp.sha256_bytes(data) == hashlib.sha256(data).hexdigest()
+    assert cpp.sha256_bytes(data, portable=True) == hashlib.sha256(data).hexdigest()
+    assert cpp.SHA256_IMPLEMENTATION in ("sha-ni", "portable")
 
 
 def test_sha256_file_matches_hashlib(tmp_path):

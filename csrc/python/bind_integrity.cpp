@@ -14,13 +14,15 @@ PYBIND11_MAKE_OPAQUE(std::vector<fst::ReadRange>);
 void fst::python::bind_integrity(py::module_& m) {
   m.def(
       "sha256_bytes",
-      [](py::bytes data) {
+      [](py::bytes data, bool portable) {
         std::string_view s = data;
-        Sha256 sha;
+        Sha256 sha(portable);
         sha.update(s.data(), s.size());
         return Sha256::hex(sha.finish());
       },
-      py::arg("data"), "Hex SHA-256 of bytes (the engine's own implementation).");
+      py::arg("data"), py::arg("portable") = false,
+      "Hex SHA-256 of bytes with the engine's own code (`portable`: without the CPU's SHA extensions).");
+  m.attr("SHA256_IMPLEMENTATION") = Sha256::implementation();
   m.def("sha256_file", &sha256_of_file, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
         "Hex SHA-256 of a whole file, streamed from disk.");
   m.def(
