@@ -43,15 +43,15 @@ def hf_cache_digest(path: PathLike) -> Optional[str]:
     return name
 
 
-def _lookup(path: str, sha256: Mapping[PathLike, str]) -> Optional[str]:
-    """The caller's digest for ``path``: keyed by the path as given, its real path or its name."""
-    by_key = {os.fspath(k): v for k, v in sha256.items()}
-    for key in (path, os.path.abspath(path), os.path.realpath(path), os.path.basename(path)):
-        if key in by_key:
-            return by_key[key].lower()
-    by_real = {os.path.realpath(k): v for k, v in by_key.items()}
-    digest = by_real.get(os.path.realpath(path))
-    return digest.lower() if digest is not None else None
+def _caller_digest(path: str, sha256: Mapping[PathLike, str]) -> Optional[str]:
+    """The caller's digest for ``path``, keyed by the same file's path in any spelling or by its name."""
+    names = {path, os.path.abspath(path), os.path.basename(path)}
+    real = os.path.realpath(path)
+    for key, digest in sha256.items():
+        key = os.fspath(key)
+        if key in names or os.path.realpath(key) == real:
+            return digest.lower()
+    return None
 
 
 def expected_digests(paths: Sequence[PathLike], sha256: Optional[Mapping[PathLike, str]] = None) -> Dict[str, str]:
@@ -59,7 +59,7 @@ def expected_digests(paths: Sequence[PathLike], sha256: Optional[Mapping[PathLik
     out: Dict[str, str] = {}
     for p in paths:
         path = os.fspath(p)
-        digest = _lookup(path, sha256) if sha256 else None
+        digest = _caller_digest(path, sha256) if sha256 else None
         if digest is None:
             digest = hf_cache_digest(path)
         if digest is None:

@@ -119,6 +119,8 @@ def test_hostile_header_is_bounded(case, tmp_path):
         assert result["loaded"] == min(1, result["ok"])
     else:
         assert result.get("error") == expected, result
+    if os.environ.get("FST_SANITIZED"):
+        return  # tests/sanitize.sh: shadow memory and slower code make the bounds meaningless
     assert result["seconds"] < MAX_SECONDS, result
     assert result["growth"] < MAX_GROWTH * n, result
 
