@@ -12,6 +12,7 @@ from .files import SafeTensorsFile
 
 __all__ = ["TensorLocation", "LoadPlan", "plan_load"]
 
+
 @dataclass(frozen=True)
 class TensorLocation:
     """Where one tensor lives after the plan runs: buffer ``buffer`` at byte ``offset``."""

@@ -5,7 +5,6 @@ hook and allocation hook (fastsafetensors.cpp._testing)."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
