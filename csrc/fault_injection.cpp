@@ -15,7 +15,7 @@ namespace {
 // One countdown: `skip` calls pass, then `left` calls fail (a negative `left` never runs out).
 struct Countdown {
   std::atomic<uint64_t> seen{0};
-  uint64_t skip = 0;
+  std::atomic<uint64_t> skip{0};
   std::atomic<int64_t> left{0};
 
   void reset(uint64_t after, int64_t count) {
