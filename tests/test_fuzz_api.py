@@ -49,7 +49,11 @@ def _bases():
 
 
 BASES = _bases()
-WORKDIR = tempfile.mkdtemp(prefix="fst-fuzz-")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("fuzz"))
 
 
 def _split(image: bytes):
@@ -62,13 +66,13 @@ def _join(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data
 
 
-def check_image(image: bytes) -> None:
+def check_image(image: bytes, workdir: str) -> None:
     """The property: accepted inputs load exactly as the reference reads them; others raise typed."""
     try:
         cpp.parse_file_image(image)
     except ALLOWED:
         pass
-    path = os.path.join(WORKDIR, "m.safetensors")
+    path = os.path.join(workdir, "m.safetensors")
     with open(path, "wb") as f:
         f.write(image)
     try:
@@ -92,17 +96,17 @@ def check_image(image: bytes) -> None:
 @FUZZ
 @given(base=st.sampled_from(BASES), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
                                                     min_size=1, max_size=6))
-def test_byte_flips(base, flips):
+def test_byte_flips(workdir, base, flips):
     image = bytearray(base)
     for pos, value in flips:
         image[pos % len(image)] = value
-    check_image(bytes(image))
+    check_image(bytes(image), workdir)
 
 
 @FUZZ
 @given(base=st.sampled_from(BASES), cut=st.integers(0, 10**6), extra=st.binary(max_size=16))
-def test_truncated_or_extended(base, cut, extra):
-    check_image(base[:cut % (len(base) + 1)] + extra)
+def test_truncated_or_extended(workdir, base, cut, extra):
+    check_image(base[:cut % (len(base) + 1)] + extra, workdir)
 
 
 _NUMBERS = st.one_of(st.integers(-2, 70), st.integers(-(2**64), 2**65), st.sampled_from([2**63, 2**64 - 1, 2**32]))
@@ -115,7 +119,7 @@ _DTYPES = st.sampled_from(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F4", "F6_
 @FUZZ
 @given(base=st.sampled_from(BASES), edits=st.lists(st.tuples(st.integers(0, 50), _FIELDS, st.one_of(_VALUES, _DTYPES)),
                                                     min_size=1, max_size=4), data_delta=st.integers(-3, 3))
-def test_header_field_edits(base, edits, data_delta):
+def test_header_field_edits(workdir, base, edits, data_delta):
     """Schema-level mutations that keep the JSON well formed, to reach the layout checks."""
     header, data = _split(base)
     names = [k for k in header if k != "__metadata__"]
@@ -126,14 +130,14 @@ def test_header_field_edits(base, edits, data_delta):
         else:
             entry[field] = value
     data = data[:max(0, len(data) + data_delta)] if data_delta < 0 else data + b"\0" * data_delta
-    check_image(_join(header, data))
+    check_image(_join(header, data), workdir)
 
 
 @FUZZ
 @given(shape=st.lists(st.integers(0, 2**64 - 1), max_size=70), dtype=_DTYPES, nbytes=st.integers(0, 40))
-def test_shapes(shape, dtype, nbytes):
+def test_shapes(workdir, shape, dtype, nbytes):
     """One tensor of any unsigned shape: zero-size tensors with enormous dimensions included."""
-    check_image(_join({"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}}, b"\x5a" * nbytes))
+    check_image(_join({"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}}, b"\x5a" * nbytes), workdir)
 
 
 def test_negative_shape_is_typed_error(tmp_path):
