@@ -35,6 +35,8 @@ namespace {
 
 // Extra fields in a tensor entry are ignored, but still bounded in depth.
 constexpr int kMaxSkipDepth = 64;
+// More dimensions than any framework uses; the bound keeps a shape's memory near its JSON size.
+constexpr size_t kMaxRank = 1024;
 
 uint64_t read_le64(const uint8_t* p) {
   uint64_t v = 0;
@@ -68,12 +70,15 @@ size_t find_invalid_utf8(std::string_view s) {
   return std::string_view::npos;
 }
 
-std::vector<uint64_t> read_uint_array(JsonCursor& in) {
+// Reads an array of integers, stopping early once it holds more than `max_count` (the caller
+// reports that), so a hostile array cannot grow a vector to several times the header's size.
+std::vector<uint64_t> read_uint_array(JsonCursor& in, size_t max_count) {
   std::vector<uint64_t> out;
   in.expect('[', "'['");
   if (in.accept(']')) return out;
   do {
     out.push_back(in.read_uint());
+    if (out.size() > max_count) return out;
   } while (in.accept(','));
   in.expect(']', "',' or ']'");
   return out;
@@ -97,10 +102,13 @@ TensorInfo read_tensor_entry(JsonCursor& in, std::string name) {
         t.dtype = *parsed;
       } else if (field == "shape") {
         seen = &have_shape;
-        t.shape = read_uint_array(in);
+        t.shape = read_uint_array(in, kMaxRank);
+        if (t.shape.size() > kMaxRank) {
+          in.fail("shape of tensor `" + t.name + "` has more than " + std::to_string(kMaxRank) + " dimensions");
+        }
       } else if (field == "data_offsets") {
         seen = &have_offsets;
-        auto offsets = read_uint_array(in);
+        auto offsets = read_uint_array(in, 2);
         if (offsets.size() != 2) in.fail("data_offsets must hold 2 integers");
         t.begin = offsets[0];
         t.end = offsets[1];

@@ -1,5 +1,6 @@
 #include "fastsafetensors/host_reader.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -62,9 +63,11 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
     files.emplace_back(s.path, options.direct);
     uint64_t now = files.back().size();
     if (now != s.expected_size) {
-      throw ReadError(s.path, now, 0, true,
+      uint64_t at = std::min(now, s.expected_size);
+      throw ReadError(s.path, at, 0, true,
                       s.path + ": file is " + std::to_string(now) + " bytes but its header was read from a file of " +
-                          std::to_string(s.expected_size) + " bytes (it changed after its header was read)");
+                          std::to_string(s.expected_size) + " bytes: it changed after its header was read (sizes differ from offset " +
+                          std::to_string(at) + ")");
     }
     files.back().advise_sequential(0, 0);
   }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from . import cpp
+from . import cpp, integrity
 from .dtypes import FLOAT_DTYPES
 from .engine import read_into_host
 from .errors import UnsupportedDtype
@@ -51,14 +51,23 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
                names: Optional[Iterable[str]] = None, device: Union[str, Device] = "cpu",
                dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
                direct_io: Optional[bool] = None, progress: Optional[bool] = None,
-               metrics: Optional[LoadMetrics] = None) -> Dict[str, Any]:
+               metrics: Optional[LoadMetrics] = None, verify: bool = False,
+               sha256: Optional[Mapping[PathLike, str]] = None) -> Dict[str, Any]:
     """Loads tensors of files whose headers were already read (see :func:`load`)."""
     metrics = metrics if metrics is not None else LoadMetrics()
     fw = get_framework(framework)
     with metrics.phase("plan"):
         plan = plan_load(files, names)
+    expected = integrity.expected_digests([f.path for f in files], sha256) if verify or sha256 else None
     buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
                              direct_io=_direct_io_default() if direct_io is None else direct_io)
+    if expected is not None:
+        try:
+            with metrics.phase("verify"):
+                integrity.check_loaded(plan, buffers, expected)
+        except BaseException:
+            buffers.clear()  # the traceback must not keep a failed file's bytes alive
+            raise
     with metrics.phase("instantiate"):
         out = instantiate(plan, buffers, fw, dtype=dtype, raw=raw, device=device)
     metrics.tensors += len(out)
@@ -70,7 +79,8 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
          device: Union[str, Device] = "cpu", *, names: Optional[Iterable[str]] = None,
          dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None,
-         metrics: Optional[LoadMetrics] = None) -> Dict[str, Any]:
+         metrics: Optional[LoadMetrics] = None, verify: bool = False,
+         sha256: Optional[Mapping[PathLike, str]] = None) -> Dict[str, Any]:
     """Loads a checkpoint into a ``{name: array}`` dict.
 
     Args:
@@ -86,6 +96,10 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
         direct_io: read with O_DIRECT (default: FASTSAFETENSORS_ODIRECT, off).
         progress: show a progress bar (default: for loads of 1 GiB or more on a terminal).
         metrics: a :class:`LoadMetrics` to fill in with bytes and seconds per phase.
+        verify: check each file's SHA-256 while loading it (see :mod:`fastsafetensors.integrity`);
+            a mismatch raises :class:`~fastsafetensors.errors.IntegrityError` and returns nothing.
+        sha256: expected digests, ``{path: hexdigest}`` (implies ``verify``); without it the digest
+            comes from the Hugging Face cache layout, and a file with none known is an error.
 
     Tensors own their memory: they stay valid however long they are kept.
 
@@ -98,4 +112,4 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
     with metrics.phase("headers"):
         files = open_checkpoint(path_or_paths)
     return load_files(files, framework, names=names, device=device, dtype=dtype, raw=raw, threads=threads,
-                      direct_io=direct_io, progress=progress, metrics=metrics)
+                      direct_io=direct_io, progress=progress, metrics=metrics, verify=verify, sha256=sha256)

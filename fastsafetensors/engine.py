@@ -67,6 +67,20 @@ def _progress_bar(total: int, progress: Optional[bool]):
     return tqdm(total=total, unit="B", unit_scale=True, desc="fastsafetensors", leave=False)
 
 
+def _buffer_labels(plan: LoadPlan) -> List[str]:
+    """What each planned buffer holds, for error messages: its file where the plan's tensors say
+    (shard plans fill buffers from many places and name none)."""
+    owner = {loc.buffer: plan.files[loc.file].path for loc in plan.tensors.values()}
+    return [owner.get(i, f"buffer {i} of a load from {len(plan.files)} file(s)") for i in range(len(plan.buffer_sizes))]
+
+
+def _allocate(size: int, label: str) -> "cpp.HostBuffer":
+    try:
+        return cpp.HostBuffer.allocate(size)
+    except MemoryError as exc:
+        raise MemoryError(f"{label}: cannot allocate {size} bytes of host memory to load it") from exc
+
+
 def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
                    metrics: Optional[LoadMetrics] = None,
@@ -75,18 +89,28 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
     every range into its buffer."""
     metrics = metrics if metrics is not None else LoadMetrics()
     reader = get_reader(threads)
-    if buffers is None:
-        with metrics.phase("allocate"):
-            buffers = [cpp.HostBuffer.allocate(size) for size in plan.buffer_sizes]
-    sources = plan.sources()
-    bar = _progress_bar(plan.total_bytes, progress)
+    owned = buffers is None
+    if owned:
+        buffers = []
+    bar = None
     try:
+        if owned:
+            with metrics.phase("allocate"):
+                for size, label in zip(plan.buffer_sizes, _buffer_labels(plan)):
+                    buffers.append(_allocate(size, label))
+        sources = plan.sources()
+        bar = _progress_bar(plan.total_bytes, progress)
         with metrics.phase("read"):
             batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
             for batch in batches:
                 done = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
                 if bar is not None:
                     bar.update(done)
+    except BaseException:
+        # Nothing of a failed load is handed back, and the traceback must not keep it alive.
+        if owned:
+            buffers.clear()
+        raise
     finally:
         if bar is not None:
             bar.close()

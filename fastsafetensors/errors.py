@@ -27,6 +27,7 @@ __all__ = [
     "IndexMismatch",
     "UnsupportedDtype",
     "ShardingMismatch",
+    "IntegrityError",
     "ReadError",
     "TruncatedFileError",
     "LoaderClosedError",
@@ -104,6 +105,16 @@ class UnsupportedDtype(SafeTensorsError, TypeError):
 class ShardingMismatch(SafeTensorsError):
     """A requested placement does not fit a tensor (a shape the mesh does not divide, a rank or
     shape other than the tensor's). Raised before any byte is read."""
+
+
+class IntegrityError(SafeTensorsError):
+    """A file's SHA-256 is not the one expected (or no expected digest is known for it)."""
+
+    def __init__(self, message: str, *, filename: Optional[str] = None, expected: Optional[str] = None,
+                 actual: Optional[str] = None):
+        super().__init__(message, filename=filename)
+        self.expected = expected
+        self.actual = actual
 
 
 class ReadError(OSError):

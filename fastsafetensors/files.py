@@ -47,7 +47,7 @@ def read_file_header(path: PathLike) -> SafeTensorsFile:
     except SafeTensorsError as exc:
         exc.filename = path
         raise
-    infos = header.tensors  # converted once: each access of header.tensors copies the list
+    infos = list(header.tensors)  # views of the C++ entries, which the header keeps alive
     return SafeTensorsFile(path, header, infos, {t.name: t for t in infos})
 
 

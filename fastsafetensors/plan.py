@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import cpp
-from .errors import DuplicateTensorName, TensorNotFound
+from .dtypes import BITS
+from .errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
 __all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors"]
@@ -15,6 +16,9 @@ __all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors"]
 @dataclass(frozen=True)
 class TensorLocation:
     """Where one tensor lives after the plan runs: buffer ``buffer`` at byte ``offset``."""
+
+    # Slots: a plan holds one of these per tensor, and headers may list millions of tensors.
+    __slots__ = ("name", "file", "buffer", "offset", "info")
 
     name: str
     file: int
@@ -29,6 +33,24 @@ class TensorLocation:
     @property
     def shape(self):
         return self.info.shape
+
+
+# DLPack carries dimensions as int64, NumPy arrays have at most 64 of them, and frameworks size
+# arrays by the product of their non-zero dimensions: a valid header may describe an empty tensor
+# (one zero dimension) whose other dimensions no framework can hold.
+MAX_LOADABLE_RANK = 64
+_MAX_EXTENT = 2 ** 63 - 1
+
+
+def _check_loadable(f: SafeTensorsFile, info: "cpp.TensorInfo") -> None:
+    shape = info.shape
+    extent = max(1, BITS[info.dtype] // 8)
+    for d in shape:
+        extent *= d or 1
+    if len(shape) > MAX_LOADABLE_RANK or extent > _MAX_EXTENT:
+        raise TensorInvalidInfo(f"{f.path}: tensor `{info.name}` has shape {shape}, which no framework can hold "
+                                f"(at most {MAX_LOADABLE_RANK} dimensions whose non-zero product fits in "
+                                "2**63-1 bytes)", filename=f.path, tensor=info.name)
 
 
 @dataclass
@@ -46,34 +68,45 @@ class LoadPlan:
         return [cpp.ReadSource(f.path, f.size) for f in self.files]
 
 
-def locate_tensors(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> Dict[str, Tuple[int, int]]:
-    """Where each of ``names`` (every tensor when None) is: (file index, index in its header).
-
-    A name found in two files is an error: silently keeping one would hide a broken checkpoint.
-    """
-    where: Dict[str, Tuple[int, int]] = {}
+def _check_unique(files: Sequence[SafeTensorsFile]) -> None:
+    """A name found in two files is an error: silently keeping one would hide a broken checkpoint.
+    (Within one file the parser already refuses duplicates.)"""
+    if len(files) < 2:
+        return
+    owner: Dict[str, int] = {}
     for i, f in enumerate(files):
-        for k, info in enumerate(f.infos):
-            if info.name in where:
-                first = files[where[info.name][0]].path
-                raise DuplicateTensorName(f"tensor `{info.name}` is in both {first} and {f.path}",
-                                          filename=f.path, tensor=info.name)
-            where[info.name] = (i, k)
+        for name in f.tensors:
+            first = owner.setdefault(name, i)
+            if first != i:
+                raise DuplicateTensorName(f"tensor `{name}` is in both {files[first].path} and {f.path}",
+                                          filename=f.path, tensor=name)
+
+
+def _file_of(files: Sequence[SafeTensorsFile], name: str) -> int:
+    for i, f in enumerate(files):
+        if name in f.tensors:
+            return i
+    raise TensorNotFound(f"tensor `{name}` is in none of the {len(files)} file(s): "
+                         + ", ".join(f.path for f in files), tensor=name)
+
+
+def locate_tensors(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> Dict[str, Tuple[int, int]]:
+    """Where each of ``names`` (every tensor when None) is: (file index, index in its header)."""
+    _check_unique(files)
     if names is None:
-        return where
-    out: Dict[str, Tuple[int, int]] = {}
+        return {t.name: (i, k) for i, f in enumerate(files) for k, t in enumerate(f.infos)}
+    wanted: Dict[int, set] = {}
     for name in names:
-        if name not in where:
-            raise TensorNotFound(f"tensor `{name}` is in none of the {len(files)} file(s): "
-                                 + ", ".join(f.path for f in files), tensor=name)
-        out[name] = where[name]
-    return out
+        wanted.setdefault(_file_of(files, name), set()).add(name)
+    return {t.name: (i, k) for i, group in wanted.items() for k, t in enumerate(files[i].infos) if t.name in group}
 
 
 def plan_load(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> LoadPlan:
     """Plans reading ``names`` (every tensor when None) from ``files``, one buffer per file."""
-    where = locate_tensors(files, names)
-    wanted = None if names is None else set(where)
+    _check_unique(files)
+    wanted = None if names is None else set(names)
+    for name in wanted or ():
+        _file_of(files, name)
     ranges = cpp.RangeList()
     sizes: List[int] = []
     tensors: Dict[str, TensorLocation] = {}
@@ -87,5 +120,6 @@ def plan_load(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] =
         sizes.append(fp.dst_size)
         for k, offset in zip(index, fp.tensor_offsets):
             info = f.infos[k]
+            _check_loadable(f, info)
             tensors[info.name] = TensorLocation(info.name, i, buffer, offset, info)
     return LoadPlan(list(files), ranges, sizes, tensors)

@@ -34,6 +34,11 @@ class HostBuffer final : public Buffer {
   // Bytes of host buffers alive in this process (tests check that they come back).
   static size_t live_bytes() noexcept;
 
+  // Test hook, asked before each allocation: returning true makes it fail with bad_alloc, as
+  // an exhausted machine would. nullptr removes it; returns the previous hook.
+  using FailHook = bool (*)(size_t size);
+  static FailHook set_fail_hook(FailHook hook) noexcept;
+
  private:
   HostBuffer() = default;
   uint8_t* data_ = nullptr;

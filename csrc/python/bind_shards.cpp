@@ -16,7 +16,6 @@
 namespace py = pybind11;
 
 // RangeList is bound opaque in bindings.cpp; every file that takes one must say so too.
-PYBIND11_MAKE_OPAQUE(std::vector<fst::ReadRange>);
 
 namespace {
 using fst::Box;

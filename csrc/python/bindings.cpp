@@ -16,7 +16,6 @@
 namespace py = pybind11;
 using namespace fst;
 
-PYBIND11_MAKE_OPAQUE(std::vector<fst::ReadRange>);
 
 void fst::python::raise_python(const char* name, const std::string& message, const py::dict& extra) {
   py::object cls = py::module_::import("fastsafetensors.errors").attr(name);
@@ -91,6 +90,8 @@ PYBIND11_MODULE(cpp, m) {
       .def_readonly("begin", &TensorInfo::begin)
       .def_readonly("end", &TensorInfo::end)
       .def_property_readonly("nbytes", &TensorInfo::nbytes);
+
+  py::bind_vector<std::vector<TensorInfo>>(m, "TensorInfoList");
 
   py::class_<Header>(m, "Header")
       .def_readonly("header_length", &Header::header_length)
@@ -236,4 +237,6 @@ PYBIND11_MODULE(cpp, m) {
       "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),
       "Drop a file's pages from the page cache (posix_fadvise DONTNEED).");
   fst::python::bind_shards(m);
+  fst::python::bind_integrity(m);
+  fst::python::bind_testing(m);
 }

@@ -2,6 +2,18 @@
 #pragma once
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "fastsafetensors/header.hpp"
+#include "fastsafetensors/read_plan.hpp"
+
+// Vectors Python sees by reference instead of converting to lists: range lists can hold millions
+// of runs, and a header's tensors are looked at without copying them.
+PYBIND11_MAKE_OPAQUE(std::vector<fst::ReadRange>);
+PYBIND11_MAKE_OPAQUE(std::vector<fst::TensorInfo>);
 
 namespace fst::python {
 
@@ -9,5 +21,7 @@ namespace fst::python {
 void raise_python(const char* name, const std::string& message, const pybind11::dict& extra);
 
 void bind_shards(pybind11::module_& m);
+void bind_integrity(pybind11::module_& m);
+void bind_testing(pybind11::module_& m);
 
 }  // namespace fst::python

@@ -1,0 +1,33 @@
+// Faults injected into the engine's pread and host allocations, for tests of error paths that a
+// healthy disk never takes. Installed through io_hooks and HostBuffer's fail hook; the normal
+// path pays one atomic load per call when no fault is set.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fst::faults {
+
+enum class PreadFault {
+  None,
+  Eio,    // pread fails with EIO
+  Eintr,  // pread is interrupted before reading anything (the caller must retry)
+  Short,  // pread returns half the bytes asked for (the caller must continue)
+  Eof,    // pread returns 0: the file ends here (the caller must report truncation)
+};
+
+// Parses "eio", "eintr", "short", "eof"; throws std::invalid_argument otherwise.
+PreadFault parse_pread_fault(const std::string& name);
+
+// The next `after_calls` preads behave normally, then `count` of them (negative: all) fail as
+// `kind`. Replaces any pread fault set before.
+void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count);
+// Host buffer allocations: `after` succeed, then `count` (negative: all) throw bad_alloc.
+void set_allocation_fault(uint64_t after, int64_t count);
+// Removes every fault and restores the real pread and allocator.
+void clear();
+
+uint64_t pread_calls() noexcept;      // preads seen since the last set_pread_fault
+uint64_t faults_injected() noexcept;  // pread and allocation faults injected since then
+
+}  // namespace fst::faults

@@ -1,0 +1,23 @@
+// fastsafetensors.cpp._testing: fault injection for the test suite (see fault_injection.hpp).
+#include <pybind11/pybind11.h>
+
+#include "bindings.hpp"
+#include "fastsafetensors/fault_injection.hpp"
+
+namespace py = pybind11;
+
+void fst::python::bind_testing(py::module_& m) {
+  py::module_ t = m.def_submodule("_testing", "Fault injection for tests; never needed in normal use.");
+  t.def(
+      "set_fault",
+      [](const std::string& kind, uint64_t after_calls, int64_t count) {
+        faults::set_pread_fault(faults::parse_pread_fault(kind), after_calls, count);
+      },
+      py::arg("kind"), py::arg("after_calls") = 0, py::arg("count") = 1,
+      "After `after_calls` good preads, make `count` (-1: all) fail as 'eio', 'eintr', 'short' or 'eof'.");
+  t.def("fail_allocations", &faults::set_allocation_fault, py::arg("after") = 0, py::arg("count") = 1,
+        "After `after` good host buffer allocations, make `count` (-1: all) raise MemoryError.");
+  t.def("clear_faults", &faults::clear, "Remove every injected fault.");
+  t.def("pread_calls", &faults::pread_calls, "preads seen since set_fault.");
+  t.def("faults_injected", &faults::faults_injected, "Faults injected since set_fault.");
+}
