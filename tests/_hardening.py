@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ class Resources:
 
     @classmethod
     def now(cls) -> "Resources":
+        # Garbage left by earlier tests (reference cycles holding arrays) must not count here.
+        gc.collect()
         return cls(len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), cpp.host_live_bytes())
 
 
