@@ -251,6 +251,20 @@ def scenario_direct_read_bytes():
 
 def scenario_compat_03_calls():
     """The calls inference servers make, spelled as in the 0.3 reference."""
+    # an inference server's weight iterator: one file per rank per step, the loader reset between steps
+    loader = SafeTensorsFileLoader(dist.group.WORLD, "cpu", nogds=True)
+    seen = []
+    for start in range(0, len(FILES), WORLD):
+        loader.add_filenames({rank: [f] for rank, f in enumerate(FILES[start:start + WORLD])})
+        fb = loader.copy_files_to_device()
+        keys = list(fb.key_to_rank_lidx.keys())
+        for k in keys:
+            same(fb.get_tensor(k), REF[k], f"server loop {k}")
+            seen.append(k)
+        fb.close()
+        loader.reset()
+    loader.close()
+    assert sorted(seen) == sorted(REF)
     loader = SafeTensorsFileLoader(dist.group.WORLD, "cpu", nogds=True, framework="pytorch")
     loader.add_filenames({r: FILES[r::WORLD] for r in range(WORLD)})
     fb = loader.copy_files_to_device(dtype=DType.AUTO, use_buf_register=True, max_copy_block_size=16 * 1024 ** 3)
