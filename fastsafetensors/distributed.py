@@ -28,7 +28,8 @@ __all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group"
 logger = logging.getLogger("fastsafetensors")
 
 ALIGN = 64  # byte alignment of each tensor inside a collective buffer (any dtype can be viewed there)
-DEFAULT_COLLECTIVE_BYTES = 256 << 20  # per-destination bytes one collective call carries at most
+DEFAULT_COLLECTIVE_BYTES = 64 << 20  # per-destination bytes one packed collective call carries at most
+PACK_BELOW = 1 << 20  # tensors smaller than this (per rank) share collective calls; larger ones go alone
 
 
 def split_bounds(size: int, world: int) -> List[Tuple[int, int]]:
@@ -279,11 +280,15 @@ def fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
 
 
 def _chunks(items: List[Tuple[List[Piece], Piece]], limit: int) -> Iterable[List[Tuple[List[Piece], Piece]]]:
-    """Consecutive groups whose largest per-rank total stays under ``limit`` (a big tensor goes alone)."""
+    """Small tensors in consecutive groups of at most ``limit`` bytes per rank; large ones alone
+    (sent from where they lie, without a packing copy)."""
     cur: List[Tuple[List[Piece], Piece]] = []
     size = 0
     for item in items:
         n = max(_align(p.nbytes) for p in item[0])
+        if n >= PACK_BELOW:
+            yield [item]
+            continue
         if cur and size + n > limit:
             yield cur
             cur, size = [], 0
@@ -322,9 +327,30 @@ def _broadcast(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]],
         out[p.entry.name] = buf[off:off + p.nbytes]
 
 
+def _contiguous_blocks(pieces: List[Piece]) -> bool:
+    """Whether every rank's block is one run of the tensor's bytes, all of one size (sent as views)."""
+    p = pieces[0]
+    return all(d == 1 for d in p.entry.shape[:p.dim]) and len({q.nbytes for q in pieces}) == 1
+
+
+def _scatter_views(group: Group, owner: int, pieces: List[Piece], local: LocalBytes, out: Dict[str, Any]) -> None:
+    """One tensor whose blocks are equal runs of its bytes: scattered straight from the owner's buffer."""
+    mine = pieces[group.rank]
+    recv = group.empty(mine.nbytes)
+    chunks = None
+    if group.rank == owner:
+        whole = local(mine.entry)
+        chunks = [_to_comm(group, p.bytes_of(whole).reshape(-1)) for p in pieces]
+    group.scatter(recv, chunks, owner)
+    out[mine.entry.name] = recv
+
+
 def _scatter(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], local: LocalBytes,
              out: Dict[str, Any]) -> None:
     world = group.size
+    if len(items) == 1 and items[0][1].nbytes and _contiguous_blocks(items[0][0]):
+        _scatter_views(group, owner, items[0][0], local, out)
+        return
     offsets = [[0] * len(items) for _ in range(world)]  # offsets[rank][item]
     sizes = [0] * world
     for k, (pieces, _) in enumerate(items):

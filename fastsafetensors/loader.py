@@ -13,7 +13,7 @@ from . import cpp
 from .direct_read import read_pieces, readable_by_me
 from .distributed import Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
-from .engine import read_into_host
+from .engine import default_threads, read_into_host
 from .errors import LoaderClosedError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, get_framework
@@ -246,7 +246,8 @@ class SafeTensorsFileLoader:
         if kwargs:
             logger.debug("SafeTensorsFileLoader: ignoring options %s", sorted(kwargs))
         self.bbuf_size_kb = bbuf_size_kb
-        self.max_threads = max_threads
+        # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
+        self.max_threads = max(1, min(max_threads, default_threads()))
         self.nogds = nogds
         self.debug_log = debug_log
         self.metrics = LoadMetrics()

@@ -99,6 +99,23 @@ def scenario_as_dict():
         fb.close()
 
 
+def scenario_as_dict_unpacked():
+    """Every tensor in its own collective (the path large tensors take), blocks sent as views where they can be."""
+    from fastsafetensors import distributed
+
+    saved = distributed.PACK_BELOW
+    distributed.PACK_BELOW = 0
+    try:
+        loader, fb = open_fb(False)
+        dims = _tp_dims()
+        got = fb.as_dict(dims)
+        for name, dim in dims.items():
+            same(got[name], block(name, dim), f"unpacked as_dict {name} dim {dim}")
+        fb.close()
+    finally:
+        distributed.PACK_BELOW = saved
+
+
 def scenario_multi_cols():
     mlp = [[f"model.layers.{i}.mlp.gate_proj.weight", f"model.layers.{i}.mlp.up_proj.weight"] for i in (0, 1)]
     fused = {0: [["q", "k", "v"], [f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"], *mlp],
