@@ -354,12 +354,19 @@ class SafeTensorsFileLoader:
 class fastsafe_open:  # noqa: N801 - the 0.3 API's name
     """Context manager over a list of files: ``keys()``/``get_keys()``, ``metadata()``, ``get_tensor()``."""
 
-    def __init__(self, filenames: Union[PathLike, Iterable[PathLike]], framework: str = "pt", pg: Any = None,
+    def __init__(self, filenames: Union[PathLike, Iterable[PathLike], Mapping[int, Iterable[PathLike]]],
+                 framework: str = "pt", pg: Any = None,
                  device: str = "cpu", nogds: bool = False, debug_log: bool = False,
                  max_copy_block_size: int = 16 * 1024 ** 3):
-        paths = [filenames] if isinstance(filenames, (str, bytes)) or hasattr(filenames, "__fspath__") else list(filenames)
+        # A file or a list: rank 0 reads them (the others receive); a {rank: files} map as given.
+        if isinstance(filenames, Mapping):
+            by_rank = dict(filenames)
+        elif isinstance(filenames, (str, bytes)) or hasattr(filenames, "__fspath__"):
+            by_rank = {0: [filenames]}
+        else:
+            by_rank = {0: list(filenames)}
         self._loader = SafeTensorsFileLoader(pg, device, nogds=nogds, debug_log=debug_log, framework=framework)
-        self._loader.add_filenames({self._loader.pg.rank(): paths})
+        self._loader.add_filenames(by_rank)
         self._max_copy_block_size = max_copy_block_size
         self._buffer: Optional[FilesBufferOnDevice] = None
 

@@ -299,6 +299,9 @@ def scenario_compat_03_calls():
     assert (got is None) == (RANK != 0)
     fb.close()
     loader.close()
+    with fastsafetensors.fastsafe_open(filenames=FILES, pg=dist.group.WORLD, nogds=True, device="cpu") as f:
+        for key in f.get_keys():
+            same(f.get_tensor(key).clone().detach(), REF[key], f"fastsafe_open(pg) {key}")
 
 
 SCENARIOS = [v for k, v in sorted(globals().items()) if k.startswith("scenario_")]
