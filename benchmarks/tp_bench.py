@@ -48,7 +48,7 @@ def write_checkpoint(directory: str, gb: float) -> List[str]:
     hidden, inter, vocab, kv = 2048, 5632, 32000, 512
     per_layer = 2 * (2 * hidden * hidden + 2 * kv * hidden + 3 * hidden * inter)
     layers = max(1, int((gb * 1e9 - 4 * vocab * hidden) // per_layer))
-    tensors: Dict[str, "torch.Tensor"] = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
+    tensors: Dict[str, tuple] = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
                                           "model.norm.weight": (hidden,)}
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -84,7 +84,6 @@ def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], pee
         sys.path.insert(0, peer)
     else:
         sys.path.insert(0, ROOT)
-    import torch
     import torch.distributed as dist
     from safetensors import safe_open
 

@@ -115,11 +115,17 @@ class FilesBufferOnDevice:
         loc = self._plan.tensors[name]
         return self._framework.from_buffer(self._buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape))
 
+    def _check_viewable(self, resolved: List[Tuple[List[Piece], Piece]]) -> None:
+        """A dtype torch has no type for fails here, on every rank, before any collective."""
+        for _, p in resolved:
+            self._framework.view_type(p.entry.dtype, p.shape)
+
     def _fetch(self, resolved: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
         group = self._group
         if not group.distributed:
             return {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved}
         if not self._direct:
+            self._check_viewable(resolved)
             raw = exchange(group, resolved, self._local_bytes)
             return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
                     for _, p in resolved}
@@ -198,6 +204,7 @@ class FilesBufferOnDevice:
         if not group.distributed or self._direct:
             t = self._fetch(resolved)[tensor_name] if group.rank == dst_rank else None
         else:
+            self._check_viewable(resolved)
             raw = push(group, piece.entry, dst_rank, self._local_bytes)
             t = None if raw is None else self._framework.from_bytes(raw, piece.entry.dtype, piece.shape)
         self._mark_taken(resolved)

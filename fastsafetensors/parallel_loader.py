@@ -19,6 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Generator, List, Optional, Sequence, Tuple
 
+from .errors import LoaderClosedError
 from .files import PathLike
 from .loader import SafeTensorsFileLoader
 from .plan import LoadPlan
@@ -85,6 +86,8 @@ class ParallelLoader:
 
     def iterate_weights(self) -> Generator[Tuple[str, Any], None, None]:
         """Every tensor of every file as ``(name, tensor)``; batches are freed as soon as consumed."""
+        if self._closed:
+            raise LoaderClosedError("this ParallelLoader was closed (or already iterated); make a new one")
         bar = self._progress_bar()
         upcoming = iter(self._batches)
         try:

@@ -5,7 +5,6 @@ meanings. Every tensor is compared bit for bit with safetensors' own reader. The
 calls (a torch.distributed process group) run in the 2-rank group of tp_harness.
 """
 
-import os
 
 import pytest
 
