@@ -20,3 +20,14 @@ WORLDS = (2, 4)
 @pytest.mark.parametrize("world", WORLDS)
 def test_scenario(world, scenario):
     tp_harness.assert_scenario(world, scenario)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(tp_harness.GROUP_TIMEOUT_S + 60)
+@pytest.mark.parametrize("scenario", tp_harness.scenario_names())
+def test_scenario_to_cuda(scenario):
+    """The same scenarios with device="cuda:0" on every rank (gloo moves the bytes; one GPU suffices)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    tp_harness.assert_scenario(2, scenario, device="cuda:0")

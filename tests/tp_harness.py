@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -75,14 +75,15 @@ def checkpoint() -> List[str]:
     return _write_checkpoint(root)
 
 
-def run_group(world: int, files: List[str], timeout: float = GROUP_TIMEOUT_S) -> List[Dict[str, str]]:
+def run_group(world: int, files: List[str], timeout: float = GROUP_TIMEOUT_S,
+              extra_env: Optional[Dict[str, str]] = None) -> List[Dict[str, str]]:
     """Starts ``world`` ranks, waits at most ``timeout`` seconds, returns each rank's report."""
     work = tempfile.mkdtemp(prefix="fst-tp-run-")
     spec = os.path.join(work, "files.json")
     with open(spec, "w") as f:
         json.dump(files, f)
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", FASTSAFETENSORS_THREADS="2", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTSAFETENSORS_THREADS="2", PYTHONPATH=ROOT, **(extra_env or {}))
     procs = []
     logs = []
     try:
@@ -117,13 +118,15 @@ def run_group(world: int, files: List[str], timeout: float = GROUP_TIMEOUT_S) ->
 
 
 @functools.lru_cache(maxsize=None)
-def group_reports(world: int) -> List[Dict[str, str]]:
-    """Every scenario's outcome on every rank of one ``world``-rank group (run once per session)."""
-    return run_group(world, checkpoint())
+def group_reports(world: int, device: str = "cpu") -> List[Dict[str, str]]:
+    """Every scenario's outcome on every rank of one ``world``-rank group (run once per session).
+
+    ``device`` is where the loaders put tensors (gloo moves the bytes either way)."""
+    return run_group(world, checkpoint(), extra_env={"FST_TP_DEVICE": device})
 
 
-def assert_scenario(world: int, name: str) -> None:
-    reports = group_reports(world)
+def assert_scenario(world: int, name: str, device: str = "cpu") -> None:
+    reports = group_reports(world, device)
     problems = []
     for rank, report in enumerate(reports):
         status = report.get(name)

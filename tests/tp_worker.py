@@ -30,10 +30,13 @@ FILES = json.load(open(sys.argv[4]))
 OUT = sys.argv[5]
 REF = {name: t for f in FILES for name, t in load_file(f).items()}
 MODES = {"scatter": False, "direct": True}
+# GPU runs: FST_TP_DEVICE=cuda:0 (or "cuda:{rank}" with FST_TP_BACKEND=nccl, one GPU per rank)
+DEVICE = os.environ.get("FST_TP_DEVICE", "cpu").format(rank=RANK)
+BACKEND = os.environ.get("FST_TP_BACKEND", "gloo")
 
 
 def as_bytes(t: torch.Tensor) -> bytes:
-    t = t.contiguous().reshape(-1)
+    t = t.detach().cpu().contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
@@ -51,7 +54,7 @@ def block(name: str, dim: int) -> torch.Tensor:
 
 
 def open_fb(direct: bool, files=FILES):
-    loader = SafeTensorsFileLoader(dist.group.WORLD, nogds=True, direct_read=direct)
+    loader = SafeTensorsFileLoader(dist.group.WORLD, device=DEVICE, nogds=True, direct_read=direct)
     loader.add_filenames({r: files[r::WORLD] for r in range(WORLD)})
     return loader, loader.copy_files_to_device()
 
@@ -62,7 +65,9 @@ def scenario_get_tensor():
         keys = list(fb.key_to_rank_lidx)
         assert sorted(keys) == sorted(REF), "key_to_rank_lidx must hold every tensor"
         for name in keys:
-            same(fb.get_tensor(name), REF[name], f"{mode} get_tensor {name}")
+            got = fb.get_tensor(name)
+            assert got.device.type == torch.device(DEVICE).type, f"{mode} get_tensor {name} on {got.device}"
+            same(got, REF[name], f"{mode} get_tensor {name}")
         fb.close()
         loader.close()
 
@@ -204,7 +209,7 @@ def scenario_read_error_on_one_rank():
             shutil.copy(f, tmp)
     dist.barrier()
     files = [os.path.join(tmp, os.path.basename(f)) for f in FILES[:WORLD]]
-    loader = SafeTensorsFileLoader(dist.group.WORLD, nogds=True, direct_read=False)
+    loader = SafeTensorsFileLoader(dist.group.WORLD, device=DEVICE, nogds=True, direct_read=False)
     loader.add_filenames({r: [files[r]] for r in range(WORLD)})
     dist.barrier()
     if RANK == WORLD - 1:
@@ -216,7 +221,7 @@ def scenario_read_error_on_one_rank():
 
 
 def _mismatched_maps():
-    loader = SafeTensorsFileLoader(dist.group.WORLD, nogds=True)
+    loader = SafeTensorsFileLoader(dist.group.WORLD, device=DEVICE, nogds=True)
     loader.add_filenames({0: FILES[:1]} if RANK == 0 else {0: FILES[1:2]})
     loader.copy_files_to_device()
 
@@ -227,8 +232,8 @@ def scenario_parallel_loader():
             what = f"ParallelLoader direct={direct} queue_size={queue_size} producers={producers}"
             seen = []
             loader = ParallelLoader(dist.group.WORLD, FILES, max_concurrent_producers=producers,
-                                    queue_size=queue_size, use_tqdm_on_load=(queue_size == 0), nogds=True,
-                                    direct_read=direct)
+                                    queue_size=queue_size, use_tqdm_on_load=(queue_size == 0), device=DEVICE,
+                                    nogds=True, direct_read=direct)
             for name, t in loader.iterate_weights():
                 same(t, REF[name], f"{what}: {name}")
                 seen.append(name)
@@ -240,7 +245,7 @@ def scenario_parallel_loader_close_frees_batches():
     gc.collect()
     before = cpp.host_live_bytes()
     loader = ParallelLoader(dist.group.WORLD, FILES, queue_size=2, max_concurrent_producers=2,
-                            use_tqdm_on_load=False, nogds=True, direct_read=False)
+                            use_tqdm_on_load=False, device=DEVICE, nogds=True, direct_read=False)
     it = loader.iterate_weights()
     name, t = next(it)
     same(t, REF[name], "first tensor")
@@ -308,7 +313,9 @@ SCENARIOS = [v for k, v in sorted(globals().items()) if k.startswith("scenario_"
 
 
 def main() -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{PORT}", rank=RANK, world_size=WORLD,
+    if DEVICE.startswith("cuda"):
+        torch.cuda.set_device(torch.device(DEVICE))
+    dist.init_process_group(BACKEND, init_method=f"tcp://127.0.0.1:{PORT}", rank=RANK, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=30))
     report = {}
     out = os.path.join(OUT, f"rank{RANK}.json")
