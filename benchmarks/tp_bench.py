@@ -79,7 +79,7 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- one rank (a child process)
-def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], peer: str) -> None:
+def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], peer: str, op: str) -> None:
     if impl == "fst05":
         sys.path.insert(0, peer)
     else:
@@ -106,7 +106,11 @@ def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], pee
     loader.add_filenames({r: files[r::world] for r in range(world)})
     fb = loader.copy_files_to_device()
     t1 = time.perf_counter()
-    out = fb.as_dict(dims)
+    if op == "get_tensor":  # an inference server's loop: every tensor, whole, on every rank
+        dims = {n: -1 for n in dims}
+        out = {k: fb.get_tensor(k) for k in list(fb.key_to_rank_lidx.keys())}
+    else:
+        out = fb.as_dict(dims)
     t2 = time.perf_counter()
     cpu = time.process_time() - cpu0
     dist.barrier()
@@ -115,7 +119,7 @@ def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], pee
     ok = _verify(out, dims, files, rank, world)
     fb.close()
     loader.close()
-    result = {"impl": impl, "rank": rank, "total_s": t3 - t0, "copy_s": t1 - t0, "as_dict_s": t2 - t1, "cpu_s": cpu,
+    result = {"impl": impl, "rank": rank, "total_s": t3 - t0, "copy_s": t1 - t0, "op_s": t2 - t1, "cpu_s": cpu,
               "bytes_read": bytes_read, "verified": ok}
     print("RESULT " + json.dumps(result), flush=True)
     dist.destroy_process_group()
@@ -159,11 +163,11 @@ def _split_bytes(files: List[str]):
     return split, replicated
 
 
-def run_impl(impl: str, world: int, files: List[str], peer: str, timeout: float) -> List[dict]:
+def run_impl(impl: str, world: int, files: List[str], peer: str, timeout: float, op: str) -> List[dict]:
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--rank-worker", impl, str(r), str(world),
-                               str(port), json.dumps(files), peer], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               str(port), json.dumps(files), peer, op], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env, cwd="/") for r in range(world)]
     results = []
     try:
@@ -197,6 +201,8 @@ def main() -> None:
     ap.add_argument("--dir", help="reuse/keep the checkpoint in this directory")
     ap.add_argument("--peer", default=PEER_DEFAULT, help="folder holding fastsafetensors 0.5.0")
     ap.add_argument("--timeout", type=float, default=150)
+    ap.add_argument("--op", choices=["as_dict", "get_tensor"], default="as_dict",
+                    help="as_dict with TP dims (default), or get_tensor of every tensor (whole) on every rank")
     args = ap.parse_args()
     directory = args.dir or tempfile.mkdtemp(prefix="fst-tp-bench-")
     try:
@@ -210,22 +216,23 @@ def main() -> None:
         for trial in range(args.trials):
             for impl in impls:  # interleaved, so drift of the shared machine hits every case alike
                 _warm(files)
-                rows = run_impl(impl, args.world, files, args.peer, args.timeout)
+                rows = run_impl(impl, args.world, files, args.peer, args.timeout, args.op)
                 slowest = max(rows, key=lambda r: r["total_s"])
                 slowest["cpu_s"] = sum(r["cpu_s"] for r in rows)  # all ranks together
                 if not all(r["verified"] for r in rows):
                     print(f"WARNING: {impl}: blocks differ from safetensors", flush=True)
                 if impl not in best or slowest["total_s"] < best[impl]["total_s"]:
                     best[impl] = {**slowest, "bytes_per_rank": [r["bytes_read"] for r in rows]}
-        print(f"checkpoint {total / 1e9:.2f} GB in {len(files)} files, {args.world} gloo ranks, warm cache, "
+        print(f"{args.op}: checkpoint {total / 1e9:.2f} GB in {len(files)} files, {args.world} gloo ranks, warm cache, "
               f"best of {args.trials} (time: slowest rank; CPU: all ranks, user+sys)")
-        print(f"{'impl':14} {'total s':>8} {'copy s':>8} {'as_dict s':>9} {'CPU s':>6} {'verified':>8}  bytes read per rank")
+        print(f"{'impl':14} {'total s':>8} {'copy s':>8} {args.op + ' s':>9} {'CPU s':>6} {'verified':>8}  bytes read per rank")
         for impl, r in best.items():
             per_rank = ", ".join(f"{b / 1e6:.0f} MB" for b in r["bytes_per_rank"] if b is not None) or "-"
-            print(f"{impl:14} {r['total_s']:8.3f} {r['copy_s']:8.3f} {r['as_dict_s']:9.3f} {r['cpu_s']:6.2f} {str(r['verified']):>8}  "
+            print(f"{impl:14} {r['total_s']:8.3f} {r['copy_s']:8.3f} {r['op_s']:9.3f} {r['cpu_s']:6.2f} {str(r['verified']):>8}  "
                   f"{per_rank}")
         split, replicated = _split_bytes(files)
-        print(f"direct-read budget per rank: split/N + replicated = {(split / args.world + replicated) / 1e6:.0f} MB")
+        if args.op == "as_dict":
+            print(f"direct-read budget per rank: split/N + replicated = {(split / args.world + replicated) / 1e6:.0f} MB")
         if "fst05" in best:
             for impl in ("ours-direct", "ours-scatter"):
                 print(f"speed-up of {impl} over fastsafetensors 0.5.0: {best['fst05']['total_s'] / best[impl]['total_s']:.2f}x")
@@ -237,7 +244,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--rank-worker":
-        impl, rank, world, port, files, peer = sys.argv[2:8]
-        rank_main(impl, int(rank), int(world), int(port), json.loads(files), peer)
+        impl, rank, world, port, files, peer, op = sys.argv[2:9]
+        rank_main(impl, int(rank), int(world), int(port), json.loads(files), peer, op)
     else:
         main()

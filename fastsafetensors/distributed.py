@@ -249,15 +249,17 @@ class Group:
 
         return torch.empty(nbytes, dtype=torch.uint8, device=self.comm_device)
 
-    def broadcast(self, buf: Any, src: int) -> None:
+    def broadcast(self, buf: Any, src: int) -> Any:
+        """Starts a broadcast; returns its work handle (wait() before reading ``buf``)."""
         import torch.distributed as dist
 
-        dist.broadcast(buf, group=self.pg, group_src=src)
+        return dist.broadcast(buf, group=self.pg, group_src=src, async_op=True)
 
-    def scatter(self, out: Any, chunks: Optional[List[Any]], src: int) -> None:
+    def scatter(self, out: Any, chunks: Optional[List[Any]], src: int) -> Any:
+        """Starts a scatter; returns its work handle (wait() before reading ``out``)."""
         import torch.distributed as dist
 
-        dist.scatter(out, chunks, group=self.pg, group_src=src)
+        return dist.scatter(out, chunks, group=self.pg, group_src=src, async_op=True)
 
     def send(self, buf: Any, dst: int) -> None:
         import torch.distributed as dist
@@ -306,12 +308,12 @@ def _to_comm(group: Group, t: Any) -> Any:
 
 
 def _broadcast(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], local: LocalBytes,
-               out: Dict[str, Any]) -> None:
+               out: Dict[str, Any], pending: List[Any]) -> None:
     pieces = [mine for _, mine in items]
     if group.rank == owner and len(pieces) == 1:
         # One tensor: send it from where it lies (no packing copy; zero-copy result on the owner).
         buf = _to_comm(group, local(pieces[0].entry).reshape(-1))
-        group.broadcast(buf, owner)
+        pending.append(group.broadcast(buf, owner))
         out[pieces[0].entry.name] = buf
         return
     offsets, total = [], 0
@@ -322,7 +324,7 @@ def _broadcast(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]],
     if group.rank == owner:
         for p, off in zip(pieces, offsets):
             buf[off:off + p.nbytes].copy_(local(p.entry).reshape(-1))
-    group.broadcast(buf, owner)
+    pending.append(group.broadcast(buf, owner))
     for p, off in zip(pieces, offsets):
         out[p.entry.name] = buf[off:off + p.nbytes]
 
@@ -333,7 +335,8 @@ def _contiguous_blocks(pieces: List[Piece]) -> bool:
     return all(d == 1 for d in p.entry.shape[:p.dim]) and len({q.nbytes for q in pieces}) == 1
 
 
-def _scatter_views(group: Group, owner: int, pieces: List[Piece], local: LocalBytes, out: Dict[str, Any]) -> None:
+def _scatter_views(group: Group, owner: int, pieces: List[Piece], local: LocalBytes, out: Dict[str, Any],
+                   pending: List[Any]) -> None:
     """One tensor whose blocks are equal runs of its bytes: scattered straight from the owner's buffer."""
     mine = pieces[group.rank]
     recv = group.empty(mine.nbytes)
@@ -341,15 +344,15 @@ def _scatter_views(group: Group, owner: int, pieces: List[Piece], local: LocalBy
     if group.rank == owner:
         whole = local(mine.entry)
         chunks = [_to_comm(group, p.bytes_of(whole).reshape(-1)) for p in pieces]
-    group.scatter(recv, chunks, owner)
+    pending.append(group.scatter(recv, chunks, owner))
     out[mine.entry.name] = recv
 
 
 def _scatter(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], local: LocalBytes,
-             out: Dict[str, Any]) -> None:
+             out: Dict[str, Any], pending: List[Any]) -> None:
     world = group.size
     if len(items) == 1 and items[0][1].nbytes and _contiguous_blocks(items[0][0]):
-        _scatter_views(group, owner, items[0][0], local, out)
+        _scatter_views(group, owner, items[0][0], local, out, pending)
         return
     offsets = [[0] * len(items) for _ in range(world)]  # offsets[rank][item]
     sizes = [0] * world
@@ -369,7 +372,7 @@ def _scatter(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], l
                 send[at:at + p.nbytes].view(p.byte_shape).copy_(p.bytes_of(whole))
         chunks = [send[r * width:(r + 1) * width] for r in range(world)]
     if width:
-        group.scatter(recv, chunks, owner)
+        pending.append(group.scatter(recv, chunks, owner))
     for k, (_, mine) in enumerate(items):
         off = offsets[group.rank][k]
         out[mine.entry.name] = recv[off:off + mine.nbytes]
@@ -384,14 +387,17 @@ def exchange(group: Group, resolved: List[Tuple[List[Piece], Piece]], local: Loc
     bytes per rank.
     """
     out: Dict[str, Any] = {}
+    pending: List[Any] = []  # collectives run while the next send buffer is packed
     for owner in range(group.size):
         mine = [item for item in resolved if item[1].entry.owner == owner]
         whole = [item for item in mine if item[1].dim < 0]
         split = [item for item in mine if item[1].dim >= 0]
         for chunk in _chunks(whole, limit):
-            _broadcast(group, owner, chunk, local, out)
+            _broadcast(group, owner, chunk, local, out, pending)
         for chunk in _chunks(split, limit):
-            _scatter(group, owner, chunk, local, out)
+            _scatter(group, owner, chunk, local, out, pending)
+    for work in pending:
+        work.wait()
     return out
 
 
