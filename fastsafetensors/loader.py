@@ -55,7 +55,8 @@ class FilesBufferOnDevice:
 
     def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["cpp.HostBuffer"],
                  framework: Framework, device: Device, group: Group, dtype: Union[DType, str] = DType.AUTO, *,
-                 direct: bool = False, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None):
+                 direct: bool = False, owner_broadcast: bool = False, threads: Optional[int] = None,
+                 metrics: Optional[LoadMetrics] = None):
         self._catalog: Optional[Dict[str, Entry]] = catalog
         self._plan = plan
         self._buffers: List[Optional["cpp.HostBuffer"]] = list(buffers)
@@ -64,6 +65,8 @@ class FilesBufferOnDevice:
         self._dtype = dtype
         self._group = group
         self._direct = direct
+        # direct mode: whole tensors are read by their owner and broadcast (1 read instead of N)
+        self._owner_broadcast = direct and owner_broadcast
         self._threads = threads
         self.metrics = metrics if metrics is not None else LoadMetrics()
         self.pg = group.pg
@@ -103,13 +106,33 @@ class FilesBufferOnDevice:
                 self._buffers[loc.buffer] = None
 
     # -- where the bytes come from --
-    def _local_bytes(self, entry: Entry) -> Any:
-        """The owner's bytes of a tensor it read (a torch uint8 view of its buffer, no copy)."""
+    @staticmethod
+    def _bytes_at(buffer: "cpp.HostBuffer", offset: int, entry: Entry) -> Any:
+        """A tensor's bytes at ``offset`` of ``buffer`` as a torch uint8 view (no copy)."""
         import torch
 
+        return torch.from_dlpack(buffer.view(offset, list(Piece(entry, -1, 0, 0).byte_shape), *RAW_BYTES))
+
+    def _local_bytes(self, entry: Entry) -> Any:
+        """The owner's bytes of a tensor it read in ``copy_files_to_device``."""
         loc = self._plan.tensors[entry.name]
-        shape = Piece(entry, -1, 0, 0).byte_shape
-        return torch.from_dlpack(self._buffers[loc.buffer].view(loc.offset, list(shape), *RAW_BYTES))
+        return self._bytes_at(self._buffers[loc.buffer], loc.offset, entry)
+
+    def _owner_reads_and_broadcasts(self, items: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
+        """Whole tensors: each owner reads its own straight from the file, then broadcasts them."""
+        self._check_viewable(items)
+        mine = [p for _, p in items if p.entry.owner == self._group.rank]
+        held: Dict[str, Tuple["cpp.HostBuffer", int]] = {}
+        error: Optional[BaseException] = None
+        try:
+            if mine:
+                buffer, offsets = read_pieces(mine, threads=self._threads, metrics=self.metrics)
+                held = {p.entry.name: (buffer, off) for p, off in zip(mine, offsets)}
+        except Exception as exc:  # re-raised by agree(), once every rank has heard of it
+            error = exc
+        self._group.agree(error, "reading tensors to broadcast")
+        raw = exchange(self._group, items, lambda e: self._bytes_at(*held[e.name], e))
+        return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape) for _, p in items}
 
     def _local_tensor(self, name: str) -> Any:
         loc = self._plan.tensors[name]
@@ -131,12 +154,20 @@ class FilesBufferOnDevice:
                     for _, p in resolved}
         out = {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved
                if p.dim < 0 and p.entry.name in self._plan.tensors}
-        todo = [p for _, p in resolved if p.entry.name not in out]
-        if todo:
-            buffer, offsets = read_pieces(todo, threads=self._threads, metrics=self.metrics)
-            for p, off in zip(todo, offsets):
-                out[p.entry.name] = self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
+        if self._owner_broadcast:
+            whole = [item for item in resolved if item[1].dim < 0 and item[1].entry.name not in out]
+            if whole:
+                out.update(self._owner_reads_and_broadcasts(whole))
+        out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
         return out
+
+    def _read_directly(self, pieces: List[Piece]) -> Dict[str, Any]:
+        """This rank reads the pieces itself, straight from the files (no collective)."""
+        if not pieces:
+            return {}
+        buffer, offsets = read_pieces(pieces, threads=self._threads, metrics=self.metrics)
+        return {p.entry.name: self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
+                for p, off in zip(pieces, offsets)}
 
     def _finish(self, t: Any, entry: Entry, device: Any, dtype: Union[DType, str, None]) -> Any:
         cast = self._dtype if dtype in _AUTO else dtype
@@ -201,8 +232,10 @@ class FilesBufferOnDevice:
             DType(dtype)
         resolved = self._resolve([(tensor_name, -1)])
         piece = resolved[0][1]
-        if not group.distributed or self._direct:
-            t = self._fetch(resolved)[tensor_name] if group.rank == dst_rank else None
+        if not group.distributed:
+            t = self._fetch(resolved)[tensor_name]
+        elif self._direct:  # only the destination takes part: it reads the tensor itself
+            t = self._read_directly([piece])[tensor_name] if group.rank == dst_rank else None
         else:
             self._check_viewable(resolved)
             raw = push(group, piece.entry, dst_rank, self._local_bytes)
@@ -236,9 +269,11 @@ class SafeTensorsFileLoader:
 
     ``pg`` is None / ``SingleGroup()`` for one process, or a torch.distributed ProcessGroup.
     ``max_threads`` sets the reader threads; ``bbuf_size_kb`` and ``nogds`` matter for GPU loads.
-    Keyword ``direct_read``: True makes every rank read its own pieces straight from the files
-    (all ranks must be able to open all files), False makes the owner rank read each file and
-    scatter/broadcast it, None (default) picks direct reads when every rank can open every file.
+    Keyword ``direct_read`` (see docs/torch.md): True makes every rank read what it returns
+    straight from the files (all ranks must be able to open all files); False makes each rank read
+    its files and scatter/broadcast their tensors; None (default), where every rank can open every
+    file, reads blocks of split tensors directly and has the owner read each whole tensor and
+    broadcast it, else it behaves as False.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
@@ -322,8 +357,10 @@ class SafeTensorsFileLoader:
                     dtype: Union[DType, str] = DType.AUTO) -> FilesBufferOnDevice:
         if self.group.distributed and not direct and self.framework.name != "torch":
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
+        owner_broadcast = self.direct_read is None and self.framework.name == "torch"
         return FilesBufferOnDevice(self._catalog, plan, buffers, self.framework, self.device, self.group, dtype,
-                                   direct=direct, threads=self.max_threads, metrics=self.metrics)
+                                   direct=direct, owner_broadcast=owner_broadcast, threads=self.max_threads,
+                                   metrics=self.metrics)
 
     def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
                              max_copy_block_size: int = 16 * 1024 ** 3) -> FilesBufferOnDevice:

@@ -56,7 +56,9 @@ class ParallelLoader:
         # Every header once (a broken or duplicated tensor fails here, on every rank), then one
         # collective in the caller's thread: the same file list everywhere, and the read mode.
         probe.add_filenames({r: files[r::world] for r in range(world)})
-        self._direct = probe.decide_direct()
+        # Every tensor is wanted whole on every rank: unless direct reads are asked for, each file is
+        # read once (by its rank, in a producer) and broadcast, rather than read by every rank.
+        self._direct = probe.decide_direct() and probe.direct_read is True
         probe.close()
         self._ahead = 0 if queue_size < 0 else queue_size + 1
         self._pool = ThreadPoolExecutor(max_concurrent_producers, "fastsafetensors-producer") if self._ahead else None

@@ -29,7 +29,7 @@ RANK, WORLD, PORT = (int(a) for a in sys.argv[1:4])
 FILES = json.load(open(sys.argv[4]))
 OUT = sys.argv[5]
 REF = {name: t for f in FILES for name, t in load_file(f).items()}
-MODES = {"scatter": False, "direct": True}
+MODES = {"scatter": False, "direct": True, "auto": None}
 # GPU runs: FST_TP_DEVICE=cuda:0 (or "cuda:{rank}" with FST_TP_BACKEND=nccl, one GPU per rank)
 DEVICE = os.environ.get("FST_TP_DEVICE", "cpu").format(rank=RANK)
 BACKEND = os.environ.get("FST_TP_BACKEND", "gloo")
@@ -227,7 +227,7 @@ def _mismatched_maps():
 
 
 def scenario_parallel_loader():
-    for direct in (False, True):
+    for direct in (False, True, None):
         for queue_size, producers in ((-1, 1), (0, 1), (2, 2)):
             what = f"ParallelLoader direct={direct} queue_size={queue_size} producers={producers}"
             seen = []
