@@ -1,6 +1,8 @@
 """Tensor-parallel loading: ``as_dict`` of a Llama-shaped checkpoint over N gloo ranks (127.0.0.1).
 
 Compares, in the same run and on the same files (warm page cache):
+  * ours with the default read mode (``direct_read=None``: blocks of split tensors read by each
+    rank, whole tensors read once by their owner and broadcast),
   * ours, direct reads (each rank reads its own blocks from the files: ``direct_read=True``),
   * ours, scatter mode (each rank reads its files, blocks go out by packed scatter/broadcast),
   * the published fastsafetensors 0.5.0 doing the same calls (installed apart, e.g.
@@ -98,7 +100,7 @@ def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], pee
         with safe_open(f, "pt") as h:
             for n in h.keys():
                 dims[n] = tp_dim(n, len(h.get_slice(n).get_shape()))
-    kwargs = {} if impl == "fst05" else {"direct_read": impl == "ours-direct"}
+    kwargs = {"ours-direct": {"direct_read": True}, "ours-scatter": {"direct_read": False}}.get(impl, {})
     dist.barrier()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -211,7 +213,7 @@ def main() -> None:
         if not files:
             files = write_checkpoint(directory, args.gb)
         total = sum(os.path.getsize(f) for f in files)
-        impls = ["ours-direct", "ours-scatter"] + (["fst05"] if os.path.isdir(args.peer) else [])
+        impls = ["ours-default", "ours-direct", "ours-scatter"] + (["fst05"] if os.path.isdir(args.peer) else [])
         best: Dict[str, dict] = {}
         for trial in range(args.trials):
             for impl in impls:  # interleaved, so drift of the shared machine hits every case alike
@@ -234,7 +236,7 @@ def main() -> None:
         if args.op == "as_dict":
             print(f"direct-read budget per rank: split/N + replicated = {(split / args.world + replicated) / 1e6:.0f} MB")
         if "fst05" in best:
-            for impl in ("ours-direct", "ours-scatter"):
+            for impl in ("ours-default", "ours-direct", "ours-scatter"):
                 print(f"speed-up of {impl} over fastsafetensors 0.5.0: {best['fst05']['total_s'] / best[impl]['total_s']:.2f}x")
         print(json.dumps(best))
     finally:

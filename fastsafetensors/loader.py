@@ -28,6 +28,11 @@ logger = logging.getLogger("fastsafetensors")
 
 _AUTO = (None, DType.AUTO, "auto")
 
+# How the bytes of a multi-rank request reach each rank (docs/torch.md, "Two ways the bytes reach a rank").
+SCATTER = "scatter"  # each rank reads its files; owners broadcast whole tensors and scatter blocks
+DIRECT = "direct"  # each rank reads what it returns straight from the files; no data crosses the group
+HYBRID = "hybrid"  # blocks of split tensors read directly, whole tensors broadcast from their owner
+
 
 def check_device(device: Device, nogds: bool, framework: Framework) -> None:
     """A CUDA target needs CUDA; where GDS was asked for, the failure is the RuntimeError naming gds
@@ -55,8 +60,7 @@ class FilesBufferOnDevice:
 
     def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["cpp.HostBuffer"],
                  framework: Framework, device: Device, group: Group, dtype: Union[DType, str] = DType.AUTO, *,
-                 direct: bool = False, owner_broadcast: bool = False, threads: Optional[int] = None,
-                 metrics: Optional[LoadMetrics] = None):
+                 mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None):
         self._catalog: Optional[Dict[str, Entry]] = catalog
         self._plan = plan
         self._buffers: List[Optional["cpp.HostBuffer"]] = list(buffers)
@@ -64,9 +68,7 @@ class FilesBufferOnDevice:
         self._device = device
         self._dtype = dtype
         self._group = group
-        self._direct = direct
-        # direct mode: whole tensors are read by their owner and broadcast (1 read instead of N)
-        self._owner_broadcast = direct and owner_broadcast
+        self._mode = mode
         self._threads = threads
         self.metrics = metrics if metrics is not None else LoadMetrics()
         self.pg = group.pg
@@ -106,33 +108,13 @@ class FilesBufferOnDevice:
                 self._buffers[loc.buffer] = None
 
     # -- where the bytes come from --
-    @staticmethod
-    def _bytes_at(buffer: "cpp.HostBuffer", offset: int, entry: Entry) -> Any:
-        """A tensor's bytes at ``offset`` of ``buffer`` as a torch uint8 view (no copy)."""
+    def _local_bytes(self, entry: Entry) -> Any:
+        """The owner's bytes of a tensor it read in ``copy_files_to_device`` (a torch uint8 view, no copy)."""
         import torch
 
-        return torch.from_dlpack(buffer.view(offset, list(Piece(entry, -1, 0, 0).byte_shape), *RAW_BYTES))
-
-    def _local_bytes(self, entry: Entry) -> Any:
-        """The owner's bytes of a tensor it read in ``copy_files_to_device``."""
         loc = self._plan.tensors[entry.name]
-        return self._bytes_at(self._buffers[loc.buffer], loc.offset, entry)
-
-    def _owner_reads_and_broadcasts(self, items: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
-        """Whole tensors: each owner reads its own straight from the file, then broadcasts them."""
-        self._check_viewable(items)
-        mine = [p for _, p in items if p.entry.owner == self._group.rank]
-        held: Dict[str, Tuple["cpp.HostBuffer", int]] = {}
-        error: Optional[BaseException] = None
-        try:
-            if mine:
-                buffer, offsets = read_pieces(mine, threads=self._threads, metrics=self.metrics)
-                held = {p.entry.name: (buffer, off) for p, off in zip(mine, offsets)}
-        except Exception as exc:  # re-raised by agree(), once every rank has heard of it
-            error = exc
-        self._group.agree(error, "reading tensors to broadcast")
-        raw = exchange(self._group, items, lambda e: self._bytes_at(*held[e.name], e))
-        return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape) for _, p in items}
+        shape = Piece(entry, -1, 0, 0).byte_shape
+        return torch.from_dlpack(self._buffers[loc.buffer].view(loc.offset, list(shape), *RAW_BYTES))
 
     def _local_tensor(self, name: str) -> Any:
         loc = self._plan.tensors[name]
@@ -147,19 +129,22 @@ class FilesBufferOnDevice:
         group = self._group
         if not group.distributed:
             return {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved}
-        if not self._direct:
-            self._check_viewable(resolved)
-            raw = exchange(group, resolved, self._local_bytes)
-            return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
-                    for _, p in resolved}
-        out = {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved
-               if p.dim < 0 and p.entry.name in self._plan.tensors}
-        if self._owner_broadcast:
-            whole = [item for item in resolved if item[1].dim < 0 and item[1].entry.name not in out]
-            if whole:
-                out.update(self._owner_reads_and_broadcasts(whole))
+        if self._mode == DIRECT:
+            out = {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved
+                   if p.dim < 0 and p.entry.name in self._plan.tensors}
+            out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
+            return out
+        # SCATTER: everything from the owners' buffers; HYBRID: whole tensors from there, blocks read here
+        shared = resolved if self._mode == SCATTER else [item for item in resolved if item[1].dim < 0]
+        out = self._exchange(shared) if shared else {}
         out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
         return out
+
+    def _exchange(self, resolved: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
+        self._check_viewable(resolved)
+        raw = exchange(self._group, resolved, self._local_bytes)
+        return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
+                for _, p in resolved}
 
     def _read_directly(self, pieces: List[Piece]) -> Dict[str, Any]:
         """This rank reads the pieces itself, straight from the files (no collective)."""
@@ -234,7 +219,7 @@ class FilesBufferOnDevice:
         piece = resolved[0][1]
         if not group.distributed:
             t = self._fetch(resolved)[tensor_name]
-        elif self._direct:  # only the destination takes part: it reads the tensor itself
+        elif self._mode == DIRECT:  # only the destination takes part: it reads the tensor itself
             t = self._read_directly([piece])[tensor_name] if group.rank == dst_rank else None
         else:
             self._check_viewable(resolved)
@@ -272,8 +257,8 @@ class SafeTensorsFileLoader:
     Keyword ``direct_read`` (see docs/torch.md): True makes every rank read what it returns
     straight from the files (all ranks must be able to open all files); False makes each rank read
     its files and scatter/broadcast their tensors; None (default), where every rank can open every
-    file, reads blocks of split tensors directly and has the owner read each whole tensor and
-    broadcast it, else it behaves as False.
+    file, reads blocks of split tensors directly and broadcasts whole tensors from the rank that
+    read them, else it behaves as False.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
@@ -329,7 +314,7 @@ class SafeTensorsFileLoader:
             raise TensorNotFound(f"tensor `{tensor_name}` is in none of the added files", tensor=tensor_name)
         return entry.shape
 
-    def decide_direct(self) -> bool:
+    def decide_mode(self) -> str:
         """Agrees with every rank on the files and on the read mode (one small collective)."""
         readable = readable_by_me(self._files) if self.group.distributed and self.direct_read is not False else False
         rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable)])
@@ -338,29 +323,31 @@ class SafeTensorsFileLoader:
         everyone = all(row[1] for row in rows)
         if self.direct_read and not everyone:
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
-        return self.group.distributed and everyone
+        if not self.group.distributed or not everyone:
+            return SCATTER
+        if self.direct_read or self.framework.name != "torch":
+            return DIRECT
+        return HYBRID
 
-    def read_local(self, direct: bool, everything: bool = False,
+    def read_local(self, mode: str, everything: bool = False,
                    max_copy_block_size: int = 16 * 1024 ** 3) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
-        """Reads what this rank holds up front: its own files (scatter mode), nothing (direct mode),
-        or every file (``everything``, for loading whole files on every rank). No collective."""
+        """Reads what this rank holds up front: its own files (scatter, hybrid), nothing (direct), or
+        every file (``everything``, for loading whole files on every rank). No collective."""
         if everything or not self.group.distributed:
             files = self._all_files()
         else:
-            files = [] if direct else self._files.get(self.group.rank, [])
+            files = [] if mode == DIRECT else self._files.get(self.group.rank, [])
         plan = plan_load(files)
         buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
                                  chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
         return plan, buffers
 
-    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], direct: bool,
+    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str,
                     dtype: Union[DType, str] = DType.AUTO) -> FilesBufferOnDevice:
-        if self.group.distributed and not direct and self.framework.name != "torch":
+        if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
-        owner_broadcast = self.direct_read is None and self.framework.name == "torch"
         return FilesBufferOnDevice(self._catalog, plan, buffers, self.framework, self.device, self.group, dtype,
-                                   direct=direct, owner_broadcast=owner_broadcast, threads=self.max_threads,
-                                   metrics=self.metrics)
+                                   mode=mode, threads=self.max_threads, metrics=self.metrics)
 
     def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
                              max_copy_block_size: int = 16 * 1024 ** 3) -> FilesBufferOnDevice:
@@ -369,14 +356,14 @@ class SafeTensorsFileLoader:
         A read error on one rank raises on every rank (a PeerRankError on the others).
         """
         self._check_open()
-        direct = self.decide_direct()
+        mode = self.decide_mode()
         error: Optional[BaseException] = None
         try:
-            plan, buffers = self.read_local(direct, max_copy_block_size=max_copy_block_size)
+            plan, buffers = self.read_local(mode, max_copy_block_size=max_copy_block_size)
         except Exception as exc:  # re-raised by agree(), after every rank has heard of it
             error = exc
         self.group.agree(error, "copy_files_to_device")
-        return self.make_buffer(plan, buffers, direct, dtype)
+        return self.make_buffer(plan, buffers, mode, dtype)
 
     def reset(self) -> None:
         """Forgets the added files; the loader can be used again."""

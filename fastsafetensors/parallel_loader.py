@@ -21,7 +21,7 @@ from typing import Any, Deque, Generator, List, Optional, Sequence, Tuple
 
 from .errors import LoaderClosedError
 from .files import PathLike
-from .loader import SafeTensorsFileLoader
+from .loader import DIRECT, SCATTER, SafeTensorsFileLoader
 from .plan import LoadPlan
 
 __all__ = ["ParallelLoader"]
@@ -58,7 +58,7 @@ class ParallelLoader:
         probe.add_filenames({r: files[r::world] for r in range(world)})
         # Every tensor is wanted whole on every rank: unless direct reads are asked for, each file is
         # read once (by its rank, in a producer) and broadcast, rather than read by every rank.
-        self._direct = probe.decide_direct() and probe.direct_read is True
+        self._mode = DIRECT if probe.decide_mode() == DIRECT and probe.direct_read else SCATTER
         probe.close()
         self._ahead = 0 if queue_size < 0 else queue_size + 1
         self._pool = ThreadPoolExecutor(max_concurrent_producers, "fastsafetensors-producer") if self._ahead else None
@@ -73,7 +73,7 @@ class ParallelLoader:
         """Reads one batch on this rank (no collective): its own file, or every file in direct mode."""
         loader = self._loader(self.pg)
         loader.add_filenames({r: [f] for r, f in enumerate(batch)})
-        plan, buffers = loader.read_local(self._direct, everything=self._direct)
+        plan, buffers = loader.read_local(self._mode, everything=self._mode == DIRECT)
         return loader, plan, buffers
 
     def _submit(self, batch: List[PathLike]) -> Future:
@@ -114,7 +114,7 @@ class ParallelLoader:
         except Exception as exc:  # re-raised by agree() once every rank has heard of it
             error = exc
         self._group.agree(error, f"reading {[str(f) for f in batch]}")
-        fb = loader.make_buffer(plan, buffers, self._direct)
+        fb = loader.make_buffer(plan, buffers, self._mode)
         try:
             tensors = fb.as_dict({name: -1 for name in fb.key_to_rank_lidx})
             fb.close()
