@@ -25,13 +25,14 @@ def readable_by_me(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> bo
 
 
 def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None,
-                chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tuple["cpp.HostBuffer", List[int]]:
-    """Reads every piece into one host buffer; returns it and each piece's byte offset in it."""
+                chunk_bytes: int = DEFAULT_CHUNK_BYTES, base: int = 0) -> Tuple["cpp.HostBuffer", List[int]]:
+    """Reads every piece into one host buffer, the first at ``base`` (64-aligned), each 64-byte aligned;
+    returns the buffer and each piece's byte offset in it."""
     file_index: Dict[str, int] = {}
     sources: List["cpp.ReadSource"] = []
     offsets: List[int] = []
     ranges = cpp.RangeList()
-    total = 0
+    total = base
     for p in pieces:
         f = p.entry.file
         k = file_index.get(f.path)

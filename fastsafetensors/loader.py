@@ -11,10 +11,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import cpp
 from .direct_read import read_pieces, readable_by_me
-from .distributed import Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
+from .distributed import ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
 from .engine import default_threads, read_into_host
-from .errors import LoaderClosedError, ShardRequestError, TensorNotFound
+from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
@@ -31,7 +31,7 @@ _AUTO = (None, DType.AUTO, "auto")
 # How the bytes of a multi-rank request reach each rank (docs/torch.md, "Two ways the bytes reach a rank").
 SCATTER = "scatter"  # each rank reads its files; owners broadcast whole tensors and scatter blocks
 DIRECT = "direct"  # each rank reads what it returns straight from the files; no data crosses the group
-HYBRID = "hybrid"  # blocks of split tensors read directly, whole tensors broadcast from their owner
+HYBRID = "hybrid"  # blocks of split tensors read directly; whole tensors read by their owner and broadcast
 
 
 def check_device(device: Device, nogds: bool, framework: Framework) -> None:
@@ -134,11 +134,59 @@ class FilesBufferOnDevice:
                    if p.dim < 0 and p.entry.name in self._plan.tensors}
             out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
             return out
-        # SCATTER: everything from the owners' buffers; HYBRID: whole tensors from there, blocks read here
-        shared = resolved if self._mode == SCATTER else [item for item in resolved if item[1].dim < 0]
-        out = self._exchange(shared) if shared else {}
-        out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
+        if self._mode == SCATTER:
+            return self._exchange(resolved)
+        whole = [p for _, p in resolved if p.dim < 0]  # HYBRID: whole tensors from their owner, blocks read here
+        out = self._owners_read_and_broadcast(whole) if whole else {}
+        out.update(self._read_directly([p for _, p in resolved if p.dim >= 0]))
         return out
+
+    def _owners_read_and_broadcast(self, pieces: List[Piece]) -> Dict[str, Any]:
+        """Each owner reads its whole tensors straight from the files and broadcasts them, one packed
+        buffer per owner. The buffer's first 64 bytes carry the owner's status, so a failed read
+        raises on every rank without another collective."""
+        self._check_viewable([([p], p) for p in pieces])
+        group, out, pending = self._group, {}, []
+        error: Optional[BaseException] = None
+        for owner in range(group.size):
+            mine = [p for p in pieces if p.entry.owner == owner]
+            if not mine:
+                continue
+            offsets, total = [], ALIGN
+            for p in mine:
+                offsets.append(total)
+                total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
+            if group.rank == owner:
+                buf, error = self._read_for_broadcast(mine, total)
+            else:
+                buf = group.empty(total)
+            pending.append((owner, buf, group.broadcast(buf, owner)))
+            for p, off in zip(mine, offsets):
+                out[p.entry.name] = self._framework.from_bytes(buf[off:off + p.nbytes], p.entry.dtype, p.shape)
+        failed = []
+        for owner, buf, work in pending:
+            work.wait()
+            if int(buf[0]):
+                failed.append(owner)
+        if error is not None:
+            raise error
+        if failed:
+            raise PeerRankError(f"reading tensors to broadcast failed on rank(s) {failed}; see their logs")
+        return out
+
+    def _read_for_broadcast(self, pieces: List[Piece], total: int) -> Tuple[Any, Optional[BaseException]]:
+        """The owner's broadcast buffer: status byte, then the pieces at 64-byte aligned offsets."""
+        import torch
+
+        error: Optional[BaseException] = None
+        try:
+            buffer, _ = read_pieces(pieces, threads=self._threads, metrics=self.metrics, base=ALIGN)
+            buf = torch.from_dlpack(buffer.view(0, [total], *RAW_BYTES))
+            buf[0] = 0
+        except Exception as exc:  # raised after the collectives, which every rank completes
+            buf, error = torch.zeros(total, dtype=torch.uint8), exc
+            buf[0] = 1
+        return (buf if self._group.comm_device == "cpu" else buf.to(self._group.comm_device)), error
 
     def _exchange(self, resolved: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
         self._check_viewable(resolved)
@@ -219,7 +267,7 @@ class FilesBufferOnDevice:
         piece = resolved[0][1]
         if not group.distributed:
             t = self._fetch(resolved)[tensor_name]
-        elif self._mode == DIRECT:  # only the destination takes part: it reads the tensor itself
+        elif self._mode != SCATTER:  # only the destination takes part: it reads the tensor itself
             t = self._read_directly([piece])[tensor_name] if group.rank == dst_rank else None
         else:
             self._check_viewable(resolved)
@@ -331,12 +379,12 @@ class SafeTensorsFileLoader:
 
     def read_local(self, mode: str, everything: bool = False,
                    max_copy_block_size: int = 16 * 1024 ** 3) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
-        """Reads what this rank holds up front: its own files (scatter, hybrid), nothing (direct), or
+        """Reads what this rank holds up front: its own files (scatter), nothing (direct, hybrid), or
         every file (``everything``, for loading whole files on every rank). No collective."""
         if everything or not self.group.distributed:
             files = self._all_files()
         else:
-            files = [] if mode == DIRECT else self._files.get(self.group.rank, [])
+            files = self._files.get(self.group.rank, []) if mode == SCATTER else []
         plan = plan_load(files)
         buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
                                  chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))

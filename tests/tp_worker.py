@@ -211,12 +211,20 @@ def scenario_read_error_on_one_rank():
     files = [os.path.join(tmp, os.path.basename(f)) for f in FILES[:WORLD]]
     loader = SafeTensorsFileLoader(dist.group.WORLD, device=DEVICE, nogds=True, direct_read=False)
     loader.add_filenames({r: [files[r]] for r in range(WORLD)})
+    default = SafeTensorsFileLoader(dist.group.WORLD, device=DEVICE, nogds=True)  # hybrid mode
+    default.add_filenames({r: [files[r]] for r in range(WORLD)})
     dist.barrier()
     if RANK == WORLD - 1:
         os.truncate(files[-1], os.path.getsize(files[-1]) - 8)
     dist.barrier()
     want = TruncatedFileError if RANK == WORLD - 1 else PeerRankError
     _expect(want, loader.copy_files_to_device, "copy_files_to_device with a truncated file")
+    # default mode: the owner reads the whole tensor when asked, and its failure reaches every rank
+    fb = default.copy_files_to_device()  # reads nothing yet
+    frames = fastsafetensors.SafeTensorsMetadata.from_file(FILES[WORLD - 1]).tensors  # the untruncated original
+    last = max(frames, key=lambda n: frames[n].data_offsets[1])  # its bytes include the cut ones
+    _expect(want, lambda: fb.get_tensor(last), f"get_tensor({last}) from a truncated file")
+    same(fb.get_tensor("embed"), REF["embed"], "the group still works after a failed read")
     _expect(ShardRequestError, _mismatched_maps, "different {rank: files} maps")
 
 
