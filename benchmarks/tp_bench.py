@@ -199,7 +199,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--world", type=int, default=2)
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--dir", help="reuse/keep the checkpoint in this directory")
     ap.add_argument("--peer", default=PEER_DEFAULT, help="folder holding fastsafetensors 0.5.0")
     ap.add_argument("--timeout", type=float, default=150)
@@ -216,7 +216,9 @@ def main() -> None:
         impls = ["ours-default", "ours-direct", "ours-scatter"] + (["fst05"] if os.path.isdir(args.peer) else [])
         best: Dict[str, dict] = {}
         for trial in range(args.trials):
-            for impl in impls:  # interleaved, so drift of the shared machine hits every case alike
+            # interleaved and rotated (the first case after a pause ran slower here), so drift of the
+            # shared machine and position in the round hit every case alike
+            for impl in impls[trial % len(impls):] + impls[:trial % len(impls)]:
                 _warm(files)
                 rows = run_impl(impl, args.world, files, args.peer, args.timeout, args.op)
                 slowest = max(rows, key=lambda r: r["total_s"])
