@@ -17,6 +17,7 @@ from .errors import *  # noqa: F401,F403
 from .files import SafeTensorsFile, read_file_header
 from .loader import FilesBufferOnDevice, SafeTensorsFileLoader, fastsafe_open
 from .metrics import LoadMetrics
+from .parallel_loader import ParallelLoader
 from .st_types import Device, DeviceType, DType
 
 __version__ = "0.6.0"
@@ -27,6 +28,7 @@ __all__ = [
     "SafeTensorsFileLoader",
     "FilesBufferOnDevice",
     "fastsafe_open",
+    "ParallelLoader",
     "SingleGroup",
     "SafeTensorsMetadata",
     "TensorFrame",

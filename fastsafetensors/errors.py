@@ -31,6 +31,8 @@ __all__ = [
     "ReadError",
     "TruncatedFileError",
     "LoaderClosedError",
+    "ShardRequestError",
+    "PeerRankError",
 ]
 
 
@@ -137,3 +139,11 @@ class TruncatedFileError(ReadError):
 
 class LoaderClosedError(RuntimeError):
     """A loader or buffer was used after ``close()``."""
+
+
+class ShardRequestError(SafeTensorsError):
+    """A tensor-parallel request does not fit the tensor (bad dim, bad rank, a split through packed bytes)."""
+
+
+class PeerRankError(RuntimeError):
+    """Another rank of the process group failed; raised on the ranks that did not fail themselves."""

@@ -10,9 +10,11 @@ import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import cpp
-from .api import instantiate
-from .engine import read_into_host
-from .errors import LoaderClosedError, TensorNotFound
+from .direct_read import read_pieces, readable_by_me
+from .distributed import ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
+from .dtypes import FLOAT_DTYPES, RAW_BYTES
+from .engine import default_threads, read_into_host
+from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
@@ -24,87 +26,269 @@ __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]
 logger = logging.getLogger("fastsafetensors")
 
 
-def _group_of(pg: Any):
-    if pg is None:
-        from .common import SingleGroup
+_AUTO = (None, DType.AUTO, "auto")
 
-        return SingleGroup()
-    return pg
+# How the bytes of a multi-rank request reach each rank (docs/torch.md, "Two ways the bytes reach a rank").
+SCATTER = "scatter"  # each rank reads its files; owners broadcast whole tensors and scatter blocks
+DIRECT = "direct"  # each rank reads what it returns straight from the files; no data crosses the group
+HYBRID = "hybrid"  # blocks of split tensors read directly; whole tensors read by their owner and broadcast
+
+
+def check_device(device: Device, nogds: bool, framework: Framework) -> None:
+    """A CUDA target needs CUDA; where GDS was asked for, the failure is the RuntimeError naming gds
+    that inference servers catch to retry with ``nogds=True``."""
+    if device.is_cpu or framework.name != "torch":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        reason = f"device {device} was requested but CUDA is not available to this torch build or machine"
+        if not nogds:
+            raise RuntimeError(f"gds: GPU Direct Storage cannot be set up: {reason}")
+        raise RuntimeError(reason)
 
 
 class FilesBufferOnDevice:
-    """Tensors of the files a loader copied, instantiated on first use."""
+    """Tensors of the files a loader copied: whole, sharded over the process group, or pushed.
 
-    def __init__(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], framework: Framework, device: Device,
-                 pg: Any, dtype: Union[DType, str] = DType.AUTO, rank_of_file: Optional[Dict[str, int]] = None):
-        self._plan: Optional[LoadPlan] = plan
-        self._buffers: Optional[List["cpp.HostBuffer"]] = buffers
+    Every rank must make the same calls in the same order (they are collective in the scatter
+    mode). Requests are checked on the headers every rank holds before any collective starts, so a
+    bad request raises on every rank. In a group of several ranks, once every tensor of a file has
+    been handed out the file's buffer is released, and asking for one of its tensors again raises
+    ``LoaderClosedError`` (on every rank).
+    """
+
+    def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["cpp.HostBuffer"],
+                 framework: Framework, device: Device, group: Group, dtype: Union[DType, str] = DType.AUTO, *,
+                 mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None):
+        self._catalog: Optional[Dict[str, Entry]] = catalog
+        self._plan = plan
+        self._buffers: List[Optional["cpp.HostBuffer"]] = list(buffers)
         self._framework = framework
         self._device = device
         self._dtype = dtype
-        self.pg = pg
-        self._cache: Dict[str, Any] = {}
-        rank_of_file = rank_of_file or {}
+        self._group = group
+        self._mode = mode
+        self._threads = threads
+        self.metrics = metrics if metrics is not None else LoadMetrics()
+        self.pg = group.pg
         # name -> (rank that read it, index of its file in that rank's list), as in the 0.3 API.
-        self.key_to_rank_lidx: Dict[str, Tuple[int, int]] = {
-            name: (rank_of_file.get(plan.files[loc.file].path, 0), loc.file) for name, loc in plan.tensors.items()}
+        self.key_to_rank_lidx: Dict[str, Tuple[int, int]] = {n: (e.owner, e.lidx) for n, e in catalog.items()}
+        self._taken: Dict[str, set] = {}
+        self._released: set = set()
 
-    def _live_plan(self) -> LoadPlan:
-        if self._plan is None:
+    # -- checks every rank makes alike, before any collective --
+    def _live(self) -> Dict[str, Entry]:
+        if self._catalog is None:
             raise LoaderClosedError("this FilesBufferOnDevice was closed; tensors taken before close() stay valid")
-        return self._plan
+        return self._catalog
 
-    def _location(self, name: str):
-        plan = self._live_plan()
-        loc = plan.tensors.get(name)
-        if loc is None:
-            raise TensorNotFound(f"tensor `{name}` is not among the {len(plan.tensors)} loaded tensors", tensor=name)
-        return loc
+    def _resolve(self, requests: List[Tuple[str, int]]) -> List[Tuple[List[Piece], Piece]]:
+        resolved = resolve(self._live(), requests, self._group.size, self._group.rank)
+        for _, piece in resolved:
+            if piece.entry.file.path in self._released:
+                raise LoaderClosedError(f"{piece.entry.file.path}: tensor `{piece.entry.name}` was requested again "
+                                        "after every tensor of its file had been handed out and its buffer released")
+        return resolved
 
+    def _mark_taken(self, resolved: List[Tuple[List[Piece], Piece]]) -> None:
+        if not self._group.distributed:
+            return  # one process: tensors are views of buffers they keep alive; nothing to release
+        for _, piece in resolved:
+            f = piece.entry.file
+            taken = self._taken.setdefault(f.path, set())
+            taken.add(piece.entry.name)
+            if len(taken) == len(f.infos):
+                self._released.add(f.path)
+                self._release_local(f.path)
+
+    def _release_local(self, path: str) -> None:
+        for loc in self._plan.tensors.values():
+            if self._plan.files[loc.file].path == path:
+                self._buffers[loc.buffer] = None
+
+    # -- where the bytes come from --
+    def _local_bytes(self, entry: Entry) -> Any:
+        """The owner's bytes of a tensor it read in ``copy_files_to_device`` (a torch uint8 view, no copy)."""
+        import torch
+
+        loc = self._plan.tensors[entry.name]
+        shape = Piece(entry, -1, 0, 0).byte_shape
+        return torch.from_dlpack(self._buffers[loc.buffer].view(loc.offset, list(shape), *RAW_BYTES))
+
+    def _local_tensor(self, name: str) -> Any:
+        loc = self._plan.tensors[name]
+        return self._framework.from_buffer(self._buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape))
+
+    def _check_viewable(self, resolved: List[Tuple[List[Piece], Piece]]) -> None:
+        """A dtype torch has no type for fails here, on every rank, before any collective."""
+        for _, p in resolved:
+            self._framework.view_type(p.entry.dtype, p.shape)
+
+    def _fetch(self, resolved: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
+        group = self._group
+        if not group.distributed:
+            return {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved}
+        if self._mode == DIRECT:
+            out = {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved
+                   if p.dim < 0 and p.entry.name in self._plan.tensors}
+            out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
+            return out
+        if self._mode == SCATTER:
+            return self._exchange(resolved)
+        whole = [p for _, p in resolved if p.dim < 0]  # HYBRID: whole tensors from their owner, blocks read here
+        out = self._owners_read_and_broadcast(whole) if whole else {}
+        out.update(self._read_directly([p for _, p in resolved if p.dim >= 0]))
+        return out
+
+    def _owners_read_and_broadcast(self, pieces: List[Piece]) -> Dict[str, Any]:
+        """Each owner reads its whole tensors straight from the files and broadcasts them, one packed
+        buffer per owner. The buffer's first 64 bytes carry the owner's status, so a failed read
+        raises on every rank without another collective."""
+        self._check_viewable([([p], p) for p in pieces])
+        group, out, pending = self._group, {}, []
+        error: Optional[BaseException] = None
+        for owner in range(group.size):
+            mine = [p for p in pieces if p.entry.owner == owner]
+            if not mine:
+                continue
+            offsets, total = [], ALIGN
+            for p in mine:
+                offsets.append(total)
+                total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
+            if group.rank == owner:
+                buf, error = self._read_for_broadcast(mine, total)
+            else:
+                buf = group.empty(total)
+            pending.append((owner, buf, group.broadcast(buf, owner)))
+            for p, off in zip(mine, offsets):
+                out[p.entry.name] = self._framework.from_bytes(buf[off:off + p.nbytes], p.entry.dtype, p.shape)
+        failed = []
+        for owner, buf, work in pending:
+            work.wait()
+            if int(buf[0]):
+                failed.append(owner)
+        if error is not None:
+            raise error
+        if failed:
+            raise PeerRankError(f"reading tensors to broadcast failed on rank(s) {failed}; see their logs")
+        return out
+
+    def _read_for_broadcast(self, pieces: List[Piece], total: int) -> Tuple[Any, Optional[BaseException]]:
+        """The owner's broadcast buffer: status byte, then the pieces at 64-byte aligned offsets."""
+        import torch
+
+        error: Optional[BaseException] = None
+        try:
+            buffer, _ = read_pieces(pieces, threads=self._threads, metrics=self.metrics, base=ALIGN)
+            buf = torch.from_dlpack(buffer.view(0, [total], *RAW_BYTES))
+            buf[0] = 0
+        except Exception as exc:  # raised after the collectives, which every rank completes
+            buf, error = torch.zeros(total, dtype=torch.uint8), exc
+            buf[0] = 1
+        return (buf if self._group.comm_device == "cpu" else buf.to(self._group.comm_device)), error
+
+    def _exchange(self, resolved: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
+        self._check_viewable(resolved)
+        raw = exchange(self._group, resolved, self._local_bytes)
+        return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
+                for _, p in resolved}
+
+    def _read_directly(self, pieces: List[Piece]) -> Dict[str, Any]:
+        """This rank reads the pieces itself, straight from the files (no collective)."""
+        if not pieces:
+            return {}
+        buffer, offsets = read_pieces(pieces, threads=self._threads, metrics=self.metrics)
+        return {p.entry.name: self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
+                for p, off in zip(pieces, offsets)}
+
+    def _finish(self, t: Any, entry: Entry, device: Any, dtype: Union[DType, str, None]) -> Any:
+        cast = self._dtype if dtype in _AUTO else dtype
+        if cast not in _AUTO:
+            cast = DType(cast).value
+            if entry.dtype in FLOAT_DTYPES and entry.dtype != cast:
+                t = self._framework.convert(t, cast)
+        return self._framework.to_device(t, Device.from_str(device) if device is not None else self._device)
+
+    def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: Union[DType, str, None]) -> Dict[str, Any]:
+        if dtype not in _AUTO:
+            DType(dtype)  # an unknown dtype fails here, on every rank
+        resolved = self._resolve(requests)
+        got = self._fetch(resolved)
+        self._mark_taken(resolved)
+        return {p.entry.name: self._finish(got[p.entry.name], p.entry, device, dtype) for _, p in resolved}
+
+    # -- the 0.3 API --
     def get_tensor(self, tensor_name: str, device: Any = None, dtype: Union[DType, str] = DType.AUTO) -> Any:
-        """The whole tensor (zero-copy on the CPU)."""
-        loc = self._location(tensor_name)
-        key = tensor_name
-        t = self._cache.get(key)
-        if t is None:
-            cast = self._dtype if dtype in (None, DType.AUTO, "auto") else dtype
-            sub = LoadPlan(self._plan.files, self._plan.ranges, self._plan.buffer_sizes, {tensor_name: loc})
-            t = instantiate(sub, self._buffers, self._framework, dtype=cast, device=self._device)[tensor_name]
-            if dtype in (None, DType.AUTO, "auto"):
-                self._cache[key] = t
-        if device is not None:
-            t = self._framework.to_device(t, Device.from_str(device))
-        return t
+        """The whole tensor on every rank (broadcast from the rank that read it, or read directly)."""
+        return self._get([(tensor_name, -1)], device, dtype)[tensor_name]
 
     def get_sharded(self, tensor_name: str, dim: int, device: Any = None,
                     dtype: Union[DType, str] = DType.AUTO) -> Any:
-        """Block ``rank`` of the tensor split along ``dim`` over the group (``dim=-1``: whole)."""
-        t = self.get_tensor(tensor_name, device, dtype)
-        world, rank = self.pg.size(), self.pg.rank()
-        if dim == -1 or world == 1:
-            return t
-        size = t.shape[dim]
-        block = -(-size // world)
-        start = min(rank * block, size)
-        index = [slice(None)] * len(t.shape)
-        index[dim] = slice(start, min(start + block, size))
-        return t[tuple(index)]
+        """Block ``rank`` of the tensor split along ``dim`` over the group (``dim=-1``: the whole tensor).
+
+        Blocks follow ``distributed.split_bounds``: 5 rows on 4 ranks are 2,1,1,1.
+        """
+        return self._get([(tensor_name, dim)], device, dtype)[tensor_name]
+
+    def as_dict(self, tensor_shard_dim: Mapping[str, int]) -> Dict[str, Any]:
+        """``get_sharded`` of many tensors at once (collectives packed many tensors per call)."""
+        return self._get(list(tensor_shard_dim.items()), None, DType.AUTO)
+
+    def get_multi_cols(self, tensor_names: List[str], dim: int, device: Any = None,
+                       dtype: Union[DType, str] = DType.AUTO) -> Any:
+        """This rank's blocks of each tensor along ``dim``, concatenated along ``dim`` (fused QKV)."""
+        names = list(tensor_names)
+        catalog = self._live()
+        resolve(catalog, [(n, dim) for n in names], self._group.size, self._group.rank)
+        if not names or dim < 0:
+            raise ShardRequestError(f"get_multi_cols needs tensor names and a dim >= 0, got {names!r}, dim={dim}")
+        first = catalog[names[0]]
+        for n in names[1:]:
+            e = catalog[n]
+            other = [d for i, d in enumerate(e.shape) if i != dim]
+            if e.dtype != first.dtype or other != [d for i, d in enumerate(first.shape) if i != dim]:
+                raise ShardRequestError(f"{e.file.path}: tensor `{n}` ({e.dtype}, {list(e.shape)}) cannot be joined "
+                                        f"along dim {dim} with `{first.name}` ({first.dtype}, {list(first.shape)})",
+                                        filename=e.file.path, tensor=n)
+        parts = self._get([(n, dim) for n in dict.fromkeys(names)], device, dtype)
+        return self._framework.concat([parts[n] for n in names], dim)
+
+    def push_tensor(self, tensor_name: str, dst_rank: int, device: Any = None,
+                    dtype: Union[DType, str] = DType.AUTO) -> Optional[Any]:
+        """The whole tensor on rank ``dst_rank`` (sent by the rank that read it); None on the others."""
+        group = self._group
+        if isinstance(dst_rank, bool) or not isinstance(dst_rank, int) or not 0 <= dst_rank < group.size:
+            raise ShardRequestError(f"push_tensor of `{tensor_name}`: dst_rank {dst_rank!r} is not a rank of this "
+                                    f"group of {group.size}", tensor=tensor_name)
+        if dtype not in _AUTO:
+            DType(dtype)
+        resolved = self._resolve([(tensor_name, -1)])
+        piece = resolved[0][1]
+        if not group.distributed:
+            t = self._fetch(resolved)[tensor_name]
+        elif self._mode != SCATTER:  # only the destination takes part: it reads the tensor itself
+            t = self._read_directly([piece])[tensor_name] if group.rank == dst_rank else None
+        else:
+            self._check_viewable(resolved)
+            raw = push(group, piece.entry, dst_rank, self._local_bytes)
+            t = None if raw is None else self._framework.from_bytes(raw, piece.entry.dtype, piece.shape)
+        self._mark_taken(resolved)
+        return None if t is None else self._finish(t, piece.entry, device, dtype)
 
     def get_filename(self, tensor_name: str) -> str:
-        loc = self._location(tensor_name)
-        return self._plan.files[loc.file].path
+        return self._resolve([(tensor_name, -1)])[0][1].entry.file.path
 
     def get_shape(self, tensor_name: str) -> Tuple[int, ...]:
-        return tuple(self._location(tensor_name).shape)
+        return self._resolve([(tensor_name, -1)])[0][1].entry.shape
 
     def get_keys(self) -> List[str]:
-        return list(self._live_plan().tensors)
+        return list(self._live())
 
     def close(self) -> None:
-        """Drops this object's references; tensors already handed out stay valid."""
-        self._plan = None
-        self._buffers = None
-        self._cache = {}
+        """Drops this object's references; tensors already handed out stay valid. Safe to repeat."""
+        self._catalog = None
+        self._buffers = []
 
     def __enter__(self) -> "FilesBufferOnDevice":
         return self
@@ -116,21 +300,34 @@ class FilesBufferOnDevice:
 class SafeTensorsFileLoader:
     """Loads the files each rank is given into tensors (the 0.3 entry point).
 
-    ``bbuf_size_kb`` and ``nogds`` matter for GPU loads; ``max_threads`` sets the reader threads.
+    ``pg`` is None / ``SingleGroup()`` for one process, or a torch.distributed ProcessGroup.
+    ``max_threads`` sets the reader threads; ``bbuf_size_kb`` and ``nogds`` matter for GPU loads.
+    Keyword ``direct_read`` (see docs/torch.md): True makes every rank read what it returns
+    straight from the files (all ranks must be able to open all files); False makes each rank read
+    its files and scatter/broadcast their tensors; None (default), where every rank can open every
+    file, reads blocks of split tensors directly and broadcasts whole tensors from the rank that
+    read them, else it behaves as False.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
                  max_threads: int = 16, nogds: bool = False, set_numa: bool = True, disable_cache: bool = True,
                  debug_log: bool = False, framework: Union[str, Framework] = "pytorch", **kwargs: Any):
-        self.pg = _group_of(pg)
         self.device = Device.from_str(device)
         self.framework = get_framework(framework)
+        check_device(self.device, nogds, self.framework)
+        self.group = Group(pg, self.device)
+        self.pg = self.group.pg
+        self.direct_read: Optional[bool] = kwargs.pop("direct_read", None)
+        if kwargs:
+            logger.debug("SafeTensorsFileLoader: ignoring options %s", sorted(kwargs))
         self.bbuf_size_kb = bbuf_size_kb
-        self.max_threads = max_threads
+        # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
+        self.max_threads = max(1, min(max_threads, default_threads()))
         self.nogds = nogds
         self.debug_log = debug_log
         self.metrics = LoadMetrics()
         self._files: Dict[int, List[SafeTensorsFile]] = {}
+        self._catalog: Dict[str, Entry] = {}
         self._closed = False
         if debug_log:
             logger.setLevel(logging.DEBUG)
@@ -140,47 +337,91 @@ class SafeTensorsFileLoader:
             raise LoaderClosedError("this SafeTensorsFileLoader was closed")
 
     def add_filenames(self, filenames: Mapping[int, Iterable[PathLike]]) -> None:
-        """Registers ``{rank: [files]}``; every header is read and validated here, on every rank."""
+        """Registers ``{rank: [files]}``; every rank reads and validates every header here."""
         self._check_open()
+        bad = [r for r in filenames if not 0 <= int(r) < self.group.size]
+        if bad:
+            raise ShardRequestError(f"add_filenames: rank(s) {bad} are not in this group of {self.group.size}")
+        files = {int(r): list(fs) for r, fs in self._files.items()}
         for rank, paths in filenames.items():
-            self._files.setdefault(int(rank), []).extend(read_headers(list(paths)))
+            files.setdefault(int(rank), []).extend(read_headers(list(paths)))
+        self._catalog = build_catalog(files)
+        self._files = files
 
     def _all_files(self) -> List[SafeTensorsFile]:
         self._check_open()
         return [f for rank in sorted(self._files) for f in self._files[rank]]
 
-    def _find(self, name: str) -> "cpp.TensorInfo":
-        for f in self._all_files():
-            if name in f.tensors:
-                return f.tensors[name]
-        raise TensorNotFound(f"tensor `{name}` is in none of the added files", tensor=name)
-
     def get_keys(self) -> List[str]:
         self._check_open()
-        return [name for f in self._all_files() for name in f.tensors]
+        return list(self._catalog)
 
     def get_shape(self, tensor_name: str) -> Tuple[int, ...]:
         self._check_open()
-        return tuple(self._find(tensor_name).shape)
+        entry = self._catalog.get(tensor_name)
+        if entry is None:
+            raise TensorNotFound(f"tensor `{tensor_name}` is in none of the added files", tensor=tensor_name)
+        return entry.shape
 
-    def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
-                             max_copy_block_size: int = 16 * 1024 ** 3) -> FilesBufferOnDevice:
-        """Reads this rank's files and returns their tensors."""
-        self._check_open()
-        files = self._files.get(self.pg.rank(), [])
+    def decide_mode(self) -> str:
+        """Agrees with every rank on the files and on the read mode (one small collective)."""
+        readable = readable_by_me(self._files) if self.group.distributed and self.direct_read is not False else False
+        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable)])
+        if len({row[0] for row in rows}) > 1:
+            raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
+        everyone = all(row[1] for row in rows)
+        if self.direct_read and not everyone:
+            raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
+        if not self.group.distributed or not everyone:
+            return SCATTER
+        if self.direct_read or self.framework.name != "torch":
+            return DIRECT
+        return HYBRID
+
+    def read_local(self, mode: str, everything: bool = False,
+                   max_copy_block_size: int = 16 * 1024 ** 3) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
+        """Reads what this rank holds up front: its own files (scatter), nothing (direct, hybrid), or
+        every file (``everything``, for loading whole files on every rank). No collective."""
+        if everything or not self.group.distributed:
+            files = self._all_files()
+        else:
+            files = self._files.get(self.group.rank, []) if mode == SCATTER else []
         plan = plan_load(files)
         buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
                                  chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
-        rank_of_file = {f.path: rank for rank, fs in self._files.items() for f in fs}
-        return FilesBufferOnDevice(plan, buffers, self.framework, self.device, self.pg, dtype, rank_of_file)
+        return plan, buffers
+
+    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str,
+                    dtype: Union[DType, str] = DType.AUTO) -> FilesBufferOnDevice:
+        if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
+            raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
+        return FilesBufferOnDevice(self._catalog, plan, buffers, self.framework, self.device, self.group, dtype,
+                                   mode=mode, threads=self.max_threads, metrics=self.metrics)
+
+    def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
+                             max_copy_block_size: int = 16 * 1024 ** 3) -> FilesBufferOnDevice:
+        """Reads this rank's files (or, in direct mode, nothing yet) and returns their tensors.
+
+        A read error on one rank raises on every rank (a PeerRankError on the others).
+        """
+        self._check_open()
+        mode = self.decide_mode()
+        error: Optional[BaseException] = None
+        try:
+            plan, buffers = self.read_local(mode, max_copy_block_size=max_copy_block_size)
+        except Exception as exc:  # re-raised by agree(), after every rank has heard of it
+            error = exc
+        self.group.agree(error, "copy_files_to_device")
+        return self.make_buffer(plan, buffers, mode, dtype)
 
     def reset(self) -> None:
         """Forgets the added files; the loader can be used again."""
         self._files = {}
+        self._catalog = {}
 
     def close(self) -> None:
         """Releases the loader; optional and safe to call twice."""
-        self._files = {}
+        self.reset()
         self._closed = True
 
     def __enter__(self) -> "SafeTensorsFileLoader":
@@ -197,12 +438,15 @@ class fastsafe_open:  # noqa: N801 - the 0.3 API's name
                  framework: str = "pt", pg: Any = None,
                  device: str = "cpu", nogds: bool = False, debug_log: bool = False,
                  max_copy_block_size: int = 16 * 1024 ** 3):
-        self._loader = SafeTensorsFileLoader(pg, device, nogds=nogds, debug_log=debug_log, framework=framework)
-        if isinstance(filenames, Mapping):  # 0.3 also takes a {rank: [files]} map
-            self._loader.add_filenames(filenames)
+        # A file or a list: rank 0 reads them (the others receive); a {rank: files} map as given.
+        if isinstance(filenames, Mapping):
+            by_rank = dict(filenames)
+        elif isinstance(filenames, (str, bytes)) or hasattr(filenames, "__fspath__"):
+            by_rank = {0: [filenames]}
         else:
-            single = isinstance(filenames, (str, bytes)) or hasattr(filenames, "__fspath__")
-            self._loader.add_filenames({self._loader.pg.rank(): [filenames] if single else list(filenames)})
+            by_rank = {0: list(filenames)}
+        self._loader = SafeTensorsFileLoader(pg, device, nogds=nogds, debug_log=debug_log, framework=framework)
+        self._loader.add_filenames(by_rank)
         self._max_copy_block_size = max_copy_block_size
         self._buffer: Optional[FilesBufferOnDevice] = None
 

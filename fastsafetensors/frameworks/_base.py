@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Tuple
+from typing import Any, Sequence, Tuple
 
 from .. import cpp
 from ..dtypes import BITS, NATIVE, RAW_BYTES, packed_shape
@@ -46,6 +46,10 @@ class Framework(ABC):
     @abstractmethod
     def convert(self, tensor: Any, dtype: str) -> Any:
         """``tensor`` cast to the safetensors dtype ``dtype``."""
+
+    def concat(self, tensors: Sequence[Any], dim: int) -> Any:
+        """``tensors`` joined along ``dim`` (fused tensor-parallel blocks)."""
+        raise NotImplementedError(f"{self.name}: concatenation is not supported")
 
     def to_device(self, tensor: Any, device: Device) -> Any:
         if device.is_cpu:

@@ -43,6 +43,9 @@ class CupyFramework(Framework):
         with cupy.cuda.Device(device.index or 0):
             return cupy.asarray(tensor)
 
+    def concat(self, tensors, dim: int) -> Any:
+        return cupy.concatenate(list(tensors), axis=dim)
+
 
 def make_framework() -> Framework:
     return CupyFramework()

@@ -64,6 +64,9 @@ class JaxFramework(Framework):
         devices = jax.devices("gpu")
         return jax.device_put(tensor, devices[device.index or 0])
 
+    def concat(self, tensors, dim: int) -> Any:
+        return jnp.concatenate(list(tensors), axis=dim)
+
 
 def make_framework() -> Framework:
     return JaxFramework()

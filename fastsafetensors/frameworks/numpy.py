@@ -45,6 +45,9 @@ class NumpyFramework(Framework):
             raise self.unsupported(dtype)
         return tensor.astype(NUMPY_DTYPES[dtype])
 
+    def concat(self, tensors, dim: int) -> Any:
+        return np.concatenate(list(tensors), axis=dim)
+
 
 def make_framework() -> Framework:
     return NumpyFramework()

@@ -46,6 +46,20 @@ class TorchFramework(Framework):
             return torch.from_dlpack(uint_view(buffer, offset, dtype, shape)).view(_VIEW_TYPES[dtype])
         raise self.unsupported(dtype)
 
+    def view_type(self, dtype: str, shape: Tuple[int, ...]) -> Tuple["torch.dtype", Tuple[int, ...]]:
+        """The torch dtype and shape that a tensor's bytes are viewed as (raises for dtypes torch lacks)."""
+        if dtype == "F4":
+            if "F4" in _VIEW_TYPES and shape and shape[-1] % 2 == 0:
+                return _VIEW_TYPES["F4"], (*shape[:-1], shape[-1] // 2)
+        elif dtype in TORCH_DTYPES:
+            return TORCH_DTYPES[dtype], tuple(shape)
+        raise self.unsupported(dtype)
+
+    def from_bytes(self, data: "torch.Tensor", dtype: str, shape: Tuple[int, ...]) -> Any:
+        """A contiguous uint8 tensor (any device) holding exactly a tensor's bytes, viewed as that tensor."""
+        view_dtype, view_shape = self.view_type(dtype, shape)
+        return data.view(view_dtype).view(view_shape)
+
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in TORCH_DTYPES:
             raise self.unsupported(dtype)
@@ -56,6 +70,9 @@ class TorchFramework(Framework):
 
     def to_device(self, tensor: Any, device: Device) -> Any:
         return tensor if device.is_cpu else tensor.to(str(device))
+
+    def concat(self, tensors, dim: int) -> Any:
+        return torch.cat(list(tensors), dim=dim)
 
 
 def make_framework() -> Framework:

@@ -1,0 +1,53 @@
+"""Direct reads: each rank reads its own piece of each tensor straight from the file.
+
+Used where every rank can open every file (local disk, shared filesystem): a rank reads only the
+bytes of its blocks (``cpp.plan_box`` turns a block into runs of contiguous bytes) instead of
+waiting for the owner rank to read the whole file and scatter it. No collective is involved.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import cpp
+from .distributed import ALIGN, Piece
+from .engine import DEFAULT_CHUNK_BYTES, get_reader
+from .files import SafeTensorsFile
+from .metrics import LoadMetrics
+
+__all__ = ["readable_by_me", "read_pieces"]
+
+
+def readable_by_me(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> bool:
+    """Whether this process can open every file of every rank (the precondition of direct reads)."""
+    return all(os.access(f.path, os.R_OK) for files in files_by_rank.values() for f in files)
+
+
+def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None,
+                chunk_bytes: int = DEFAULT_CHUNK_BYTES, base: int = 0) -> Tuple["cpp.HostBuffer", List[int]]:
+    """Reads every piece into one host buffer, the first at ``base`` (64-aligned), each 64-byte aligned;
+    returns the buffer and each piece's byte offset in it."""
+    file_index: Dict[str, int] = {}
+    sources: List["cpp.ReadSource"] = []
+    offsets: List[int] = []
+    ranges = cpp.RangeList()
+    total = base
+    for p in pieces:
+        f = p.entry.file
+        k = file_index.get(f.path)
+        if k is None:
+            k = file_index[f.path] = len(sources)
+            sources.append(cpp.ReadSource(f.path, f.size))
+        start, stop = p.box
+        offsets.append(total)
+        ranges.extend(cpp.plan_box(f.header, p.entry.index, start, stop, k, 0, total))
+        total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    buffer = cpp.HostBuffer.allocate(max(total, ALIGN))
+    done = get_reader(threads).read(sources, ranges, [buffer], chunk_bytes, False) if len(ranges) else 0
+    if metrics is not None:
+        metrics.bytes_read += done
+        for r in ranges:
+            path = sources[r.file].path
+            metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
+    return buffer, offsets
