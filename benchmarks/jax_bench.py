@@ -63,9 +63,9 @@ def write_checkpoint(path: str, layers: int, hidden: int = 2048, inter: int = 56
 
 
 def shardings_for(names, mesh, rules):
-    import fastsafetensors.jax as fj
+    from fastsafetensors._jax.placement import rule_sharding
 
-    place = fj._rule_sharding(mesh, rules)
+    place = rule_sharding(mesh, rules)
     return {n: place(n) for n in names}
 
 

@@ -14,6 +14,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import fastsafetensors  # noqa: E402
 import fastsafetensors.jax as fj  # noqa: E402
 from fastsafetensors import cpp  # noqa: E402
+from fastsafetensors._jax import placement  # noqa: E402
+from fastsafetensors._jax.shard_plan import plan_shards  # noqa: E402
 from fastsafetensors.errors import ShardingMismatch, TensorNotFound, UnsupportedDtype  # noqa: E402
 from fastsafetensors.frameworks.numpy import NUMPY_DTYPES  # noqa: E402
 
@@ -163,9 +165,9 @@ def test_column_shards_read_as_one_region(ckpt):
     d, ref = ckpt
     files = fastsafetensors.files.open_checkpoint(d)
     mesh = jax.make_mesh((1, 8), ("a", "b"))
-    placer = fj._Placer(None, mesh, [(r"embed", P(None, "b")), (r"lm_head", P("b"))])
-    targets = fj._targets(files, placer, ["model.embed.weight", "lm_head.weight"], None)
-    sp = fj._plan_shards(files, targets)
+    placer = placement.Placer(None, mesh, [(r"embed", P(None, "b")), (r"lm_head", P("b"))])
+    targets = placement.targets(files, placer, ["model.embed.weight", "lm_head.weight"], None)
+    sp = plan_shards(files, targets)
     # Columns: 8 shards x 64 rows of 16-byte runs become one contiguous region read; rows: one run each.
     assert [r.target.name for r in sp.regions] == ["model.embed.weight"]
     assert len(sp.regions[0].ranges) == 1 and len(sp.plan.ranges) == 8
