@@ -30,7 +30,7 @@ from fastsafetensors.api import _direct_io_default
 from fastsafetensors.files import PathLike, open_checkpoint
 from fastsafetensors.metrics import LoadMetrics
 
-__all__ = ["load", "JaxLoadMetrics", "STRATEGIES", "SMALL_RUN_BYTES", "MIN_REGION_COVER"]
+__all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES", "SMALL_RUN_BYTES", "MIN_REGION_COVER"]
 
 logger = logging.getLogger("fastsafetensors")
 
