@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "fastsafetensors/detail/checked.hpp"
@@ -26,6 +27,14 @@ size_t rounded_or_throw(size_t size, size_t step, size_t extra = 0) {
 }
 }  // namespace
 
+bool huge_pages_by_default() noexcept {
+  static const bool huge = [] {
+    const char* env = std::getenv("FASTSAFETENSORS_HUGE_PAGES");
+    return env != nullptr && (!std::strcmp(env, "1") || !std::strcmp(env, "always"));
+  }();
+  return huge;
+}
+
 HostBuffer::FailHook HostBuffer::set_fail_hook(FailHook hook) noexcept { return g_fail_hook.exchange(hook); }
 
 std::shared_ptr<HostBuffer> HostBuffer::allocate(size_t size, bool huge_pages) {
@@ -33,7 +42,7 @@ std::shared_ptr<HostBuffer> HostBuffer::allocate(size_t size, bool huge_pages) {
   if (hook != nullptr && hook(size)) throw std::bad_alloc();
   std::shared_ptr<HostBuffer> buf(new HostBuffer());
   size_t want = size == 0 ? 1 : size;
-  if (huge_pages && want >= kHugeThreshold) {
+  if (want >= kHugeThreshold) {
     // Over-map by one huge page so the start can be moved to a 2 MiB boundary.
     size_t rounded = rounded_or_throw(want, kHugePage);
     size_t map_size = rounded_or_throw(want, kHugePage, kHugePage);
@@ -44,7 +53,7 @@ std::shared_ptr<HostBuffer> HostBuffer::allocate(size_t size, bool huge_pages) {
     buf->map_ = map;
     buf->map_size_ = map_size;
     buf->data_ = reinterpret_cast<uint8_t*>(aligned);
-    buf->huge_ = ::madvise(buf->data_, rounded, MADV_HUGEPAGE) == 0;
+    buf->huge_ = huge_pages && ::madvise(buf->data_, rounded, MADV_HUGEPAGE) == 0;
   } else {
     void* p = std::aligned_alloc(kSmallAlignment, rounded_or_throw(want, kSmallAlignment));
     if (p == nullptr) throw std::bad_alloc();

@@ -18,11 +18,19 @@ class Buffer {
   virtual DLDevice device() const noexcept = 0;
 };
 
-// Host memory owned by the engine. Large buffers are mmap'd on a 2 MiB boundary with
-// MADV_HUGEPAGE: first-touch page faults on fresh 4 KiB pages cost more than the copy itself.
+// Whether large host buffers ask for huge pages (FASTSAFETENSORS_HUGE_PAGES=1): page faults
+// dominate an eager load, and which pages fault in faster depends on where the memory comes from.
+// Measured on the project's VMs (docs/benchmarks.md): huge pages this process freed moments ago
+// fault back in at ~8 GB/s, but fresh huge pages at ~0.5 GB/s against ~2 GB/s a thread for fresh
+// 4 KiB pages. Most processes load once, so 4 KiB pages are the default and processes that load
+// again and again can opt in.
+bool huge_pages_by_default() noexcept;
+
+// Host memory owned by the engine, 64-byte aligned; large buffers are mmap'd on a 2 MiB boundary
+// so that huge pages can back them.
 class HostBuffer final : public Buffer {
  public:
-  static std::shared_ptr<HostBuffer> allocate(size_t size, bool huge_pages = true);
+  static std::shared_ptr<HostBuffer> allocate(size_t size, bool huge_pages = huge_pages_by_default());
   ~HostBuffer() override;
   HostBuffer(const HostBuffer&) = delete;
   HostBuffer& operator=(const HostBuffer&) = delete;

@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl_bind.h>
 
+#include <optional>
+
 #include "bindings.hpp"
 #include "fastsafetensors/buffer.hpp"
 #include "fastsafetensors/dlpack.hpp"
@@ -189,8 +191,15 @@ PYBIND11_MODULE(cpp, m) {
           "A DLPack-exportable view of `shape` elements of (code, bits) starting at `offset`.");
 
   py::class_<HostBuffer, Buffer, std::shared_ptr<HostBuffer>>(m, "HostBuffer")
-      .def_static("allocate", &HostBuffer::allocate, py::arg("size"), py::arg("huge_pages") = true,
-                  py::call_guard<py::gil_scoped_release>())
+      .def_static(
+          "allocate",
+          [](size_t size, std::optional<bool> huge_pages) {
+            bool huge = huge_pages.value_or(huge_pages_by_default());
+            py::gil_scoped_release nogil;
+            return HostBuffer::allocate(size, huge);
+          },
+          py::arg("size"), py::arg("huge_pages") = py::none(),
+          "Host memory for `size` bytes; huge_pages=None follows FASTSAFETENSORS_HUGE_PAGES (off).")
       .def_property_readonly("huge_pages", &HostBuffer::huge_pages);
   m.def("host_live_bytes", &HostBuffer::live_bytes, "Bytes of engine host buffers still alive.");
 
