@@ -29,6 +29,8 @@ __all__ = [
     "ReadError",
     "TruncatedFileError",
     "LoaderClosedError",
+    "CudaError",
+    "GdsError",
 ]
 
 
@@ -120,3 +122,11 @@ class TruncatedFileError(ReadError):
 
 class LoaderClosedError(RuntimeError):
     """A loader or buffer was used after ``close()``."""
+
+
+class CudaError(RuntimeError):
+    """The GPU path is unavailable (no CUDA runtime, no such device) or a CUDA call failed."""
+
+
+class GdsError(RuntimeError):
+    """GPU Direct Storage (cuFile) failed; the message contains "gds": retry with ``nogds=True``."""

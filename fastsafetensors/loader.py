@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import cpp
 from .api import instantiate
+from .device_engine import gds_mode, read_into_device
 from .engine import read_into_host
 from .errors import LoaderClosedError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
@@ -35,7 +36,7 @@ def _group_of(pg: Any):
 class FilesBufferOnDevice:
     """Tensors of the files a loader copied, instantiated on first use."""
 
-    def __init__(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], framework: Framework, device: Device,
+    def __init__(self, plan: LoadPlan, buffers: List[Any], framework: Framework, device: Device,
                  pg: Any, dtype: Union[DType, str] = DType.AUTO, rank_of_file: Optional[Dict[str, int]] = None):
         self._plan: Optional[LoadPlan] = plan
         self._buffers: Optional[List["cpp.HostBuffer"]] = buffers
@@ -168,8 +169,14 @@ class SafeTensorsFileLoader:
         self._check_open()
         files = self._files.get(self.pg.rank(), [])
         plan = plan_load(files)
-        buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
-                                 chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
+        if self.device.is_cpu:
+            buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
+                                     chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
+        else:
+            # bbuf_size_kb bounds the pinned staging memory, as it did in the 0.3 package.
+            plan, buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
+                                             staging_bytes=self.bbuf_size_kb * 1024, metrics=self.metrics,
+                                             gds=gds_mode(self.nogds))
         rank_of_file = {f.path: rank for rank, fs in self._files.items() for f in fs}
         return FilesBufferOnDevice(plan, buffers, self.framework, self.device, self.pg, dtype, rank_of_file)
 

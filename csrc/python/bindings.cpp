@@ -222,4 +222,6 @@ PYBIND11_MODULE(cpp, m) {
   m.def(
       "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),
       "Drop a file's pages from the page cache (posix_fadvise DONTNEED).");
+
+  fst::python::bind_device(m);
 }

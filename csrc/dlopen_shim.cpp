@@ -1,0 +1,62 @@
+#include "fastsafetensors/shim/dlopen.hpp"
+
+#include <dlfcn.h>
+
+#include <mutex>
+
+
+namespace fst::shim {
+namespace {
+std::mutex g_dirs_mutex;
+std::vector<std::string> g_dirs;
+}  // namespace
+
+void add_search_dirs(const std::vector<std::string>& dirs) {
+  std::lock_guard<std::mutex> lock(g_dirs_mutex);
+  for (const auto& d : dirs) g_dirs.push_back(d);
+}
+
+LoadedLibrary load_library(const std::vector<std::string>& sonames) {
+  LoadedLibrary out;
+  // A copy a framework already loaded: sharing it keeps one runtime per process.
+  for (const auto& name : sonames) {
+    if (void* h = ::dlopen(name.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL)) {
+      out.handle = h;
+      out.path = name + " (already loaded)";
+      return out;
+    }
+  }
+  std::vector<std::string> dirs;
+  {
+    std::lock_guard<std::mutex> lock(g_dirs_mutex);
+    dirs = g_dirs;
+  }
+  std::vector<std::string> candidates;
+  for (const auto& name : sonames) {
+    for (const auto& d : dirs) candidates.push_back(d + "/" + name);
+  }
+  for (const auto& name : sonames) candidates.push_back(name);
+  for (const auto& c : candidates) {
+    ::dlerror();
+    if (void* h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+      out.handle = h;
+      out.path = c;
+      return out;
+    }
+    const char* e = ::dlerror();
+    if (c.find('/') == std::string::npos) out.errors += std::string(e ? e : c.c_str()) + "; ";
+  }
+  if (!dirs.empty()) out.errors += "also looked in " + std::to_string(dirs.size()) + " nvidia package folder(s)";
+  return out;
+}
+
+bool resolve(void* lib, const char* name, void** fn, std::string& missing) {
+  *fn = ::dlsym(lib, name);
+  if (*fn == nullptr) {
+    missing = name;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace fst::shim
