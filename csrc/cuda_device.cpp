@@ -31,7 +31,7 @@ class CudaDevice final : public Device {
   }
   void free_device(void* p) noexcept override { rt_->Free(p); }
   void register_host(void* p, size_t size, bool read_only) override {
-    unsigned flags = shim::cudaHostRegisterPortable | (read_only ? shim::cudaHostRegisterReadOnly : 0u);
+    unsigned flags = read_only ? shim::cudaHostRegisterReadOnly : 0u;
     cuda_check(rt_->HostRegister(p, size, flags), "cudaHostRegister of " + std::to_string(size) + " bytes");
   }
   void unregister_host(void* p) noexcept override { rt_->HostUnregister(p); }

@@ -435,8 +435,16 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
       cached = job.maps[f]->resident_fraction(lo[f], hi[f] - lo[f]) >= options.warm_fraction;
     }
     stats.cached_files += cached;
-    if (options.gds == GdsMode::Direct || (options.gds == GdsMode::Auto && !cached)) {
-      job.gds.direct_files.emplace_back(files[f].path(), true);
+    bool gds = options.gds == GdsMode::Direct || (options.gds == GdsMode::Auto && !cached);
+    if (gds) {
+      // cuFile wants an O_DIRECT descriptor; a file system without O_DIRECT is read buffered.
+      try {
+        job.gds.direct_files.emplace_back(files[f].path(), true);
+      } catch (const ReadError&) {
+        gds = false;
+      }
+    }
+    if (gds) {
       shim::CUfileDescr_t descr{};
       descr.type = shim::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
       descr.handle.fd = job.gds.direct_files.back().fd();

@@ -99,6 +99,8 @@ def gds_mode(nogds: bool) -> str:
     if forced == "buffered" or (nogds and not forced):
         return "off"
     mode = forced if forced in ("auto", "direct") else "auto"
+    with _lock:
+        _add_nvidia_lib_dirs()
     status = cpp.gds_status()
     if status["available"]:
         if status["compat_mode"]:
@@ -143,11 +145,16 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
     with metrics.phase("allocate"):
         plan, outs = _destinations(plan, framework, device, dev, raw)
         ptrs = [framework.device_ptr(o) if framework is not None else o.data_ptr for o in outs]
+    live = [p for p, n in zip(ptrs, plan.buffer_sizes) if n]
+    if len(set(live)) != len(live):  # two outputs sharing memory would get each other's bytes
+        raise RuntimeError(f"{framework.name if framework else 'engine'} allocated overlapping outputs")
+    # FASTSAFETENSORS_MAPPING: 1 (default) both paths, 0 staging only, "only" page-cache DMA only.
+    mapping = os.environ.get("FASTSAFETENSORS_MAPPING", "1").strip().lower()
     if use_mapping is None:
-        use_mapping = os.environ.get("FASTSAFETENSORS_MAPPING", "1") not in ("0", "false", "False")
+        use_mapping = mapping not in ("0", "false")
     with metrics.phase("read"):
         stats = reader.read(plan.sources(), plan.ranges, ptrs, list(plan.buffer_sizes), use_mapping=use_mapping,
-                            gds=gds)
+                            stage_cached=mapping != "only", gds=gds)
     metrics.files += len(plan.files)
     metrics.bytes_read += stats["bytes"]
     for r in plan.ranges:
