@@ -40,7 +40,6 @@ void load_locked() {
   std::string missing;
   void* h = lib.handle;
   bool ok = bind(h, "cuFileDriverOpen", g_cf.DriverOpen, missing) &&
-            bind(h, "cuFileDriverClose", g_cf.DriverClose, missing) &&
             bind(h, "cuFileDriverGetProperties", g_cf.DriverGetProperties, missing) &&
             bind(h, "cuFileHandleRegister", g_cf.HandleRegister, missing) &&
             bind(h, "cuFileHandleDeregister", g_cf.HandleDeregister, missing) &&
@@ -50,6 +49,8 @@ void load_locked() {
     g_error = lib.path + " lacks " + missing;
     return;
   }
+  std::string optional;
+  if (!bind(h, "cuFileDriverClose_v2", g_cf.DriverClose, optional)) bind(h, "cuFileDriverClose", g_cf.DriverClose, optional);
   g_cf.library = lib.path;
   g_loaded = true;
   CUfileError_t e = g_cf.DriverOpen();

@@ -56,8 +56,9 @@ uint64_t slot_for(unsigned lanes, uint64_t staging_bytes) {
 // Cuts ranges on the grid (file offsets in multiples of `cell`; for cuFile files also
 // destination offsets in multiples of `dst_chunk`) and groups them into blocks, ordered
 // GDS files first, then staged-only files, then cached files (which mapping lanes take).
-void make_blocks(std::vector<ReadRange> ranges, const std::vector<Route>& routes, uint64_t cell,
-                 uint64_t dst_chunk, std::vector<Piece>& pieces, std::vector<Block>& blocks) {
+void make_blocks(std::vector<ReadRange> ranges, const std::vector<Route>& routes,
+                 const std::vector<uint64_t>& file_sizes, uint64_t cell, uint64_t dst_chunk,
+                 std::vector<Piece>& pieces, std::vector<Block>& blocks) {
   std::sort(ranges.begin(), ranges.end(), [](const ReadRange& a, const ReadRange& b) {
     return a.file != b.file ? a.file < b.file : a.file_offset < b.file_offset;
   });
@@ -84,7 +85,9 @@ void make_blocks(std::vector<ReadRange> ranges, const std::vector<Route>& routes
       hi = std::max(hi, pieces[j].file_offset + pieces[j].length);
       ++j;
     }
-    blocks.push_back({p.file, routes[p.file], p.file_offset, hi, i, j - i});
+    // Bytes past the end of the file cannot be mapped: staging reads report the truncation.
+    Route route = routes[p.file] == Route::Cached && hi > file_sizes[p.file] ? Route::Staged : routes[p.file];
+    blocks.push_back({p.file, route, p.file_offset, hi, i, j - i});
     i = j;
   }
   std::stable_sort(blocks.begin(), blocks.end(), [](const Block& a, const Block& b) { return a.route < b.route; });
@@ -221,12 +224,11 @@ DeviceReader::~DeviceReader() {
 void DeviceReader::ensure_resources() {
   if (resources_ready_) return;
   device_->bind_thread();
-  // Allocated once and kept: pinning memory costs more than a load's worth of copies.
+  // Kept from load to load; the pinned slots are allocated by their lanes, in parallel.
   for (Lane& lane : lanes_) {
     if (lane.stream == nullptr) lane.stream = device_->create_stream();
     for (Slot& s : lane.slots) {
       if (s.copied == nullptr) s.copied = device_->create_event();
-      if (s.memory == nullptr) s.memory = static_cast<uint8_t*>(device_->alloc_pinned(slot_bytes_));
     }
   }
   while (map_streams_.size() < map_lanes_) map_streams_.push_back(device_->create_stream());
@@ -240,6 +242,10 @@ void DeviceReader::run_staging_lane(Job& job, Lane& lane) {
     unsigned k = 0;
     size_t b = 0;
     while (job.take_front(b)) {
+      // Pinning costs about as much as copying: a lane pins its slots once, when first needed.
+      for (Slot& s : lane.slots) {
+        if (s.memory == nullptr) s.memory = static_cast<uint8_t*>(device_->alloc_pinned(slot_bytes_));
+      }
       const Block& blk = job.blocks[b];
       const File& file = (*job.files)[blk.file];
       if (blk.route == Route::Gds) {
@@ -456,7 +462,9 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
       routes[f] = Route::Cached;
     }
   }
-  make_blocks(ranges, routes, slot_bytes_, job.gds_chunk, job.pieces, job.blocks);
+  std::vector<uint64_t> sizes;
+  for (const ReadSource& src : sources) sizes.push_back(src.expected_size);
+  make_blocks(ranges, routes, sizes, slot_bytes_, job.gds_chunk, job.pieces, job.blocks);
   if (stats.gds_files > 0 && !job.gds.cf->compat_mode) {
     // Register each destination cuFile writes to, in spans of at most gds_register_bytes.
     std::vector<bool> used(dsts.size(), false);

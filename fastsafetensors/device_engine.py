@@ -28,7 +28,7 @@ __all__ = ["cuda_device", "get_device_reader", "gds_mode", "read_into_device", "
 
 logger = logging.getLogger("fastsafetensors")
 
-DEFAULT_STAGING_BYTES = 256 << 20  # pinned staging shared by the lanes (16 lanes x 2 x 8 MiB)
+DEFAULT_STAGING_BYTES = 128 << 20  # pinned staging shared by the lanes (16 lanes x 2 x 4 MiB)
 DEFAULT_MAP_LANES = 2  # page registration serialises in the driver: more lanes do not help
 
 _lock = threading.Lock()

@@ -39,7 +39,7 @@ struct CUfileNvfsProps {
 
 struct CuFile {
   CUfileError_t (*DriverOpen)();
-  CUfileError_t (*DriverClose)();
+  CUfileError_t (*DriverClose)();  // may be null (newer libraries name it cuFileDriverClose_v2)
   CUfileError_t (*DriverGetProperties)(void* props);
   CUfileError_t (*HandleRegister)(CUfileHandle_t*, CUfileDescr_t*);
   void (*HandleDeregister)(CUfileHandle_t);
