@@ -4,7 +4,6 @@
 #include <mutex>
 
 #include "fastsafetensors/device_error.hpp"
-#include "fastsafetensors/shim/cudart.hpp"
 #include "fastsafetensors/shim/cufile.hpp"
 #include "fastsafetensors/shim/dlopen.hpp"
 
@@ -28,10 +27,6 @@ bool bind(void* lib, const char* name, Fn& fn, std::string& missing) {
 
 void load_locked() {
   g_tried = true;
-  if (cuda_runtime() == nullptr) {
-    g_error = cuda_runtime_error();
-    return;
-  }
   LoadedLibrary lib = load_library({"libcufile.so.0", "libcufile.so"});
   if (lib.handle == nullptr) {
     g_error = "libcufile.so.0 could not be loaded: " + lib.errors;

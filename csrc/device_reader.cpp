@@ -99,6 +99,58 @@ struct GdsSession {
   std::vector<File> direct_files;                  // O_DIRECT descriptors the handles use
   std::vector<shim::CUfileHandle_t> handles;       // per plan file, null when not read by cuFile
   std::vector<void*> registered;
+
+  // Registers file f with cuFile; false when its file system has no O_DIRECT (read it buffered).
+  bool open(size_t f, const std::string& path) {
+    try {
+      direct_files.emplace_back(path, true);
+    } catch (const ReadError&) {
+      return false;
+    }
+    shim::CUfileDescr_t descr{};
+    descr.type = shim::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
+    descr.handle.fd = direct_files.back().fd();
+    shim::cufile_check(cf->HandleRegister(&handles[f], &descr), "cuFileHandleRegister of " + path);
+    return true;
+  }
+
+  // Registers each destination cuFile writes to, in spans of at most `chunk` bytes.
+  void register_destinations(const std::vector<Block>& blocks, const std::vector<Piece>& pieces,
+                             const std::vector<uint8_t*>& dsts, const std::vector<uint64_t>& sizes, uint64_t chunk) {
+    std::vector<bool> used(dsts.size(), false);
+    for (const Block& b : blocks) {
+      if (b.route != Route::Gds) continue;
+      for (size_t i = b.first; i < b.first + b.count; ++i) used[pieces[i].dst] = true;
+    }
+    for (size_t d = 0; d < dsts.size(); ++d) {
+      for (uint64_t off = 0; used[d] && off < sizes[d]; off += chunk) {
+        uint64_t n = std::min(chunk, sizes[d] - off);
+        shim::cufile_check(cf->BufRegister(dsts[d] + off, n, 0), "cuFileBufRegister of " + std::to_string(n) + " device bytes");
+        registered.push_back(dsts[d] + off);
+      }
+    }
+  }
+
+  // Reads one piece straight into device memory; `chunk` is the registration span size.
+  void read(const File& file, size_t f, const Piece& p, uint8_t* dst, uint64_t chunk) const {
+    uint64_t base = p.dst_offset / chunk * chunk;
+    for (uint64_t done = 0; done < p.length;) {
+      uint64_t at = p.file_offset + done;
+      ssize_t n = cf->Read(handles[f], dst + base, p.length - done, static_cast<off_t>(at),
+                           static_cast<off_t>(p.dst_offset - base + done));
+      if (n < 0) {
+        throw GdsError(file.path() + ": cuFileRead at offset " + std::to_string(at) + " failed (" + std::to_string(n) +
+                       "); load with nogds=True");
+      }
+      if (n == 0) {
+        throw ReadError(file.path(), at, 0, true,
+                        file.path() + ": file ended at offset " + std::to_string(at) +
+                            " (it was truncated or replaced after its header was read)");
+      }
+      done += static_cast<uint64_t>(n);
+    }
+  }
+
   ~GdsSession() {
     if (cf == nullptr) return;
     for (void* p : registered) cf->BufDeregister(p);
@@ -249,26 +301,9 @@ void DeviceReader::run_staging_lane(Job& job, Lane& lane) {
       const Block& blk = job.blocks[b];
       const File& file = (*job.files)[blk.file];
       if (blk.route == Route::Gds) {
-        const shim::CuFile* cf = job.gds.cf;
         for (size_t i = blk.first; i < blk.first + blk.count; ++i) {
           const Piece& p = job.pieces[i];
-          uint64_t base = p.dst_offset / job.gds_chunk * job.gds_chunk;
-          uint64_t done = 0;
-          while (done < p.length) {
-            ssize_t n = cf->Read(job.gds.handles[blk.file], dsts[p.dst] + base, p.length - done,
-                                 static_cast<off_t>(p.file_offset + done), static_cast<off_t>(p.dst_offset - base + done));
-            uint64_t at = p.file_offset + done;
-            if (n < 0) {
-              throw GdsError(file.path() + ": cuFileRead at offset " + std::to_string(at) + " failed (" +
-                             std::to_string(n) + "); load with nogds=True");
-            }
-            if (n == 0) {
-              throw ReadError(file.path(), at, 0, true,
-                              file.path() + ": file ended at offset " + std::to_string(at) +
-                                  " (it was truncated or replaced after its header was read)");
-            }
-            done += static_cast<uint64_t>(n);
-          }
+          job.gds.read(file, blk.file, p, dsts[p.dst], job.gds_chunk);
           job.gds_bytes += p.length;
         }
         continue;
@@ -442,20 +477,7 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
     }
     stats.cached_files += cached;
     bool gds = options.gds == GdsMode::Direct || (options.gds == GdsMode::Auto && !cached);
-    if (gds) {
-      // cuFile wants an O_DIRECT descriptor; a file system without O_DIRECT is read buffered.
-      try {
-        job.gds.direct_files.emplace_back(files[f].path(), true);
-      } catch (const ReadError&) {
-        gds = false;
-      }
-    }
-    if (gds) {
-      shim::CUfileDescr_t descr{};
-      descr.type = shim::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
-      descr.handle.fd = job.gds.direct_files.back().fd();
-      shim::cufile_check(job.gds.cf->HandleRegister(&job.gds.handles[f], &descr),
-                         "cuFileHandleRegister of " + files[f].path());
+    if (gds && job.gds.open(f, files[f].path())) {
       routes[f] = Route::Gds;
       ++stats.gds_files;
     } else if (cached && mapping) {
@@ -466,20 +488,7 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
   for (const ReadSource& src : sources) sizes.push_back(src.expected_size);
   make_blocks(ranges, routes, sizes, slot_bytes_, job.gds_chunk, job.pieces, job.blocks);
   if (stats.gds_files > 0 && !job.gds.cf->compat_mode) {
-    // Register each destination cuFile writes to, in spans of at most gds_register_bytes.
-    std::vector<bool> used(dsts.size(), false);
-    for (const Block& b : job.blocks) {
-      if (b.route != Route::Gds) continue;
-      for (size_t i = b.first; i < b.first + b.count; ++i) used[job.pieces[i].dst] = true;
-    }
-    for (size_t d = 0; d < dsts.size(); ++d) {
-      for (uint64_t off = 0; used[d] && off < dst_sizes[d]; off += job.gds_chunk) {
-        uint64_t n = std::min(job.gds_chunk, dst_sizes[d] - off);
-        shim::cufile_check(job.gds.cf->BufRegister(dsts[d] + off, n, 0),
-                           "cuFileBufRegister of " + std::to_string(n) + " device bytes");
-        job.gds.registered.push_back(dsts[d] + off);
-      }
-    }
+    job.gds.register_destinations(job.blocks, job.pieces, dsts, dst_sizes, job.gds_chunk);
   }
   job.back = job.blocks.size();
   bool any_cached = std::any_of(job.blocks.begin(), job.blocks.end(), [](const Block& b) { return b.route == Route::Cached; });
