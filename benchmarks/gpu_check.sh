@@ -35,7 +35,9 @@ print("gds:", cpp.gds_status())
 PY
 
 log "GPU tests"
-timeout 240 python3 -m pytest -q -rs -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/pytest.txt"
+timeout 240 python3 -m pytest -q -rs -s -m gpu tests/test_gpu.py -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+grep -E "stats:|^gds:" "$OUT/pytest.txt" | cut -c1-300
+tail -25 "$OUT/pytest.txt"
 
 HARNESS=$ROOT/.bench/gpu-bench
 if [ ! -f "$HARNESS/run.sh" ]; then

@@ -5,6 +5,8 @@ delivers the same bytes. Skipped without a CUDA device."""
 import gc
 import os
 
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch and CuPy
+
 import numpy as np
 import pytest
 
