@@ -56,6 +56,10 @@ export RESULTS=$OUT GB BUDGET CASES WHEELS=$ROOT/.whl CKPT=${CKPT:-/tmp/ckpt-$GB
 timeout 460 bash "$HARNESS/run.sh" > "$OUT/harness.log" 2>&1
 grep -v '^{' "$OUT/harness.log" | tail -15
 
+log "profile (one process: first vs later loads, each path, lanes, staging, threads, jax)"
+cat "$CKPT"/*.safetensors > /dev/null
+timeout 120 python3 "$ROOT/benchmarks/gpu_profile.py" "$CKPT" 2>&1 | grep -v Warning | tee "$OUT/profile.txt"
+
 python3 - "$OUT/results.jsonl" <<'PY' | tee "$OUT/table.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

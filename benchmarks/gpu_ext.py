@@ -37,21 +37,28 @@ def load_jax(files):
     return fastsafetensors.load(files, framework="jax", device="cuda:0")
 
 
-def load_torch_gds(files):
-    """The 0.3 API with nogds=False: cuFile for files outside the page cache, buffered otherwise."""
-    loader = fastsafetensors.SafeTensorsFileLoader(fastsafetensors.SingleGroup(), "cuda:0", nogds=False,
-                                                   bbuf_size_kb=256 * 1024)
+def _load_03(files, nogds: bool, **kw):
+    loader = fastsafetensors.SafeTensorsFileLoader(fastsafetensors.SingleGroup(), "cuda:0", nogds=nogds, **kw)
     loader.add_filenames({0: list(files)})
     fb = loader.copy_files_to_device()
     return {k: fb.get_tensor(k) for k in fb.get_keys()}
+
+
+def load_torch_gds(files):
+    """The 0.3 API with nogds=False: cuFile for files outside the page cache, buffered otherwise.
+    A failed GDS set-up is retried with nogds=True, as inference servers do (noted on stderr)."""
+    try:
+        return _load_03(files, nogds=False, bbuf_size_kb=128 * 1024)
+    except RuntimeError as exc:
+        if "gds" not in str(exc):
+            raise
+        print(f"gds failed, retrying with nogds=True: {exc}", file=sys.stderr)
+        return _load_03(files, nogds=True, bbuf_size_kb=128 * 1024)
 
 
 def load_torch_nogds(files):
     """The 0.3 API with nogds=True, as inference servers call it (16 MiB of staging by default)."""
-    loader = fastsafetensors.SafeTensorsFileLoader(fastsafetensors.SingleGroup(), "cuda:0", nogds=True)
-    loader.add_filenames({0: list(files)})
-    fb = loader.copy_files_to_device()
-    return {k: fb.get_tensor(k) for k in fb.get_keys()}
+    return _load_03(files, nogds=True)
 
 
 def load_torch_staged(files):

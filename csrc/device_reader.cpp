@@ -226,6 +226,15 @@ struct DeviceReader::Job {
     return true;
   }
 
+  // Files outside the page cache: while lanes read block b, the disk is already asked for the
+  // block a round of lanes later, so it sees a deep queue of large requests.
+  void prefetch_ahead(size_t b, size_t distance) const {
+    size_t ahead = b + distance;
+    if (ahead >= blocks.size() || blocks[b].route != Route::Staged || blocks[ahead].route != Route::Staged) return;
+    const Block& blk = blocks[ahead];
+    (*files)[blk.file].prefetch(blk.lo, blk.hi - blk.lo);
+  }
+
   void give_back(size_t first, size_t last, const std::string& why) {
     std::lock_guard<std::mutex> lock(mutex);
     for (size_t b = first; b <= last; ++b) returned.push_back(b);
@@ -308,6 +317,7 @@ void DeviceReader::run_staging_lane(Job& job, Lane& lane) {
         }
         continue;
       }
+      job.prefetch_ahead(b, lanes_.size());
       Slot& slot = lane.slots[k++ % 2];
       if (slot.pending) {
         slot.pending = false;

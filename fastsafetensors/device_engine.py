@@ -157,6 +157,8 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
                             stage_cached=mapping != "only", gds=gds)
     metrics.files += len(plan.files)
     metrics.bytes_read += stats["bytes"]
+    for path in ("staged", "mapped", "gds"):
+        metrics.bytes_per_path[path] = metrics.bytes_per_path.get(path, 0) + stats[f"{path}_bytes"]
     for r in plan.ranges:
         path = plan.files[r.file].path
         metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
