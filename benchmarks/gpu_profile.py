@@ -54,6 +54,9 @@ def main() -> None:
     run("torch third", files)
     run("staging only", files, env={"FASTSAFETENSORS_MAPPING": "0"})
     run("mapping only", files, env={"FASTSAFETENSORS_MAPPING": "only"})
+    device_engine.release_device_readers()
+    run("cudaHostAlloc slots (first)", files, env={"FASTSAFETENSORS_PIN": "alloc"})
+    run("cudaHostAlloc slots", files, env={"FASTSAFETENSORS_PIN": "alloc"})
     for lanes in ("1", "4"):
         device_engine.release_device_readers()
         run(f"map lanes {lanes} (first)", files, env={"FASTSAFETENSORS_MAP_LANES": lanes})

@@ -15,6 +15,7 @@ using cudaEvent_t = void*;
 inline constexpr cudaError_t cudaSuccess = 0;
 inline constexpr cudaError_t cudaErrorNotReady = 600;
 inline constexpr unsigned cudaHostAllocPortable = 0x01;
+inline constexpr unsigned cudaHostRegisterPortable = 0x01;
 inline constexpr unsigned cudaHostRegisterReadOnly = 0x08;
 inline constexpr unsigned cudaStreamNonBlocking = 0x01;
 inline constexpr unsigned cudaEventDisableTiming = 0x02;
