@@ -91,10 +91,6 @@ class CudaDevice final : public Device {
   void record_event(Event e, Stream s) override { cuda_check(rt_->EventRecord(e, s), "cudaEventRecord"); }
   void sync_event(Event e) override { cuda_check(rt_->EventSynchronize(e), "a copy to the GPU"); }
   void sync_stream(Stream s) override { cuda_check(rt_->StreamSynchronize(s), "copies to the GPU"); }
-  void copy_to_host(void* dst, const void* src, size_t size) override {
-    bind_thread();
-    cuda_check(rt_->Memcpy(dst, src, size, shim::cudaMemcpyDeviceToHost), "cudaMemcpy to the host");
-  }
 
  private:
   const shim::CudaRuntime* rt_;

@@ -36,7 +36,7 @@ void load() {
             bind(h, "cudaHostAlloc", g_rt.HostAlloc, missing) && bind(h, "cudaFreeHost", g_rt.FreeHost, missing) &&
             bind(h, "cudaHostRegister", g_rt.HostRegister, missing) &&
             bind(h, "cudaHostUnregister", g_rt.HostUnregister, missing) &&
-            bind(h, "cudaMemcpyAsync", g_rt.MemcpyAsync, missing) && bind(h, "cudaMemcpy", g_rt.Memcpy, missing) &&
+            bind(h, "cudaMemcpyAsync", g_rt.MemcpyAsync, missing) &&
             bind(h, "cudaStreamCreateWithFlags", g_rt.StreamCreateWithFlags, missing) &&
             bind(h, "cudaStreamDestroy", g_rt.StreamDestroy, missing) &&
             bind(h, "cudaStreamSynchronize", g_rt.StreamSynchronize, missing) &&

@@ -207,7 +207,6 @@ void HostDevice::sync_stream(Stream stream) {
   wait_for(s, ticket);
 }
 
-void HostDevice::copy_to_host(void* dst, const void* src, size_t size) { std::memcpy(dst, src, size); }
 
 void HostDevice::fail_copy_at(uint64_t n) noexcept { state_->fail_copy = n ? copies_.load() + n : 0; }
 void HostDevice::fail_pinned_alloc_at(uint64_t n) noexcept {

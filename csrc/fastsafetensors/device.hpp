@@ -45,8 +45,6 @@ class Device {
   // Waits for the work before the event's last record; throws if any of it failed.
   virtual void sync_event(Event e) = 0;
   virtual void sync_stream(Stream s) = 0;
-  // Synchronous device-to-host copy (tests and checks).
-  virtual void copy_to_host(void* dst, const void* src, size_t size) = 0;
 };
 
 // The CUDA device `ordinal`; throws DeviceError naming what is missing when no CUDA runtime
@@ -81,7 +79,6 @@ class HostDevice final : public Device {
   void record_event(Event e, Stream s) override;
   void sync_event(Event e) override;
   void sync_stream(Stream s) override;
-  void copy_to_host(void* dst, const void* src, size_t size) override;
 
   // Fault hooks: the n-th copy from now (1 = the next) fails when it runs, as an asynchronous
   // CUDA error would; the n-th pinned allocation fails when asked for. 0 disables.

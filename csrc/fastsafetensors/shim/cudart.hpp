@@ -20,7 +20,6 @@ inline constexpr unsigned cudaHostRegisterReadOnly = 0x08;
 inline constexpr unsigned cudaStreamNonBlocking = 0x01;
 inline constexpr unsigned cudaEventDisableTiming = 0x02;
 inline constexpr int cudaMemcpyHostToDevice = 1;
-inline constexpr int cudaMemcpyDeviceToHost = 2;
 
 // Function pointers into one loaded libcudart.
 struct CudaRuntime {
@@ -34,7 +33,6 @@ struct CudaRuntime {
   cudaError_t (*HostRegister)(void*, size_t, unsigned);
   cudaError_t (*HostUnregister)(void*);
   cudaError_t (*MemcpyAsync)(void*, const void*, size_t, int, cudaStream_t);
-  cudaError_t (*Memcpy)(void*, const void*, size_t, int);
   cudaError_t (*StreamCreateWithFlags)(cudaStream_t*, unsigned);
   cudaError_t (*StreamDestroy)(cudaStream_t);
   cudaError_t (*StreamSynchronize)(cudaStream_t);
