@@ -8,6 +8,7 @@ tensor is zero-copy and keeps its memory alive. The reader synchronizes before r
 
 from __future__ import annotations
 
+import atexit
 import glob
 import logging
 import os
@@ -87,6 +88,10 @@ def release_device_readers() -> None:
     """Frees the pinned staging memory of every cached reader (the next load pins it again)."""
     with _lock:
         _readers.clear()
+
+
+# Free the staging memory while the CUDA runtime is still alive (its own teardown runs later).
+atexit.register(release_device_readers)
 
 
 def gds_mode(nogds: bool) -> str:
