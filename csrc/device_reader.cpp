@@ -298,9 +298,9 @@ void DeviceReader::ensure_resources() {
 
 void DeviceReader::run_staging_lane(Job& job, Lane& lane) {
   const auto& dsts = *job.dsts;
+  unsigned k = 0;  // slots are used in turn: slots[k % 2] is the older one
   try {
     device_->bind_thread();
-    unsigned k = 0;
     size_t b = 0;
     while (job.take_front(b)) {
       // Pinning costs about as much as copying: a lane pins its slots once, when first needed.
@@ -352,19 +352,27 @@ void DeviceReader::run_staging_lane(Job& job, Lane& lane) {
   } catch (...) {
     job.fail(std::current_exception());
   }
-  // Nothing may still be copying out of the slots when the read returns, error or not.
-  try {
-    device_->sync_stream(lane.stream);
-  } catch (const DeviceError& e) {
+  // Nothing may still be copying out of the slots when the read returns, error or not. The
+  // older slot is waited for first, so a failure is reported with the bytes it carried.
+  for (unsigned i = 0; i < 2; ++i) {
+    Slot& slot = lane.slots[(k + i) % 2];
+    if (!slot.pending) continue;
+    slot.pending = false;
     try {
-      job.copy_failed(e, lane.slots[0].pending ? lane.slots[0].block : lane.slots[1].block);
+      try {
+        device_->sync_event(slot.copied);
+      } catch (const DeviceError& e) {
+        job.copy_failed(e, slot.block);
+      }
     } catch (...) {
       job.fail(std::current_exception());
     }
+  }
+  try {
+    device_->sync_stream(lane.stream);  // copies queued before a failure cut a block short
   } catch (...) {
     job.fail(std::current_exception());
   }
-  for (Slot& s : lane.slots) s.pending = false;
 }
 
 void DeviceReader::run_map_lane(Job& job, unsigned index) {
