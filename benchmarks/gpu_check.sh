@@ -15,6 +15,7 @@ T0=$(date +%s)
 log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 
 log "build (pip install --no-build-isolation --no-deps .)"
+rm -rf build  # setuptools does not track header changes: never reuse old objects
 if ! python3 -m pip install -q --no-build-isolation --no-deps . > "$OUT/pip.log" 2>&1; then
   tail -40 "$OUT/pip.log"; exit 1
 fi
