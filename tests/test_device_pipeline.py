@@ -212,3 +212,24 @@ def test_cuda_request_without_cuda_says_what_is_missing():
         pytest.skip("this machine has a GPU")
     with pytest.raises(errors.CudaError, match="cuda"):
         cpp.cuda_device(0)
+
+
+def test_first_error_cancels_the_other_lanes(tmp_path):
+    """After one copy fails, the lanes stop taking blocks: far fewer copies than blocks happen."""
+    path = str(tmp_path / "big.bin")
+    data = os.urandom(4 << 20)
+    with open(path, "wb") as f:
+        f.write(data)
+    dev = cpp.HostDevice(copy_delay_us=300)
+    reader = cpp.DeviceReader(dev, 4, 4 * 2 * 4096, 0)
+    ranges = cpp.RangeList()
+    ranges.append(cpp.ReadRange(0, 0, 0, len(data), 0))
+    buf = cpp.DeviceBuffer.allocate(dev, len(data))
+    blocks = len(data) // reader.slot_bytes
+    dev.fail_copy_at(1)
+    before = dev.copies
+    with pytest.raises(errors.CudaError):
+        reader.read([cpp.ReadSource(path, len(data))], ranges, [buf.data_ptr], [len(data)])
+    assert dev.copies - before < blocks // 4
+    reader.read([cpp.ReadSource(path, len(data))], ranges, [buf.data_ptr], [len(data)])
+    assert _buffer_bytes(buf, 0, len(data)) == data
