@@ -59,7 +59,7 @@ grep -v '^{' "$OUT/harness.log" | tail -15
 
 log "profile (one process: first vs later loads, each path, lanes, staging, threads, jax)"
 cat "$CKPT"/*.safetensors > /dev/null
-timeout 120 python3 "$ROOT/benchmarks/gpu_profile.py" "$CKPT" 2>&1 | grep -v Warning | tee "$OUT/profile.txt"
+timeout 90 python3 "$ROOT/benchmarks/gpu_profile.py" "$CKPT" 2>&1 | grep -v Warning | tee "$OUT/profile.txt"
 
 python3 - "$OUT/results.jsonl" <<'PY' | tee "$OUT/table.txt"
 import json, sys
