@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import cpp
 from .engine import default_threads
-from .errors import GdsError
+from .errors import GdsError, UnsupportedDtype
 from .frameworks import Framework
 from .metrics import LoadMetrics
 from .plan import LoadPlan, per_tensor_plan
@@ -123,6 +123,10 @@ def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device
     if framework is not None and framework.per_tensor_outputs:
         plan = per_tensor_plan(plan)
         outs = [framework.device_tensor(loc.dtype, tuple(loc.shape), device, raw) for loc in plan.tensors.values()]
+        for (name, loc), out in zip(plan.tensors.items(), outs):
+            if out.nbytes != loc.info.nbytes:  # the reader would write past the array
+                raise UnsupportedDtype(f"{framework.name} made a {out.nbytes}-byte array for tensor `{name}` of "
+                                       f"{loc.info.nbytes} bytes ({loc.dtype})")
     elif framework is not None:
         outs = [framework.device_bytes(n, device, dev) for n in plan.buffer_sizes]
     else:
