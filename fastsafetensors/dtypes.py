@@ -47,13 +47,16 @@ FLOAT_DTYPES = frozenset(n for n in BITS if n.startswith(("F", "BF")))
 
 
 def packed_shape(dtype: str, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    """Shape of the raw bytes of a tensor: one byte per element, except F4 (two per byte).
+    """Shape of the raw bytes of a tensor: one byte per element for 8-bit types, a trailing axis
+    of its bytes for wider ones, two elements per byte for F4.
 
     F6 has no byte-wise shape; it is exported as a flat run of bytes.
     """
     bits = BITS[dtype]
-    if bits >= 8:
+    if bits == 8:
         return tuple(shape)
+    if bits > 8:
+        return (*shape, bits // 8)
     if dtype == "F4" and shape and shape[-1] % 2 == 0:
         return (*shape[:-1], shape[-1] // 2)
     numel = 1

@@ -233,3 +233,17 @@ def test_first_error_cancels_the_other_lanes(tmp_path):
     assert dev.copies - before < blocks // 4
     reader.read([cpp.ReadSource(path, len(data))], ranges, [buf.data_ptr], [len(data)])
     assert _buffer_bytes(buf, 0, len(data)) == data
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_raw_gives_every_byte_of_every_dtype(ckpt, framework):
+    dev = cpp.HostDevice()
+    plan = plan_load(read_headers(ckpt))
+    out_plan, bufs = read_into_device(plan, None, CUDA, engine_device=dev, threads=2, staging_bytes=1 << 16)
+    out = instantiate(out_plan, bufs, get_framework(framework), raw=True, device="cpu")
+    ref = {}
+    for p in ckpt:
+        ref.update(load_file(p))
+    for name, t in out.items():
+        got = t.tobytes() if framework == "numpy" else _bytes_of(t)
+        assert got == _bytes_of(ref[name]), name

@@ -160,10 +160,11 @@ def test_cupy_bit_exact_and_raw_bytes(ckpt, ref):
         assert isinstance(out[name], cupy.ndarray)
         got = cupy.asnumpy(out[name]).reshape(-1).view(np.uint8).tobytes() if out[name].size else b""
         assert got == _bytes(ref[name]), name
-    bf16 = [n for n in ref if n.endswith("bfloat16")]
-    raw = fastsafetensors.load(ckpt, framework="cupy", device="cuda:0", names=bf16, raw=True)
-    for name in bf16:
+    lacking = [n for n in ref if n.endswith(("bfloat16", "float8_e4m3fn", "float8_e5m2"))]
+    raw = fastsafetensors.load(ckpt, framework="cupy", device="cuda:0", names=lacking, raw=True)
+    for name in lacking:
         assert raw[name].dtype == cupy.uint8
+        assert cupy.asnumpy(raw[name]).tobytes() == _bytes(ref[name]), name
 
 
 def test_device_dtype_conversion(ckpt, ref):

@@ -11,7 +11,7 @@ from typing import Any, List, Tuple
 import jax
 import jax.numpy as jnp
 
-from ..dtypes import BITS, NATIVE, packed_shape
+from ..dtypes import NATIVE, packed_shape
 from ..errors import UnsupportedDtype
 from ..st_types import Device
 from ._base import Framework, native_view, raw_view, uint_view
@@ -51,9 +51,8 @@ class JaxFramework(Framework):
         raise self.unsupported(dtype)
 
     def device_tensor(self, dtype: str, shape: Tuple[int, ...], device: Device, raw: bool) -> Any:
-        if raw:  # every byte: wider types get a trailing axis of their bytes
-            width = BITS[dtype] // 8
-            want, shape = jnp.dtype(jnp.uint8), packed_shape(dtype, shape) if width <= 1 else (*shape, width)
+        if raw:
+            want, shape = jnp.dtype(jnp.uint8), packed_shape(dtype, shape)
         elif dtype in JAX_DTYPES:
             want = jnp.dtype(JAX_DTYPES[dtype])
         else:
