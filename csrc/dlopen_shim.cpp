@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <fstream>
 #include <mutex>
 
 
@@ -16,6 +17,29 @@ void add_search_dirs(const std::vector<std::string>& dirs) {
   for (const auto& d : dirs) g_dirs.push_back(d);
 }
 
+namespace {
+
+// A loaded library whose file name starts with `stem` (e.g. "libcudart"): wheels that vendor
+// CUDA rename it (libcudart-<hash>.so.12), so asking for the plain soname would miss it.
+std::string loaded_path(const std::string& stem) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    size_t slash = line.rfind('/');
+    if (slash == std::string::npos) continue;
+    std::string base = line.substr(slash + 1);
+    // "libcudart.so.13" or "libcudart-1a2b3c.so.12", not "libcufile_rdma.so.1" for "libcufile".
+    bool named = base.compare(0, stem.size(), stem) == 0 && base.size() > stem.size() &&
+                 (base[stem.size()] == '.' || base[stem.size()] == '-');
+    if (named && base.find(".so") != std::string::npos) {
+      return line.substr(line.find('/'));
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 LoadedLibrary load_library(const std::vector<std::string>& sonames) {
   LoadedLibrary out;
   // A copy a framework already loaded: sharing it keeps one runtime per process.
@@ -23,6 +47,15 @@ LoadedLibrary load_library(const std::vector<std::string>& sonames) {
     if (void* h = ::dlopen(name.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL)) {
       out.handle = h;
       out.path = name + " (already loaded)";
+      return out;
+    }
+  }
+  std::string stem = sonames.front().substr(0, sonames.front().find(".so"));
+  std::string mapped = loaded_path(stem);
+  if (!mapped.empty()) {
+    if (void* h = ::dlopen(mapped.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL)) {
+      out.handle = h;
+      out.path = mapped + " (already loaded)";
       return out;
     }
   }

@@ -1,6 +1,7 @@
 // Finding a shared library the way a CUDA application would, without linking to it: the copy
-// already in the process first, then the `nvidia` pip packages' lib folders, then the loader's
-// search path.
+// already in the process first (by soname, or any mapped file of that name, e.g. a wheel's
+// vendored libcudart-<hash>.so.12), then the `nvidia` pip packages' lib folders, then the
+// loader's search path.
 #pragma once
 
 #include <string>
