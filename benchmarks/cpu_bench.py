@@ -50,6 +50,8 @@ class CaseDef:
 CASES = [
     CaseDef("ours-numpy", "fastsafetensors (this) numpy"),
     CaseDef("ours-torch", "fastsafetensors (this) torch"),
+    CaseDef("ours-numpy-huge", "fastsafetensors (this) numpy, FASTSAFETENSORS_HUGE_PAGES=1",
+            env=(("FASTSAFETENSORS_HUGE_PAGES", "1"),)),
     CaseDef("st-torch", "safetensors torch.load_file (mmap, pages touched)"),
     CaseDef("st-numpy", "safetensors numpy.load_file"),
     CaseDef("st-flax", "safetensors flax.load_file"),
@@ -61,6 +63,7 @@ CASES = [
 # Our in-process cases (fastsafetensors/_bench.py) behind the keys above.
 SHARED_CASES = {
     "ours-numpy": "fastsafetensors numpy",
+    "ours-numpy-huge": "fastsafetensors numpy",  # the same case, with the huge-page policy in its env
     "ours-torch": "fastsafetensors torch",
     "st-torch": "safetensors torch (mmap, pages touched)",
     "st-numpy": "safetensors numpy",
@@ -173,7 +176,7 @@ def _prepare(key: str) -> None:
     if key.startswith("ours-"):
         from fastsafetensors.frameworks import get_framework
 
-        get_framework(key[len("ours-"):])
+        get_framework(key.split("-")[1])
     elif key.startswith("st-"):
         module = {"st-torch": "torch", "st-numpy": "numpy", "st-flax": "flax"}[key]
         importlib.import_module(f"safetensors.{module}")

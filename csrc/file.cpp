@@ -78,6 +78,10 @@ void File::advise_sequential(uint64_t offset, uint64_t length) const noexcept {
   ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_SEQUENTIAL);
 }
 
+void File::prefetch(uint64_t offset, uint64_t length) const noexcept {
+  ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_WILLNEED);
+}
+
 void File::evict_from_page_cache() const noexcept {
   ::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED);
 }

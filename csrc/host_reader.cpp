@@ -46,6 +46,34 @@ void read_direct(const File& f, const ReadRange& r, uint8_t* dst, uint8_t* bounc
 
 }  // namespace
 
+std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool direct) {
+  std::vector<File> files;
+  files.reserve(sources.size());
+  for (const ReadSource& s : sources) {
+    files.emplace_back(s.path, direct);
+    uint64_t now = files.back().size();
+    if (now != s.expected_size) {
+      uint64_t at = std::min(now, s.expected_size);
+      throw ReadError(s.path, at, 0, true,
+                      s.path + ": file is " + std::to_string(now) + " bytes but its header was read from a file of " +
+                          std::to_string(s.expected_size) + " bytes: it changed after its header was read (sizes differ from offset " +
+                          std::to_string(at) + ")");
+    }
+    files.back().advise_sequential(0, 0);
+  }
+  return files;
+}
+
+void check_ranges(const std::vector<ReadRange>& ranges, size_t sources, const std::vector<uint64_t>& dst_sizes) {
+  for (const ReadRange& r : ranges) {
+    uint64_t end = 0;
+    if (r.file >= sources || r.dst >= dst_sizes.size() || !detail::checked_add(r.dst_offset, r.length, end) ||
+        end > dst_sizes[r.dst]) {
+      throw std::out_of_range("read range outside its file list or destination buffer");
+    }
+  }
+}
+
 std::vector<ReadRange> split_ranges(const std::vector<ReadRange>& ranges, uint64_t chunk_bytes) {
   if (chunk_bytes == 0) throw std::invalid_argument("chunk size must be positive");
   std::vector<ReadRange> chunks;
@@ -64,27 +92,8 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
                            const std::vector<uint8_t*>& dsts, const std::vector<uint64_t>& dst_sizes,
                            const ReadOptions& options) {
   if (dsts.size() != dst_sizes.size()) throw std::invalid_argument("one size per destination");
-  for (const ReadRange& r : ranges) {
-    uint64_t end = 0;
-    if (r.file >= sources.size() || r.dst >= dsts.size() ||
-        !detail::checked_add(r.dst_offset, r.length, end) || end > dst_sizes[r.dst]) {
-      throw std::out_of_range("read range outside its file list or destination buffer");
-    }
-  }
-  std::vector<File> files;
-  files.reserve(sources.size());
-  for (const ReadSource& s : sources) {
-    files.emplace_back(s.path, options.direct);
-    uint64_t now = files.back().size();
-    if (now != s.expected_size) {
-      uint64_t at = std::min(now, s.expected_size);
-      throw ReadError(s.path, at, 0, true,
-                      s.path + ": file is " + std::to_string(now) + " bytes but its header was read from a file of " +
-                          std::to_string(s.expected_size) + " bytes: it changed after its header was read (sizes differ from offset " +
-                          std::to_string(at) + ")");
-    }
-    files.back().advise_sequential(0, 0);
-  }
+  check_ranges(ranges, sources.size(), dst_sizes);
+  std::vector<File> files = open_sources(sources, options.direct);
   std::vector<ReadRange> chunks = split_ranges(ranges, options.chunk_bytes);
   std::vector<std::unique_ptr<uint8_t, FreeDeleter>> bounce;
   if (options.direct) {

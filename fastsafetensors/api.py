@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import cpp, integrity
 from .dtypes import FLOAT_DTYPES
+from .device_engine import gds_mode, read_into_device
 from .engine import read_into_host
 from .errors import UnsupportedDtype
 from .files import PathLike, SafeTensorsFile, open_checkpoint
@@ -25,12 +26,13 @@ def _direct_io_default() -> bool:
     return os.environ.get("FASTSAFETENSORS_ODIRECT", "0") not in ("", "0", "false", "False")
 
 
-def instantiate(plan: LoadPlan, buffers: List["cpp.HostBuffer"], framework: Framework, *,
+def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
                 dtype: Union[DType, str, None] = None, raw: bool = False,
                 device: Union[str, Device] = "cpu") -> Dict[str, Any]:
     """Framework arrays for every planned tensor, viewing the buffers without copying.
 
-    ``dtype`` (other than AUTO) converts floating tensors; ``device`` moves them off the host.
+    ``dtype`` (other than AUTO) converts floating tensors (on the device where they are);
+    ``device`` moves host-loaded tensors off the host (GPU-loaded ones are there already).
     """
     target = Device.from_str(device)
     cast = None if dtype in (None, DType.AUTO, "auto") else DType(dtype).value
@@ -58,16 +60,24 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     fw = get_framework(framework)
     with metrics.phase("plan"):
         plan = plan_load(files, names)
-    expected = integrity.expected_digests([f.path for f in files], sha256) if verify or sha256 else None
-    buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
-                             direct_io=_direct_io_default() if direct_io is None else direct_io)
-    if expected is not None:
-        try:
-            with metrics.phase("verify"):
-                integrity.check_loaded(plan, buffers, expected)
-        except BaseException:
-            buffers.clear()  # the traceback must not keep a failed file's bytes alive
-            raise
+    target = Device.from_str(device)
+    if target.is_cpu:
+        expected = integrity.expected_digests([f.path for f in files], sha256) if verify or sha256 else None
+        buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
+                                 direct_io=_direct_io_default() if direct_io is None else direct_io)
+        if expected is not None:
+            try:
+                with metrics.phase("verify"):
+                    integrity.check_loaded(plan, buffers, expected)
+            except BaseException:
+                buffers.clear()  # the traceback must not keep a failed file's bytes alive
+                raise
+    else:
+        if verify or sha256:
+            raise ValueError("verify=/sha256= check files while loading them to the CPU; load to the CPU, or "
+                             "run `fastsafetensors verify --sha256` first")
+        plan, buffers = read_into_device(plan, fw, target, raw=raw, threads=threads, metrics=metrics,
+                                         gds=gds_mode(nogds=True))
     with metrics.phase("instantiate"):
         out = instantiate(plan, buffers, fw, dtype=dtype, raw=raw, device=device)
     metrics.tensors += len(out)
@@ -88,7 +98,8 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
             ``model.safetensors.index.json`` (each file is checked to hold the tensors the index
             names).
         framework: "numpy"/"np", "torch"/"pt"/"pytorch", "jax" or "cupy".
-        device: "cpu", "cuda" or "cuda:N".
+        device: "cpu", "cuda" or "cuda:N" (read straight into GPU memory the framework
+            allocates; FASTSAFETENSORS_GDS=auto|direct reads files outside the page cache with cuFile).
         names: load only these tensors (only their bytes are read).
         dtype: convert floating tensors to this safetensors dtype (e.g. "BF16").
         raw: return every tensor's bytes as uint8 (for dtypes a framework lacks).

@@ -33,6 +33,8 @@ __all__ = [
     "LoaderClosedError",
     "ShardRequestError",
     "PeerRankError",
+    "CudaError",
+    "GdsError",
 ]
 
 
@@ -147,3 +149,11 @@ class ShardRequestError(SafeTensorsError):
 
 class PeerRankError(RuntimeError):
     """Another rank of the process group failed; raised on the ranks that did not fail themselves."""
+
+
+class CudaError(RuntimeError):
+    """The GPU path is unavailable (no CUDA runtime, no such device) or a CUDA call failed."""
+
+
+class GdsError(RuntimeError):
+    """GPU Direct Storage (cuFile) failed; the message contains "gds": retry with ``nogds=True``."""

@@ -13,6 +13,7 @@ from . import cpp
 from .direct_read import read_pieces, readable_by_me
 from .distributed import ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
+from .device_engine import gds_mode, read_into_device
 from .engine import default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
@@ -387,8 +388,15 @@ class SafeTensorsFileLoader:
         else:
             files = self._files.get(self.group.rank, []) if mode == SCATTER else []
         plan = plan_load(files)
-        buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
-                                 chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
+        if self.device.is_cpu or self.group.distributed:
+            # Process groups share tensors from host buffers; to_device moves each result.
+            buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
+                                     chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
+        else:
+            # bbuf_size_kb bounds the pinned staging memory, as it did in the 0.3 package.
+            plan, buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
+                                             staging_bytes=self.bbuf_size_kb * 1024, metrics=self.metrics,
+                                             gds=gds_mode(self.nogds))
         return plan, buffers
 
     def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str,

@@ -18,6 +18,8 @@ class LoadMetrics:
     tensors: int = 0
     bytes_read: int = 0
     bytes_per_file: Dict[str, int] = field(default_factory=dict)
+    # GPU loads: bytes carried by each read path ("staged", "mapped", "gds").
+    bytes_per_path: Dict[str, int] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @property

@@ -28,6 +28,8 @@ class File {
 
   // Kernel readahead hints for the byte range about to be read.
   void advise_sequential(uint64_t offset, uint64_t length) const noexcept;
+  // Asks the kernel to start reading the range into the page cache now (asynchronously).
+  void prefetch(uint64_t offset, uint64_t length) const noexcept;
   // Drops the file's pages from the page cache (benchmarks use it to measure cold reads).
   void evict_from_page_cache() const noexcept;
 

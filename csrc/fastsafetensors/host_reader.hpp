@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "fastsafetensors/file.hpp"
 #include "fastsafetensors/read_plan.hpp"
 #include "fastsafetensors/thread_pool.hpp"
 
@@ -28,6 +29,12 @@ struct ReadStats {
   uint64_t bytes = 0;
   uint64_t chunks = 0;
 };
+
+// Opens every source, refusing (TruncatedFileError) one whose size is not the size its header was
+// validated against. Shared by the host and device readers.
+std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool direct);
+// Throws std::out_of_range unless every range names a source and fits its destination.
+void check_ranges(const std::vector<ReadRange>& ranges, size_t sources, const std::vector<uint64_t>& dst_sizes);
 
 // Splits ranges into chunks of at most `chunk_bytes`, keeping their order.
 std::vector<ReadRange> split_ranges(const std::vector<ReadRange>& ranges, uint64_t chunk_bytes);

@@ -23,5 +23,7 @@ void raise_python(const char* name, const std::string& message, const pybind11::
 void bind_shards(pybind11::module_& m);
 void bind_integrity(pybind11::module_& m);
 void bind_testing(pybind11::module_& m);
+// The GPU path: devices, device buffers, the device reader (bind_device.cpp).
+void bind_device(pybind11::module_& m);
 
 }  // namespace fst::python

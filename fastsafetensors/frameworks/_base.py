@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 from .. import cpp
 from ..dtypes import BITS, NATIVE, RAW_BYTES, packed_shape
@@ -55,6 +55,30 @@ class Framework(ABC):
         if device.is_cpu:
             return tensor
         raise NotImplementedError(f"{self.name}: loading to {device} is not supported")
+
+    # --- outputs on a GPU (device_engine.py) ---
+    # Whether arrays of this framework can live on a CUDA device at all.
+    gpu_capable: bool = True
+    # True: one output array per tensor (JAX: its allocator owns every array); False: one byte
+    # buffer per file that tensors view.
+    per_tensor_outputs: bool = False
+
+    def device_bytes(self, nbytes: int, device: Device, engine_device: "cpp.Device") -> Any:
+        """A buffer of ``nbytes`` on ``device`` for one file's tensors. By default engine-owned
+        memory, exported through DLPack and freed with the last tensor viewing it."""
+        return cpp.DeviceBuffer.allocate(engine_device, nbytes)
+
+    def device_tensor(self, dtype: str, shape: Tuple[int, ...], device: Device, raw: bool) -> Any:
+        """One output array for a tensor (only for ``per_tensor_outputs``)."""
+        raise NotImplementedError
+
+    def device_ptr(self, out: Any) -> int:
+        """The device address of an output from device_bytes / device_tensor."""
+        return out.data_ptr
+
+    def device_ready(self, outs: List[Any]) -> None:
+        """Waits until the framework's own work on fresh outputs (zero fills, reuse of cached
+        memory still read by queued kernels) is done, so the engine's copies cannot race it."""
 
     def unsupported(self, dtype: str) -> UnsupportedDtype:
         return UnsupportedDtype(f"{self.name} has no type for safetensors dtype {dtype}; "

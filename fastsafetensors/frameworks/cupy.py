@@ -1,16 +1,21 @@
-"""CuPy backend: host-loaded tensors are copied to the current GPU (the GPU engine fills GPU
-memory directly; see docs/gpu.md)."""
+"""CuPy backend: on a GPU, each file's bytes land in one uint8 array from CuPy's memory pool and
+tensors view it; host-loaded tensors are copied to the current GPU. CuPy has no bfloat16 or fp8:
+load those with raw=True (bytes) or convert them with dtype=."""
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+import math
+from typing import Any, List, Tuple
 
 import cupy
 
-from ..errors import UnsupportedDtype
+from ..dtypes import packed_shape
 from ..st_types import Device
-from ._base import Framework, raw_view
+from ._base import Framework, native_view
 from .numpy import NUMPY_DTYPES, NumpyFramework
+
+# Types CuPy computes with (NumPy's own; not ml_dtypes' bfloat16/fp8).
+CUPY_DTYPES = {st: t for st, t in NUMPY_DTYPES.items() if getattr(t, "__module__", "") == "numpy"}
 
 
 class CupyFramework(Framework):
@@ -20,22 +25,41 @@ class CupyFramework(Framework):
         self._host = NumpyFramework()
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
-        if buffer.device[0] != 1:  # already on the GPU
-            return cupy.from_dlpack(raw_view(buffer, offset, dtype, shape)) if raw else self._gpu_view(buffer, offset, dtype, shape)
+        if isinstance(buffer, cupy.ndarray):
+            return self._view_bytes(buffer, offset, dtype, shape, raw)
+        if buffer.device[0] != 1:  # engine memory on the GPU
+            if raw:
+                return cupy.from_dlpack(buffer.view(offset, list(packed_shape(dtype, shape)), 1, 8))
+            if dtype not in CUPY_DTYPES:
+                raise self.unsupported(dtype)
+            return cupy.from_dlpack(native_view(buffer, offset, dtype, shape))
         return cupy.asarray(self._host.from_buffer(buffer, offset, dtype, shape, raw))
 
-    def _gpu_view(self, buffer, offset, dtype, shape):
-        from ._base import native_view
-        from ..dtypes import NATIVE
+    def _view_bytes(self, buf: "cupy.ndarray", offset: int, dtype: str, shape: Tuple[int, ...], raw: bool) -> Any:
+        pshape = packed_shape(dtype, shape)
+        if raw:
+            return buf[offset:offset + math.prod(pshape)].reshape(pshape)
+        if dtype not in CUPY_DTYPES:
+            raise self.unsupported(dtype)
+        t = cupy.dtype(CUPY_DTYPES[dtype])
+        return buf[offset:offset + math.prod(shape) * t.itemsize].view(t).reshape(shape)
 
-        if dtype not in NATIVE or dtype == "BF16":
-            raise UnsupportedDtype(f"cupy has no type for safetensors dtype {dtype}")
-        return cupy.from_dlpack(native_view(buffer, offset, dtype, shape))
+    def device_bytes(self, nbytes: int, device: Device, engine_device) -> Any:
+        with cupy.cuda.Device(device.index or 0):
+            return cupy.empty(max(nbytes, 1), dtype=cupy.uint8)
+
+    def device_ptr(self, out: Any) -> int:
+        return out.data.ptr
+
+    def device_ready(self, outs: List[Any]) -> None:
+        if outs:
+            with cupy.cuda.Device(outs[0].device.id):
+                cupy.cuda.get_current_stream().synchronize()
 
     def convert(self, tensor: Any, dtype: str) -> Any:
-        if dtype not in NUMPY_DTYPES:
+        if dtype not in CUPY_DTYPES:
             raise self.unsupported(dtype)
-        return tensor.astype(NUMPY_DTYPES[dtype])
+        return tensor.astype(CUPY_DTYPES[dtype])
 
     def to_device(self, tensor: Any, device: Device) -> Any:
         if device.is_cpu:

@@ -1,13 +1,17 @@
-"""JAX backend: zero-copy import on the CPU (tensors are 64-byte aligned); fp8 bitcast after import."""
+"""JAX backend: zero-copy import on the CPU (tensors are 64-byte aligned); fp8 bitcast after import.
+
+On a GPU every output is an array JAX allocated itself (one per tensor, from its own memory
+pool); the engine fills it through ``unsafe_buffer_pointer()`` once the allocation is complete
+and synchronizes before the arrays are handed out."""
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, List, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from ..dtypes import NATIVE
+from ..dtypes import NATIVE, packed_shape
 from ..errors import UnsupportedDtype
 from ..st_types import Device
 from ._base import Framework, native_view, raw_view, uint_view
@@ -34,7 +38,11 @@ _NEEDS_X64 = frozenset({"I64", "U64", "F64"})
 class JaxFramework(Framework):
     name = "jax"
 
+    per_tensor_outputs = True
+
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
+        if isinstance(buffer, jax.Array):  # an output of device_tensor, already the tensor
+            return buffer
         if raw:
             return jax.dlpack.from_dlpack(raw_view(buffer, offset, dtype, shape))
         self._check_x64(dtype)
@@ -44,6 +52,26 @@ class JaxFramework(Framework):
             raw_bytes = jax.dlpack.from_dlpack(uint_view(buffer, offset, dtype, shape))
             return jax.lax.bitcast_convert_type(raw_bytes, _BITCAST_TYPES[dtype])
         raise self.unsupported(dtype)
+
+    def device_tensor(self, dtype: str, shape: Tuple[int, ...], device: Device, raw: bool) -> Any:
+        if raw:
+            want, shape = jnp.dtype(jnp.uint8), packed_shape(dtype, shape)
+        elif dtype in JAX_DTYPES:
+            want = jnp.dtype(JAX_DTYPES[dtype])
+        else:
+            raise self.unsupported(dtype)
+        out = jnp.zeros(shape, want, device=jax.devices("gpu")[device.index or 0])
+        if out.dtype != want:  # 64-bit types without jax_enable_x64 come back narrowed
+            raise UnsupportedDtype(f"jax made {out.dtype} of {dtype}: enable jax_enable_x64 to load it, "
+                                   "or pass raw=True")
+        return out
+
+    def device_ptr(self, out: Any) -> int:
+        return out.unsafe_buffer_pointer() if out.size else 0
+
+    def device_ready(self, outs: List[Any]) -> None:
+        for a in outs:
+            a.block_until_ready()
 
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in JAX_DTYPES:

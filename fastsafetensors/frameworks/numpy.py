@@ -29,6 +29,7 @@ NUMPY_DTYPES = {
 
 class NumpyFramework(Framework):
     name = "numpy"
+    gpu_capable = False
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if raw:

@@ -1,12 +1,14 @@
-"""PyTorch backend: zero-copy tensors through DLPack; fp8/fp4 viewed from raw bytes."""
+"""PyTorch backend: zero-copy tensors through DLPack; fp8/fp4 viewed from raw bytes. On a GPU,
+each file's bytes land in one uint8 tensor from torch's caching allocator, and tensors view it."""
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+import math
+from typing import Any, List, Tuple
 
 import torch
 
-from ..dtypes import NATIVE
+from ..dtypes import NATIVE, packed_shape
 from ..errors import UnsupportedDtype
 from ..st_types import Device
 from ._base import Framework, native_view, raw_view, uint_view
@@ -36,6 +38,8 @@ class TorchFramework(Framework):
     name = "torch"
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
+        if isinstance(buffer, torch.Tensor):
+            return self._view_bytes(buffer, offset, dtype, shape, raw)
         if raw:
             return torch.from_dlpack(raw_view(buffer, offset, dtype, shape))
         if dtype in NATIVE:
@@ -59,6 +63,28 @@ class TorchFramework(Framework):
         """A contiguous uint8 tensor (any device) holding exactly a tensor's bytes, viewed as that tensor."""
         view_dtype, view_shape = self.view_type(dtype, shape)
         return data.view(view_dtype).view(view_shape)
+
+    def _view_bytes(self, buf: "torch.Tensor", offset: int, dtype: str, shape: Tuple[int, ...], raw: bool) -> Any:
+        """A tensor viewing a uint8 byte tensor, shaped as from_buffer shapes host tensors."""
+        pshape = packed_shape(dtype, shape)
+        if raw:
+            return buf[offset:offset + math.prod(pshape)].view(pshape)
+        if dtype == "F4" and "F4" in _VIEW_TYPES and shape and shape[-1] % 2 == 0:
+            return buf[offset:offset + math.prod(pshape)].view(_VIEW_TYPES["F4"]).view(pshape)
+        if dtype not in TORCH_DTYPES or dtype == "F4":
+            raise self.unsupported(dtype)
+        t = TORCH_DTYPES[dtype]
+        return buf[offset:offset + math.prod(shape) * t.itemsize].view(t).view(shape)
+
+    def device_bytes(self, nbytes: int, device: Device, engine_device) -> Any:
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=f"cuda:{device.index or 0}")
+
+    def device_ptr(self, out: Any) -> int:
+        return out.data_ptr()
+
+    def device_ready(self, outs: List[Any]) -> None:
+        if outs:
+            torch.cuda.current_stream(outs[0].device).synchronize()
 
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in TORCH_DTYPES:

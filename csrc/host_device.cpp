@@ -1,0 +1,219 @@
+// HostDevice: the Device interface on plain host memory, for testing the GPU pipeline on CPUs.
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "fastsafetensors/device.hpp"
+#include "fastsafetensors/device_error.hpp"
+
+namespace fst {
+namespace {
+
+// A stream: queued copies run in order on the stream's own thread.
+struct HostStream {
+  struct Copy {
+    void* dst;
+    const void* src;
+    size_t size;
+    bool fail;
+  };
+  std::thread thread;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<Copy> queue;
+  uint64_t queued = 0;
+  uint64_t done = 0;
+  std::exception_ptr error;  // first failure since the last sync reported one
+  bool stopping = false;
+};
+
+struct HostEvent {
+  HostStream* stream = nullptr;
+  uint64_t ticket = 0;  // the stream's `queued` count when it was recorded
+};
+
+// Whether [p, p + size) lies inside one of the ranges of `m` (start -> size).
+bool inside(const std::map<uintptr_t, size_t>& m, const void* p, size_t size) {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return false;
+  --it;
+  return a >= it->first && a + size <= it->first + it->second;
+}
+
+}  // namespace
+
+struct HostDevice::State {
+  unsigned delay_us = 0;
+  std::mutex mutex;
+  std::map<uintptr_t, size_t> pinned, device, registered;
+  std::atomic<uint64_t> fail_copy{0};    // absolute copy number to fail, 0: none
+  std::atomic<uint64_t> fail_pinned{0};  // absolute allocation number to fail
+  std::atomic<uint64_t> pinned_allocs{0};
+
+  bool copy_allowed(const HostStream::Copy& c) {
+    std::lock_guard<std::mutex> lock(mutex);
+    return (inside(pinned, c.src, c.size) || inside(registered, c.src, c.size)) && inside(device, c.dst, c.size);
+  }
+
+  void run(HostStream* s) {
+    std::unique_lock<std::mutex> lock(s->mutex);
+    while (true) {
+      s->cv.wait(lock, [&] { return s->stopping || !s->queue.empty(); });
+      if (s->queue.empty()) return;
+      HostStream::Copy c = s->queue.front();
+      lock.unlock();
+      if (delay_us) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+      std::exception_ptr err;
+      if (c.fail) {
+        err = std::make_exception_ptr(DeviceError("HostDevice: injected failure of an asynchronous copy"));
+      } else if (!copy_allowed(c)) {
+        err = std::make_exception_ptr(
+            DeviceError("HostDevice: asynchronous copy from memory that is not pinned or registered, or into "
+                        "memory that is not device memory"));
+      } else {
+        std::memcpy(c.dst, c.src, c.size);
+      }
+      lock.lock();
+      if (err && !s->error) s->error = err;
+      s->queue.pop_front();
+      ++s->done;
+      s->cv.notify_all();
+    }
+  }
+
+  void* alloc(std::map<uintptr_t, size_t>& m, size_t size) {
+    void* p = std::aligned_alloc(256, (size + 255) / 256 * 256 + 256);
+    if (p == nullptr) throw DeviceError("HostDevice: out of memory");
+    std::lock_guard<std::mutex> lock(mutex);
+    m[reinterpret_cast<uintptr_t>(p)] = size;
+    return p;
+  }
+
+  void release(std::map<uintptr_t, size_t>& m, void* p) noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      m.erase(reinterpret_cast<uintptr_t>(p));
+    }
+    std::free(p);
+  }
+
+  static size_t total(std::mutex& mu, const std::map<uintptr_t, size_t>& m) {
+    std::lock_guard<std::mutex> lock(mu);
+    size_t n = 0;
+    for (const auto& kv : m) n += kv.second;
+    return n;
+  }
+};
+
+HostDevice::HostDevice(unsigned copy_delay_us) : state_(std::make_unique<State>()) { state_->delay_us = copy_delay_us; }
+
+HostDevice::~HostDevice() = default;
+
+void* HostDevice::alloc_pinned(size_t size) {
+  uint64_t n = ++state_->pinned_allocs;
+  if (n == state_->fail_pinned.load()) throw DeviceError("HostDevice: injected failure of a pinned allocation");
+  return state_->alloc(state_->pinned, size);
+}
+void HostDevice::free_pinned(void* p) noexcept { state_->release(state_->pinned, p); }
+void* HostDevice::alloc_device(size_t size) { return state_->alloc(state_->device, size); }
+void HostDevice::free_device(void* p) noexcept { state_->release(state_->device, p); }
+
+void HostDevice::register_host(void* p, size_t size, bool read_only) {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  auto it = state_->registered.lower_bound(a);
+  bool overlaps = (it != state_->registered.end() && it->first < a + size) ||
+                  (it != state_->registered.begin() && std::prev(it)->first + std::prev(it)->second > a);
+  if (overlaps) throw DeviceError("HostDevice: cudaHostRegister of a range overlapping one already registered");
+  state_->registered[a] = size;
+  ++registrations_;
+}
+
+void HostDevice::unregister_host(void* p) noexcept {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->registered.erase(reinterpret_cast<uintptr_t>(p));
+}
+
+Device::Stream HostDevice::create_stream() {
+  auto* s = new HostStream();
+  State* st = state_.get();
+  s->thread = std::thread([st, s] { st->run(s); });
+  return s;
+}
+
+void HostDevice::destroy_stream(Stream stream) noexcept {
+  auto* s = static_cast<HostStream*>(stream);
+  {
+    std::lock_guard<std::mutex> lock(s->mutex);
+    s->stopping = true;
+  }
+  s->cv.notify_all();
+  s->thread.join();
+  delete s;
+}
+
+Device::Event HostDevice::create_event() { return new HostEvent(); }
+void HostDevice::destroy_event(Event e) noexcept { delete static_cast<HostEvent*>(e); }
+
+void HostDevice::copy_to_device_async(void* dst, const void* src, size_t size, Stream stream) {
+  auto* s = static_cast<HostStream*>(stream);
+  uint64_t n = ++copies_;
+  bool fail = n == state_->fail_copy.load();
+  std::lock_guard<std::mutex> lock(s->mutex);
+  s->queue.push_back({dst, src, size, fail});
+  ++s->queued;
+  s->cv.notify_all();
+}
+
+void HostDevice::record_event(Event event, Stream stream) {
+  auto* e = static_cast<HostEvent*>(event);
+  auto* s = static_cast<HostStream*>(stream);
+  std::lock_guard<std::mutex> lock(s->mutex);
+  e->stream = s;
+  e->ticket = s->queued;
+}
+
+namespace {
+void wait_for(HostStream* s, uint64_t ticket) {
+  std::unique_lock<std::mutex> lock(s->mutex);
+  s->cv.wait(lock, [&] { return s->done >= ticket; });
+  if (s->error) {
+    std::exception_ptr err = s->error;
+    s->error = nullptr;
+    std::rethrow_exception(err);
+  }
+}
+}  // namespace
+
+void HostDevice::sync_event(Event event) {
+  auto* e = static_cast<HostEvent*>(event);
+  if (e->stream != nullptr) wait_for(e->stream, e->ticket);
+}
+
+void HostDevice::sync_stream(Stream stream) {
+  auto* s = static_cast<HostStream*>(stream);
+  uint64_t ticket;
+  {
+    std::lock_guard<std::mutex> lock(s->mutex);
+    ticket = s->queued;
+  }
+  wait_for(s, ticket);
+}
+
+
+void HostDevice::fail_copy_at(uint64_t n) noexcept { state_->fail_copy = n ? copies_.load() + n : 0; }
+void HostDevice::fail_pinned_alloc_at(uint64_t n) noexcept {
+  state_->fail_pinned = n ? state_->pinned_allocs.load() + n : 0;
+}
+size_t HostDevice::live_pinned_bytes() const noexcept { return State::total(state_->mutex, state_->pinned); }
+size_t HostDevice::live_device_bytes() const noexcept { return State::total(state_->mutex, state_->device); }
+size_t HostDevice::live_registered_bytes() const noexcept { return State::total(state_->mutex, state_->registered); }
+
+}  // namespace fst

@@ -1,0 +1,175 @@
+"""Read plan to GPU memory: destinations from the framework's own allocator, filled by the
+engine's DeviceReader (pinned staging lanes + page-cache DMA lanes, or cuFile).
+
+Outputs are allocated by the framework (torch's caching allocator, CuPy's pool, one JAX array
+per tensor) or, without one, by the engine (DLPack capsules of ``cpp.DeviceBuffer``), so every
+tensor is zero-copy and keeps its memory alive. The reader synchronizes before returning.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import logging
+import os
+import sys
+import threading
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import cpp
+from .engine import default_threads
+from .errors import GdsError, UnsupportedDtype
+from .frameworks import Framework
+from .metrics import LoadMetrics
+from .plan import LoadPlan, per_tensor_plan
+from .st_types import Device
+
+__all__ = ["cuda_device", "get_device_reader", "gds_mode", "read_into_device", "release_device_readers"]
+
+logger = logging.getLogger("fastsafetensors")
+
+DEFAULT_STAGING_BYTES = 128 << 20  # pinned staging shared by the lanes (16 lanes x 2 x 4 MiB)
+DEFAULT_MAP_LANES = 2  # page registration serialises in the driver: more lanes do not help
+
+_lock = threading.Lock()
+_devices: Dict[int, "cpp.Device"] = {}
+_readers: Dict[Tuple[Any, int, int, int], "cpp.DeviceReader"] = {}
+_search_dirs_added = False
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def _add_nvidia_lib_dirs() -> None:
+    """Lets the engine find libcudart/libcufile in the `nvidia` pip packages (torch, JAX and
+    CuPy wheels depend on them) when no framework has loaded them yet."""
+    global _search_dirs_added
+    if _search_dirs_added:
+        return
+    dirs: List[str] = []
+    for entry in sys.path:
+        for pattern in ("nvidia/*/lib", "nvidia/cu*/lib"):
+            for d in sorted(glob.glob(os.path.join(entry or ".", pattern))):
+                if os.path.isdir(d) and d not in dirs:
+                    dirs.append(d)
+    cpp.add_cuda_search_dirs(dirs)
+    _search_dirs_added = True
+
+
+def cuda_device(index: int = 0) -> "cpp.Device":
+    """The engine's handle on CUDA device ``index``; raises CudaError saying what is missing."""
+    with _lock:
+        dev = _devices.get(index)
+        if dev is None:
+            _add_nvidia_lib_dirs()
+            dev = _devices[index] = cpp.cuda_device(index)
+            logger.debug("GPU path: %s", dev.name)
+        return dev
+
+
+def get_device_reader(device: "cpp.Device", threads: Optional[int] = None,
+                      staging_bytes: Optional[int] = None, map_lanes: Optional[int] = None) -> "cpp.DeviceReader":
+    """The process-wide reader for these settings: its pinned slots are allocated once and reused."""
+    threads = threads or default_threads()
+    staging = staging_bytes or _env_int("FASTSAFETENSORS_STAGING_MB", 0) << 20 or DEFAULT_STAGING_BYTES
+    lanes = _env_int("FASTSAFETENSORS_MAP_LANES", DEFAULT_MAP_LANES) if map_lanes is None else map_lanes
+    key = (device, threads, staging, lanes)
+    with _lock:
+        reader = _readers.get(key)
+        if reader is None:
+            reader = _readers[key] = cpp.DeviceReader(device, threads, staging, lanes)
+        return reader
+
+
+def release_device_readers() -> None:
+    """Frees the pinned staging memory of every cached reader (the next load pins it again)."""
+    with _lock:
+        _readers.clear()
+
+
+# Free the staging memory while the CUDA runtime is still alive (its own teardown runs later).
+atexit.register(release_device_readers)
+
+
+def gds_mode(nogds: bool) -> str:
+    """"off", "auto" (cuFile for files outside the page cache) or "direct" (cuFile for all).
+
+    FASTSAFETENSORS_GDS=auto|direct|buffered forces a mode. Without libcufile, GDS falls back to
+    the staging path with a warning; a cuFile that loads but fails to start raises GdsError.
+    """
+    forced = os.environ.get("FASTSAFETENSORS_GDS", "").strip().lower()
+    if forced == "buffered" or (nogds and not forced):
+        return "off"
+    mode = forced if forced in ("auto", "direct") else "auto"
+    with _lock:
+        _add_nvidia_lib_dirs()
+    status = cpp.gds_status()
+    if status["available"]:
+        if status["compat_mode"]:
+            logger.info("gds: cuFile runs in compatibility mode (no nvidia-fs driver): reads go through host memory")
+        return mode
+    if status["loaded"]:
+        raise GdsError(f"{status['error']}")
+    warnings.warn(f"fastsafetensors: GPU Direct Storage unavailable ({status['error']}); reading without it",
+                  RuntimeWarning, stacklevel=3)
+    return "off"
+
+
+def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "cpp.Device",
+                  raw: bool) -> Tuple[LoadPlan, List[Any]]:
+    if framework is not None and framework.per_tensor_outputs:
+        plan = per_tensor_plan(plan)
+        outs = [framework.device_tensor(loc.dtype, tuple(loc.shape), device, raw) for loc in plan.tensors.values()]
+        for (name, loc), out in zip(plan.tensors.items(), outs):
+            if out.nbytes != loc.info.nbytes:  # the reader would write past the array
+                raise UnsupportedDtype(f"{framework.name} made a {out.nbytes}-byte array for tensor `{name}` of "
+                                       f"{loc.info.nbytes} bytes ({loc.dtype})")
+    elif framework is not None:
+        outs = [framework.device_bytes(n, device, dev) for n in plan.buffer_sizes]
+    else:
+        outs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+    if framework is not None:
+        framework.device_ready(outs)
+    return plan, outs
+
+
+def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *, raw: bool = False,
+                     threads: Optional[int] = None, staging_bytes: Optional[int] = None, gds: str = "off",
+                     use_mapping: Optional[bool] = None, metrics: Optional[LoadMetrics] = None,
+                     engine_device: Optional["cpp.Device"] = None) -> Tuple[LoadPlan, List[Any]]:
+    """Allocates the outputs on ``device`` and reads every planned byte into them.
+
+    Returns the plan the outputs follow (per tensor for JAX) and the outputs, which
+    ``framework.from_buffer`` turns into tensors; ``framework=None`` gives engine buffers.
+    ``engine_device`` replaces the CUDA device (tests pass a ``cpp.HostDevice``).
+    """
+    if framework is not None and not framework.gpu_capable:
+        raise ValueError(f"{framework.name} arrays live on the host: load to {device} with torch, jax or cupy")
+    metrics = metrics if metrics is not None else LoadMetrics()
+    dev = engine_device if engine_device is not None else cuda_device(device.index or 0)
+    reader = get_device_reader(dev, threads, staging_bytes)
+    with metrics.phase("allocate"):
+        plan, outs = _destinations(plan, framework, device, dev, raw)
+        ptrs = [framework.device_ptr(o) if framework is not None else o.data_ptr for o in outs]
+    live = [p for p, n in zip(ptrs, plan.buffer_sizes) if n]
+    if len(set(live)) != len(live):  # two outputs sharing memory would get each other's bytes
+        raise RuntimeError(f"{framework.name if framework else 'engine'} allocated overlapping outputs")
+    # FASTSAFETENSORS_MAPPING: 1 (default) both paths, 0 staging only, "only" page-cache DMA only.
+    mapping = os.environ.get("FASTSAFETENSORS_MAPPING", "1").strip().lower()
+    if use_mapping is None:
+        use_mapping = mapping not in ("0", "false")
+    with metrics.phase("read"):
+        stats = reader.read(plan.sources(), plan.ranges, ptrs, list(plan.buffer_sizes), use_mapping=use_mapping,
+                            stage_cached=mapping != "only", gds=gds)
+    metrics.files += len(plan.files)
+    metrics.bytes_read += stats["bytes"]
+    for path in ("staged", "mapped", "gds"):
+        metrics.bytes_per_path[path] = metrics.bytes_per_path.get(path, 0) + stats[f"{path}_bytes"]
+    for r in plan.ranges:
+        path = plan.files[r.file].path
+        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
+    logger.debug("GPU read: %s", stats)
+    return plan, outs
