@@ -19,10 +19,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import cpp
 from .engine import default_threads
-from .errors import GdsError, UnsupportedDtype
+from .errors import GdsError
 from .frameworks import Framework
 from .metrics import LoadMetrics
-from .plan import LoadPlan, per_tensor_plan
+from .plan import LoadPlan
 from .st_types import Device
 
 __all__ = ["cuda_device", "get_device_reader", "gds_mode", "read_into_device", "release_device_readers"]
@@ -120,14 +120,7 @@ def gds_mode(nogds: bool) -> str:
 
 def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "cpp.Device",
                   raw: bool) -> Tuple[LoadPlan, List[Any]]:
-    if framework is not None and framework.per_tensor_outputs:
-        plan = per_tensor_plan(plan)
-        outs = [framework.device_tensor(loc.dtype, tuple(loc.shape), device, raw) for loc in plan.tensors.values()]
-        for (name, loc), out in zip(plan.tensors.items(), outs):
-            if out.nbytes != loc.info.nbytes:  # the reader would write past the array
-                raise UnsupportedDtype(f"{framework.name} made a {out.nbytes}-byte array for tensor `{name}` of "
-                                       f"{loc.info.nbytes} bytes ({loc.dtype})")
-    elif framework is not None:
+    if framework is not None:
         outs = [framework.device_bytes(n, device, dev) for n in plan.buffer_sizes]
     else:
         outs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
@@ -157,8 +150,10 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
     live = [p for p, n in zip(ptrs, plan.buffer_sizes) if n]
     if len(set(live)) != len(live):  # two outputs sharing memory would get each other's bytes
         raise RuntimeError(f"{framework.name if framework else 'engine'} allocated overlapping outputs")
-    # FASTSAFETENSORS_MAPPING: 1 (default) both paths, 0 staging only, "only" page-cache DMA only.
-    mapping = os.environ.get("FASTSAFETENSORS_MAPPING", "1").strip().lower()
+    # FASTSAFETENSORS_MAPPING: 0 (default) staging only, 1 staging and page-cache DMA together,
+    # "only" page-cache DMA only. On an H200 (docs/benchmarks.md) staging alone moved 8.2 GB at
+    # 43-50 GB/s, both together 22-24 GB/s and DMA alone 13: registering pages costs more than it saves.
+    mapping = os.environ.get("FASTSAFETENSORS_MAPPING", "0").strip().lower()
     if use_mapping is None:
         use_mapping = mapping not in ("0", "false")
     with metrics.phase("read"):

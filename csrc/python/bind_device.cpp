@@ -16,6 +16,33 @@ using namespace fst;
 
 namespace {
 
+// Device memory that a Python object owns (an array from a framework's own allocator, e.g. JAX,
+// which reserves most of the GPU for itself). Tensors exported from it hold this buffer, and so
+// the owner: the framework's memory stays alive as long as any view of it.
+class ForeignBuffer final : public Buffer {
+ public:
+  ForeignBuffer(uintptr_t ptr, size_t size, DLDevice device, py::object owner)
+      : data_(reinterpret_cast<uint8_t*>(ptr)), size_(size), device_(device), owner_(std::move(owner)) {}
+  ~ForeignBuffer() override {
+    // The last view may die on any thread; the owner's reference count needs the GIL.
+    if (!Py_IsInitialized()) {
+      owner_.release();
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    owner_ = py::object();
+  }
+  uint8_t* data() noexcept override { return data_; }
+  size_t size() const noexcept override { return size_; }
+  DLDevice device() const noexcept override { return device_; }
+
+ private:
+  uint8_t* data_;
+  size_t size_;
+  DLDevice device_;
+  py::object owner_;
+};
+
 GdsMode gds_mode(const std::string& s) {
   if (s == "off") return GdsMode::Off;
   if (s == "auto") return GdsMode::Auto;
@@ -99,6 +126,13 @@ void fst::python::bind_device(py::module_& m) {
       .def_property_readonly("live_pinned_bytes", &HostDevice::live_pinned_bytes)
       .def_property_readonly("live_device_bytes", &HostDevice::live_device_bytes)
       .def_property_readonly("live_registered_bytes", &HostDevice::live_registered_bytes);
+
+  py::class_<ForeignBuffer, Buffer, std::shared_ptr<ForeignBuffer>>(m, "ForeignBuffer")
+      .def(py::init([](uintptr_t ptr, size_t size, int32_t device_type, int32_t device_id, py::object owner) {
+             return std::make_shared<ForeignBuffer>(ptr, size, DLDevice{device_type, device_id}, std::move(owner));
+           }),
+           py::arg("ptr"), py::arg("size"), py::arg("device_type"), py::arg("device_id"), py::arg("owner"),
+           "Memory at `ptr` that `owner` (a framework's array) holds; views of it keep `owner` alive.");
 
   py::class_<DeviceBuffer, Buffer, std::shared_ptr<DeviceBuffer>>(m, "DeviceBuffer")
       .def_static("allocate", &DeviceBuffer::allocate, py::arg("device"), py::arg("size"),

@@ -59,21 +59,14 @@ class Framework(ABC):
     # --- outputs on a GPU (device_engine.py) ---
     # Whether arrays of this framework can live on a CUDA device at all.
     gpu_capable: bool = True
-    # True: one output array per tensor (JAX: its allocator owns every array); False: one byte
-    # buffer per file that tensors view.
-    per_tensor_outputs: bool = False
 
     def device_bytes(self, nbytes: int, device: Device, engine_device: "cpp.Device") -> Any:
         """A buffer of ``nbytes`` on ``device`` for one file's tensors. By default engine-owned
         memory, exported through DLPack and freed with the last tensor viewing it."""
         return cpp.DeviceBuffer.allocate(engine_device, nbytes)
 
-    def device_tensor(self, dtype: str, shape: Tuple[int, ...], device: Device, raw: bool) -> Any:
-        """One output array for a tensor (only for ``per_tensor_outputs``)."""
-        raise NotImplementedError
-
     def device_ptr(self, out: Any) -> int:
-        """The device address of an output from device_bytes / device_tensor."""
+        """The device address of an output of device_bytes."""
         return out.data_ptr
 
     def device_ready(self, outs: List[Any]) -> None:

@@ -1,17 +1,18 @@
 """JAX backend: zero-copy import on the CPU (tensors are 64-byte aligned); fp8 bitcast after import.
 
-On a GPU every output is an array JAX allocated itself (one per tensor, from its own memory
-pool); the engine fills it through ``unsafe_buffer_pointer()`` once the allocation is complete
-and synchronizes before the arrays are handed out."""
+On a GPU each file's bytes land in one uint8 array JAX allocated itself (from its own memory
+pool); the engine fills it through ``unsafe_buffer_pointer()`` once the allocation is complete,
+synchronizes, and every tensor is a DLPack view of it that keeps it alive."""
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from ..dtypes import NATIVE, packed_shape
+from .. import cpp
+from ..dtypes import NATIVE
 from ..errors import UnsupportedDtype
 from ..st_types import Device
 from ._base import Framework, native_view, raw_view, uint_view
@@ -31,6 +32,8 @@ JAX_DTYPES = {
     "F16": jnp.float16, "BF16": jnp.bfloat16, "I32": jnp.int32, "U32": jnp.uint32, "F32": jnp.float32,
     "I64": jnp.int64, "U64": jnp.uint64, "F64": jnp.float64, "C64": jnp.complex64, **_BITCAST_TYPES,
 }
+_KDLCUDA = 2  # DLPack's device type of CUDA memory
+
 # Without jax_enable_x64, JAX narrows these to 32 bits on import: values would change silently.
 _NEEDS_X64 = frozenset({"I64", "U64", "F64"})
 
@@ -38,11 +41,7 @@ _NEEDS_X64 = frozenset({"I64", "U64", "F64"})
 class JaxFramework(Framework):
     name = "jax"
 
-    per_tensor_outputs = True
-
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
-        if isinstance(buffer, jax.Array):  # an output of device_tensor, already the tensor
-            return buffer
         if raw:
             return jax.dlpack.from_dlpack(raw_view(buffer, offset, dtype, shape))
         self._check_x64(dtype)
@@ -53,25 +52,14 @@ class JaxFramework(Framework):
             return jax.lax.bitcast_convert_type(raw_bytes, _BITCAST_TYPES[dtype])
         raise self.unsupported(dtype)
 
-    def device_tensor(self, dtype: str, shape: Tuple[int, ...], device: Device, raw: bool) -> Any:
-        if raw:
-            want, shape = jnp.dtype(jnp.uint8), packed_shape(dtype, shape)
-        elif dtype in JAX_DTYPES:
-            want = jnp.dtype(JAX_DTYPES[dtype])
-        else:
-            raise self.unsupported(dtype)
-        out = jnp.zeros(shape, want, device=jax.devices("gpu")[device.index or 0])
-        if out.dtype != want:  # 64-bit types without jax_enable_x64 come back narrowed
-            raise UnsupportedDtype(f"jax made {out.dtype} of {dtype}: enable jax_enable_x64 to load it, "
-                                   "or pass raw=True")
-        return out
-
-    def device_ptr(self, out: Any) -> int:
-        return out.unsafe_buffer_pointer() if out.size else 0
-
-    def device_ready(self, outs: List[Any]) -> None:
-        for a in outs:
-            a.block_until_ready()
+    def device_bytes(self, nbytes: int, device: Device, engine_device: "cpp.Device") -> Any:
+        """One uint8 array per file from JAX's own allocator (JAX reserves most of the GPU, so memory
+        the engine allocated itself would compete with it); tensors are DLPack views into it. One
+        array per file keeps the allocations (each a small XLA computation) few."""
+        dev = jax.devices("gpu")[device.index or 0]
+        arr = jnp.zeros((max(nbytes, 1),), jnp.uint8, device=dev)
+        arr.block_until_ready()  # the zero fill must finish before our copies land
+        return cpp.ForeignBuffer(arr.unsafe_buffer_pointer(), nbytes, _KDLCUDA, dev.local_hardware_id, arr)
 
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in JAX_DTYPES:
