@@ -12,14 +12,6 @@ CudaRuntime g_rt;
 bool g_ok = false;
 std::string g_error;
 
-template <typename Fn>
-bool bind(void* lib, const char* name, Fn& fn, std::string& missing) {
-  void* p = nullptr;
-  bool ok = resolve(lib, name, &p, missing);
-  fn = reinterpret_cast<Fn>(p);
-  return ok;
-}
-
 void load() {
   LoadedLibrary lib = load_library({"libcudart.so.13", "libcudart.so.12", "libcudart.so"});
   if (lib.handle == nullptr) {

@@ -17,14 +17,6 @@ CuFile g_cf;
 std::string g_error;  // why the library could not be loaded
 std::string g_open_error;  // why the driver did not open (raised on every use)
 
-template <typename Fn>
-bool bind(void* lib, const char* name, Fn& fn, std::string& missing) {
-  void* p = nullptr;
-  bool ok = resolve(lib, name, &p, missing);
-  fn = reinterpret_cast<Fn>(p);
-  return ok;
-}
-
 void load_locked() {
   g_tried = true;
   LoadedLibrary lib = load_library({"libcufile.so.0", "libcufile.so"});

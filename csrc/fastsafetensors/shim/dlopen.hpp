@@ -25,4 +25,13 @@ LoadedLibrary load_library(const std::vector<std::string>& sonames);
 // Resolves `name` in `lib` into `fn`; false (and `missing` gets the name) when absent.
 bool resolve(void* lib, const char* name, void** fn, std::string& missing);
 
+// resolve() into a typed function pointer.
+template <typename Fn>
+bool bind(void* lib, const char* name, Fn& fn, std::string& missing) {
+  void* p = nullptr;
+  bool ok = resolve(lib, name, &p, missing);
+  fn = reinterpret_cast<Fn>(p);
+  return ok;
+}
+
 }  // namespace fst::shim
