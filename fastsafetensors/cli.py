@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, api
+from . import __version__, api, integrity
 from .errors import SafeTensorsError
 from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
 from .frameworks import canonical_name
@@ -100,19 +100,36 @@ def _verify_file(path: str) -> SafeTensorsFile:
     return f
 
 
+def _expected_digests(values: List[str], paths: List[str]) -> Dict[str, str]:
+    """``--sha256`` values: FILE=HEX pairs, or one HEX when a single file is verified."""
+    out: Dict[str, str] = {}
+    for v in values:
+        if "=" in v:
+            path, digest = v.rsplit("=", 1)
+            out[os.path.realpath(path)] = digest
+        elif len(paths) == 1:
+            out[os.path.realpath(paths[0])] = v
+        else:
+            raise SystemExit("verify: --sha256 HEX names one file's digest; give FILE=HEX for several files")
+    return out
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     paths, weight_map = _resolve(args.path)
+    expected = _expected_digests(args.sha256, paths) if args.sha256 is not None else None
     good: List[SafeTensorsFile] = []
     failed = 0
     for p in paths:
         try:
             f = _verify_file(p)
+            digest = integrity.verify_file(p, expected.get(os.path.realpath(p))) if expected is not None else None
         except (SafeTensorsError, OSError) as exc:
             failed += 1
             _fail(p, exc)
             continue
         good.append(f)
-        print(f"OK    {p}: {len(f.infos)} tensors, {f.data_bytes:,} data bytes read")
+        print(f"OK    {p}: {len(f.infos)} tensors, {f.data_bytes:,} data bytes read"
+              + (f", sha256 {digest}" if digest else ""))
     if not failed:
         try:
             if weight_map is not None:
@@ -228,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="validate every file and read every byte; exit 1 on a bad one")
     s.add_argument("path", nargs="+", help=path_help)
+    s.add_argument("--sha256", nargs="*", metavar="HEX|FILE=HEX",
+                   help="also hash each file and compare with the digests given, or, for files in a "
+                        "Hugging Face cache, with the blob name their snapshot link points to")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("bench", help="time fastsafetensors against safetensors on a checkpoint")

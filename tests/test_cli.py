@@ -96,6 +96,20 @@ def test_verify_good_checkpoint(sharded, capsys):
     assert "FAIL" not in out
 
 
+def test_verify_sha256_matches_and_mismatches(sharded, capsys):
+    import hashlib
+
+    first, second = _shards(sharded)
+    digest = hashlib.sha256(open(first, "rb").read()).hexdigest()
+    assert main(["verify", first, "--sha256", digest]) == 0
+    assert f"sha256 {digest}" in capsys.readouterr().out
+    wrong = hashlib.sha256(b"not the file").hexdigest()
+    assert main(["verify", first, second, "--sha256", f"{first}={digest}", f"{second}={wrong}"]) == 1
+    out = capsys.readouterr().out
+    assert f"OK    {first}" in out
+    assert f"FAIL  {second}: IntegrityError" in out
+
+
 def _truncate(path):
     size = os.path.getsize(path)
     os.truncate(path, size - 10)
