@@ -2,9 +2,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <stdexcept>
+#include <vector>
 
 #include "fastsafetensors/buffer.hpp"
 #include "fastsafetensors/io_hooks.hpp"
@@ -40,18 +42,35 @@ Countdown g_pread;
 Countdown g_alloc;
 std::atomic<uint64_t> g_injected{0};
 
-ssize_t faulty_pread(int fd, void* buf, size_t count, off_t offset) {
+// Half of the bytes the pieces ask for, as the first pieces (the last one cut short).
+int halve(const iovec* iov, int iovcnt, iovec* out) {
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+  size_t want = total > 1 ? total / 2 : total;
+  int n = 0;
+  for (; n < iovcnt && want > 0; ++n) {
+    out[n] = iov[n];
+    out[n].iov_len = std::min(out[n].iov_len, want);
+    want -= out[n].iov_len;
+  }
+  return n;
+}
+
+ssize_t faulty_preadv(int fd, const iovec* iov, int iovcnt, off_t offset) {
   PreadFault kind = g_kind.load();
-  if (kind == PreadFault::None || !g_pread.fire()) return ::pread(fd, buf, count, offset);
+  if (kind == PreadFault::None || !g_pread.fire()) return ::preadv(fd, iov, iovcnt, offset);
   ++g_injected;
   switch (kind) {
     case PreadFault::Eio: errno = EIO; return -1;
     case PreadFault::Eintr: errno = EINTR; return -1;
-    case PreadFault::Short: return ::pread(fd, buf, count > 1 ? count / 2 : count, offset);
+    case PreadFault::Short: {
+      std::vector<iovec> half(static_cast<size_t>(iovcnt));
+      return ::preadv(fd, half.data(), halve(iov, iovcnt, half.data()), offset);
+    }
     case PreadFault::Eof: return 0;
     case PreadFault::None: break;
   }
-  return ::pread(fd, buf, count, offset);
+  return ::preadv(fd, iov, iovcnt, offset);
 }
 
 bool failing_allocation(size_t) {
@@ -75,7 +94,7 @@ void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count) {
   g_pread.reset(after_calls, count);
   g_injected = 0;
   g_kind = kind;
-  io_hooks::set_pread(kind == PreadFault::None ? nullptr : &faulty_pread);
+  io_hooks::set_preadv(kind == PreadFault::None ? nullptr : &faulty_preadv);
 }
 
 void set_allocation_fault(uint64_t after, int64_t count) {
@@ -84,7 +103,7 @@ void set_allocation_fault(uint64_t after, int64_t count) {
 }
 
 void clear() {
-  io_hooks::set_pread(nullptr);
+  io_hooks::set_preadv(nullptr);
   HostBuffer::set_fail_hook(nullptr);
   g_kind = PreadFault::None;
   g_pread.reset(0, 0);

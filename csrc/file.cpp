@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 #include "fastsafetensors/error.hpp"
@@ -49,29 +51,52 @@ uint64_t File::size() const {
   return static_cast<uint64_t>(st.st_size);
 }
 
-uint64_t File::read_at(void* dst, uint64_t length, uint64_t offset) const {
-  auto* out = static_cast<uint8_t*>(dst);
+uint64_t File::read_at(iovec* pieces, int count, uint64_t offset) const {
   uint64_t done = 0;
-  while (done < length) {
-    ssize_t n = io_hooks::pread(fd_, out + done, length - done, static_cast<off_t>(offset + done));
+  while (count > 0) {
+    if (pieces->iov_len == 0) {
+      ++pieces, --count;
+      continue;
+    }
+    ssize_t n = io_hooks::preadv(fd_, pieces, std::min(count, IOV_MAX), static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       throw_errno(path_, offset + done, errno, "read failed");
     }
     if (n == 0) break;
     done += static_cast<uint64_t>(n);
+    // Step past what arrived: whole pieces, then into the one it stopped in.
+    for (auto left = static_cast<size_t>(n); left > 0;) {
+      size_t take = std::min(left, pieces->iov_len);
+      pieces->iov_base = static_cast<uint8_t*>(pieces->iov_base) + take;
+      pieces->iov_len -= take;
+      left -= take;
+      if (pieces->iov_len == 0) ++pieces, --count;
+    }
   }
   return done;
 }
 
-void File::read_exact(void* dst, uint64_t length, uint64_t offset) const {
-  uint64_t got = read_at(dst, length, offset);
+void File::read_exact(iovec* pieces, int count, uint64_t offset) const {
+  uint64_t length = 0;
+  for (int i = 0; i < count; ++i) length += pieces[i].iov_len;
+  uint64_t got = read_at(pieces, count, offset);
   if (got != length) {
     throw ReadError(path_, offset + got, 0, true,
                     path_ + ": file ended at offset " + std::to_string(offset + got) +
                         " while reading " + std::to_string(length) + " bytes at offset " +
                         std::to_string(offset) + " (it was truncated or replaced after its header was read)");
   }
+}
+
+uint64_t File::read_at(void* dst, uint64_t length, uint64_t offset) const {
+  iovec one{dst, length};
+  return read_at(&one, 1, offset);
+}
+
+void File::read_exact(void* dst, uint64_t length, uint64_t offset) const {
+  iovec one{dst, length};
+  read_exact(&one, 1, offset);
 }
 
 void File::advise_sequential(uint64_t offset, uint64_t length) const noexcept {

@@ -15,20 +15,75 @@ namespace fst {
 namespace {
 
 constexpr uint64_t kDirectAlignment = 4096;
+// Below this a madvise costs more than the page faults it saves.
+constexpr uint64_t kMinPopulate = uint64_t{16} << 10;
 
 struct FreeDeleter {
   void operator()(void* p) const noexcept { std::free(p); }
 };
 
-// Reads one chunk with O_DIRECT: the aligned span around it goes into `bounce`, then the
-// wanted bytes are copied out.
-void read_direct(const File& f, const ReadRange& r, uint8_t* dst, uint8_t* bounce) {
-  uint64_t start = r.file_offset / kDirectAlignment * kDirectAlignment;
-  uint64_t span = detail::align_up(r.file_offset + r.length, kDirectAlignment) - start;
+// What each worker thread reuses from one read to the next.
+struct Worker {
+  std::vector<iovec> pieces;  // the iovecs of one vectored read, gaps included
+  std::vector<iovec> spans;   // its destinations, merged where they touch
+  std::vector<uint8_t> scratch;  // where gaps go
+  std::unique_ptr<uint8_t, FreeDeleter> bounce;  // O_DIRECT only
+};
+
+uint8_t* piece_dst(const ReadRange& r, const std::vector<uint8_t*>& dsts) { return dsts[r.dst] + r.dst_offset; }
+
+// Faults in the destination pages before the kernel copies into them. The pieces of column
+// shards are short but contiguous per shard, so merged by address they cost one madvise per shard.
+void populate_spans(std::vector<iovec>& spans) {
+  if (spans.size() > 1) {
+    std::sort(spans.begin(), spans.end(), [](const iovec& a, const iovec& b) { return a.iov_base < b.iov_base; });
+    size_t merged = 0;
+    for (size_t i = 1; i < spans.size(); ++i) {
+      auto* end = static_cast<uint8_t*>(spans[merged].iov_base) + spans[merged].iov_len;
+      if (spans[i].iov_base == end) {
+        spans[merged].iov_len += spans[i].iov_len;
+      } else {
+        spans[++merged] = spans[i];
+      }
+    }
+    spans.resize(merged + 1);
+  }
+  for (const iovec& s : spans) {
+    if (spans.size() == 1 || s.iov_len >= kMinPopulate) detail::populate(static_cast<uint8_t*>(s.iov_base), s.iov_len);
+  }
+}
+
+// One preadv straight into the destinations, gaps into scratch.
+void read_buffered(const File& f, const GroupedReads& g, const VectorRead& v, const std::vector<uint8_t*>& dsts,
+                   Worker& w) {
+  w.pieces.clear();
+  w.spans.clear();
+  uint64_t at = v.file_offset;
+  for (size_t k = v.first; k < v.last; ++k) {
+    const ReadRange& r = g.ranges[k];
+    if (r.length == 0) continue;
+    if (r.file_offset > at) w.pieces.push_back(iovec{w.scratch.data(), r.file_offset - at});
+    w.pieces.push_back(iovec{piece_dst(r, dsts), r.length});
+    w.spans.push_back(w.pieces.back());
+    at = r.file_offset + r.length;
+  }
+  populate_spans(w.spans);
+  f.read_exact(w.pieces.data(), static_cast<int>(w.pieces.size()), v.file_offset);
+}
+
+// With O_DIRECT the aligned span around the read goes into the bounce buffer, then each range
+// is copied out.
+void read_direct(const File& f, const GroupedReads& g, const VectorRead& v, const std::vector<uint8_t*>& dsts,
+                 uint8_t* bounce) {
+  uint64_t start = v.file_offset / kDirectAlignment * kDirectAlignment;
+  uint64_t span = detail::align_up(v.file_offset + v.span, kDirectAlignment) - start;
   uint64_t got = f.read_at(bounce, span, start);
-  uint64_t skip = r.file_offset - start;
-  if (got < skip + r.length) f.read_exact(bounce, span, start);  // throws with the right offset
-  std::memcpy(dst, bounce + skip, r.length);
+  if (got < v.file_offset + v.span - start) f.read_exact(bounce, span, start);  // throws with the right offset
+  for (size_t k = v.first; k < v.last; ++k) {
+    const ReadRange& r = g.ranges[k];
+    if (r.length == 0) continue;
+    std::memcpy(piece_dst(r, dsts), bounce + (r.file_offset - start), r.length);
+  }
 }
 
 }  // namespace
@@ -61,18 +116,6 @@ void check_ranges(const std::vector<ReadRange>& ranges, size_t sources, const st
   }
 }
 
-std::vector<ReadRange> split_ranges(const std::vector<ReadRange>& ranges, uint64_t chunk_bytes) {
-  if (chunk_bytes == 0) throw std::invalid_argument("chunk size must be positive");
-  std::vector<ReadRange> chunks;
-  for (const ReadRange& r : ranges) {
-    for (uint64_t done = 0; done < r.length; done += chunk_bytes) {
-      uint64_t n = std::min(chunk_bytes, r.length - done);
-      chunks.push_back({r.file, r.dst, r.file_offset + done, n, r.dst_offset + done});
-    }
-  }
-  return chunks;
-}
-
 HostReader::HostReader(unsigned threads) : pool_(threads == 0 ? 1 : threads) {}
 
 ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
@@ -81,28 +124,30 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
   if (dsts.size() != dst_sizes.size()) throw std::invalid_argument("one size per destination");
   check_ranges(ranges, sources.size(), dst_sizes);
   std::vector<File> files = open_sources(sources, options.direct);
-  std::vector<ReadRange> chunks = split_ranges(ranges, options.chunk_bytes);
-  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> bounce;
-  if (options.direct) {
-    uint64_t size = detail::align_up(options.chunk_bytes, kDirectAlignment) + 2 * kDirectAlignment;
-    for (unsigned i = 0; i < pool_.size(); ++i) {
-      void* p = std::aligned_alloc(kDirectAlignment, size);
+  GroupedReads g = group_reads(ranges, options.chunk_bytes, options.max_gap);
+  std::vector<Worker> workers(pool_.size());
+  for (Worker& w : workers) {
+    if (options.direct) {
+      void* p = std::aligned_alloc(kDirectAlignment, detail::align_up(options.chunk_bytes, kDirectAlignment) +
+                                                         2 * kDirectAlignment);
       if (p == nullptr) throw std::bad_alloc();
-      bounce.emplace_back(static_cast<uint8_t*>(p));
+      w.bounce.reset(static_cast<uint8_t*>(p));
+    } else if (g.gap_bytes > 0) {
+      w.scratch.resize(options.max_gap);
     }
   }
-  pool_.parallel_for(chunks.size(), [&](unsigned worker, size_t i) {
-    const ReadRange& c = chunks[i];
-    uint8_t* dst = dsts[c.dst] + c.dst_offset;
+  pool_.parallel_for(g.reads.size(), [&](unsigned worker, size_t i) {
+    const VectorRead& v = g.reads[i];
+    const File& f = files[g.ranges[v.first].file];
     if (options.direct) {
-      read_direct(files[c.file], c, dst, bounce[worker].get());
+      read_direct(f, g, v, dsts, workers[worker].bounce.get());
     } else {
-      detail::populate(dst, c.length);
-      files[c.file].read_exact(dst, c.length, c.file_offset);
+      read_buffered(f, g, v, dsts, workers[worker]);
     }
   });
   ReadStats stats;
-  stats.chunks = chunks.size();
+  stats.reads = g.reads.size();
+  stats.gap_bytes = g.gap_bytes;
   for (const ReadRange& r : ranges) stats.bytes += r.length;
   return stats;
 }

@@ -1,20 +1,18 @@
 #include "fastsafetensors/io_hooks.hpp"
 
-#include <unistd.h>
-
 #include <atomic>
 
 namespace fst::io_hooks {
 namespace {
-std::atomic<PreadFn> g_pread{&::pread};
+std::atomic<PreadvFn> g_preadv{&::preadv};
 }
 
-ssize_t pread(int fd, void* buf, size_t count, off_t offset) {
-  return g_pread.load(std::memory_order_relaxed)(fd, buf, count, offset);
+ssize_t preadv(int fd, const iovec* iov, int iovcnt, off_t offset) {
+  return g_preadv.load(std::memory_order_relaxed)(fd, iov, iovcnt, offset);
 }
 
-PreadFn set_pread(PreadFn fn) noexcept {
-  return g_pread.exchange(fn ? fn : &::pread);
+PreadvFn set_preadv(PreadvFn fn) noexcept {
+  return g_preadv.exchange(fn ? fn : &::preadv);
 }
 
 }  // namespace fst::io_hooks

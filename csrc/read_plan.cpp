@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <numeric>
+#include <queue>
+#include <utility>
 #include <stdexcept>
 
 #include "fastsafetensors/detail/checked.hpp"
@@ -114,6 +116,33 @@ std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box
       idx[d] = box.start[d];
     }
     if (d == static_cast<size_t>(-1)) break;
+  }
+  return out;
+}
+
+std::vector<ReadRange> plan_boxes(const Header& h, uint32_t tensor, const std::vector<BoxTarget>& boxes,
+                                  uint32_t file) {
+  std::vector<std::vector<ReadRange>> lists;
+  lists.reserve(boxes.size());
+  size_t total = 0;
+  for (const BoxTarget& b : boxes) {
+    lists.push_back(plan_box(h, tensor, b.box, file, b.dst, b.dst_offset));
+    total += lists.back().size();
+  }
+  // Each list is in file order: merge them, smallest next offset first.
+  using Head = std::pair<uint64_t, size_t>;  // (file offset, list)
+  std::priority_queue<Head, std::vector<Head>, std::greater<Head>> heads;
+  std::vector<size_t> next(lists.size(), 0);
+  for (size_t i = 0; i < lists.size(); ++i) {
+    if (!lists[i].empty()) heads.emplace(lists[i][0].file_offset, i);
+  }
+  std::vector<ReadRange> out;
+  out.reserve(total);
+  while (!heads.empty()) {
+    size_t i = heads.top().second;
+    heads.pop();
+    out.push_back(lists[i][next[i]]);
+    if (++next[i] < lists[i].size()) heads.emplace(lists[i][next[i]].file_offset, i);
   }
   return out;
 }

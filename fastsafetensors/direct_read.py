@@ -44,9 +44,11 @@ def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metri
         ranges.extend(cpp.plan_box(f.header, p.entry.index, start, stop, k, 0, total))
         total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
     buffer = cpp.HostBuffer.allocate(max(total, ALIGN))
-    done = get_reader(threads).read(sources, ranges, [buffer], chunk_bytes, False) if len(ranges) else 0
-    if metrics is not None:
-        metrics.bytes_read += done
+    stats = get_reader(threads).read(sources, ranges, [buffer], chunk_bytes, False) if len(ranges) else None
+    if metrics is not None and stats is not None:
+        metrics.bytes_read += stats["bytes"]
+        metrics.gap_bytes += stats["gap_bytes"]
+        metrics.read_calls += stats["reads"]
         for r in ranges:
             path = sources[r.file].path
             metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length

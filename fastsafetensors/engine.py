@@ -103,9 +103,11 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
         with metrics.phase("read"):
             batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
             for batch in batches:
-                done = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
+                stats = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
+                metrics.gap_bytes += stats["gap_bytes"]
+                metrics.read_calls += stats["reads"]
                 if bar is not None:
-                    bar.update(done)
+                    bar.update(stats["bytes"])
     except BaseException:
         # Nothing of a failed load is handed back, and the traceback must not keep it alive.
         if owned:

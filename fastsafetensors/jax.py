@@ -24,13 +24,12 @@ import jax
 
 from fastsafetensors._jax import placement, strategies
 from fastsafetensors._jax.placement import Placement, Rules
-from fastsafetensors._jax.shard_plan import MIN_REGION_COVER, SMALL_RUN_BYTES
 from fastsafetensors._jax.strategies import STRATEGIES
 from fastsafetensors.api import _direct_io_default
 from fastsafetensors.files import PathLike, open_checkpoint
 from fastsafetensors.metrics import LoadMetrics
 
-__all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES", "SMALL_RUN_BYTES", "MIN_REGION_COVER"]
+__all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES"]
 
 logger = logging.getLogger("fastsafetensors")
 

@@ -20,6 +20,10 @@ class LoadMetrics:
     bytes_per_file: Dict[str, int] = field(default_factory=dict)
     # GPU loads: bytes carried by each read path ("staged", "mapped", "gds").
     bytes_per_path: Dict[str, int] = field(default_factory=dict)
+    # Bytes read between wanted ranges only so that neighbouring ranges share one vectored read,
+    # then dropped (never part of bytes_read).
+    gap_bytes: int = 0
+    read_calls: int = 0  # host loads: vectored reads issued (one reaches many destinations)
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @property

@@ -1,4 +1,4 @@
-// Faults injected into the engine's pread and host allocations, for tests of error paths that a
+// Faults injected into the engine's reads (preadv) and host allocations, for tests of error paths that a
 // healthy disk never takes. Installed through io_hooks and HostBuffer's fail hook; the normal
 // path pays one atomic load per call when no fault is set.
 #pragma once

@@ -1,6 +1,8 @@
 // A read-only file descriptor with reads that either deliver every byte asked for or throw.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <string>
 
@@ -25,6 +27,10 @@ class File {
   uint64_t read_at(void* dst, uint64_t length, uint64_t offset) const;
   // As read_at, but a file that ends early is an error (ReadError with truncated set).
   void read_exact(void* dst, uint64_t length, uint64_t offset) const;
+  // Vectored forms (preadv): the bytes from `offset` on fill the pieces in order, so one call
+  // delivers runs that belong in many places. The pieces are advanced past what was read.
+  uint64_t read_at(iovec* pieces, int count, uint64_t offset) const;
+  void read_exact(iovec* pieces, int count, uint64_t offset) const;
 
   // Kernel readahead hints for the byte range about to be read.
   void advise_sequential(uint64_t offset, uint64_t length) const noexcept;

@@ -1,5 +1,6 @@
-// Executes read plans into host memory: ranges cut into chunks, chunks read in parallel with
-// pread by a persistent thread pool. Every byte lands or the call throws.
+// Executes read plans into host memory: ranges cut into chunks and grouped into vectored reads
+// (read_groups.hpp), read in parallel by a persistent thread pool. Every byte lands or the call
+// throws.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "fastsafetensors/file.hpp"
+#include "fastsafetensors/read_groups.hpp"
 #include "fastsafetensors/read_plan.hpp"
 #include "fastsafetensors/thread_pool.hpp"
 
@@ -23,11 +25,15 @@ struct ReadSource {
 struct ReadOptions {
   uint64_t chunk_bytes = uint64_t{8} << 20;
   bool direct = false;  // O_DIRECT through aligned bounce buffers
+  // Gaps up to this size between ranges of one file are read and dropped rather than splitting a
+  // vectored read: from the page cache a 4 KiB copy costs less than another system call.
+  uint64_t max_gap = 4096;
 };
 
 struct ReadStats {
-  uint64_t bytes = 0;
-  uint64_t chunks = 0;
+  uint64_t bytes = 0;      // delivered to the destinations
+  uint64_t reads = 0;      // vectored reads issued
+  uint64_t gap_bytes = 0;  // read between ranges and dropped
 };
 
 // Opens every source, refusing (TruncatedFileError) one whose size is not the size its header was
@@ -35,9 +41,6 @@ struct ReadStats {
 std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool direct);
 // Throws std::out_of_range unless every range names a source and fits its destination.
 void check_ranges(const std::vector<ReadRange>& ranges, size_t sources, const std::vector<uint64_t>& dst_sizes);
-
-// Splits ranges into chunks of at most `chunk_bytes`, keeping their order.
-std::vector<ReadRange> split_ranges(const std::vector<ReadRange>& ranges, uint64_t chunk_bytes);
 
 class HostReader {
  public:

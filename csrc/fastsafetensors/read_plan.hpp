@@ -45,4 +45,17 @@ struct Box {
 std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file,
                                 uint32_t dst, uint64_t dst_offset);
 
+// A box of a tensor and the contiguous destination it goes to.
+struct BoxTarget {
+  Box box;
+  uint32_t dst = 0;
+  uint64_t dst_offset = 0;
+};
+
+// Plans several boxes of one tensor as one list in file order. The runs of column shards
+// interleave in the file (row r of every shard, then row r + 1), so listed this way neighbouring
+// runs can share one vectored read although each goes to another shard.
+std::vector<ReadRange> plan_boxes(const Header& h, uint32_t tensor, const std::vector<BoxTarget>& boxes,
+                                  uint32_t file);
+
 }  // namespace fst

@@ -4,7 +4,9 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl_bind.h>
 
+#include <map>
 #include <optional>
+#include <tuple>
 
 #include "bindings.hpp"
 #include "fastsafetensors/buffer.hpp"
@@ -164,6 +166,30 @@ PYBIND11_MODULE(cpp, m) {
       py::arg("header"), py::arg("tensor"), py::arg("start"), py::arg("stop"), py::arg("file"), py::arg("dst"),
       py::arg("dst_offset") = 0,
       "Ranges reading the box [start, stop) of a tensor into a contiguous C-order destination.");
+  m.def(
+      "plan_boxes",
+      [](const Header& h, uint32_t tensor, uint32_t file,
+         const std::vector<std::tuple<std::vector<uint64_t>, std::vector<uint64_t>, uint32_t, uint64_t>>& targets) {
+        std::vector<BoxTarget> boxes;
+        boxes.reserve(targets.size());
+        for (const auto& [start, stop, dst, dst_offset] : targets) boxes.push_back({Box{start, stop}, dst, dst_offset});
+        try {
+          return plan_boxes(h, tensor, boxes, file);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("header"), py::arg("tensor"), py::arg("file"), py::arg("targets"),
+      "Ranges reading several boxes (start, stop, dst, dst_offset) of one tensor, as one list in file order.");
+  // Shard plans hold a range per strided run (millions for column shards): sum them here, not in Python.
+  m.def(
+      "bytes_per_file",
+      [](const std::vector<ReadRange>& ranges) {
+        std::map<uint32_t, uint64_t> out;
+        for (const auto& r : ranges) out[r.file] += r.length;
+        return out;
+      },
+      py::arg("ranges"), "Bytes the ranges read from each file index.");
   m.attr("TENSOR_ALIGNMENT") = kTensorAlignment;
 
   py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer")
@@ -228,7 +254,8 @@ PYBIND11_MODULE(cpp, m) {
       .def(
           "read",
           [](HostReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
-             const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct) {
+             const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct,
+             uint64_t max_gap) {
             std::vector<uint8_t*> dsts;
             std::vector<uint64_t> sizes;
             for (const auto& b : buffers) {
@@ -236,16 +263,25 @@ PYBIND11_MODULE(cpp, m) {
               dsts.push_back(b->data());
               sizes.push_back(b->size());
             }
-            py::gil_scoped_release nogil;
-            return r.read(sources, ranges, dsts, sizes, ReadOptions{chunk_bytes, direct}).bytes;
+            ReadStats stats;
+            {
+              py::gil_scoped_release nogil;
+              stats = r.read(sources, ranges, dsts, sizes, ReadOptions{chunk_bytes, direct, max_gap});
+            }
+            py::dict out;
+            out["bytes"] = stats.bytes;
+            out["reads"] = stats.reads;
+            out["gap_bytes"] = stats.gap_bytes;
+            return out;
           },
           py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
-          py::arg("direct") = false, "Read every range into its buffer; returns the bytes read.");
+          py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap,
+          "Read every range into its buffer, neighbouring ranges of a file in one vectored read (gaps of up "
+          "to max_gap bytes read and dropped). Returns {'bytes', 'reads', 'gap_bytes'}.");
 
   m.def(
       "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),
       "Drop a file's pages from the page cache (posix_fadvise DONTNEED).");
-  fst::python::bind_shards(m);
   fst::python::bind_integrity(m);
   fst::python::bind_testing(m);
   fst::python::bind_device(m);

@@ -20,7 +20,6 @@ namespace fst::python {
 // Raises the fastsafetensors.errors class `name`(message, **extra) as the current Python error.
 void raise_python(const char* name, const std::string& message, const pybind11::dict& extra);
 
-void bind_shards(pybind11::module_& m);
 void bind_integrity(pybind11::module_& m);
 void bind_testing(pybind11::module_& m);
 // The GPU path: devices, device buffers, the device reader (bind_device.cpp).

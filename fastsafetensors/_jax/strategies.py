@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Sharding
 
 from fastsafetensors._jax.placement import Target
-from fastsafetensors._jax.shard_plan import box_bytes, box_shape, host_view, plan_shards, read_shards
+from fastsafetensors._jax.shard_plan import box_bytes, box_shape, host_view, plan_shards
 from fastsafetensors.engine import read_into_host
 from fastsafetensors.plan import plan_load
 
@@ -39,7 +39,7 @@ def split(strategy: str, targets: List[Target]) -> Tuple[List[Target], List[Targ
 def load_per_device(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
     with metrics.phase("plan"):
         sp = plan_shards(files, targets)
-    buffers = read_shards(sp, metrics, read_options)
+    buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
     with metrics.phase("transfer"):
         views, devices, owners = [], [], []
         for s in sp.slots:
