@@ -21,6 +21,12 @@ class CudaDevice final : public Device {
   DLDevice dl_device() const noexcept override { return {kDLCUDA, ordinal_}; }
   std::string name() const override { return "cuda:" + std::to_string(ordinal_) + " via " + rt_->library; }
   void bind_thread() override { cuda_check(rt_->SetDevice(ordinal_), "cudaSetDevice(" + std::to_string(ordinal_) + ")"); }
+  // Only for placing the reader's threads: without a bus id they are left where they are.
+  std::string pci_bus_id() const override {
+    char id[64] = {};
+    if (rt_->DeviceGetPCIBusId(id, sizeof id - 1, ordinal_) != shim::cudaSuccess) return "";
+    return id;
+  }
 
   // Pinned staging memory: huge-page host memory, touched by the calling thread and registered.
   // Pinning 2 MiB pages costs far less than cudaHostAlloc's 4 KiB ones, and lanes pin their

@@ -23,6 +23,7 @@ void load() {
   void* h = lib.handle;
   bool ok = bind(h, "cudaGetDeviceCount", g_rt.GetDeviceCount, missing) &&
             bind(h, "cudaSetDevice", g_rt.SetDevice, missing) &&
+            bind(h, "cudaDeviceGetPCIBusId", g_rt.DeviceGetPCIBusId, missing) &&
             bind(h, "cudaGetErrorString", g_rt.GetErrorString, missing) &&
             bind(h, "cudaMalloc", g_rt.Malloc, missing) && bind(h, "cudaFree", g_rt.Free, missing) &&
             bind(h, "cudaHostAlloc", g_rt.HostAlloc, missing) && bind(h, "cudaFreeHost", g_rt.FreeHost, missing) &&

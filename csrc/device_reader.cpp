@@ -258,12 +258,23 @@ struct DeviceReader::Job {
 };
 
 DeviceReader::DeviceReader(std::shared_ptr<Device> device, unsigned threads, uint64_t staging_bytes,
-                           unsigned map_lanes)
+                           unsigned map_lanes, bool numa, const std::string& sysfs_root)
     : device_(std::move(device)),
       slot_bytes_(slot_for(lanes_for(threads, staging_bytes), staging_bytes)),
       map_lanes_(map_lanes),
       lanes_(lanes_for(threads, staging_bytes)),
-      pool_(lanes_for(threads, staging_bytes) + map_lanes) {}
+      pool_(lanes_for(threads, staging_bytes) + map_lanes) {
+  if (numa) {
+    placement_ = numa_placement(device_->pci_bus_id(), thread_cpus(), sysfs_root);
+  } else {
+    placement_.reason = "turned off";
+  }
+}
+
+std::vector<std::vector<int>> DeviceReader::worker_cpus() {
+  std::lock_guard<std::mutex> serial(read_mutex_);
+  return worker_cpus_;
+}
 
 DeviceReader::~DeviceReader() {
   for (Lane& lane : lanes_) {
@@ -512,7 +523,12 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
   bool any_cached = std::any_of(job.blocks.begin(), job.blocks.end(), [](const Block& b) { return b.route == Route::Cached; });
   unsigned map_tasks = mapping && any_cached ? map_lanes_ : 0;
   job.active_map = map_tasks;
+  worker_cpus_.assign(lanes_.size() + map_lanes_, {});
   pool_.parallel_for(lanes_.size() + map_tasks, [&](unsigned, size_t task) {
+    // Placed before a lane first touches its staging slots; the calling thread, which runs a
+    // lane too, gets its own affinity back afterwards.
+    ScopedThreadPlacement placed(placement_.cpus);
+    worker_cpus_[task] = thread_cpus();
     if (task < lanes_.size()) {
       run_staging_lane(job, lanes_[task]);
     } else {
@@ -525,6 +541,10 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
   stats.gds_bytes = job.gds_bytes;
   stats.bytes = stats.staged_bytes + stats.mapped_bytes + stats.gds_bytes;
   stats.mapping_disabled = job.mapping_disabled;
+  if (!placement_.cpus.empty()) {
+    stats.numa_node = placement_.node;
+    stats.numa_cpus = placement_.cpus;
+  }
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return stats;
 }

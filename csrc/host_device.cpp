@@ -7,6 +7,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "fastsafetensors/device.hpp"
@@ -52,6 +53,7 @@ bool inside(const std::map<uintptr_t, size_t>& m, const void* p, size_t size) {
 struct HostDevice::State {
   unsigned delay_us = 0;
   std::mutex mutex;
+  std::string pci_bus_id;
   std::map<uintptr_t, size_t> pinned, device, registered;
   std::atomic<uint64_t> fail_copy{0};    // absolute copy number to fail, 0: none
   std::atomic<uint64_t> fail_pinned{0};  // absolute allocation number to fail
@@ -115,6 +117,16 @@ struct HostDevice::State {
 HostDevice::HostDevice(unsigned copy_delay_us) : state_(std::make_unique<State>()) { state_->delay_us = copy_delay_us; }
 
 HostDevice::~HostDevice() = default;
+
+std::string HostDevice::pci_bus_id() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  return state_->pci_bus_id;
+}
+
+void HostDevice::set_pci_bus_id(const std::string& bus_id) {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->pci_bus_id = bus_id;
+}
 
 void* HostDevice::alloc_pinned(size_t size) {
   uint64_t n = ++state_->pinned_allocs;

@@ -25,16 +25,18 @@ from .metrics import LoadMetrics
 from .plan import LoadPlan
 from .st_types import Device
 
-__all__ = ["cuda_device", "get_device_reader", "gds_mode", "read_into_device", "release_device_readers"]
+__all__ = ["cuda_device", "get_device_reader", "gds_mode", "numa_enabled", "read_into_device",
+           "release_device_readers"]
 
 logger = logging.getLogger("fastsafetensors")
 
 DEFAULT_STAGING_BYTES = 128 << 20  # pinned staging shared by the lanes (16 lanes x 2 x 4 MiB)
 DEFAULT_MAP_LANES = 2  # page registration serialises in the driver: more lanes do not help
+SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests point it at a fake tree)
 
 _lock = threading.Lock()
 _devices: Dict[int, "cpp.Device"] = {}
-_readers: Dict[Tuple[Any, int, int, int], "cpp.DeviceReader"] = {}
+_readers: Dict[Tuple[Any, int, int, int, bool, str], "cpp.DeviceReader"] = {}
 _search_dirs_added = False
 
 
@@ -70,17 +72,36 @@ def cuda_device(index: int = 0) -> "cpp.Device":
         return dev
 
 
+def numa_enabled(asked: bool = True) -> bool:
+    """Whether the reader's lanes go to the GPU's NUMA node: asked for (the 0.3 API's
+    ``set_numa``) and not turned off with FASTSAFETENSORS_NUMA=0."""
+    return asked and os.environ.get("FASTSAFETENSORS_NUMA", "1").strip().lower() not in ("0", "false", "off")
+
+
+def _log_placement(reader: "cpp.DeviceReader") -> None:
+    where = reader.placement
+    if where["cpus"]:
+        logger.debug("GPU reader for %s (PCI %s): lanes run on NUMA node %d, CPUs %s", reader.device.name,
+                     where["bus_id"], where["node"], where["cpus"])
+    else:
+        logger.debug("GPU reader for %s: lanes left on the CPUs they had (%s)", reader.device.name, where["reason"])
+
+
 def get_device_reader(device: "cpp.Device", threads: Optional[int] = None,
-                      staging_bytes: Optional[int] = None, map_lanes: Optional[int] = None) -> "cpp.DeviceReader":
-    """The process-wide reader for these settings: its pinned slots are allocated once and reused."""
+                      staging_bytes: Optional[int] = None, map_lanes: Optional[int] = None,
+                      numa: bool = True) -> "cpp.DeviceReader":
+    """The process-wide reader for these settings: its pinned slots are allocated once and reused.
+
+    ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`)."""
     threads = threads or default_threads()
     staging = staging_bytes or _env_int("FASTSAFETENSORS_STAGING_MB", 0) << 20 or DEFAULT_STAGING_BYTES
     lanes = _env_int("FASTSAFETENSORS_MAP_LANES", DEFAULT_MAP_LANES) if map_lanes is None else map_lanes
-    key = (device, threads, staging, lanes)
+    key = (device, threads, staging, lanes, numa_enabled(numa), SYSFS_ROOT)
     with _lock:
         reader = _readers.get(key)
         if reader is None:
-            reader = _readers[key] = cpp.DeviceReader(device, threads, staging, lanes)
+            reader = _readers[key] = cpp.DeviceReader(device, threads, staging, lanes, numa=key[4], sysfs_root=key[5])
+            _log_placement(reader)
         return reader
 
 
@@ -132,18 +153,19 @@ def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device
 def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *, raw: bool = False,
                      threads: Optional[int] = None, staging_bytes: Optional[int] = None, gds: str = "off",
                      use_mapping: Optional[bool] = None, metrics: Optional[LoadMetrics] = None,
-                     engine_device: Optional["cpp.Device"] = None) -> Tuple[LoadPlan, List[Any]]:
+                     engine_device: Optional["cpp.Device"] = None, numa: bool = True) -> Tuple[LoadPlan, List[Any]]:
     """Allocates the outputs on ``device`` and reads every planned byte into them.
 
     Returns the plan the outputs follow (per tensor for JAX) and the outputs, which
     ``framework.from_buffer`` turns into tensors; ``framework=None`` gives engine buffers.
-    ``engine_device`` replaces the CUDA device (tests pass a ``cpp.HostDevice``).
+    ``engine_device`` replaces the CUDA device (tests pass a ``cpp.HostDevice``); ``numa=False``
+    leaves the reader's threads on the CPUs they have (the 0.3 API's ``set_numa=False``).
     """
     if framework is not None and not framework.gpu_capable:
         raise ValueError(f"{framework.name} arrays live on the host: load to {device} with torch, jax or cupy")
     metrics = metrics if metrics is not None else LoadMetrics()
     dev = engine_device if engine_device is not None else cuda_device(device.index or 0)
-    reader = get_device_reader(dev, threads, staging_bytes)
+    reader = get_device_reader(dev, threads, staging_bytes, numa=numa)
     with metrics.phase("allocate"):
         plan, outs = _destinations(plan, framework, device, dev, raw)
         ptrs = [framework.device_ptr(o) if framework is not None else o.data_ptr for o in outs]

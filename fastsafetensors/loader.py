@@ -302,7 +302,8 @@ class SafeTensorsFileLoader:
     """Loads the files each rank is given into tensors (the 0.3 entry point).
 
     ``pg`` is None / ``SingleGroup()`` for one process, or a torch.distributed ProcessGroup.
-    ``max_threads`` sets the reader threads; ``bbuf_size_kb`` and ``nogds`` matter for GPU loads.
+    ``max_threads`` sets the reader threads; ``bbuf_size_kb``, ``nogds`` and ``set_numa`` (run the
+    reader's threads on the GPU's NUMA node) matter for GPU loads read by one process.
     Keyword ``direct_read`` (see docs/torch.md): True makes every rank read what it returns
     straight from the files (all ranks must be able to open all files); False makes each rank read
     its files and scatter/broadcast their tensors; None (default), where every rank can open every
@@ -325,6 +326,7 @@ class SafeTensorsFileLoader:
         # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
         self.max_threads = max(1, min(max_threads, default_threads()))
         self.nogds = nogds
+        self.set_numa = set_numa  # GPU loads: run the reader's threads on the GPU's NUMA node
         self.debug_log = debug_log
         self.metrics = LoadMetrics()
         self._files: Dict[int, List[SafeTensorsFile]] = {}
@@ -396,7 +398,7 @@ class SafeTensorsFileLoader:
             # bbuf_size_kb bounds the pinned staging memory, as it did in the 0.3 package.
             plan, buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
                                              staging_bytes=self.bbuf_size_kb * 1024, metrics=self.metrics,
-                                             gds=gds_mode(self.nogds))
+                                             gds=gds_mode(self.nogds), numa=self.set_numa)
         return plan, buffers
 
     def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str,

@@ -25,6 +25,8 @@ class Device {
   virtual std::string name() const = 0;
   // Makes the calling thread's device current (every worker calls it before the others).
   virtual void bind_thread() = 0;
+  // The PCI bus id of the device ("0000:3b:00.0"), which locates its NUMA node; "" if none.
+  virtual std::string pci_bus_id() const = 0;
 
   virtual void* alloc_pinned(size_t size) = 0;
   virtual void free_pinned(void* p) noexcept = 0;
@@ -65,6 +67,9 @@ class HostDevice final : public Device {
   DLDevice dl_device() const noexcept override { return {kDLCPU, 0}; }
   std::string name() const override { return "host"; }
   void bind_thread() override {}
+  // None unless a test gave one (to place the reader as if this were a GPU on that bus).
+  std::string pci_bus_id() const override;
+  void set_pci_bus_id(const std::string& bus_id);
   void* alloc_pinned(size_t size) override;
   void free_pinned(void* p) noexcept override;
   void* alloc_device(size_t size) override;

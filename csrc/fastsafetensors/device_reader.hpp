@@ -19,6 +19,7 @@
 
 #include "fastsafetensors/device.hpp"
 #include "fastsafetensors/host_reader.hpp"
+#include "fastsafetensors/numa.hpp"
 #include "fastsafetensors/read_plan.hpp"
 #include "fastsafetensors/thread_pool.hpp"
 
@@ -48,6 +49,8 @@ struct DeviceReadStats {
   uint32_t gds_files = 0;
   bool gds_compat = false;  // cuFile ran without the nvidia-fs driver (through host buffers)
   std::string mapping_disabled;  // why the mapping lanes stopped early, if they did
+  int numa_node = -1;            // the GPU's NUMA node where the lanes were pinned to it, else -1
+  std::vector<int> numa_cpus;    // the CPUs they were pinned to (empty: left alone)
   double seconds = 0;
 };
 
@@ -55,7 +58,10 @@ class DeviceReader {
  public:
   // `threads` staging lanes sharing `staging_bytes` of pinned memory (two slots each; fewer
   // lanes when the staging memory is too small for them), plus `map_lanes` mapping lanes.
-  DeviceReader(std::shared_ptr<Device> device, unsigned threads, uint64_t staging_bytes, unsigned map_lanes = 2);
+  // With `numa`, the lanes run on the CPUs of the device's NUMA node (found under `sysfs_root`)
+  // while they read, so the staging slots they first touch are that node's memory too.
+  DeviceReader(std::shared_ptr<Device> device, unsigned threads, uint64_t staging_bytes, unsigned map_lanes = 2,
+               bool numa = true, const std::string& sysfs_root = kDefaultSysfsRoot);
   ~DeviceReader();
   DeviceReader(const DeviceReader&) = delete;
   DeviceReader& operator=(const DeviceReader&) = delete;
@@ -64,6 +70,11 @@ class DeviceReader {
   unsigned map_lanes() const noexcept { return map_lanes_; }
   uint64_t slot_bytes() const noexcept { return slot_bytes_; }
   const std::shared_ptr<Device>& device() const noexcept { return device_; }
+  // Where the lanes run: the device's node and CPUs, or why they are left alone.
+  const NumaPlacement& placement() const noexcept { return placement_; }
+  // The CPUs each lane (staging lanes, then mapping lanes) was allowed to run on during the
+  // last read, as the lane's thread saw them; empty for a lane that did not run.
+  std::vector<std::vector<int>> worker_cpus();
 
   // Reads every range into dsts[range.dst] + range.dst_offset (device addresses).
   DeviceReadStats read(const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
@@ -94,6 +105,8 @@ class DeviceReader {
   std::vector<Lane> lanes_;
   std::vector<Device::Stream> map_streams_;
   bool resources_ready_ = false;
+  NumaPlacement placement_;
+  std::vector<std::vector<int>> worker_cpus_;
   std::mutex read_mutex_;  // one read at a time: lanes own their slots
   ThreadPool pool_;
 };

@@ -60,6 +60,8 @@ py::dict stats_dict(const DeviceReadStats& s) {
   d["gds_files"] = s.gds_files;
   d["gds_compat"] = s.gds_compat;
   d["mapping_disabled"] = s.mapping_disabled;
+  d["numa_node"] = s.numa_node;
+  d["numa_cpus"] = s.numa_cpus;
   d["seconds"] = s.seconds;
   return d;
 }
@@ -110,6 +112,7 @@ void fst::python::bind_device(py::module_& m) {
 
   py::class_<Device, std::shared_ptr<Device>>(m, "Device")
       .def_property_readonly("name", &Device::name)
+      .def_property_readonly("pci_bus_id", &Device::pci_bus_id)
       .def_property_readonly("dl_device", [](const Device& d) {
         DLDevice x = d.dl_device();
         return py::make_tuple(x.device_type, x.device_id);
@@ -119,6 +122,8 @@ void fst::python::bind_device(py::module_& m) {
 
   py::class_<HostDevice, Device, std::shared_ptr<HostDevice>>(m, "HostDevice")
       .def(py::init<unsigned>(), py::arg("copy_delay_us") = 0)
+      .def("set_pci_bus_id", &HostDevice::set_pci_bus_id, py::arg("bus_id"),
+           "Report this bus id, so a reader places its lanes as for a GPU on it.")
       .def("fail_copy_at", &HostDevice::fail_copy_at, py::arg("n"))
       .def("fail_pinned_alloc_at", &HostDevice::fail_pinned_alloc_at, py::arg("n"))
       .def_property_readonly("copies", &HostDevice::copies)
@@ -139,12 +144,20 @@ void fst::python::bind_device(py::module_& m) {
                   py::call_guard<py::gil_scoped_release>());
 
   py::class_<DeviceReader, std::shared_ptr<DeviceReader>>(m, "DeviceReader")
-      .def(py::init<std::shared_ptr<Device>, unsigned, uint64_t, unsigned>(), py::arg("device"), py::arg("threads"),
-           py::arg("staging_bytes"), py::arg("map_lanes") = 2)
+      .def(py::init<std::shared_ptr<Device>, unsigned, uint64_t, unsigned, bool, const std::string&>(),
+           py::arg("device"), py::arg("threads"), py::arg("staging_bytes"), py::arg("map_lanes") = 2,
+           py::arg("numa") = true, py::arg("sysfs_root") = kDefaultSysfsRoot,
+           "numa: run the lanes on the CPUs of the device's NUMA node (found under sysfs_root).")
       .def_property_readonly("staging_lanes", &DeviceReader::staging_lanes)
       .def_property_readonly("map_lanes", &DeviceReader::map_lanes)
       .def_property_readonly("slot_bytes", &DeviceReader::slot_bytes)
       .def_property_readonly("device", &DeviceReader::device)
+      .def_property_readonly(
+          "placement", [](const DeviceReader& r) { return fst::python::placement_dict(r.placement()); },
+          "{bus_id, node, cpus, reason}: where the lanes run (cpus empty: left alone, reason says why).")
+      .def_property_readonly("worker_cpus",
+                             py::cpp_function(&DeviceReader::worker_cpus, py::call_guard<py::gil_scoped_release>()),
+                             "CPUs each lane's thread was allowed during the last read (staging, then mapping lanes).")
       .def(
           "read",
           [](DeviceReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,

@@ -285,4 +285,5 @@ PYBIND11_MODULE(cpp, m) {
   fst::python::bind_integrity(m);
   fst::python::bind_testing(m);
   fst::python::bind_device(m);
+  fst::python::bind_numa(m);
 }

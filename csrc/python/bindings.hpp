@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fastsafetensors/header.hpp"
+#include "fastsafetensors/numa.hpp"
 #include "fastsafetensors/read_plan.hpp"
 
 // Vectors Python sees by reference instead of converting to lists: range lists can hold millions
@@ -24,5 +25,8 @@ void bind_integrity(pybind11::module_& m);
 void bind_testing(pybind11::module_& m);
 // The GPU path: devices, device buffers, the device reader (bind_device.cpp).
 void bind_device(pybind11::module_& m);
+// NUMA lookups (bind_numa.cpp); placement_dict is how a placement reaches Python.
+void bind_numa(pybind11::module_& m);
+pybind11::dict placement_dict(const NumaPlacement& p);
 
 }  // namespace fst::python

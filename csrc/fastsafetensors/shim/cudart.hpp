@@ -25,6 +25,7 @@ inline constexpr int cudaMemcpyHostToDevice = 1;
 struct CudaRuntime {
   cudaError_t (*GetDeviceCount)(int*);
   cudaError_t (*SetDevice)(int);
+  cudaError_t (*DeviceGetPCIBusId)(char*, int, int);
   const char* (*GetErrorString)(cudaError_t);
   cudaError_t (*Malloc)(void**, size_t);
   cudaError_t (*Free)(void*);
