@@ -35,7 +35,7 @@ JAX_DTYPES = {
 }
 _KDLCPU, _KDLCUDA = 1, 2  # DLPack's device types of host and CUDA memory
 _PART_ALIGN = 256  # each file's part of a load's allocation starts on this boundary, as XLA's buffers do
-_MAX_GRANULE = 64 << 20
+_MAX_GRANULE = 64 << 20  # size classes past 1 GiB step by this: waste well under a GB of GPU memory
 
 # Without jax_enable_x64, JAX narrows these to 32 bits on import: values would change silently.
 _NEEDS_X64 = frozenset({"I64", "U64", "F64"})
@@ -85,6 +85,8 @@ class JaxFramework(Framework):
 
 
 def _jax_device(device: Device) -> "jax.Device":
+    # Loads reach device_outputs with a CUDA device; the CPU one only from tests that drive the
+    # GPU path on the engine's HostDevice.
     return jax.devices("cpu" if device.is_cpu else "gpu")[device.index or 0]
 
 
