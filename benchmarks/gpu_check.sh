@@ -61,8 +61,8 @@ log "profile (one process: first vs later loads, each path, lanes, staging, thre
 cat "$CKPT"/*.safetensors > /dev/null
 timeout 90 python3 "$ROOT/benchmarks/gpu_profile.py" "$CKPT" 2>&1 | grep -v Warning | tee "$OUT/profile.txt"
 
-python3 - "$OUT/results.jsonl" <<'PY' | tee "$OUT/table.txt"
-import json, sys
+python3 - "$OUT/results.jsonl" "$OUT/memory.jsonl" <<'PY' | tee "$OUT/table.txt"
+import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 best = {}
 print(f"{'case':34} {'mode':5} {'rep':>3} {'s':>7} {'GB/s':>7} {'mism':>4}  note")
@@ -78,5 +78,12 @@ for r in rows:
 print("\nbest GB/s (warm | cold):")
 for name in dict.fromkeys(k[0] for k in best):
     print(f"  {name:34} {best.get((name, 'warm'), '-'):>7} | {best.get((name, 'cold'), '-'):>7}")
+# Written by benchmarks/gpu_ext.py: peak device memory during the load minus before, minus outputs.
+mem = [json.loads(l) for l in open(sys.argv[2]) if l.strip()] if os.path.exists(sys.argv[2]) else []
+if mem:
+    print("\nGPU memory beyond the outputs, MB per run (outputs GB):")
+    for name in dict.fromkeys(m["case"] for m in mem):
+        runs = [m for m in mem if m["case"] == name]
+        print(f"  {name:34} {' '.join(str(m['beyond_MB']) for m in runs)}  ({runs[0]['out_GB']} GB)")
 PY
 log "done; results in $OUT"

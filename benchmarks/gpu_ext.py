@@ -6,10 +6,16 @@ Each `load(files)` returns every tensor on cuda:0. Importing this module does wh
 does for peer cases before it starts the clock: initialise CUDA in the framework the case uses
 (torch, or JAX for the *_jax cases). Everything of ours (finding the CUDA runtime, pinning the
 staging slots, allocating the outputs) happens inside the timed call.
+
+With RESULTS set (benchmarks/gpu_check.sh sets it), load_torch and load_jax also append to
+RESULTS/memory.jsonl the GPU memory the load used beyond its outputs: the framework's peak
+device memory during the load (torch: max_memory_reserved; JAX: peak_bytes_in_use) minus what
+it held before and minus the outputs' bytes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -30,14 +36,40 @@ else:
 import fastsafetensors  # noqa: E402
 
 
+def _record_memory(case: str, before: int, peak: int, out) -> None:
+    """Appends this load's GPU memory beyond its outputs to RESULTS/memory.jsonl."""
+    results = os.environ.get("RESULTS")
+    if not results:
+        return
+    out_bytes = sum(t.nbytes for t in out.values())
+    row = {"case": case, "out_GB": round(out_bytes / 1e9, 3),
+           "beyond_MB": round((peak - before - out_bytes) / 2**20, 1)}
+    with open(os.path.join(results, "memory.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _load_torch(files, case: str):
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_reserved()
+    out = fastsafetensors.load(files, framework="torch", device="cuda:0")
+    _record_memory(case, before, torch.cuda.max_memory_reserved(), out)
+    return out
+
+
 def load_torch(files):
-    """fastsafetensors.load into torch: staging + page-cache DMA, no cuFile."""
-    return fastsafetensors.load(files, framework="torch", device="cuda:0")
+    """fastsafetensors.load into torch: staging lanes, no cuFile."""
+    return _load_torch(files, "load_torch")
 
 
 def load_jax(files):
-    """fastsafetensors.load into JAX arrays JAX allocated itself."""
-    return fastsafetensors.load(files, framework="jax", device="cuda:0")
+    """fastsafetensors.load into JAX arrays JAX allocated itself (one allocation per load). The
+    outputs are DLPack views that JAX's allocator does not count, so its peak minus what it held
+    before is the allocation itself (outputs and padding) plus any temporaries."""
+    dev = jax.devices("gpu")[0]
+    before = dev.memory_stats()["bytes_in_use"]
+    out = fastsafetensors.load(files, framework="jax", device="cuda:0")
+    _record_memory("load_jax", before, dev.memory_stats()["peak_bytes_in_use"], out)
+    return out
 
 
 def _load_03(files, nogds: bool, **kw):
@@ -67,10 +99,10 @@ def load_torch_nogds(files):
 def load_torch_staged(files):
     """Staging lanes only (no page-cache DMA), to see what each path gives."""
     os.environ["FASTSAFETENSORS_MAPPING"] = "0"
-    return load_torch(files)
+    return _load_torch(files, "load_torch_staged")
 
 
 def load_torch_mapped(files):
     """Page-cache DMA only for cached files."""
     os.environ["FASTSAFETENSORS_MAPPING"] = "only"
-    return load_torch(files)
+    return _load_torch(files, "load_torch_mapped")

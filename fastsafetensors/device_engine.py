@@ -2,8 +2,9 @@
 engine's DeviceReader (pinned staging lanes + page-cache DMA lanes, or cuFile).
 
 Outputs are allocated by the framework (torch's caching allocator, CuPy's pool, one JAX array
-per tensor) or, without one, by the engine (DLPack capsules of ``cpp.DeviceBuffer``), so every
-tensor is zero-copy and keeps its memory alive. The reader synchronizes before returning.
+per load that every file's output views) or, without one, by the engine (DLPack capsules of
+``cpp.DeviceBuffer``), so every tensor is zero-copy and keeps its memory alive. The reader
+synchronizes before returning.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def gds_mode(nogds: bool) -> str:
 def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "cpp.Device",
                   raw: bool) -> Tuple[LoadPlan, List[Any]]:
     if framework is not None:
-        outs = [framework.device_bytes(n, device, dev) for n in plan.buffer_sizes]
+        outs = framework.device_outputs(plan.buffer_sizes, device, dev)
     else:
         outs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
     if framework is not None:

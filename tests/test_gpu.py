@@ -133,20 +133,33 @@ def test_gds_paths_or_clean_fallback(ckpt, ref, monkeypatch):
             assert t is None or _bytes(t) == _bytes(ref[name]), name
 
 
-def test_jax_every_dtype_bit_exact(ckpt, ref):
+def test_jax_every_dtype_bit_exact_from_one_allocation(ckpt, ref, monkeypatch):
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
-    out = fastsafetensors.load(ckpt, framework="jax", device="cuda:0")
-    from fastsafetensors.frameworks.jax import JAX_DTYPES
+    from fastsafetensors.dtypes import NATIVE
+    from fastsafetensors.frameworks import jax as jax_backend
 
+    allocs = []
+
+    def counting_zeros(nbytes, dev):
+        allocs.append(jax_backend.zeros_on(nbytes, dev))
+        return allocs[-1]
+
+    monkeypatch.setattr(jax_backend, "zeros_on", counting_zeros)
+    out = fastsafetensors.load(ckpt, framework="jax", device="cuda:0")
+    assert len(allocs) == 1  # all files' outputs view one JAX array
+    start = allocs[0].unsafe_buffer_pointer()
+    end = start + allocs[0].nbytes
     for p in ckpt:
         for info in read_headers([p])[0].infos:
-            if info.dtype not in JAX_DTYPES:
+            if info.dtype not in jax_backend.JAX_DTYPES:
                 continue
             a = out[info.name]
             assert "cuda" in str(a.devices()).lower() or "gpu" in str(a.devices()).lower()
             got = np.asarray(a).reshape(-1).view(np.uint8).tobytes() if a.size else b""
             assert got == _bytes(ref[info.name]), info.name
+            if info.dtype in NATIVE and a.size:  # zero-copy: the tensor lies in the one array
+                assert start <= a.unsafe_buffer_pointer() < end, info.name
 
 
 def test_cupy_bit_exact_and_raw_bytes(ckpt, ref):

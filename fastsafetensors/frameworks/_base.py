@@ -65,8 +65,14 @@ class Framework(ABC):
         memory, exported through DLPack and freed with the last tensor viewing it."""
         return cpp.DeviceBuffer.allocate(engine_device, nbytes)
 
+    def device_outputs(self, sizes: Sequence[int], device: Device, engine_device: "cpp.Device") -> List[Any]:
+        """The outputs of one load, one per planned buffer (``sizes[i]`` bytes each). By default
+        one device_bytes call per buffer; a framework whose allocations are costly (JAX compiles
+        each one) makes one allocation for all of them and hands out disjoint views."""
+        return [self.device_bytes(n, device, engine_device) for n in sizes]
+
     def device_ptr(self, out: Any) -> int:
-        """The device address of an output of device_bytes."""
+        """The device address of an output of device_outputs."""
         return out.data_ptr
 
     def device_ready(self, outs: List[Any]) -> None:

@@ -1,12 +1,13 @@
 """JAX backend: zero-copy import on the CPU (tensors are 64-byte aligned); fp8 bitcast after import.
 
-On a GPU each file's bytes land in one uint8 array JAX allocated itself (from its own memory
-pool); the engine fills it through ``unsafe_buffer_pointer()`` once the allocation is complete,
-synchronizes, and every tensor is a DLPack view of it that keeps it alive."""
+On a GPU a load's bytes land in one uint8 array JAX allocated itself (from its own memory pool),
+each file in its own 256-byte aligned part; the engine fills it through ``unsafe_buffer_pointer()``
+once the allocation is complete, synchronizes, and every tensor is a DLPack view of it that keeps
+it alive."""
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,9 @@ JAX_DTYPES = {
     "F16": jnp.float16, "BF16": jnp.bfloat16, "I32": jnp.int32, "U32": jnp.uint32, "F32": jnp.float32,
     "I64": jnp.int64, "U64": jnp.uint64, "F64": jnp.float64, "C64": jnp.complex64, **_BITCAST_TYPES,
 }
-_KDLCUDA = 2  # DLPack's device type of CUDA memory
+_KDLCPU, _KDLCUDA = 1, 2  # DLPack's device types of host and CUDA memory
+_PART_ALIGN = 256  # each file's part of a load's allocation starts on this boundary, as XLA's buffers do
+_MAX_GRANULE = 64 << 20  # size classes past 1 GiB step by this: waste well under a GB of GPU memory
 
 # Without jax_enable_x64, JAX narrows these to 32 bits on import: values would change silently.
 _NEEDS_X64 = frozenset({"I64", "U64", "F64"})
@@ -52,14 +55,12 @@ class JaxFramework(Framework):
             return jax.lax.bitcast_convert_type(raw_bytes, _BITCAST_TYPES[dtype])
         raise self.unsupported(dtype)
 
-    def device_bytes(self, nbytes: int, device: Device, engine_device: "cpp.Device") -> Any:
-        """One uint8 array per file from JAX's own allocator (JAX reserves most of the GPU, so memory
-        the engine allocated itself would compete with it); tensors are DLPack views into it. One
-        array per file keeps the allocations (each a small XLA computation) few."""
-        dev = jax.devices("gpu")[device.index or 0]
-        arr = jnp.zeros((max(nbytes, 1),), jnp.uint8, device=dev)
-        arr.block_until_ready()  # the zero fill must finish before our copies land
-        return cpp.ForeignBuffer(arr.unsafe_buffer_pointer(), nbytes, _KDLCUDA, dev.local_hardware_id, arr)
+    def device_outputs(self, sizes: Sequence[int], device: Device, engine_device: "cpp.Device") -> List[Any]:
+        """All of a load's outputs from one array of JAX's own allocator (JAX reserves most of the
+        GPU, so memory the engine allocated itself would compete with it): each allocation is an
+        XLA computation compiled per size, which cost a new process more than the read itself
+        when it was one per file."""
+        return carve_outputs(sizes, _jax_device(device), zeros_on)
 
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in JAX_DTYPES:
@@ -77,11 +78,53 @@ class JaxFramework(Framework):
     def to_device(self, tensor: Any, device: Device) -> Any:
         if device.is_cpu:
             return tensor
-        devices = jax.devices("gpu")
-        return jax.device_put(tensor, devices[device.index or 0])
+        return jax.device_put(tensor, _jax_device(device))
 
     def concat(self, tensors, dim: int) -> Any:
         return jnp.concatenate(list(tensors), axis=dim)
+
+
+def _jax_device(device: Device) -> "jax.Device":
+    # Loads reach device_outputs with a CUDA device; the CPU one only from tests that drive the
+    # GPU path on the engine's HostDevice.
+    return jax.devices("cpu" if device.is_cpu else "gpu")[device.index or 0]
+
+
+def zeros_on(nbytes: int, dev: "jax.Device") -> "jax.Array":
+    """A zeroed uint8 array of ``nbytes`` on ``dev`` (JAX compiles this once per size)."""
+    return jnp.zeros((nbytes,), jnp.uint8, device=dev)
+
+
+def size_class(nbytes: int) -> int:
+    """``nbytes`` rounded up so that loads of similar totals share one compiled allocation:
+    steps of 1/16 of the next power of two, at most 64 MiB and at least 256 bytes, so the
+    rounding wastes at most max(256 bytes, min(nbytes / 8, 64 MiB))."""
+    granule = min(_MAX_GRANULE, max(_PART_ALIGN, (1 << max(nbytes - 1, 0).bit_length()) >> 4))
+    return max(granule, -(-nbytes // granule) * granule)
+
+
+def part_offsets(sizes: Sequence[int]) -> Tuple[List[int], int]:
+    """Where each buffer starts in one allocation (256-byte aligned), and the bytes they span."""
+    offsets, end = [], 0
+    for n in sizes:
+        offsets.append(end)
+        end += -(-n // _PART_ALIGN) * _PART_ALIGN
+    return offsets, end
+
+
+def carve_outputs(sizes: Sequence[int], dev: "jax.Device",
+                  allocate: Callable[[int, "jax.Device"], "jax.Array"]) -> List["cpp.ForeignBuffer"]:
+    """One ``allocate`` call on ``dev`` for all ``sizes``; output i views ``sizes[i]`` bytes of it
+    at its own aligned offset, and each holds the array, so it lives as long as any tensor."""
+    if not sizes:
+        return []
+    offsets, total = part_offsets(sizes)
+    arr = allocate(size_class(total), dev)
+    arr.block_until_ready()  # the zero fill must finish before the engine's copies land
+    base = arr.unsafe_buffer_pointer()
+    kind = _KDLCPU if dev.platform == "cpu" else _KDLCUDA
+    return [cpp.ForeignBuffer(base + off, n, kind, dev.local_hardware_id or 0, arr)
+            for off, n in zip(offsets, sizes)]
 
 
 def make_framework() -> Framework:
