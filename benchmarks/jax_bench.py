@@ -4,7 +4,7 @@ Writes a Llama-shaped bf16 checkpoint (about 1.06 GB by default) with safetensor
 column- and row-sharded layouts over a 1x8 mesh times, in the same run:
 
 * ``safetensors.flax.load_file`` followed by ``jax.device_put`` to the same shardings (the peer),
-* ``fastsafetensors.jax.load`` with strategy ``per_device``, ``scatter`` and ``auto``,
+* ``fastsafetensors.jax.load`` with strategy ``per_device`` (what ``auto`` picks) and ``scatter``,
 
 and reports ratios against the peer (page cache warm: the file was just written). Then it starts
 N processes (jax.distributed on 127.0.0.1, 8/N devices each, one mesh over all 8) and reports the
@@ -89,24 +89,28 @@ def run_ours(path, mesh, rules, strategy):
     return time.perf_counter() - t0, m
 
 
-def best(fn, repeat):
-    """The fastest of `repeat` runs, with what that run returned besides its time."""
-    runs = [fn() for _ in range(repeat)]
-    runs = [r if isinstance(r, tuple) else (r, None) for r in runs]
-    return min(runs, key=lambda r: r[0])
-
-
 def single_process(path, size, repeat):
+    """Trials interleave the peer and each of our strategies, so that whatever the machine does in
+    between (page reclaim, another tenant) falls on all of them alike; the best trial of each counts."""
     mesh = Mesh(np.array(jax.devices()), ("model",))
-    print(f"checkpoint {size / 1e9:.3f} GB, {len(jax.devices())} CPU devices, warm page cache, best of {repeat}")
+    print(f"checkpoint {size / 1e9:.3f} GB, {len(jax.devices())} CPU devices, warm page cache, "
+          f"best of {repeat} interleaved trials")
     for layout, rules in LAYOUTS.items():
-        peer, _ = best(lambda: run_peer(path, mesh, rules), repeat)
-        print(f"  {layout:7s} safetensors.flax + device_put   {peer:7.3f} s  {size / peer / 1e9:6.2f} GB/s")
-        for strategy in ("per_device", "scatter", "auto"):
-            t, m = best(lambda: run_ours(path, mesh, rules, strategy), repeat)
-            phases = ", ".join(f"{k} {v:.3f}" for k, v in m.seconds.items())
-            print(f"  {layout:7s} fastsafetensors {strategy:10s}    {t:7.3f} s  {size / t / 1e9:6.2f} GB/s  "
-                  f"x{peer / t:5.2f} vs peer  (read {m.bytes_read / 1e9:.3f} GB; {phases})")
+        cases = {"safetensors.flax + device_put": lambda: (run_peer(path, mesh, rules), None),
+                 "fastsafetensors per_device (auto)": lambda: run_ours(path, mesh, rules, "per_device"),
+                 "fastsafetensors scatter": lambda: run_ours(path, mesh, rules, "scatter")}
+        trials = {name: [] for name in cases}
+        for _ in range(repeat):
+            for name, fn in cases.items():
+                trials[name].append(fn())
+        best = {name: min(runs, key=lambda r: r[0]) for name, runs in trials.items()}
+        peer = best["safetensors.flax + device_put"][0]
+        for name, (t, m) in best.items():
+            line = f"  {layout:7s} {name:34s} {t:7.3f} s  {size / t / 1e9:6.2f} GB/s  x{peer / t:5.2f} vs peer"
+            if m is not None:
+                phases = ", ".join(f"{k} {v:.3f}" for k, v in m.seconds.items())
+                line += f"  (read {m.bytes_read / 1e9:.3f} GB in {m.read_calls} reads; {phases})"
+            print(line)
 
 
 def worker(path, port, procs, pid, layout):

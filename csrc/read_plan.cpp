@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <numeric>
-#include <queue>
-#include <utility>
 #include <stdexcept>
 
 #include "fastsafetensors/detail/checked.hpp"
@@ -60,91 +58,117 @@ FilePlan plan_file(const Header& h, uint32_t file, uint32_t dst, const std::vect
   return plan;
 }
 
+namespace {
+
+// The runs of contiguous bytes of one box of a tensor, one at a time in file order: an odometer
+// over the dimensions before the innermost one the box cuts (everything after it is whole, so a
+// run spans (stop - start) of it times the full rows below).
+class BoxRuns {
+ public:
+  BoxRuns(const Header& h, uint32_t tensor, const Box& box, uint32_t file, uint32_t dst, uint64_t dst_offset)
+      : box_(box), idx_(box.start) {
+    if (tensor >= h.tensors.size()) throw std::invalid_argument("tensor index out of range");
+    const TensorInfo& t = h.tensors[tensor];
+    const size_t rank = t.shape.size();
+    if (box.start.size() != rank || box.stop.size() != rank) {
+      throw std::invalid_argument("box rank differs from the rank of tensor `" + t.name + "`");
+    }
+    uint64_t numel = 1;
+    for (size_t d = 0; d < rank; ++d) {
+      if (box.start[d] > box.stop[d] || box.stop[d] > t.shape[d]) {
+        throw std::invalid_argument("box outside tensor `" + t.name + "` along dimension " + std::to_string(d));
+      }
+      numel *= box.stop[d] - box.start[d];  // bounded by the validated tensor size
+    }
+    for (size_t d = rank; d-- > 0;) {
+      if (box.start[d] != 0 || box.stop[d] != t.shape[d]) {
+        cut_ = d;
+        break;
+      }
+    }
+    uint64_t inner = 1;  // elements per unit step of dimension `cut_`
+    for (size_t d = cut_ + 1; d < rank; ++d) inner *= t.shape[d];
+    bits_ = dtype_bits(t.dtype);
+    uint64_t run_elems = rank == 0 ? 1 : (box.stop[cut_] - box.start[cut_]) * inner;
+    if ((run_elems * bits_) % 8 != 0 || (rank > 0 && (box.start[cut_] * inner * bits_) % 8 != 0)) {
+      throw std::invalid_argument("box splits the packed bytes of tensor `" + t.name + "`");
+    }
+    stride_.assign(rank, 1);
+    for (size_t d = rank; d-- > 1;) stride_[d - 1] = stride_[d] * t.shape[d];
+    base_ = h.data_start + t.begin;
+    run_ = ReadRange{file, dst, 0, run_elems * bits_ / 8, dst_offset};
+    done_ = numel == 0;
+    if (!done_) run_.file_offset = offset_here();
+  }
+
+  bool done() const noexcept { return done_; }
+  const ReadRange& run() const noexcept { return run_; }
+
+  void next() {
+    run_.dst_offset += run_.length;
+    size_t d = cut_;
+    while (d-- > 0) {
+      if (++idx_[d] < box_.stop[d]) break;
+      idx_[d] = box_.start[d];
+    }
+    done_ = d == static_cast<size_t>(-1);
+    if (!done_) run_.file_offset = offset_here();
+  }
+
+ private:
+  uint64_t offset_here() const noexcept {
+    uint64_t elem = 0;
+    for (size_t d = 0; d < idx_.size(); ++d) elem += idx_[d] * stride_[d];
+    return base_ + elem * bits_ / 8;
+  }
+
+  const Box& box_;
+  std::vector<uint64_t> idx_;
+  std::vector<uint64_t> stride_;
+  size_t cut_ = 0;
+  unsigned bits_ = 8;
+  uint64_t base_ = 0;
+  ReadRange run_;
+  bool done_ = true;
+};
+
+// Appends a run, joined with the last one when it continues it in the file and in memory.
+void append(std::vector<ReadRange>& out, const ReadRange& r) {
+  if (!out.empty()) {
+    ReadRange& last = out.back();
+    if (last.file == r.file && last.dst == r.dst && last.file_offset + last.length == r.file_offset &&
+        last.dst_offset + last.length == r.dst_offset) {
+      last.length += r.length;
+      return;
+    }
+  }
+  out.push_back(r);
+}
+
+}  // namespace
+
 std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file,
                                 uint32_t dst, uint64_t dst_offset) {
-  if (tensor >= h.tensors.size()) throw std::invalid_argument("tensor index out of range");
-  const TensorInfo& t = h.tensors[tensor];
-  const size_t rank = t.shape.size();
-  if (box.start.size() != rank || box.stop.size() != rank) {
-    throw std::invalid_argument("box rank differs from the rank of tensor `" + t.name + "`");
-  }
-  uint64_t numel = 1;
-  for (size_t d = 0; d < rank; ++d) {
-    if (box.start[d] > box.stop[d] || box.stop[d] > t.shape[d]) {
-      throw std::invalid_argument("box outside tensor `" + t.name + "` along dimension " + std::to_string(d));
-    }
-    numel *= box.stop[d] - box.start[d];  // bounded by the validated tensor size
-  }
   std::vector<ReadRange> out;
-  if (numel == 0) return out;
-  // Innermost dimension the box cuts: everything after it is whole, so each run spans
-  // (stop - start) of it times the full rows below.
-  size_t cut = 0;
-  for (size_t d = rank; d-- > 0;) {
-    if (box.start[d] != 0 || box.stop[d] != t.shape[d]) {
-      cut = d;
-      break;
-    }
-  }
-  uint64_t inner = 1;  // elements per unit step of dimension `cut`
-  for (size_t d = cut + 1; d < rank; ++d) inner *= t.shape[d];
-  const unsigned bits = dtype_bits(t.dtype);
-  uint64_t run_elems = rank == 0 ? 1 : (box.stop[cut] - box.start[cut]) * inner;
-  if ((run_elems * bits) % 8 != 0 || (rank > 0 && (box.start[cut] * inner * bits) % 8 != 0)) {
-    throw std::invalid_argument("box splits the packed bytes of tensor `" + t.name + "`");
-  }
-  const uint64_t run_bytes = run_elems * bits / 8;
-  // Row-major strides in elements, and an odometer over the dimensions before `cut`.
-  std::vector<uint64_t> stride(rank, 1);
-  for (size_t d = rank; d-- > 1;) stride[d - 1] = stride[d] * t.shape[d];
-  std::vector<uint64_t> idx(box.start.begin(), box.start.end());
-  const uint64_t base = h.data_start + t.begin;
-  uint64_t at = dst_offset;
-  while (true) {
-    uint64_t elem = 0;
-    for (size_t d = 0; d < rank; ++d) elem += idx[d] * stride[d];
-    uint64_t file_offset = base + elem * bits / 8;
-    if (!out.empty() && out.back().file_offset + out.back().length == file_offset) {
-      out.back().length += run_bytes;  // neighbouring runs touch: one range
-    } else {
-      out.push_back(ReadRange{file, dst, file_offset, run_bytes, at});
-    }
-    at += run_bytes;
-    size_t d = cut;
-    while (d-- > 0) {
-      if (++idx[d] < box.stop[d]) break;
-      idx[d] = box.start[d];
-    }
-    if (d == static_cast<size_t>(-1)) break;
-  }
+  for (BoxRuns runs(h, tensor, box, file, dst, dst_offset); !runs.done(); runs.next()) append(out, runs.run());
   return out;
 }
 
-std::vector<ReadRange> plan_boxes(const Header& h, uint32_t tensor, const std::vector<BoxTarget>& boxes,
-                                  uint32_t file) {
-  std::vector<std::vector<ReadRange>> lists;
-  lists.reserve(boxes.size());
-  size_t total = 0;
-  for (const BoxTarget& b : boxes) {
-    lists.push_back(plan_box(h, tensor, b.box, file, b.dst, b.dst_offset));
-    total += lists.back().size();
+void plan_boxes(const Header& h, uint32_t tensor, const std::vector<BoxTarget>& boxes, uint32_t file,
+                std::vector<ReadRange>& out) {
+  std::vector<BoxRuns> runs;
+  runs.reserve(boxes.size());
+  for (const BoxTarget& b : boxes) runs.emplace_back(h, tensor, b.box, file, b.dst, b.dst_offset);
+  // A host has a handful of devices, so the next run is found by looking at every box's.
+  while (true) {
+    BoxRuns* first = nullptr;
+    for (BoxRuns& r : runs) {
+      if (!r.done() && (first == nullptr || r.run().file_offset < first->run().file_offset)) first = &r;
+    }
+    if (first == nullptr) return;
+    append(out, first->run());
+    first->next();
   }
-  // Each list is in file order: merge them, smallest next offset first.
-  using Head = std::pair<uint64_t, size_t>;  // (file offset, list)
-  std::priority_queue<Head, std::vector<Head>, std::greater<Head>> heads;
-  std::vector<size_t> next(lists.size(), 0);
-  for (size_t i = 0; i < lists.size(); ++i) {
-    if (!lists[i].empty()) heads.emplace(lists[i][0].file_offset, i);
-  }
-  std::vector<ReadRange> out;
-  out.reserve(total);
-  while (!heads.empty()) {
-    size_t i = heads.top().second;
-    heads.pop();
-    out.push_back(lists[i][next[i]]);
-    if (++next[i] < lists[i].size()) heads.emplace(lists[i][next[i]].file_offset, i);
-  }
-  return out;
 }
 
 }  // namespace fst

@@ -170,7 +170,7 @@ def test_column_shards_are_few_vectored_reads(ckpt):
     sp = plan_shards(files, placement.targets(files, placement.Placer(None, mesh, rules), names, None))
     # Columns: 8 shards x 64 rows of 16-byte runs, listed in file order; rows: one run per shard.
     offsets = [r.file_offset for r in sp.plan.ranges]
-    assert len(offsets) == 8 * 64 + 8
+    assert 8 * 64 < len(offsets) <= 8 * 64 + 8  # row shards in neighbouring slots may join
     assert offsets[:8 * 64] == sorted(offsets[:8 * 64])
     m = fj.JaxLoadMetrics()
     out = fj.load(d, mesh=mesh, rules=rules, names=names, metrics=m)

@@ -50,7 +50,8 @@ def _index(f, name: str) -> int:
 def _plan(path, cols, ways=8, rows=256):
     f = read_headers([path])[0]
     targets, size = _column_targets(cols, ways, rows)
-    ranges = cpp.plan_boxes(f.header, _index(f, "w"), 0, targets)
+    ranges = cpp.RangeList()
+    cpp.plan_boxes(f.header, _index(f, "w"), 0, targets, ranges)
     return f, targets, ranges, size
 
 

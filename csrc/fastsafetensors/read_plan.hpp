@@ -52,10 +52,10 @@ struct BoxTarget {
   uint64_t dst_offset = 0;
 };
 
-// Plans several boxes of one tensor as one list in file order. The runs of column shards
-// interleave in the file (row r of every shard, then row r + 1), so listed this way neighbouring
-// runs can share one vectored read although each goes to another shard.
-std::vector<ReadRange> plan_boxes(const Header& h, uint32_t tensor, const std::vector<BoxTarget>& boxes,
-                                  uint32_t file);
+// Plans several boxes of one tensor as one list in file order, appended to `out`. The runs of
+// column shards interleave in the file (row r of every shard, then row r + 1), so listed this way
+// neighbouring runs can share one vectored read although each goes to another shard.
+void plan_boxes(const Header& h, uint32_t tensor, const std::vector<BoxTarget>& boxes, uint32_t file,
+                std::vector<ReadRange>& out);
 
 }  // namespace fst

@@ -169,18 +169,20 @@ PYBIND11_MODULE(cpp, m) {
   m.def(
       "plan_boxes",
       [](const Header& h, uint32_t tensor, uint32_t file,
-         const std::vector<std::tuple<std::vector<uint64_t>, std::vector<uint64_t>, uint32_t, uint64_t>>& targets) {
+         const std::vector<std::tuple<std::vector<uint64_t>, std::vector<uint64_t>, uint32_t, uint64_t>>& targets,
+         std::vector<ReadRange>& out) {
         std::vector<BoxTarget> boxes;
         boxes.reserve(targets.size());
         for (const auto& [start, stop, dst, dst_offset] : targets) boxes.push_back({Box{start, stop}, dst, dst_offset});
         try {
-          return plan_boxes(h, tensor, boxes, file);
+          plan_boxes(h, tensor, boxes, file, out);
         } catch (const std::invalid_argument& e) {
           throw py::value_error(e.what());
         }
       },
-      py::arg("header"), py::arg("tensor"), py::arg("file"), py::arg("targets"),
-      "Ranges reading several boxes (start, stop, dst, dst_offset) of one tensor, as one list in file order.");
+      py::arg("header"), py::arg("tensor"), py::arg("file"), py::arg("targets"), py::arg("out"),
+      "Append the ranges reading several boxes (start, stop, dst, dst_offset) of one tensor to `out`, "
+      "in file order.");
   // Shard plans hold a range per strided run (millions for column shards): sum them here, not in Python.
   m.def(
       "bytes_per_file",

@@ -63,7 +63,7 @@ def plan_shards(files: List[SafeTensorsFile], targets: List[Target]) -> ShardPla
             mine.append(Slot(t, box, devices, t.file, sizes[t.file]))
             sizes[t.file] = _align(mine[-1].offset + box_bytes(box, t.info.dtype))
         boxes = [([a for a, _ in s.box], [b for _, b in s.box], s.buffer, s.offset) for s in mine]
-        ranges.extend(cpp.plan_boxes(files[t.file].header, t.index, t.file, boxes))
+        cpp.plan_boxes(files[t.file].header, t.index, t.file, boxes, ranges)
         slots.extend(mine)
     return ShardPlan(LoadPlan(files, ranges, sizes, {}), slots)
 
