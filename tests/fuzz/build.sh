@@ -8,6 +8,6 @@ mkdir -p build/fuzz
 "$CXX" -std=c++17 -O1 -g -fno-omit-frame-pointer \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -Icsrc tests/fuzz/fuzz_header.cpp \
-  csrc/header.cpp csrc/json_cursor.cpp csrc/dtype.cpp csrc/read_plan.cpp csrc/file.cpp csrc/io_hooks.cpp \
+  csrc/header.cpp csrc/json_cursor.cpp csrc/dtype.cpp csrc/read_plan.cpp csrc/read_groups.cpp csrc/file.cpp csrc/io_hooks.cpp \
   -o build/fuzz/fuzz_header
 echo "built build/fuzz/fuzz_header"
