@@ -1,8 +1,9 @@
 """Getting the host bytes onto the devices, and converting dtypes there.
 
-* ``per_device``: the shards of :mod:`.shard_plan` are handed to their devices with
-  ``jax.device_put`` (zero-copy on the CPU) and each global array is assembled with
-  ``jax.make_array_from_single_device_arrays``.
+* ``per_device``: shards bound for GPUs that are one run in the file are read straight into GPU
+  memory (:mod:`.gpu_reads`); the others, the shards of :mod:`.shard_plan`, are read into host
+  memory and handed to their devices with ``jax.device_put`` (zero-copy on the CPU). Each global
+  array is assembled with ``jax.make_array_from_single_device_arrays``.
 * ``scatter``: each tensor is read whole once, put on the default device, and a jitted identity
   with ``out_shardings`` distributes it (one program per sharding and shape, cached by jit).
 """
@@ -16,7 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Sharding
 
-from fastsafetensors._jax.placement import Target
+from fastsafetensors._jax import gpu_reads
+from fastsafetensors._jax.placement import Target, shard_boxes
 from fastsafetensors._jax.shard_plan import box_bytes, box_shape, host_view, plan_shards
 from fastsafetensors.engine import read_into_host
 from fastsafetensors.plan import plan_load
@@ -37,6 +39,18 @@ def split(strategy: str, targets: List[Target]) -> Tuple[List[Target], List[Targ
 
 
 def load_per_device(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
+    """Shards that are one run each, bound for GPUs, go straight to GPU memory (gpu_reads); the
+    rest are read into host memory and handed to their devices."""
+    boxes_of = {t.name: shard_boxes(t, files[t.file]) for t in targets}
+    direct = [t for t in targets if gpu_reads.takes(t, boxes_of[t.name])]
+    out = gpu_reads.load_on_gpus(files, direct, boxes_of, metrics, read_options["threads"]) if direct else {}
+    rest = [t for t in targets if t.name not in out]
+    if rest:
+        out.update(_load_through_host(files, rest, metrics, read_options))
+    return out
+
+
+def _load_through_host(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
     with metrics.phase("plan"):
         sp = plan_shards(files, targets)
     buffers = read_into_host(sp.plan, metrics=metrics, **read_options)

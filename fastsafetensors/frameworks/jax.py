@@ -85,9 +85,16 @@ class JaxFramework(Framework):
 
 
 def _jax_device(device: Device) -> "jax.Device":
-    # Loads reach device_outputs with a CUDA device; the CPU one only from tests that drive the
-    # GPU path on the engine's HostDevice.
-    return jax.devices("cpu" if device.is_cpu else "gpu")[device.index or 0]
+    """The local JAX device of an engine device: a GPU by its CUDA ordinal (``local_hardware_id``;
+    ``jax.devices()`` would also list other processes' GPUs). The CPU one only comes from tests
+    that drive the GPU path on the engine's HostDevice."""
+    if device.is_cpu:
+        return jax.devices("cpu")[device.index or 0]
+    ordinal = device.index or 0
+    for d in jax.local_devices(backend="gpu"):
+        if d.local_hardware_id == ordinal:
+            return d
+    raise ValueError(f"JAX has no local GPU with CUDA ordinal {ordinal}")
 
 
 def zeros_on(nbytes: int, dev: "jax.Device") -> "jax.Array":

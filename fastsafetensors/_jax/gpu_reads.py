@@ -1,0 +1,89 @@
+"""Shards for GPUs read straight into GPU memory that JAX allocated.
+
+Each GPU gets one plan of its shards, read by the device engine (pinned staging lanes overlapped
+with the copies, or cuFile) into one JAX allocation for all of them; every shard is a zero-copy
+DLPack view of it, and the global array is assembled from the views. Taken by shards that are one
+contiguous run in the file (whole tensors, slices along the leading axes, replicas); column
+shards, each a run per row, still go through host memory (``per_device`` host path).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import jax
+
+from fastsafetensors import cpp
+from fastsafetensors._jax.placement import WIDE, BoxKey, Target
+from fastsafetensors._jax.shard_plan import box_bytes, box_shape
+from fastsafetensors.device_engine import gds_mode, read_into_device
+from fastsafetensors.frameworks import get_framework
+from fastsafetensors.plan import LoadPlan
+from fastsafetensors.st_types import Device, DeviceType
+
+# Platforms whose devices the engine writes to directly (tests add "cpu" with a HostDevice).
+PLATFORMS = frozenset({"gpu"})
+_ALIGN = cpp.TENSOR_ALIGNMENT
+
+
+def engine_for(device: "jax.Device") -> Tuple[Device, Optional["cpp.Device"]]:
+    """The engine's device for a JAX device: its CUDA ordinal (None: the CUDA engine device)."""
+    return Device(DeviceType.CUDA, device.local_hardware_id), None
+
+
+def _contiguous(box: BoxKey, shape: Tuple[int, ...]) -> bool:
+    """One run in the file: no dimension cut short inside a dimension that spans more than one."""
+    cut_inside = False
+    for (a, b), n in reversed(list(zip(box, shape))):
+        if cut_inside and b - a > 1:
+            return False
+        cut_inside = cut_inside or (a, b) != (0, n)
+    return True
+
+
+def takes(t: Target, boxes: Dict[BoxKey, List["jax.Device"]]) -> bool:
+    """Whether `t` is read straight into its GPUs' memory."""
+    devices = [d for ds in boxes.values() for d in ds]
+    if not devices or any(d.platform not in PLATFORMS for d in devices):
+        return False
+    if t.info.dtype in WIDE and not jax.config.jax_enable_x64:
+        return False  # narrowed on the host instead (placement checked a 32-bit target was asked)
+    return all(_contiguous(box, t.shape) for box in boxes)
+
+
+def _plans(files, targets: List[Target], boxes_of) -> Dict["jax.Device", Tuple[LoadPlan, list]]:
+    """Per device: a plan reading all its shards into one buffer, and (target, box, offset) each."""
+    ranges: Dict["jax.Device", "cpp.RangeList"] = {}
+    slots: Dict["jax.Device", list] = {}
+    sizes: Dict["jax.Device", int] = {}
+    for t in targets:
+        for box, devices in boxes_of[t.name].items():
+            start, stop = [a for a, _ in box], [b for _, b in box]
+            for d in devices:
+                at = sizes.get(d, 0)
+                cpp.plan_boxes(files[t.file].header, t.index, t.file, [(start, stop, 0, at)],
+                               ranges.setdefault(d, cpp.RangeList()))
+                slots.setdefault(d, []).append((t, box, at))
+                sizes[d] = -(-(at + box_bytes(box, t.info.dtype)) // _ALIGN) * _ALIGN
+    return {d: (LoadPlan(files, ranges[d], [sizes[d]], {}), slots[d]) for d in slots}
+
+
+def load_on_gpus(files, targets: List[Target], boxes_of, metrics, threads: Optional[int]) -> Dict[str, jax.Array]:
+    fw = get_framework("jax")
+    with metrics.phase("plan"):
+        plans = _plans(files, targets, boxes_of)
+    gds = gds_mode(nogds=True)
+    shards: Dict[str, List[jax.Array]] = {}
+    for d, (plan, slots) in plans.items():
+        device, engine_device = engine_for(d)
+        _, (out,) = read_into_device(plan, fw, device, threads=threads, gds=gds, metrics=metrics,
+                                     engine_device=engine_device)
+        with metrics.phase("transfer"):
+            for t, box, at in slots:
+                view = fw.from_buffer(out, at, t.info.dtype, box_shape(box))
+                shards.setdefault(t.name, []).append(jax.device_put(view, d))  # already there: no copy
+                metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + box_bytes(
+                    box, t.info.dtype)
+    with metrics.phase("assemble"):
+        return {t.name: jax.make_array_from_single_device_arrays(t.shape, t.sharding, shards[t.name])
+                for t in targets}
