@@ -50,7 +50,7 @@ if [ "$MODE" = smoke ]; then
   CASES=${CASES:-$EXT:load_torch,it_buffered}
 else
   GB=${GB:-8}; BUDGET=${BUDGET:-300}
-  CASES=${CASES:-$EXT:load_torch,$EXT:load_jax,it_buffered,ref_h2d_pinned,fst_nogds,st_load_file,flax,$EXT:load_torch_gds}
+  CASES=${CASES:-$EXT:load_torch,$EXT:load_jax,$EXT:load_sharded_jax,it_buffered,ref_h2d_pinned,fst_nogds,st_load_file,flax,$EXT:load_torch_gds}
 fi
 log "harness: ${GB} GB, budget ${BUDGET}s, cases $CASES"
 export RESULTS=$OUT GB BUDGET CASES WHEELS=$ROOT/.whl CKPT=${CKPT:-/tmp/ckpt-$GB}

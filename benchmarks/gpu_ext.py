@@ -72,6 +72,18 @@ def load_jax(files):
     return out
 
 
+def load_sharded_jax(files):
+    """fastsafetensors.jax.load (the JAX-first API) to one GPU: every tensor whole, read through
+    the device engine into one JAX allocation (docs/jax.md, GPUs)."""
+    import fastsafetensors.jax as fj
+
+    dev = jax.devices("gpu")[0]
+    before = dev.memory_stats()["bytes_in_use"]
+    out = fj.load(files, dev)
+    _record_memory("load_sharded_jax", before, dev.memory_stats()["peak_bytes_in_use"], out)
+    return out
+
+
 def _load_03(files, nogds: bool, **kw):
     loader = fastsafetensors.SafeTensorsFileLoader(fastsafetensors.SingleGroup(), "cuda:0", nogds=nogds, **kw)
     loader.add_filenames({0: list(files)})
