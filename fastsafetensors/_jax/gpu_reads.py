@@ -15,7 +15,7 @@ import jax
 
 from fastsafetensors import cpp
 from fastsafetensors._jax.placement import WIDE, BoxKey, Target
-from fastsafetensors._jax.shard_plan import box_bytes, box_shape
+from fastsafetensors._jax.shard_plan import aligned, box_bytes, box_shape
 from fastsafetensors.device_engine import gds_mode, read_into_device
 from fastsafetensors.frameworks import get_framework
 from fastsafetensors.plan import LoadPlan
@@ -23,7 +23,6 @@ from fastsafetensors.st_types import Device, DeviceType
 
 # Platforms whose devices the engine writes to directly (tests add "cpu" with a HostDevice).
 PLATFORMS = frozenset({"gpu"})
-_ALIGN = cpp.TENSOR_ALIGNMENT
 
 
 def engine_for(device: "jax.Device") -> Tuple[Device, Optional["cpp.Device"]]:
@@ -64,7 +63,7 @@ def _plans(files, targets: List[Target], boxes_of) -> Dict["jax.Device", Tuple[L
                 cpp.plan_boxes(files[t.file].header, t.index, t.file, [(start, stop, 0, at)],
                                ranges.setdefault(d, cpp.RangeList()))
                 slots.setdefault(d, []).append((t, box, at))
-                sizes[d] = -(-(at + box_bytes(box, t.info.dtype)) // _ALIGN) * _ALIGN
+                sizes[d] = aligned(at + box_bytes(box, t.info.dtype))
     return {d: (LoadPlan(files, ranges[d], [sizes[d]], {}), slots[d]) for d in slots}
 
 

@@ -32,7 +32,8 @@ def box_bytes(box: BoxKey, dtype: str) -> int:
     return int(np.prod(box_shape(box), dtype=np.int64)) * BITS[dtype] // 8
 
 
-def _align(n: int) -> int:
+def aligned(n: int) -> int:
+    """`n` rounded up to the tensor alignment (where the next shard in a buffer starts)."""
     return -(-n // _ALIGN) * _ALIGN
 
 
@@ -61,7 +62,7 @@ def plan_shards(files: List[SafeTensorsFile], targets: List[Target]) -> ShardPla
         mine = []
         for box, devices in shard_boxes(t, files[t.file]).items():
             mine.append(Slot(t, box, devices, t.file, sizes[t.file]))
-            sizes[t.file] = _align(mine[-1].offset + box_bytes(box, t.info.dtype))
+            sizes[t.file] = aligned(mine[-1].offset + box_bytes(box, t.info.dtype))
         boxes = [([a for a, _ in s.box], [b for _, b in s.box], s.buffer, s.offset) for s in mine]
         cpp.plan_boxes(files[t.file].header, t.index, t.file, boxes, ranges)
         slots.extend(mine)
