@@ -47,8 +47,7 @@ def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metri
     stats = get_reader(threads).read(sources, ranges, [buffer], chunk_bytes, False) if len(ranges) else None
     if metrics is not None and stats is not None:
         metrics.bytes_read += stats["bytes"]
-        metrics.gap_bytes += stats["gap_bytes"]
-        metrics.read_calls += stats["reads"]
+        metrics.count_host_reads(stats)
         for r in ranges:
             path = sources[r.file].path
             metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length

@@ -104,8 +104,7 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
             batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
             for batch in batches:
                 stats = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
-                metrics.gap_bytes += stats["gap_bytes"]
-                metrics.read_calls += stats["reads"]
+                metrics.count_host_reads(stats)
                 if bar is not None:
                     bar.update(stats["bytes"])
     except BaseException:

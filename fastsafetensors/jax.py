@@ -103,8 +103,8 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         files = open_checkpoint(paths)
     placer = placement.Placer(sharding, mesh, rules)
     targets = placement.targets(files, placer, names, dtype)
-    for t in targets:  # every shape checked against its sharding before any byte is read
-        placement.shard_boxes(t, files[t.file])
+    # Every shape checked against its sharding before any byte is read; the boxes are the plan's.
+    boxes_of = {t.name: placement.shard_boxes(t, files[t.file]) for t in targets}
     per_device, scatter = strategies.split(strategy, targets)
     metrics.strategy = strategy
     metrics.tensors_per_strategy = {"per_device": len(per_device), "scatter": len(scatter)}
@@ -112,7 +112,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
                     "direct_io": _direct_io_default() if direct_io is None else direct_io}
     out: Dict[str, jax.Array] = {}
     if per_device:
-        out.update(strategies.load_per_device(files, per_device, metrics, read_options))
+        out.update(strategies.load_per_device(files, per_device, boxes_of, metrics, read_options))
     if scatter:
         out.update(strategies.load_scatter(files, scatter, metrics, read_options))
     metrics.files = len(metrics.bytes_per_file)  # each read call counted its files again

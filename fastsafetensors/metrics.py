@@ -35,6 +35,11 @@ class LoadMetrics:
         t = self.total_seconds
         return self.bytes_read / t / 1e9 if t > 0 else 0.0
 
+    def count_host_reads(self, stats: Dict[str, int]) -> None:
+        """Adds what one ``HostReader.read`` reports beyond the bytes (callers count those)."""
+        self.gap_bytes += stats["gap_bytes"]
+        self.read_calls += stats["reads"]
+
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()

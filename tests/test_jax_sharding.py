@@ -167,7 +167,8 @@ def test_column_shards_are_few_vectored_reads(ckpt):
     mesh = jax.make_mesh((1, 8), ("a", "b"))
     rules = [(r"embed", P(None, "b")), (r"lm_head", P("b"))]
     names = ["model.embed.weight", "lm_head.weight"]
-    sp = plan_shards(files, placement.targets(files, placement.Placer(None, mesh, rules), names, None))
+    targets = placement.targets(files, placement.Placer(None, mesh, rules), names, None)
+    sp = plan_shards(files, targets, {t.name: placement.shard_boxes(t, files[t.file]) for t in targets})
     # Columns: 8 shards x 64 rows of 16-byte runs, listed in file order; rows: one run per shard.
     offsets = [r.file_offset for r in sp.plan.ranges]
     assert 8 * 64 < len(offsets) <= 8 * 64 + 8  # row shards in neighbouring slots may join

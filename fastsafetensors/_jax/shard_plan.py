@@ -9,13 +9,13 @@ tensor's shards in file order, so the engine reads neighbouring runs bound for d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import jax
 import numpy as np
 
 from fastsafetensors import cpp
-from fastsafetensors._jax.placement import WIDE, BoxKey, Target, shard_boxes
+from fastsafetensors._jax.placement import WIDE, BoxKey, Target
 from fastsafetensors.dtypes import BITS
 from fastsafetensors.files import SafeTensorsFile
 from fastsafetensors.frameworks import get_framework
@@ -54,13 +54,15 @@ class ShardPlan:
     slots: List[Slot]
 
 
-def plan_shards(files: List[SafeTensorsFile], targets: List[Target]) -> ShardPlan:
+def plan_shards(files: List[SafeTensorsFile], targets: List[Target],
+                boxes_of: Dict[str, Dict[BoxKey, List["jax.Device"]]]) -> ShardPlan:
+    """``boxes_of``: each target's ``placement.shard_boxes``."""
     ranges = cpp.RangeList()
     sizes: List[int] = [0] * len(files)  # buffer i holds the shards of file i
     slots: List[Slot] = []
     for t in targets:
         mine = []
-        for box, devices in shard_boxes(t, files[t.file]).items():
+        for box, devices in boxes_of[t.name].items():
             mine.append(Slot(t, box, devices, t.file, sizes[t.file]))
             sizes[t.file] = aligned(mine[-1].offset + box_bytes(box, t.info.dtype))
         boxes = [([a for a, _ in s.box], [b for _, b in s.box], s.buffer, s.offset) for s in mine]

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Sharding
 
 from fastsafetensors._jax import gpu_reads
-from fastsafetensors._jax.placement import Target, shard_boxes
+from fastsafetensors._jax.placement import Target
 from fastsafetensors._jax.shard_plan import box_bytes, box_shape, host_view, plan_shards
 from fastsafetensors.engine import read_into_host
 from fastsafetensors.plan import plan_load
@@ -38,21 +38,21 @@ def split(strategy: str, targets: List[Target]) -> Tuple[List[Target], List[Targ
 # ---------------------------------------------------------------- per-device strategy
 
 
-def load_per_device(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
+def load_per_device(files, targets, boxes_of, metrics, read_options) -> Dict[str, jax.Array]:
     """Shards that are one run each, bound for GPUs, go straight to GPU memory (gpu_reads); the
-    rest are read into host memory and handed to their devices."""
-    boxes_of = {t.name: shard_boxes(t, files[t.file]) for t in targets}
+    rest are read into host memory and handed to their devices. ``boxes_of`` maps each name to
+    its ``placement.shard_boxes``."""
     direct = [t for t in targets if gpu_reads.takes(t, boxes_of[t.name])]
     out = gpu_reads.load_on_gpus(files, direct, boxes_of, metrics, read_options["threads"]) if direct else {}
     rest = [t for t in targets if t.name not in out]
     if rest:
-        out.update(_load_through_host(files, rest, metrics, read_options))
+        out.update(_load_through_host(files, rest, boxes_of, metrics, read_options))
     return out
 
 
-def _load_through_host(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
+def _load_through_host(files, targets, boxes_of, metrics, read_options) -> Dict[str, jax.Array]:
     with metrics.phase("plan"):
-        sp = plan_shards(files, targets)
+        sp = plan_shards(files, targets, boxes_of)
     buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
     with metrics.phase("transfer"):
         views, devices, owners = [], [], []
