@@ -8,6 +8,7 @@
 #include <new>
 
 #include "fastsafetensors/detail/checked.hpp"
+#include "fastsafetensors/host_cache.hpp"
 
 namespace fst {
 namespace {
@@ -46,7 +47,9 @@ std::shared_ptr<HostBuffer> HostBuffer::allocate(size_t size, bool huge_pages) {
     // Over-map by one huge page so the start can be moved to a 2 MiB boundary.
     size_t rounded = rounded_or_throw(want, kHugePage);
     size_t map_size = rounded_or_throw(want, kHugePage, kHugePage);
-    void* map = ::mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* map = host_cache_take(map_size, huge_pages).base;
+    buf->reused_ = map != nullptr;
+    if (map == nullptr) map = ::mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map == MAP_FAILED) throw std::bad_alloc();
     auto base = reinterpret_cast<uintptr_t>(map);
     auto aligned = detail::align_up(base, kHugePage);
@@ -66,7 +69,7 @@ std::shared_ptr<HostBuffer> HostBuffer::allocate(size_t size, bool huge_pages) {
 
 HostBuffer::~HostBuffer() {
   if (map_ != nullptr) {
-    ::munmap(map_, map_size_);
+    host_cache_give(Mapping{map_, map_size_, huge_});
   } else {
     std::free(data_);
   }

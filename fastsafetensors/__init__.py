@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import cpp, errors
+from . import cpp, errors, host_cache
 from .api import load
 from .common import SafeTensorsMetadata, SingleGroup, TensorFrame
 from .errors import *  # noqa: F401,F403
@@ -38,6 +38,7 @@ __all__ = [
     "DeviceType",
     "DType",
     "errors",
+    "host_cache",
     "cpp",
 ]
 

@@ -98,6 +98,7 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
             with metrics.phase("allocate"):
                 for size, label in zip(plan.buffer_sizes, _buffer_labels(plan)):
                     buffers.append(_allocate(size, label))
+                    metrics.reused_bytes += size if buffers[-1].reused else 0
         sources = plan.sources()
         bar = _progress_bar(plan.total_bytes, progress)
         with metrics.phase("read"):
@@ -122,5 +123,6 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
     for i, n in per_file.items():
         path = plan.files[i].path
         metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + n
-    logger.debug("read %d bytes from %d file(s) with %d threads", total, len(plan.files), reader.threads)
+    logger.debug("read %d bytes from %d file(s) with %d threads (%d bytes into reused memory)", total,
+                 len(plan.files), reader.threads, metrics.reused_bytes)
     return buffers

@@ -24,6 +24,8 @@ class LoadMetrics:
     # then dropped (never part of bytes_read).
     gap_bytes: int = 0
     read_calls: int = 0  # host loads: vectored reads issued (one reaches many destinations)
+    # Host buffer bytes whose memory the host cache served (already faulted in: no page faults).
+    reused_bytes: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @property

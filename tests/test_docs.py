@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("jax")
+from fastsafetensors import host_cache  # noqa: E402
 from fastsafetensors._synthetic import save_with_safetensors, write_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,5 +25,9 @@ def test_examples_run(doc, tmp_path, monkeypatch):
     assert blocks, f"{doc} has no Python examples"
     write_checkpoint(str(tmp_path / "model"), 3_000_000, 3, save=save_with_safetensors)
     monkeypatch.chdir(tmp_path)
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"{doc} example {i + 1}", "exec"), {"__name__": f"example_{i}"})
+    bounds = host_cache.stats()  # an example sets the host cache's bounds for the whole process
+    try:
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"{doc} example {i + 1}", "exec"), {"__name__": f"example_{i}"})
+    finally:
+        host_cache.configure(bounds["limit"], bounds["hold_seconds"])

@@ -27,7 +27,7 @@ class Buffer {
 bool huge_pages_by_default() noexcept;
 
 // Host memory owned by the engine, 64-byte aligned; large buffers are mmap'd on a 2 MiB boundary
-// so that huge pages can back them.
+// so that huge pages can back them, and their mappings go to the host cache when freed.
 class HostBuffer final : public Buffer {
  public:
   static std::shared_ptr<HostBuffer> allocate(size_t size, bool huge_pages = huge_pages_by_default());
@@ -39,6 +39,9 @@ class HostBuffer final : public Buffer {
   size_t size() const noexcept override { return size_; }
   DLDevice device() const noexcept override { return {kDLCPU, 0}; }
   bool huge_pages() const noexcept { return huge_; }
+  // Whether the memory came from the host cache (host_cache.hpp): its pages are most likely
+  // faulted in already.
+  bool reused() const noexcept { return reused_; }
   // Bytes of host buffers alive in this process (tests check that they come back).
   static size_t live_bytes() noexcept;
 
@@ -54,6 +57,7 @@ class HostBuffer final : public Buffer {
   void* map_ = nullptr;  // the mapping behind data_, or null for small heap allocations
   size_t map_size_ = 0;
   bool huge_ = false;
+  bool reused_ = false;
 };
 
 }  // namespace fst

@@ -228,7 +228,8 @@ PYBIND11_MODULE(cpp, m) {
           },
           py::arg("size"), py::arg("huge_pages") = py::none(),
           "Host memory for `size` bytes; huge_pages=None follows FASTSAFETENSORS_HUGE_PAGES (off).")
-      .def_property_readonly("huge_pages", &HostBuffer::huge_pages);
+      .def_property_readonly("huge_pages", &HostBuffer::huge_pages)
+      .def_property_readonly("reused", &HostBuffer::reused, "Whether the memory came from the host cache.");
   m.def("host_live_bytes", &HostBuffer::live_bytes, "Bytes of engine host buffers still alive.");
 
   py::class_<TensorView>(m, "DLPackTensor")
@@ -288,4 +289,5 @@ PYBIND11_MODULE(cpp, m) {
   fst::python::bind_testing(m);
   fst::python::bind_device(m);
   fst::python::bind_numa(m);
+  fst::python::bind_host_cache(m);
 }

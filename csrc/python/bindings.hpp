@@ -22,6 +22,7 @@ namespace fst::python {
 void raise_python(const char* name, const std::string& message, const pybind11::dict& extra);
 
 void bind_integrity(pybind11::module_& m);
+void bind_host_cache(pybind11::module_& m);
 void bind_testing(pybind11::module_& m);
 // The GPU path: devices, device buffers, the device reader (bind_device.cpp).
 void bind_device(pybind11::module_& m);
