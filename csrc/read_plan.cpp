@@ -8,6 +8,15 @@
 
 namespace fst {
 
+std::vector<uint64_t> bytes_per_file(const std::vector<ReadRange>& ranges, size_t files) {
+  std::vector<uint64_t> out(files, 0);
+  for (const ReadRange& r : ranges) {
+    if (r.file >= files) throw std::out_of_range("read range of a file outside the plan's file list");
+    out[r.file] += r.length;
+  }
+  return out;
+}
+
 FilePlan plan_file(const Header& h, uint32_t file, uint32_t dst, const std::vector<uint32_t>& selection,
                    uint64_t alignment, uint64_t max_gap) {
   std::vector<uint32_t> chosen = selection;
@@ -97,11 +106,13 @@ class BoxRuns {
     for (size_t d = rank; d-- > 1;) stride_[d - 1] = stride_[d] * t.shape[d];
     base_ = h.data_start + t.begin;
     run_ = ReadRange{file, dst, 0, run_elems * bits_ / 8, dst_offset};
+    count_ = numel == 0 ? 0 : numel / run_elems;
     done_ = numel == 0;
     if (!done_) run_.file_offset = offset_here();
   }
 
   bool done() const noexcept { return done_; }
+  uint64_t count() const noexcept { return count_; }  // runs in all
   const ReadRange& run() const noexcept { return run_; }
 
   void next() {
@@ -129,6 +140,7 @@ class BoxRuns {
   unsigned bits_ = 8;
   uint64_t base_ = 0;
   ReadRange run_;
+  uint64_t count_ = 0;
   bool done_ = true;
 };
 
@@ -149,8 +161,10 @@ void append(std::vector<ReadRange>& out, const ReadRange& r) {
 
 std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file,
                                 uint32_t dst, uint64_t dst_offset) {
+  BoxRuns runs(h, tensor, box, file, dst, dst_offset);
   std::vector<ReadRange> out;
-  for (BoxRuns runs(h, tensor, box, file, dst, dst_offset); !runs.done(); runs.next()) append(out, runs.run());
+  out.reserve(runs.count());
+  for (; !runs.done(); runs.next()) append(out, runs.run());
   return out;
 }
 
@@ -158,7 +172,14 @@ void plan_boxes(const Header& h, uint32_t tensor, const std::vector<BoxTarget>& 
                 std::vector<ReadRange>& out) {
   std::vector<BoxRuns> runs;
   runs.reserve(boxes.size());
-  for (const BoxTarget& b : boxes) runs.emplace_back(h, tensor, b.box, file, b.dst, b.dst_offset);
+  size_t need = out.size();
+  for (const BoxTarget& b : boxes) {
+    runs.emplace_back(h, tensor, b.box, file, b.dst, b.dst_offset);
+    need += runs.back().count();
+  }
+  // Callers append tensor after tensor: grow geometrically, as push_back would, but in one step
+  // for a tensor of many runs rather than at every doubling on the way.
+  if (need > out.capacity()) out.reserve(std::max(need, 2 * out.capacity()));
   // A host has a handful of devices, so the next run is found by looking at every box's.
   while (true) {
     BoxRuns* first = nullptr;

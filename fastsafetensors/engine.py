@@ -57,14 +57,15 @@ def _batches(ranges: "cpp.RangeList", batch_bytes: int) -> List["cpp.RangeList"]
     return out
 
 
-def _progress_bar(total: int, progress: Optional[bool]):
+def _progress_bar(plan: LoadPlan, progress: Optional[bool]):
     if progress is None:
-        progress = total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()
+        # The total walks every range (millions for column shards): only where a bar may show.
+        progress = sys.stderr.isatty() and plan.total_bytes >= PROGRESS_MIN_BYTES
     if not progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc="fastsafetensors", leave=False)
+    return tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="fastsafetensors", leave=False)
 
 
 def _buffer_labels(plan: LoadPlan) -> List[str]:
@@ -100,12 +101,14 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
                     buffers.append(_allocate(size, label))
                     metrics.reused_bytes += size if buffers[-1].reused else 0
         sources = plan.sources()
-        bar = _progress_bar(plan.total_bytes, progress)
+        per_file = [0] * len(sources)
+        bar = _progress_bar(plan, progress)
         with metrics.phase("read"):
             batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
             for batch in batches:
                 stats = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
                 metrics.count_host_reads(stats)
+                per_file = [a + b for a, b in zip(per_file, stats["bytes_per_file"])]
                 if bar is not None:
                     bar.update(stats["bytes"])
     except BaseException:
@@ -117,12 +120,11 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
         if bar is not None:
             bar.close()
     metrics.files += len(plan.files)
-    per_file = cpp.bytes_per_file(plan.ranges)
-    total = sum(per_file.values())
+    total = sum(per_file)
     metrics.bytes_read += total
-    for i, n in per_file.items():
-        path = plan.files[i].path
-        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + n
+    for f, n in zip(plan.files, per_file):
+        if n:
+            metrics.bytes_per_file[f.path] = metrics.bytes_per_file.get(f.path, 0) + n
     logger.debug("read %d bytes from %d file(s) with %d threads (%d bytes into reused memory)", total,
                  len(plan.files), reader.threads, metrics.reused_bytes)
     return buffers

@@ -62,7 +62,7 @@ class LoadPlan:
 
     @property
     def total_bytes(self) -> int:
-        return sum(cpp.bytes_per_file(self.ranges).values())
+        return sum(cpp.bytes_per_file(self.ranges, len(self.files)))
 
     def sources(self) -> List["cpp.ReadSource"]:
         return [cpp.ReadSource(f.path, f.size) for f in self.files]

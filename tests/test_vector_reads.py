@@ -33,9 +33,9 @@ def weight(tmp_path_factory):
     return path, ref
 
 
-def _column_targets(cols, ways, rows):
+def _column_targets(cols, ways, rows, columns=96):
     """(start, stop, dst, dst_offset) of column shards `cols` of `ways`, packed into buffer 0."""
-    width = 96 // ways
+    width = columns // ways
     out, at = [], 0
     for c in cols:
         out.append(([0, c * width], [rows, (c + 1) * width], 0, at))
@@ -47,9 +47,9 @@ def _index(f, name: str) -> int:
     return [i.name for i in f.infos].index(name)
 
 
-def _plan(path, cols, ways=8, rows=256):
+def _plan(path, cols, ways=8, rows=256, columns=96):
     f = read_headers([path])[0]
-    targets, size = _column_targets(cols, ways, rows)
+    targets, size = _column_targets(cols, ways, rows, columns)
     ranges = cpp.RangeList()
     cpp.plan_boxes(f.header, _index(f, "w"), 0, targets, ranges)
     return f, targets, ranges, size
@@ -72,6 +72,10 @@ def _assert_columns(buf, targets, ref, rows=256):
         np.testing.assert_array_equal(_slot(buf, offset, rows, want.shape[1]), want)
 
 
+def _counts(stats):
+    return {k: stats[k] for k in ("bytes", "reads", "gap_bytes")}
+
+
 def test_plan_boxes_is_every_run_in_file_order(weight):
     path, _ = weight
     f, targets, ranges, _ = _plan(path, range(8))
@@ -91,7 +95,21 @@ def test_column_shards_land_in_their_slots_with_few_reads(weight):
     (buf,), stats = _read(path, ranges, size)
     _assert_columns(buf, targets, ref)
     # The runs touch: one preadv per IOV_MAX pieces, not one per run.
-    assert stats == {"bytes": ref.nbytes, "reads": math.ceil(len(ranges) / IOV_MAX), "gap_bytes": 0}
+    assert _counts(stats) == {"bytes": ref.nbytes, "reads": math.ceil(len(ranges) / IOV_MAX), "gap_bytes": 0}
+    assert stats["bytes_per_file"] == [ref.nbytes]
+
+
+def test_column_shard_destinations_are_faulted_in_before_the_copy(tmp_path):
+    """Each shard's runs continue each other in memory row after row, so one vectored read holds
+    one destination span per shard, long enough to populate (MADV_POPULATE_WRITE) in one call."""
+    path = str(tmp_path / "wide.safetensors")
+    save_file({"w": torch.randn(512, 2048, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)}, path)
+    ref = load_file(path)["w"].view(torch.int16).numpy()
+    _, targets, ranges, size = _plan(path, range(8), rows=512, columns=2048)
+    (buf,), stats = _read(path, ranges, size)
+    _assert_columns(buf, targets, ref, rows=512)
+    assert stats["reads"] == math.ceil(len(ranges) / IOV_MAX) > 1
+    assert stats["populated"] == stats["bytes"] == ref.nbytes
 
 
 def test_gaps_are_read_and_dropped_up_to_max_gap(weight):
@@ -102,10 +120,10 @@ def test_gaps_are_read_and_dropped_up_to_max_gap(weight):
     first, last = ranges[0], ranges[len(ranges) - 1]
     span = last.file_offset + last.length - first.file_offset
     wanted = sum(r.length for r in ranges)
-    assert stats == {"bytes": wanted, "reads": 1, "gap_bytes": span - wanted}
+    assert _counts(stats) == {"bytes": wanted, "reads": 1, "gap_bytes": span - wanted}
     (buf,), stats = _read(path, ranges, size, max_gap=0)
     _assert_columns(buf, targets, ref, rows=32)
-    assert stats == {"bytes": wanted, "reads": len(ranges), "gap_bytes": 0}
+    assert _counts(stats) == {"bytes": wanted, "reads": len(ranges), "gap_bytes": 0}
 
 
 def test_any_order_overlaps_and_empty_ranges(weight):

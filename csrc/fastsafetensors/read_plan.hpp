@@ -26,6 +26,10 @@ struct FilePlan {
   uint64_t dst_size = 0;
 };
 
+// Bytes the ranges read from each of `files` files (index: ReadRange::file). Throws
+// std::out_of_range for a range of another file.
+std::vector<uint64_t> bytes_per_file(const std::vector<ReadRange>& ranges, size_t files);
+
 // Plans reading the selected tensors (indices into h.tensors; all when empty) of one file into
 // one buffer. Tensors adjacent in the file become one range when their destination alignment
 // allows it; a gap of at most `max_gap` unselected bytes is read through rather than split.

@@ -4,7 +4,6 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl_bind.h>
 
-#include <map>
 #include <optional>
 #include <tuple>
 
@@ -184,14 +183,8 @@ PYBIND11_MODULE(cpp, m) {
       "Append the ranges reading several boxes (start, stop, dst, dst_offset) of one tensor to `out`, "
       "in file order.");
   // Shard plans hold a range per strided run (millions for column shards): sum them here, not in Python.
-  m.def(
-      "bytes_per_file",
-      [](const std::vector<ReadRange>& ranges) {
-        std::map<uint32_t, uint64_t> out;
-        for (const auto& r : ranges) out[r.file] += r.length;
-        return out;
-      },
-      py::arg("ranges"), "Bytes the ranges read from each file index.");
+  m.def("bytes_per_file", &bytes_per_file, py::arg("ranges"), py::arg("files"),
+        "Bytes the ranges read from each of `files` file indices, as a list indexed by file.");
   m.attr("TENSOR_ALIGNMENT") = kTensorAlignment;
 
   py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer")
@@ -275,12 +268,15 @@ PYBIND11_MODULE(cpp, m) {
             out["bytes"] = stats.bytes;
             out["reads"] = stats.reads;
             out["gap_bytes"] = stats.gap_bytes;
+            out["populated"] = stats.populated;
+            out["bytes_per_file"] = stats.bytes_per_file;
             return out;
           },
           py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
           py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap,
           "Read every range into its buffer, neighbouring ranges of a file in one vectored read (gaps of up "
-          "to max_gap bytes read and dropped). Returns {'bytes', 'reads', 'gap_bytes'}.");
+          "to max_gap bytes read and dropped). Returns {'bytes', 'reads', 'gap_bytes', 'populated' (destination "
+          "bytes faulted in before the copy), 'bytes_per_file' (a list indexed by source)}.");
 
   m.def(
       "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),
