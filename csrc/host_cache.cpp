@@ -23,7 +23,7 @@ struct Entry {
   Mapping m;
   Clock::time_point freed;
   bool lazy = false;  // MADV_FREE done
-  bool busy = false;  // the reclaimer is madvising it, so nobody may write into it meanwhile
+  bool busy = false;  // the reclaimer is madvising it: nobody may write into it meanwhile
 };
 
 size_t default_limit() {
@@ -56,11 +56,18 @@ class Cache {
   Mapping take(size_t size, bool huge) {
     static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
     if (size == 0 || size % page != 0) return {};
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     auto best = entries_.end();
-    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->busy || it->m.huge != huge || it->m.size < size) continue;
-      if (best == entries_.end() || it->m.size < best->m.size) best = it;
+    for (;;) {
+      best = entries_.end();
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->m.huge != huge || it->m.size < size) continue;
+        if (best == entries_.end() || it->m.size < best->m.size) best = it;
+      }
+      if (best == entries_.end() || !best->busy) break;
+      // Writing into it while MADV_FREE runs could lose the writes; the madvise is far shorter
+      // than faulting fresh pages in.
+      idle_.wait(lock, [this] { return !madvising_; });
     }
     if (best == entries_.end()) {
       ++misses_;
@@ -215,7 +222,7 @@ class Cache {
 
   std::mutex mu_;
   std::condition_variable wake_;  // the reclaimer: a new entry or new bounds
-  std::condition_variable idle_;  // clear(): the reclaimer finished an madvise
+  std::condition_variable idle_;  // take(), clear(): the reclaimer finished an madvise
   std::list<Entry> entries_;      // oldest first; a list, so the reclaimer's entry stays put
   size_t bytes_ = 0;
   uint64_t hits_ = 0;
