@@ -74,7 +74,7 @@ uint64_t populate_spans(const std::vector<iovec>& spans) {
 
 // One preadv straight into the destinations, gaps into scratch.
 void read_buffered(const File& f, const GroupedReads& g, const VectorRead& v, const std::vector<uint8_t*>& dsts,
-                   Worker& w) {
+                   const std::vector<bool>& resident, Worker& w) {
   w.pieces.clear();
   w.spans.clear();
   uint64_t at = v.file_offset;
@@ -84,7 +84,7 @@ void read_buffered(const File& f, const GroupedReads& g, const VectorRead& v, co
     if (r.file_offset > at) push(w.pieces, w.scratch.data(), r.file_offset - at);
     uint8_t* dst = piece_dst(r, dsts);
     push(w.pieces, dst, r.length);
-    add_span(w.spans, dst, r.length);
+    if (resident.empty() || !resident[r.dst]) add_span(w.spans, dst, r.length);
     at = r.file_offset + r.length;
   }
   w.populated += populate_spans(w.spans);
@@ -141,7 +141,9 @@ HostReader::HostReader(unsigned threads) : pool_(threads == 0 ? 1 : threads) {}
 ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
                            const std::vector<uint8_t*>& dsts, const std::vector<uint64_t>& dst_sizes,
                            const ReadOptions& options) {
-  if (dsts.size() != dst_sizes.size()) throw std::invalid_argument("one size per destination");
+  if (dsts.size() != dst_sizes.size() || (!options.resident.empty() && options.resident.size() != dsts.size())) {
+    throw std::invalid_argument("one size (and residency, if any) per destination");
+  }
   check_ranges(ranges, sources.size(), dst_sizes);
   std::vector<File> files = open_sources(sources, options.direct);
   GroupedReads g = group_reads(ranges, options.chunk_bytes, options.max_gap);
@@ -162,7 +164,7 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
     if (options.direct) {
       read_direct(f, g, v, dsts, workers[worker].bounce.get());
     } else {
-      read_buffered(f, g, v, dsts, workers[worker]);
+      read_buffered(f, g, v, dsts, options.resident, workers[worker]);
     }
   });
   ReadStats stats;

@@ -174,3 +174,26 @@ def test_a_forked_child_allocates_and_frees_through_the_cache():
     # In a fresh interpreter: forking this multi-threaded test process (JAX) is not safe.
     done = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], timeout=60, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_reused_memory_is_not_populated_again(tmp_path):
+    from fastsafetensors.files import read_headers
+    from fastsafetensors.plan import plan_load
+
+    host_cache.configure(1 << 30, 60)
+    path = save(tmp_path / "m.safetensors", {"w": random_tensor("BF16", (2048, 1024))})
+    plan = plan_load(read_headers([path]), ["w"])
+    reader = cpp.HostReader(2)
+
+    def read():
+        buf = cpp.HostBuffer.allocate(plan.buffer_sizes[0])
+        stats = reader.read(plan.sources(), plan.ranges, [buf])
+        got = np.from_dlpack(buf.view(plan.tensors["w"].offset, (2048 * 1024 * 2,), 1, 8)).tobytes()
+        return buf.reused, stats, got
+
+    first = read()
+    second = read()
+    assert (first[0], second[0]) == (False, True)
+    assert first[1]["populated"] == first[1]["bytes"] > 0  # fresh pages: faulted in ahead of the copy
+    assert second[1]["populated"] == 0 and second[1]["bytes"] == first[1]["bytes"]
+    assert first[2] == second[2] == open(path, "rb").read()[-len(first[2]):]

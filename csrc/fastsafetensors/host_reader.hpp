@@ -28,6 +28,9 @@ struct ReadOptions {
   // Gaps up to this size between ranges of one file are read and dropped rather than splitting a
   // vectored read: from the page cache a 4 KiB copy costs less than another system call.
   uint64_t max_gap = 4096;
+  // Per destination (or empty): its pages are faulted in already, as in memory from the host
+  // cache, so populating them would only walk their page tables.
+  std::vector<bool> resident;
 };
 
 struct ReadStats {

@@ -254,15 +254,18 @@ PYBIND11_MODULE(cpp, m) {
              uint64_t max_gap) {
             std::vector<uint8_t*> dsts;
             std::vector<uint64_t> sizes;
+            ReadOptions options{chunk_bytes, direct, max_gap};
             for (const auto& b : buffers) {
               if (b->device().device_type != kDLCPU) throw py::value_error("HostReader reads into host buffers only");
               dsts.push_back(b->data());
               sizes.push_back(b->size());
+              auto* host = dynamic_cast<HostBuffer*>(b.get());
+              options.resident.push_back(host != nullptr && host->reused());
             }
             ReadStats stats;
             {
               py::gil_scoped_release nogil;
-              stats = r.read(sources, ranges, dsts, sizes, ReadOptions{chunk_bytes, direct, max_gap});
+              stats = r.read(sources, ranges, dsts, sizes, options);
             }
             py::dict out;
             out["bytes"] = stats.bytes;
