@@ -8,7 +8,9 @@ column- and row-sharded layouts over a 1x8 mesh times, in the same run:
   and ``per_device`` once more with the host cache off (every buffer in fresh pages, as in the
   first load of a process; with the cache, a load reuses the pages of the previous trial's arrays),
 
-and reports ratios against the peer (page cache warm: the file was just written). Then it starts
+and reports ratios against the peer (page cache warm: the file was just written). Then it times
+the first load of a new process, peer and ours each in fresh children, as a server starting up does
+it. Then it starts
 N processes (jax.distributed on 127.0.0.1, 8/N devices each, one mesh over all 8) and reports the
 bytes each process read for N-way sharding, as a fraction of the checkpoint.
 
@@ -18,6 +20,7 @@ bytes each process read for N-way sharding, as a fraction of the checkpoint.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -95,6 +98,7 @@ def run_ours(path, mesh, rules, strategy, host_cache=True):
         jax.block_until_ready(out)
         seconds = time.perf_counter() - t0
         del out
+        gc.collect()  # JAX drops its references to imported host memory from a GC callback: run it now
         settle(cache)
         return seconds, m
     finally:
@@ -135,6 +139,31 @@ def single_process(path, size, repeat):
                 phases = ", ".join(f"{k} {v:.3f}" for k, v in m.seconds.items())
                 line += f"  (read {m.bytes_read / 1e9:.3f} GB in {m.read_calls} reads; {phases})"
             print(line)
+
+
+def first_load(case, layout, path):
+    """Child of first_loads: one load in a fresh process (imports done, timing the load alone)."""
+    import fastsafetensors.jax  # noqa: F401
+    from safetensors.flax import load_file  # noqa: F401
+
+    mesh = Mesh(np.array(jax.devices()), ("model",))
+    t = run_peer(path, mesh, LAYOUTS[layout]) if case == "peer" else run_ours(path, mesh, LAYOUTS[layout], "auto")[0]
+    print(json.dumps({"seconds": t}), flush=True)
+
+
+def first_loads(path, size, rounds):
+    """The load a server does once at start-up: every buffer in fresh pages, nothing to reuse."""
+    print(f"first load in a new process (median of {rounds}, peer and ours alternating; the load call alone)")
+    for layout in LAYOUTS:
+        times = {"peer": [], "ours": []}
+        for _ in range(rounds):
+            for case in times:
+                done = subprocess.run([sys.executable, __file__, "--first", case, layout, path], capture_output=True,
+                                      text=True, timeout=300, check=True)
+                times[case].append(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+        peer, ours = (sorted(times[c])[len(times[c]) // 2] for c in ("peer", "ours"))
+        print(f"  {layout:7s} safetensors.flax + device_put {peer:.3f} s, fastsafetensors {ours:.3f} s "
+              f"({size / ours / 1e9:.2f} GB/s)  x{peer / ours:5.2f} vs peer")
 
 
 def worker(path, port, procs, pid, layout):
@@ -179,6 +208,8 @@ def main():
     if sys.argv[1:2] == ["--worker"]:
         _, _, path, port, n, pid, layout = sys.argv
         return worker(path, int(port), int(n), int(pid), layout)
+    if sys.argv[1:2] == ["--first"]:
+        return first_load(*sys.argv[2:5])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=9, help="decoder layers (9: about 1.06 GB)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -189,6 +220,7 @@ def main():
         path = os.path.join(d, "model.safetensors")
         size = write_checkpoint(path, args.layers)
         single_process(path, size, args.repeat)
+        first_loads(path, size, args.repeat)
         multi_process(path, size, args.procs)
 
 
