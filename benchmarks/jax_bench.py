@@ -96,21 +96,20 @@ def run_ours(path, mesh, rules, strategy, host_cache=True):
         t0 = time.perf_counter()
         out = fj.load(path, mesh=mesh, rules=rules, strategy=strategy, metrics=m)
         jax.block_until_ready(out)
-        seconds = time.perf_counter() - t0
-        del out
-        gc.collect()  # JAX drops its references to imported host memory from a GC callback: run it now
-        settle(cache)
-        return seconds, m
+        return time.perf_counter() - t0, m
     finally:
         cache.configure(bounds["limit"], bounds["hold_seconds"])
 
 
-def settle(cache, timeout=5.0):
-    """Waits until the cache's background thread has handed the freed buffers to the kernel, so
-    that its work does not fall into the next trial's time."""
+def settle(timeout=5.0):
+    """Frees what the last trial returned and waits until the host cache's background thread has
+    handed it to the kernel, so that no trial pays for the one before it."""
+    from fastsafetensors import host_cache
+
+    gc.collect()  # JAX drops its references to imported host memory from a GC callback: run it now
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        s = cache.stats()
+        s = host_cache.stats()
         if s["lazy_bytes"] == s["bytes"]:
             return
         time.sleep(0.01)
@@ -131,6 +130,7 @@ def single_process(path, size, repeat):
         for _ in range(repeat):
             for name, fn in cases.items():
                 trials[name].append(fn())
+                settle()
         best = {name: min(runs, key=lambda r: r[0]) for name, runs in trials.items()}
         peer = best["safetensors.flax + device_put"][0]
         for name, (t, m) in best.items():
