@@ -87,20 +87,20 @@ class Cache {
 
   void give(Mapping m) noexcept {
     std::vector<Mapping> drop;
+    bool kept = false;
     try {
       std::lock_guard<std::mutex> lock(mu_);
-      if (m.size > limit_) {
-        drop.push_back(m);
-      } else {
+      if (m.size <= limit_) {
         start_reclaimer();
         entries_.push_back(Entry{m, Clock::now()});
+        kept = true;
         bytes_ += m.size;
         evict_over_limit(drop);
         wake_.notify_one();
       }
-    } catch (...) {  // no thread or no memory for the entry: the mapping is simply unmapped
-      drop.assign(1, m);
+    } catch (...) {  // no thread or no memory for the bookkeeping: what is not kept is unmapped
     }
+    if (!kept) ::munmap(m.base, m.size);
     unmap(drop);
   }
 

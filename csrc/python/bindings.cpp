@@ -254,7 +254,7 @@ PYBIND11_MODULE(cpp, m) {
              uint64_t max_gap) {
             std::vector<uint8_t*> dsts;
             std::vector<uint64_t> sizes;
-            ReadOptions options{chunk_bytes, direct, max_gap};
+            ReadOptions options{chunk_bytes, direct, max_gap, {}};
             for (const auto& b : buffers) {
               if (b->device().device_type != kDLCPU) throw py::value_error("HostReader reads into host buffers only");
               dsts.push_back(b->data());
