@@ -197,3 +197,34 @@ def test_reused_memory_is_not_populated_again(tmp_path):
     assert first[1]["populated"] == first[1]["bytes"] > 0  # fresh pages: faulted in ahead of the copy
     assert second[1]["populated"] == 0 and second[1]["bytes"] == first[1]["bytes"]
     assert first[2] == second[2] == open(path, "rb").read()[-len(first[2]):]
+
+
+def test_threads_never_share_a_buffer():
+    # Each thread fills its buffers with its own byte and checks them after the others had time to
+    # write: a mapping handed to two threads at once, or split wrongly, shows as a foreign byte.
+    import threading
+
+    host_cache.configure(256 * MiB, 60)
+    errors = []
+
+    def work(tag: int) -> None:
+        rng = np.random.default_rng(tag)
+        try:
+            for _ in range(40):
+                buf = cpp.HostBuffer.allocate(int(rng.integers(2, 12)) * MiB + int(rng.integers(0, 4096)))
+                fill(buf, tag)
+                time.sleep(0.001)
+                if not (np.from_dlpack(buf.view(0, (buf.size,), 1, 8)) == tag).all():
+                    errors.append(tag)
+                del buf
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(tag,)) for tag in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert host_cache.stats()["hits"] > 0  # the threads did reuse each other's memory
