@@ -225,9 +225,10 @@ uint64_t parse_header_length(const uint8_t* prefix, uint64_t available, uint64_t
   }
   uint64_t n = read_le64(prefix);
   if (n > kMaxHeaderLength) {
+    // The value is not printed: from a file that is not safetensors it is the file's first 8 bytes.
     throw FormatError(FormatErrorKind::HeaderTooLarge,
-                      "header too large: " + std::to_string(n) + " bytes (limit " +
-                          std::to_string(kMaxHeaderLength) + ")");
+                      "not a safetensors file: its first 8 bytes, read as the header length, exceed the " +
+                          std::to_string(kMaxHeaderLength) + "-byte limit");
   }
   uint64_t end = 0;
   if (!detail::checked_add(n, 8, end) || end > file_size) {

@@ -25,6 +25,7 @@ __all__ = [
     "DuplicateTensorName",
     "TensorNotFound",
     "IndexMismatch",
+    "IndexPathError",
     "UnsupportedDtype",
     "ShardingMismatch",
     "IntegrityError",
@@ -100,6 +101,11 @@ class TensorNotFound(SafeTensorsError, KeyError):
 
 class IndexMismatch(SafeTensorsError):
     """A model.safetensors.index.json and the files it names disagree."""
+
+
+class IndexPathError(IndexMismatch):
+    """An index's weight_map names something other than a file inside the index's directory
+    (an absolute path, a path through ``..`` out of it, or not a string)."""
 
 
 class UnsupportedDtype(SafeTensorsError, TypeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import cpp
-from .errors import IndexMismatch, SafeTensorsError, TensorNotFound
+from .errors import IndexMismatch, IndexPathError, SafeTensorsError, TensorNotFound
 
 __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]
 
@@ -55,8 +56,28 @@ def read_headers(paths: Sequence[PathLike]) -> List[SafeTensorsFile]:
     """Reads many headers at once (the engine releases the GIL while it reads)."""
     if len(paths) <= 1:
         return [read_file_header(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(8, len(paths)))
+    try:
         return list(pool.map(read_file_header, paths))
+    finally:  # the first bad file ends the call: headers not yet started are not read
+        pool.shutdown(cancel_futures=True)
+
+
+def _index_entry_path(index_path: str, base: str, name: str, entry: object) -> str:
+    """The file an index entry names, which must be a relative path inside the index's directory.
+
+    The check is on the entry as written (after resolving ``..``), not on where symlinks lead:
+    the index is text that travels with a download, a symlink is put there by whoever wrote the
+    directory (a Hugging Face cache snapshot links every shard to its ``blobs/``).
+    """
+    if not isinstance(entry, str) or not entry:
+        raise IndexPathError(f"{index_path}: weight_map[`{name}`] is {type(entry).__name__} "
+                             f"{entry!r:.40}, not a file name", filename=index_path, tensor=name)
+    path = os.path.normpath(os.path.join(base, entry))
+    if os.path.isabs(entry) or os.path.commonpath([base, path]) != base or path == base:
+        raise IndexPathError(f"{index_path}: weight_map[`{name}`] names {entry!r}, which is not inside "
+                             f"the index's directory {base}", filename=index_path, tensor=name)
+    return path
 
 
 def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
@@ -66,11 +87,19 @@ def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
+    except RecursionError:
+        raise IndexMismatch(f"{index_path}: not a usable index file: JSON nested too deeply",
+                            filename=index_path) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IndexMismatch(f"{index_path}: not a usable index file: {exc}", filename=index_path) from exc
-    base = os.path.dirname(index_path)
-    files = sorted({os.path.join(base, f) for f in weight_map.values()})
-    return files, {name: os.path.join(base, f) for name, f in weight_map.items()}
+    base = os.path.abspath(os.path.dirname(index_path))
+    by_name = {name: _index_entry_path(index_path, base, name, entry) for name, entry in weight_map.items()}
+    files = sorted(set(by_name.values()))
+    for path in files:  # every shard is there before any header is read (an index may name millions)
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, f"{index_path} names {os.path.relpath(path, base)}, "
+                                    "which does not exist", path)
+    return files, by_name
 
 
 def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tuple[List[str], Optional[Dict[str, str]]]:
