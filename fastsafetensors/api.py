@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from . import cpp, integrity
+from . import cpp, integrity, mapping
 from .dtypes import FLOAT_DTYPES
 from .device_engine import gds_mode, read_into_device
 from .engine import read_into_host
@@ -54,13 +54,16 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
                dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
                direct_io: Optional[bool] = None, progress: Optional[bool] = None,
                metrics: Optional[LoadMetrics] = None, verify: bool = False,
-               sha256: Optional[Mapping[PathLike, str]] = None) -> Dict[str, Any]:
+               sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
     """Loads tensors of files whose headers were already read (see :func:`load`)."""
     metrics = metrics if metrics is not None else LoadMetrics()
     fw = get_framework(framework)
+    target = Device.from_str(device)
+    if mmap:
+        return _load_mapped(files, fw, target, names=names, dtype=dtype, raw=raw, threads=threads,
+                            direct_io=direct_io, verify=verify or bool(sha256), metrics=metrics)
     with metrics.phase("plan"):
         plan = plan_load(files, names)
-    target = Device.from_str(device)
     if target.is_cpu:
         expected = integrity.expected_digests([f.path for f in files], sha256) if verify or sha256 else None
         buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
@@ -85,12 +88,40 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     return out
 
 
+_MAPPABLE = ("numpy", "torch")
+
+
+def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *, names: Optional[Iterable[str]],
+                 dtype: Union[DType, str, None], raw: bool, threads: Optional[int], direct_io: Optional[bool],
+                 verify: bool, metrics: LoadMetrics) -> Dict[str, Any]:
+    """mmap=True: mapped views for aligned tensors, the rest read into host memory."""
+    if not target.is_cpu or fw.name not in _MAPPABLE:
+        raise ValueError(f"mmap=True maps files for {' and '.join(_MAPPABLE)} on the CPU, not {fw.name} on "
+                         f"{target}: load without mmap")
+    if verify:
+        raise ValueError("verify=/sha256= check the bytes a load reads; mmap=True reads none: load without "
+                         "mmap, or run `fastsafetensors verify --sha256` first")
+    with metrics.phase("map"):
+        plan, mappings, misaligned = mapping.map_files(files, names, metrics)
+    out = {}
+    if misaligned:
+        out = load_files(files, fw, names=misaligned, dtype=dtype, raw=raw, threads=threads,
+                         direct_io=direct_io, progress=False, metrics=metrics)
+    with metrics.phase("instantiate"):
+        mapped = instantiate(plan, mappings, fw, dtype=dtype, raw=raw, device=target)
+    metrics.files += sum(m is not None for m in mappings)
+    metrics.tensors += len(mapped)
+    out.update(mapped)
+    logger.debug("load (mmap): %s", metrics.summary())
+    return out
+
+
 def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[str, Framework] = "numpy",
          device: Union[str, Device] = "cpu", *, names: Optional[Iterable[str]] = None,
          dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None,
          metrics: Optional[LoadMetrics] = None, verify: bool = False,
-         sha256: Optional[Mapping[PathLike, str]] = None) -> Dict[str, Any]:
+         sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
     """Loads a checkpoint into a ``{name: array}`` dict.
 
     Args:
@@ -111,6 +142,11 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
             a mismatch raises :class:`~fastsafetensors.errors.IntegrityError` and returns nothing.
         sha256: expected digests, ``{path: hexdigest}`` (implies ``verify``); without it the digest
             comes from the Hugging Face cache layout, and a file with none known is an error.
+        mmap: NumPy and torch on the CPU: tensors are copy-on-write views of the files mapped
+            into memory (the page cache's pages, shared until written; writes never reach the
+            files). Loads from the page cache cost almost nothing, but a file truncated or
+            rewritten while its tensors live changes them or makes touching them fault (SIGBUS).
+            Misaligned tensors are read as usual. See :mod:`fastsafetensors.mapping`.
 
     Tensors own their memory: they stay valid however long they are kept.
 
@@ -123,4 +159,5 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
     with metrics.phase("headers"):
         files = open_checkpoint(path_or_paths)
     return load_files(files, framework, names=names, device=device, dtype=dtype, raw=raw, threads=threads,
-                      direct_io=direct_io, progress=progress, metrics=metrics, verify=verify, sha256=sha256)
+                      direct_io=direct_io, progress=progress, metrics=metrics, verify=verify, sha256=sha256,
+                      mmap=mmap)

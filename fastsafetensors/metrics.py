@@ -26,6 +26,8 @@ class LoadMetrics:
     read_calls: int = 0  # host loads: vectored reads issued (one reaches many destinations)
     # Host buffer bytes whose memory the host cache served (already faulted in: no page faults).
     reused_bytes: int = 0
+    # mmap=True: bytes of bytes_read that are views of the files' mappings (nothing copied).
+    mapped_bytes: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @property

@@ -12,6 +12,7 @@
 #include "fastsafetensors/dlpack.hpp"
 #include "fastsafetensors/error.hpp"
 #include "fastsafetensors/file.hpp"
+#include "fastsafetensors/file_mapping.hpp"
 #include "fastsafetensors/header.hpp"
 #include "fastsafetensors/host_reader.hpp"
 #include "fastsafetensors/read_plan.hpp"
@@ -224,6 +225,23 @@ PYBIND11_MODULE(cpp, m) {
       .def_property_readonly("huge_pages", &HostBuffer::huge_pages)
       .def_property_readonly("reused", &HostBuffer::reused, "Whether the memory came from the host cache.");
   m.def("host_live_bytes", &HostBuffer::live_bytes, "Bytes of engine host buffers still alive.");
+
+  py::class_<FileMapping, Buffer, std::shared_ptr<FileMapping>>(m, "FileMapping")
+      .def_static(
+          "map",
+          [](const ReadSource& source) {
+            py::gil_scoped_release nogil;
+            return FileMapping::map(source);
+          },
+          py::arg("source"), "The whole file mapped private and copy-on-write (writes never reach it).")
+      .def(
+          "populate",
+          [](FileMapping& m, const std::string& path, uint64_t offset, uint64_t length) {
+            py::gil_scoped_release nogil;
+            return m.populate(path, offset, length);
+          },
+          py::arg("path"), py::arg("offset"), py::arg("length"),
+          "Maps the file's pages of the range now; False where the kernel cannot (they fault in later).");
 
   py::class_<TensorView>(m, "DLPackTensor")
       .def_property_readonly("data_ptr", [](const TensorView& v) {

@@ -1,0 +1,77 @@
+"""Headers to file mappings: ``load(..., mmap=True)``.
+
+Each file is mapped private and copy-on-write, and its tensors are views of the mapping: no byte
+is copied until a tensor is written to, and no write reaches the file. A tensor whose offset in
+the file is not a multiple of its element size is read into host memory as usual instead, since
+frameworks assume aligned elements.
+
+The price is the page cache's: a file truncated while mapped makes reading the missing pages
+fault (SIGBUS), and a file rewritten in place changes the tensors. That is why it is not the
+default (docs/usage.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from . import cpp
+from .dtypes import BITS
+from .files import SafeTensorsFile
+from .metrics import LoadMetrics
+from .plan import LoadPlan, TensorLocation, plan_load
+
+__all__ = ["map_files"]
+
+logger = logging.getLogger("fastsafetensors")
+
+
+def _aligned(f: SafeTensorsFile, info: "cpp.TensorInfo") -> bool:
+    return (f.header.data_start + info.begin) % max(1, BITS[info.dtype] // 8) == 0
+
+
+def _runs(infos: List["cpp.TensorInfo"]) -> List[Tuple[int, int]]:
+    """The data-section byte runs the tensors cover, neighbours merged."""
+    runs: List[Tuple[int, int]] = []
+    for t in sorted(infos, key=lambda t: t.begin):
+        if runs and runs[-1][1] == t.begin:
+            runs[-1] = (runs[-1][0], t.begin + t.nbytes)
+        else:
+            runs.append((t.begin, t.begin + t.nbytes))
+    return runs
+
+
+def map_files(files: List[SafeTensorsFile], names: Optional[Iterable[str]],
+              metrics: LoadMetrics) -> Tuple[LoadPlan, List["cpp.FileMapping"], List[str]]:
+    """Maps the files holding ``names`` (every tensor when None).
+
+    Returns a plan whose buffer ``i`` is the mapping of file ``i`` (offsets are file offsets), the
+    mappings, and the names of the tensors left out because they are misaligned.
+    """
+    planned = plan_load(files, names)  # selects, checks and orders the tensors as any load does
+    tensors: Dict[str, TensorLocation] = {}
+    misaligned: List[str] = []
+    for name, loc in planned.tensors.items():
+        f = files[loc.file]
+        if _aligned(f, loc.info):
+            tensors[name] = TensorLocation(name, loc.file, loc.file, f.header.data_start + loc.info.begin, loc.info)
+        else:
+            misaligned.append(name)
+    used = sorted({loc.file for loc in tensors.values()})
+    mappings: List[Optional["cpp.FileMapping"]] = [None] * len(files)
+    for i in used:
+        f = files[i]
+        mappings[i] = m = cpp.FileMapping.map(cpp.ReadSource(f.path, f.size))
+        chosen = [loc.info for loc in tensors.values() if loc.file == i]
+        for begin, end in _runs(chosen):
+            if not m.populate(f.path, f.header.data_start + begin, end - begin):
+                logger.debug("%s: the kernel cannot populate mappings; pages fault in when first touched", f.path)
+                break
+        nbytes = sum(t.nbytes for t in chosen)
+        metrics.mapped_bytes += nbytes
+        metrics.bytes_read += nbytes
+        metrics.bytes_per_file[f.path] = metrics.bytes_per_file.get(f.path, 0) + nbytes
+    plan = LoadPlan(list(files), cpp.RangeList(), [f.size for f in files], tensors)
+    if misaligned:
+        logger.debug("mmap: %d misaligned tensor(s) read into host memory instead", len(misaligned))
+    return plan, mappings, misaligned

@@ -1,0 +1,110 @@
+"""load(..., mmap=True): tensors are copy-on-write views of the mapped files."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import fastsafetensors
+from fastsafetensors import errors, read_file_header
+from fastsafetensors.api import load_files
+
+from .helpers import assert_exact, data_ptr, entry, random_tensor, reference_bytes, save, tensor_bytes, write_raw
+
+
+def _mapped_from(path: str, t) -> bool:
+    """Whether the tensor's first byte lies in a mapping of ``path`` (/proc/self/maps)."""
+    ptr, real = data_ptr(t), os.path.realpath(path)
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= ptr < hi:
+                return len(fields) >= 6 and fields[5] == real
+    return False
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_every_dtype_bit_exact_and_mapped(dtype_file, framework):
+    metrics = fastsafetensors.LoadMetrics()
+    out = fastsafetensors.load(dtype_file, framework=framework, mmap=True, raw=framework == "numpy",
+                               metrics=metrics)
+    ref = reference_bytes(dtype_file)
+    assert set(out) == set(ref)
+    assert all(tensor_bytes(out[k]) == ref[k] for k in ref)
+    if framework == "torch":
+        assert_exact(out, dtype_file)
+    nonempty = [k for k, v in ref.items() if v]
+    assert all(_mapped_from(dtype_file, out[k]) for k in nonempty)
+    assert metrics.mapped_bytes == metrics.bytes_read == sum(len(v) for v in ref.values())
+
+
+def test_writes_never_reach_the_file(tmp_path):
+    path = save(tmp_path / "m.safetensors", {"w": random_tensor("F32", (64, 64), 1)})
+    before = open(path, "rb").read()
+    t = fastsafetensors.load(path, framework="torch", mmap=True)["w"]
+    t.fill_(7.0)
+    assert open(path, "rb").read() == before
+    assert torch.all(t == 7.0)
+    again = fastsafetensors.load(path, framework="torch", mmap=True)["w"]
+    assert tensor_bytes(again) == reference_bytes(path)["w"]
+
+
+def test_tensors_outlive_everything_else(tmp_path):
+    """A tensor keeps its mapping alive: the dict, the other tensors and the file itself gone."""
+    d = tmp_path / "ckpt"
+    os.makedirs(d)
+    path = save(d / "m.safetensors", {"a": random_tensor("BF16", (300, 70), 2), "b": random_tensor("I32", (9,), 3)})
+    want = reference_bytes(path)["a"]
+    out = fastsafetensors.load(str(d), framework="numpy", mmap=True)
+    a = out.pop("a")
+    del out
+    gc.collect()
+    shutil.rmtree(d)
+    assert tensor_bytes(a) == want
+
+
+def test_misaligned_tensors_are_read_instead(tmp_path):
+    data = bytes(range(1, 6)) + np.arange(4, dtype=np.float32).tobytes()  # F32 at data offset 5
+    path = write_raw(tmp_path / "odd.safetensors",
+                     {"bytes": entry("U8", [5], 0, 5), "f": entry("F32", [4], 5, 21)}, data, pad_to=8)
+    metrics = fastsafetensors.LoadMetrics()
+    out = fastsafetensors.load(path, mmap=True, metrics=metrics)
+    assert out["f"].tolist() == [0.0, 1.0, 2.0, 3.0] and out["bytes"].tolist() == [1, 2, 3, 4, 5]
+    assert _mapped_from(path, out["bytes"]) and not _mapped_from(path, out["f"])
+    assert metrics.mapped_bytes == 5 and metrics.bytes_read == 21
+
+
+def test_names_and_dtype(llama_dir):
+    names = ["model.norm.weight", "lm_head.weight"]
+    out = fastsafetensors.load(llama_dir, framework="torch", names=names, mmap=True)
+    full = fastsafetensors.load(llama_dir, framework="torch")
+    assert_exact(out, {k: full[k] for k in names})
+    half = fastsafetensors.load(llama_dir, framework="torch", names=names, mmap=True, dtype="F16")
+    assert all(half[k].dtype == torch.float16 and torch.equal(half[k], full[k].half()) for k in names)
+
+
+def test_a_file_changed_since_its_header_was_read_is_refused(tmp_path):
+    path = save(tmp_path / "m.safetensors", {"w": random_tensor("F32", (8,), 4)})
+    f = read_file_header(path)
+    with open(path, "ab") as fh:
+        fh.write(b"\0" * 4096)
+    with pytest.raises(errors.TruncatedFileError, match="changed after its header was read"):
+        load_files([f], "numpy", mmap=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"framework": "jax"}, "not jax"),
+    ({"device": "cuda"}, "on the CPU"),
+    ({"verify": True}, "mmap=True reads none"),
+    ({"sha256": {"m.safetensors": "0" * 64}}, "mmap=True reads none"),
+])
+def test_what_mmap_cannot_do_is_refused(tmp_path, kwargs, match):
+    path = save(tmp_path / "m.safetensors", {"w": random_tensor("F32", (8,), 5)})
+    with pytest.raises(ValueError, match=match):
+        fastsafetensors.load(path, mmap=True, **kwargs)
