@@ -80,11 +80,14 @@ def mismatches(got: Mapping[str, str], want: Mapping[str, str]) -> List[str]:
     return sorted(n for n in set(got) | set(want) if got.get(n) != want.get(n))
 
 
-def _ours(framework: str) -> LoadFn:
+def _ours(framework: str, mmap: bool = False) -> LoadFn:
     def load(paths: Sequence[str]) -> Dict[str, Any]:
         import fastsafetensors
 
-        return fastsafetensors.load(list(paths), framework=framework, progress=False)
+        out = fastsafetensors.load(list(paths), framework=framework, progress=False, mmap=mmap)
+        if mmap:
+            touch_pages(out)
+        return out
 
     return load
 
@@ -110,6 +113,31 @@ def _safetensors(module: str, touch: bool = False) -> LoadFn:
     return load
 
 
+def _numpy_memmap(paths: Sequence[str]) -> Dict[str, Any]:
+    """The NumPy way to map a safetensors file: its JSON header parsed, each tensor a view of a
+    copy-on-write ``np.memmap`` of the whole file, pages touched."""
+    import json
+
+    import ml_dtypes
+
+    types = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+             "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+    out: Dict[str, Any] = {}
+    for p in paths:
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        whole = np.memmap(p, dtype=np.uint8, mode="c")
+        for name, e in header.items():
+            begin, end = e["data_offsets"]
+            raw = whole[8 + n + begin:8 + n + end]
+            dtype = types.get(e["dtype"])
+            out[name] = raw.view(dtype).reshape(e["shape"]) if dtype is not None else raw
+    touch_pages(out)
+    return out
+
+
 def _importable(name: str) -> bool:
     import importlib.util
 
@@ -121,6 +149,9 @@ def cases(names: Optional[Sequence[str]] = None) -> List[Case]:
     known = [
         ("fastsafetensors numpy", (), _ours("numpy")),
         ("fastsafetensors torch", ("torch",), _ours("torch")),
+        ("fastsafetensors numpy mmap (pages touched)", (), _ours("numpy", mmap=True)),
+        ("fastsafetensors torch mmap (pages touched)", ("torch",), _ours("torch", mmap=True)),
+        ("numpy memmap (pages touched)", (), _numpy_memmap),
         ("safetensors numpy", ("safetensors",), _safetensors("numpy")),
         ("safetensors torch (mmap, pages touched)", ("safetensors", "torch"), _safetensors("torch", touch=True)),
         ("safetensors flax", ("safetensors", "jax"), _safetensors("flax")),
