@@ -18,6 +18,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr double kMaxHoldSeconds = 1e6;  // keeps time arithmetic far from overflow
+// Memory kept this long is given to the kernel (MADV_FREE). Not at once: a load that follows the
+// previous one's free within this time (a server reloading, a benchmark's next trial, a model
+// loaded in batches) would wait for the madvise (~50 ms a GB) of the memory it is about to reuse.
+constexpr auto kLazyAfter = std::chrono::seconds(1);
 
 struct Entry {
   Mapping m;
@@ -179,12 +183,14 @@ class Cache {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(hold_));
   }
 
-  // The reclaimer: gives new entries to the kernel with MADV_FREE (outside the lock: it takes
-  // ~50 ms a GB), unmaps entries past their hold time, and sleeps until the next one is due.
+  // The reclaimer: gives entries kept kLazyAfter to the kernel with MADV_FREE (outside the lock:
+  // it takes ~50 ms a GB), unmaps entries past their hold time, and sleeps until the next is due.
   void reclaim() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      auto fresh = std::find_if(entries_.begin(), entries_.end(), [](const Entry& e) { return !e.lazy; });
+      Clock::time_point now = Clock::now();
+      auto fresh = std::find_if(entries_.begin(), entries_.end(),
+                                [now](const Entry& e) { return !e.lazy && e.freed + kLazyAfter <= now; });
       if (fresh != entries_.end()) {
         fresh->busy = madvising_ = true;
         lock.unlock();
@@ -196,7 +202,6 @@ class Cache {
         continue;
       }
       std::vector<Mapping> expired;
-      Clock::time_point now = Clock::now();
       Clock::time_point next = Clock::time_point::max();
       for (auto it = entries_.begin(); it != entries_.end();) {
         if (it->freed + hold() <= now) {
@@ -204,7 +209,7 @@ class Cache {
           bytes_ -= it->m.size;
           it = entries_.erase(it);
         } else {
-          next = std::min(next, it->freed + hold());
+          next = std::min(next, it->lazy ? it->freed + hold() : std::min(it->freed + hold(), it->freed + kLazyAfter));
           ++it;
         }
       }

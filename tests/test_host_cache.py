@@ -73,6 +73,18 @@ def test_kept_pages_are_handed_to_the_kernel_as_reclaimable():
     assert lazy_free_bytes() - base >= 30 * MiB  # pages still in per-CPU LRU batches are not counted yet
 
 
+def test_memory_reused_at_once_is_not_madvised_first():
+    """A load right after the previous one's free takes its memory without waiting for MADV_FREE."""
+    host_cache.configure(1 << 30, 60)
+    buf = cpp.HostBuffer.allocate(32 * MiB)
+    fill(buf, 1)
+    del buf
+    time.sleep(0.1)  # what the reclaimer would have madvised by now, had it started at once
+    assert host_cache.stats()["lazy_bytes"] == 0 < host_cache.stats()["bytes"]
+    again = cpp.HostBuffer.allocate(32 * MiB)
+    assert again.reused and host_cache.stats()["bytes"] == 0
+
+
 def test_kept_buffers_are_unmapped_after_the_hold_time():
     host_cache.configure(1 << 30, 0.2)
     del_at = time.monotonic()
