@@ -208,11 +208,19 @@ void validate_layout(Header& h) {
     }
   }
   uint64_t covered = 0;
-  if (!detail::checked_add(h.data_start, expected_begin, covered) || covered != h.file_size) {
+  bool overflow = !detail::checked_add(h.data_start, expected_begin, covered);
+  if (overflow || covered > h.file_size) {
     throw FormatError(FormatErrorKind::MetadataIncompleteBuffer,
-                      "incomplete metadata, file not fully covered: tensors end at byte " +
+                      "truncated: the file has " + std::to_string(h.file_size) + " bytes, its header needs " +
+                          (overflow ? std::string("more than 2^64") : std::to_string(covered)) +
+                          " (incomplete metadata, file not fully covered: tensors end at byte " +
                           std::to_string(expected_begin) + " of a data section of " +
-                          std::to_string(h.file_size - h.data_start) + " bytes");
+                          std::to_string(h.file_size - h.data_start) + " bytes)");
+  }
+  if (covered < h.file_size) {
+    throw FormatError(FormatErrorKind::MetadataIncompleteBuffer,
+                      "incomplete metadata, file not fully covered: " + std::to_string(h.file_size - covered) +
+                          " bytes after the last tensor belong to no tensor");
   }
 }
 
@@ -227,14 +235,15 @@ uint64_t parse_header_length(const uint8_t* prefix, uint64_t available, uint64_t
   if (n > kMaxHeaderLength) {
     // The value is not printed: from a file that is not safetensors it is the file's first 8 bytes.
     throw FormatError(FormatErrorKind::HeaderTooLarge,
-                      "not a safetensors file: its first 8 bytes, read as the header length, exceed the " +
-                          std::to_string(kMaxHeaderLength) + "-byte limit");
+                      "not a safetensors file (header too large: its first 8 bytes, read as the header length, "
+                      "exceed the limit of " + std::to_string(kMaxHeaderLength) + " bytes)");
   }
   uint64_t end = 0;
   if (!detail::checked_add(n, 8, end) || end > file_size) {
     throw FormatError(FormatErrorKind::InvalidHeaderLength,
-                      "invalid header length: " + std::to_string(n) + " bytes in a file of " +
-                          std::to_string(file_size));
+                      "truncated, or not a safetensors file (invalid header length: the header needs " +
+                          std::to_string(n) + " bytes after its 8-byte length, the file has " +
+                          std::to_string(file_size) + " bytes in all)");
   }
   return n;
 }

@@ -9,6 +9,7 @@ reader is stricter on purpose (duplicate names).
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
 
@@ -294,3 +295,17 @@ def test_agrees_with_reference_parser_on_mutated_bytes():
         assert ours_ok == ref_ok, bytes(h)
         accepted += ours_ok
     assert accepted > 20
+
+
+def test_a_truncated_file_is_called_truncated(tmp_path):
+    path = write_raw(tmp_path / "t.safetensors", {"w": entry("F32", [4], 0, 16)}, bytes(16))
+    whole = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(whole - 5)
+    with pytest.raises(E.MetadataIncompleteBuffer) as exc_info:
+        read_file_header(path)
+    assert f"truncated: the file has {whole - 5} bytes, its header needs {whole}" in str(exc_info.value)
+    with open(path, "r+b") as f:
+        f.truncate(12)  # cut inside the header
+    with pytest.raises(E.InvalidHeaderLength, match="truncated, or not a safetensors file"):
+        read_file_header(path)
