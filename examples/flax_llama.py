@@ -6,7 +6,8 @@ and keep its layouts (linear weights are (out, in)), so ``load(..., nested=True)
 ``params`` tree as is. Tensor-parallel placement comes from RULES: column-parallel projections
 split their output rows over the "model" axis, row-parallel ones their input columns.
 
-Run it on 8 fake CPU devices::
+Run it on 8 fake CPU devices (it needs jax, flax, transformers and a CPU build of torch:
+``pip install ".[examples]"``, torch from your platform's CPU index)::
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/flax_llama.py
 """
