@@ -10,7 +10,13 @@ from __future__ import annotations
 import logging
 import os
 
-from . import cpp, errors, host_cache
+try:
+    from . import cpp
+except ImportError as _exc:  # a source tree that was never built
+    raise ImportError(f"fastsafetensors: the compiled engine (cpp*.so) is missing from {os.path.dirname(__file__)}: "
+                      "install the package (`pip install .`), or build it in place "
+                      "(`python setup.py build_ext --inplace`)") from _exc
+from . import errors, host_cache
 from .api import load
 from .common import SafeTensorsMetadata, SingleGroup, TensorFrame
 from .errors import *  # noqa: F401,F403
