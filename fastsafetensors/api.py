@@ -26,6 +26,30 @@ def _direct_io_default() -> bool:
     return os.environ.get("FASTSAFETENSORS_ODIRECT", "0") not in ("", "0", "false", "False")
 
 
+def check_dtypes(plan: LoadPlan, framework: Framework, dtype: Union[DType, str, None], raw: bool) -> None:
+    """Refuses, before anything is read, a tensor (or a conversion) the framework has no type for."""
+    if raw:
+        return
+    cast = _cast_of(dtype)
+    if cast is not None:
+        framework.check_dtype(cast, ())
+    for name, loc in plan.tensors.items():
+        try:
+            framework.check_dtype(loc.dtype, tuple(loc.shape))
+        except UnsupportedDtype as exc:
+            raise _named(exc, plan, name) from None
+
+
+def _named(exc: UnsupportedDtype, plan: LoadPlan, name: str) -> UnsupportedDtype:
+    """Backends know no file names: the error says which tensor of which file it is about."""
+    path = plan.files[plan.tensors[name].file].path
+    return UnsupportedDtype(f"{path}: tensor `{name}`: {exc}", filename=path, tensor=name)
+
+
+def _cast_of(dtype: Union[DType, str, None]) -> Optional[str]:
+    return None if dtype in (None, DType.AUTO, "auto") else DType(dtype).value
+
+
 def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
                 dtype: Union[DType, str, None] = None, raw: bool = False,
                 device: Union[str, Device] = "cpu") -> Dict[str, Any]:
@@ -35,16 +59,15 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     ``device`` moves host-loaded tensors off the host (GPU-loaded ones are there already).
     """
     target = Device.from_str(device)
-    cast = None if dtype in (None, DType.AUTO, "auto") else DType(dtype).value
+    cast = _cast_of(dtype)
     out: Dict[str, Any] = {}
     for name, loc in plan.tensors.items():
-        try:
-            t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
-            if cast is not None and not raw and loc.dtype in FLOAT_DTYPES and loc.dtype != cast:
+        t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
+        if cast is not None and not raw and loc.dtype in FLOAT_DTYPES and loc.dtype != cast:
+            try:
                 t = framework.convert(t, cast)
-        except UnsupportedDtype as exc:  # backends know no file names: say which tensor failed
-            path = plan.files[loc.file].path
-            raise UnsupportedDtype(f"{path}: tensor `{name}`: {exc}", filename=path, tensor=name) from None
+            except UnsupportedDtype as exc:
+                raise _named(exc, plan, name) from None
         out[name] = framework.to_device(t, target)
     return out
 
@@ -64,6 +87,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
                             direct_io=direct_io, verify=verify or bool(sha256), metrics=metrics)
     with metrics.phase("plan"):
         plan = plan_load(files, names)
+        check_dtypes(plan, fw, dtype, raw)
     if target.is_cpu:
         expected = integrity.expected_digests([f.path for f in files], sha256) if verify or sha256 else None
         buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
@@ -101,8 +125,11 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
     if verify:
         raise ValueError("verify=/sha256= check the bytes a load reads; mmap=True reads none: load without "
                          "mmap, or run `fastsafetensors verify --sha256` first")
+    with metrics.phase("plan"):
+        planned = plan_load(files, names)
+        check_dtypes(planned, fw, dtype, raw)
     with metrics.phase("map"):
-        plan, mappings, misaligned = mapping.map_files(files, names, metrics)
+        plan, mappings, misaligned = mapping.map_files(planned, metrics)
     out = {}
     if misaligned:
         out = load_files(files, fw, names=misaligned, dtype=dtype, raw=raw, threads=threads,

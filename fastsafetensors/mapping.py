@@ -13,13 +13,13 @@ default (docs/usage.md).
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import cpp
 from .dtypes import BITS
 from .files import SafeTensorsFile
 from .metrics import LoadMetrics
-from .plan import LoadPlan, TensorLocation, plan_load
+from .plan import LoadPlan, TensorLocation
 
 __all__ = ["map_files"]
 
@@ -41,14 +41,14 @@ def _runs(infos: List["cpp.TensorInfo"]) -> List[Tuple[int, int]]:
     return runs
 
 
-def map_files(files: List[SafeTensorsFile], names: Optional[Iterable[str]],
-              metrics: LoadMetrics) -> Tuple[LoadPlan, List["cpp.FileMapping"], List[str]]:
-    """Maps the files holding ``names`` (every tensor when None).
+def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["cpp.FileMapping"], List[str]]:
+    """Maps the files holding the tensors of a read plan (``plan_load``: it selects, checks and
+    orders them as for any load).
 
     Returns a plan whose buffer ``i`` is the mapping of file ``i`` (offsets are file offsets), the
     mappings, and the names of the tensors left out because they are misaligned.
     """
-    planned = plan_load(files, names)  # selects, checks and orders the tensors as any load does
+    files = planned.files
     tensors: Dict[str, TensorLocation] = {}
     misaligned: List[str] = []
     for name, loc in planned.tensors.items():

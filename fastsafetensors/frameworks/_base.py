@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Mapping, Sequence, Tuple
 
 from .. import cpp
 from ..dtypes import BITS, NATIVE, RAW_BYTES, packed_shape
@@ -37,11 +37,19 @@ class Framework(ABC):
     """Turns (buffer, offset, dtype, shape) into a framework array without copying."""
 
     name: str = ""
+    # safetensors dtype -> this framework's type: the dtypes from_buffer returns typed.
+    dtypes: Mapping[str, Any] = {}
 
     @abstractmethod
     def from_buffer(self, buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...],
                     raw: bool = False) -> Any:
         """The tensor stored at ``offset`` of ``buffer``; ``raw`` returns its bytes as uint8."""
+
+    def check_dtype(self, dtype: str, shape: Tuple[int, ...]) -> None:
+        """Raises what from_buffer would raise for a tensor of this dtype and shape, so that a
+        load refuses it before reading anything."""
+        if dtype not in self.dtypes:
+            raise self.unsupported(dtype)
 
     @abstractmethod
     def convert(self, tensor: Any, dtype: str) -> Any:

@@ -20,6 +20,7 @@ CUPY_DTYPES = {st: t for st, t in NUMPY_DTYPES.items() if getattr(t, "__module__
 
 class CupyFramework(Framework):
     name = "cupy"
+    dtypes = CUPY_DTYPES
 
     def __init__(self) -> None:
         self._host = NumpyFramework()

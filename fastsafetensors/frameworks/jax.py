@@ -43,6 +43,11 @@ _NEEDS_X64 = frozenset({"I64", "U64", "F64"})
 
 class JaxFramework(Framework):
     name = "jax"
+    dtypes = JAX_DTYPES
+
+    def check_dtype(self, dtype: str, shape: Tuple[int, ...]) -> None:
+        super().check_dtype(dtype, shape)
+        self._check_x64(dtype)
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if raw:
@@ -72,8 +77,9 @@ class JaxFramework(Framework):
         if dtype in _NEEDS_X64 and not jax.config.jax_enable_x64:
             raise UnsupportedDtype(
                 f"jax: safetensors dtype {dtype} needs 64-bit types, which JAX would silently narrow to "
-                "32 bits: set jax_enable_x64 (jax.config.update('jax_enable_x64', True) or the "
-                "jax.enable_x64() context), or pass raw=True to get the bytes as uint8")
+                "32 bits: enable x64 (JAX_ENABLE_X64=1 in the environment, "
+                "jax.config.update('jax_enable_x64', True) or the jax.enable_x64() context), or pass "
+                "raw=True to get the bytes as uint8")
 
     def to_device(self, tensor: Any, device: Device) -> Any:
         if device.is_cpu:

@@ -30,6 +30,7 @@ NUMPY_DTYPES = {
 class NumpyFramework(Framework):
     name = "numpy"
     gpu_capable = False
+    dtypes = NUMPY_DTYPES
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if raw:

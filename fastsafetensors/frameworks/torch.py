@@ -36,6 +36,10 @@ for _st, _name in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
 
 class TorchFramework(Framework):
     name = "torch"
+    dtypes = TORCH_DTYPES
+
+    def check_dtype(self, dtype: str, shape: Tuple[int, ...]) -> None:
+        self.view_type(dtype, shape)  # F4 also needs whole pairs of values in the last dimension
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if isinstance(buffer, torch.Tensor):
