@@ -8,9 +8,8 @@ Importing this package imports no framework.
 from __future__ import annotations
 
 import logging
-import os
 
-from . import cpp, errors, host_cache
+from . import cpp, errors, host_cache, settings
 from .api import load
 from .common import SafeTensorsMetadata, SingleGroup, TensorFrame
 from .errors import *  # noqa: F401,F403
@@ -39,10 +38,11 @@ __all__ = [
     "DType",
     "errors",
     "host_cache",
+    "settings",
     "cpp",
 ]
 
 logging.getLogger("fastsafetensors").addHandler(logging.NullHandler())
-if os.environ.get("FASTSAFETENSORS_DEBUG", "") not in ("", "0", "false"):
+if settings.get("FASTSAFETENSORS_DEBUG"):
     logging.basicConfig()
     logging.getLogger("fastsafetensors").setLevel(logging.DEBUG)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from . import cpp, integrity
+from . import cpp, integrity, settings
 from .dtypes import FLOAT_DTYPES
 from .device_engine import gds_mode, read_into_device
 from .engine import read_into_host
@@ -23,7 +22,7 @@ logger = logging.getLogger("fastsafetensors")
 
 
 def _direct_io_default() -> bool:
-    return os.environ.get("FASTSAFETENSORS_ODIRECT", "0") not in ("", "0", "false", "False")
+    return settings.get("FASTSAFETENSORS_ODIRECT")
 
 
 def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,

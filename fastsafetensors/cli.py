@@ -1,4 +1,4 @@
-"""The ``fastsafetensors`` command: load, inspect, verify, bench and demo.
+"""The ``fastsafetensors`` command: load, inspect, verify, bench, demo and env.
 
 Every command takes what ``fastsafetensors.load`` takes: a ``.safetensors`` file, several, a
 directory, or a ``model.safetensors.index.json``.
@@ -14,8 +14,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, api, integrity
-from .errors import SafeTensorsError
+from . import __version__, api, integrity, settings
+from .errors import SafeTensorsError, SettingsError
 from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
 from .frameworks import canonical_name
 from .metrics import LoadMetrics
@@ -58,10 +58,15 @@ def _print_header(f: SafeTensorsFile) -> None:
         print("  metadata: " + ", ".join(f"{k}={v}" for k, v in f.metadata.items()))
     rows = [(t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]", f"{t.nbytes:,}", f"[{t.begin}, {t.end})")
             for t in f.infos]
-    heads = ("name", "dtype", "shape", "bytes", "offsets")
+    _print_columns(("name", "dtype", "shape", "bytes", "offsets"), rows, right=(3,))
+
+
+def _print_columns(heads: Sequence[str], rows: List[Sequence[str]], right: Sequence[int] = ()) -> None:
+    """An indented table, columns as wide as their widest cell (those in ``right`` right-aligned)."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
     for row in [heads, *rows]:
-        print(("  " + "  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))).rstrip())
+        print(("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                for i, (c, w) in enumerate(zip(row, widths)))).rstrip())
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -123,7 +128,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             f = _verify_file(p)
             digest = integrity.verify_file(p, expected.get(os.path.realpath(p))) if expected is not None else None
-        except (SafeTensorsError, OSError) as exc:
+        except (SafeTensorsError, SettingsError, OSError) as exc:
             failed += 1
             _fail(p, exc)
             continue
@@ -216,6 +221,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- env
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    rows = [(e.name, "unset" if e.value is None else str(e.value), e.source, e.help) for e in settings.effective()]
+    _print_columns(("variable", "value", "source", "effect"), rows)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -261,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
     s.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("env", help="print every FASTSAFETENSORS_* variable's effective value; exit 1 on a malformed one")
+    s.set_defaults(func=cmd_env)
     return p
 
 
@@ -271,6 +288,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (SafeTensorsError, OSError) as exc:
+    except (SafeTensorsError, SettingsError, OSError) as exc:
         print(f"fastsafetensors {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
