@@ -26,11 +26,16 @@ from .files import PathLike
 if TYPE_CHECKING:
     from .plan import LoadPlan
 
-__all__ = ["hf_cache_digest", "expected_digest", "expected_digests", "sha256_file", "verify_file", "check_loaded"]
+__all__ = ["is_sha256", "hf_cache_digest", "expected_digest", "expected_digests", "sha256_file", "verify_file", "check_loaded"]
 
 logger = logging.getLogger("fastsafetensors")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a hex SHA-256 digest (64 hex digits, either case)."""
+    return isinstance(text, str) and _HEX64.fullmatch(text.lower()) is not None
 
 
 def hf_cache_digest(path: PathLike) -> Optional[str]:
@@ -57,9 +62,10 @@ def expected_digest(path: PathLike, sha256: Optional[Mapping[PathLike, str]] = N
     if digest is None:
         digest = hf_cache_digest(path)
     if digest is None:
-        raise IntegrityError(f"{path}: no expected SHA-256 to verify against (pass sha256={{path: digest}} "
-                             "or load from a Hugging Face cache snapshot)", filename=path)
-    if not (isinstance(digest, str) and _HEX64.fullmatch(digest.lower())):
+        raise IntegrityError(f"{path}: no expected SHA-256 to verify against (give its digest: sha256={{path: digest}}, "
+                             "or --sha256 FILE=HEX on the command line; or load it from a Hugging Face cache "
+                             "snapshot)", filename=path)
+    if not is_sha256(digest):
         raise IntegrityError(f"{path}: expected SHA-256 {digest!r} is not a SHA-256 digest (64 hex digits)",
                              filename=path)
     return digest.lower()
