@@ -267,7 +267,7 @@ void host_cache_configure(size_t limit_bytes, double hold_seconds) {
 HostCacheStats host_cache_stats() {
   try {
     return Cache::get().stats();
-  } catch (const SettingsError&) {
+  } catch (const SettingsError&) {  // as in host_cache_take
     throw;
   } catch (...) {
     return {};

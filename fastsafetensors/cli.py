@@ -123,7 +123,8 @@ def _given_digests(values: List[str], paths: List[str]) -> Dict[str, str]:
             raise SystemExit("fastsafetensors verify: --sha256 HEX names one file's digest; give FILE=HEX "
                              f"for each of the {len(paths)} files")
         if not integrity.is_sha256(digest):
-            raise SystemExit(f"fastsafetensors verify: --sha256 {v}: {digest!r} is not a SHA-256 digest (64 hex digits)")
+            raise SystemExit(f"fastsafetensors verify: --sha256 {v}: {digest!r} is not a SHA-256 digest "
+                             "(64 hex digits)")
         out[path if sep else paths[0]] = digest
     return out
 
@@ -294,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("env", help="print every FASTSAFETENSORS_* variable's effective value; exit 1 on a malformed one")
+    s = sub.add_parser("env", help="print every FASTSAFETENSORS_* variable's value in effect; exit 1 on a "
+                                   "malformed one")
     s.set_defaults(func=cmd_env)
     return p
 

@@ -26,7 +26,8 @@ from .files import PathLike
 if TYPE_CHECKING:
     from .plan import LoadPlan
 
-__all__ = ["is_sha256", "hf_cache_digest", "expected_digest", "expected_digests", "sha256_file", "verify_file", "check_loaded"]
+__all__ = ["is_sha256", "hf_cache_digest", "expected_digest", "expected_digests", "sha256_file", "verify_file",
+           "check_loaded"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -51,7 +52,8 @@ def hf_cache_digest(path: PathLike) -> Optional[str]:
 def _names(key: PathLike, path: str) -> bool:
     """Whether a caller's key names ``path``: the same file in any spelling, or its file name."""
     key = os.fspath(key)
-    return key in (path, os.path.abspath(path), os.path.basename(path)) or os.path.realpath(key) == os.path.realpath(path)
+    same_spelling = key in (path, os.path.abspath(path), os.path.basename(path))
+    return same_spelling or os.path.realpath(key) == os.path.realpath(path)
 
 
 def expected_digest(path: PathLike, sha256: Optional[Mapping[PathLike, str]] = None) -> str:
@@ -62,9 +64,9 @@ def expected_digest(path: PathLike, sha256: Optional[Mapping[PathLike, str]] = N
     if digest is None:
         digest = hf_cache_digest(path)
     if digest is None:
-        raise IntegrityError(f"{path}: no expected SHA-256 to verify against (give its digest: sha256={{path: digest}}, "
-                             "or --sha256 FILE=HEX on the command line; or load it from a Hugging Face cache "
-                             "snapshot)", filename=path)
+        raise IntegrityError(f"{path}: no expected SHA-256 to verify against (give its digest: "
+                             "sha256={path: digest}, or --sha256 FILE=HEX on the command line; or load it from a "
+                             "Hugging Face cache snapshot)", filename=path)
     if not is_sha256(digest):
         raise IntegrityError(f"{path}: expected SHA-256 {digest!r} is not a SHA-256 digest (64 hex digits)",
                              filename=path)

@@ -144,8 +144,10 @@ SETTINGS: Dict[str, Setting] = {s.name: s for s in [
             choices=("auto", "direct", "buffered", "off")),
     Setting("FASTSAFETENSORS_NUMA", "bool", True,
             "GPU loads: run the reader's threads on the GPU's NUMA node (docs/gpu.md)"),
+    # 128 MiB: 16 lanes x 2 slots x 4 MiB.
     Setting("FASTSAFETENSORS_STAGING_MB", "int", 128,
             "GPU loads: pinned staging memory of the reader, in MiB", minimum=1, maximum=1 << 20),
+    # 2: page registration serialises in the driver, so more lanes do not help.
     Setting("FASTSAFETENSORS_MAP_LANES", "int", 2,
             "GPU loads: lanes that DMA straight from page-cache pages when mapping is on", maximum=64),
     Setting("FASTSAFETENSORS_MAPPING", "choice", "0",
