@@ -83,7 +83,7 @@ uint64_t parse_uint(const std::string& name, const std::string& value, uint64_t 
   uint64_t out = 0;
   for (char c : v) {
     auto digit = static_cast<uint64_t>(c - '0');
-    if (out > (max - digit) / 10) bad();  // out * 10 + digit would pass max (or wrap)
+    if (digit > max || out > (max - digit) / 10) bad();  // out * 10 + digit would pass max (or wrap)
     out = out * 10 + digit;
   }
   return out;

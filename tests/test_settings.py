@@ -44,7 +44,7 @@ def test_bool_parsers_agree(value):
 
 
 @pytest.mark.parametrize("value", UINTS)
-@pytest.mark.parametrize("maximum", [1024, (1 << 64) - 1])
+@pytest.mark.parametrize("maximum", [5, 1024, (1 << 64) - 1])
 def test_uint_parsers_agree(value, maximum):
     assert (_outcome(settings.parse_uint, NAME, value, maximum)
             == _outcome(cpp._testing.parse_uint, NAME, value, maximum))
