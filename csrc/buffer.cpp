@@ -4,11 +4,11 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
 #include <new>
 
 #include "fastsafetensors/detail/checked.hpp"
 #include "fastsafetensors/host_cache.hpp"
+#include "fastsafetensors/settings.hpp"
 
 namespace fst {
 namespace {
@@ -28,13 +28,7 @@ size_t rounded_or_throw(size_t size, size_t step, size_t extra = 0) {
 }
 }  // namespace
 
-bool huge_pages_by_default() noexcept {
-  static const bool huge = [] {
-    const char* env = std::getenv("FASTSAFETENSORS_HUGE_PAGES");
-    return env != nullptr && (!std::strcmp(env, "1") || !std::strcmp(env, "always"));
-  }();
-  return huge;
-}
+bool huge_pages_by_default() { return settings::get_bool("FASTSAFETENSORS_HUGE_PAGES", false); }
 
 HostBuffer::FailHook HostBuffer::set_fail_hook(FailHook hook) noexcept { return g_fail_hook.exchange(hook); }
 

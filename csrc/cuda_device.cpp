@@ -1,5 +1,4 @@
 // The CUDA implementation of Device, through the runtime shim.
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -7,6 +6,7 @@
 
 #include "fastsafetensors/device.hpp"
 #include "fastsafetensors/device_error.hpp"
+#include "fastsafetensors/settings.hpp"
 #include "fastsafetensors/shim/cudart.hpp"
 
 namespace fst {
@@ -33,8 +33,7 @@ class CudaDevice final : public Device {
   // slots in parallel. Slots under 2 MiB (which could share a page with other heap memory), or
   // FASTSAFETENSORS_PIN=alloc, use cudaHostAlloc.
   void* alloc_pinned(size_t size) override {
-    const char* how = std::getenv("FASTSAFETENSORS_PIN");
-    if (size < (size_t{2} << 20) || (how != nullptr && std::string(how) == "alloc")) {
+    if (size < (size_t{2} << 20) || settings::get_choice("FASTSAFETENSORS_PIN", "register", {"register", "alloc"}) == "alloc") {
       void* p = nullptr;
       cuda_check(rt_->HostAlloc(&p, size, shim::cudaHostAllocPortable),
                  "cudaHostAlloc of " + std::to_string(size) + " pinned bytes");

@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
+#include <cstdint>
 #include <list>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "fastsafetensors/settings.hpp"
 
 namespace fst {
 namespace {
@@ -31,19 +33,16 @@ struct Entry {
 };
 
 size_t default_limit() {
-  const char* env = std::getenv("FASTSAFETENSORS_HOST_CACHE_MB");
-  if (env != nullptr && *env != '\0') return static_cast<size_t>(std::strtoull(env, nullptr, 10)) << 20;
   long pages = ::sysconf(_SC_PHYS_PAGES);
   long page = ::sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<size_t>(pages) / 4 * static_cast<size_t>(page) : 0;
+  size_t quarter = pages > 0 && page > 0 ? static_cast<size_t>(pages) / 4 * static_cast<size_t>(page) : 0;
+  constexpr uint64_t kMaxMiB = SIZE_MAX >> 20;  // MiB that still fit in size_t as bytes
+  return static_cast<size_t>(settings::get_uint("FASTSAFETENSORS_HOST_CACHE_MB", quarter >> 20, kMaxMiB)) << 20;
 }
 
 double clamped_hold(double seconds) { return std::clamp(seconds, 0.0, kMaxHoldSeconds); }
 
-double default_hold() {
-  const char* env = std::getenv("FASTSAFETENSORS_HOST_CACHE_SECONDS");
-  return clamped_hold(env != nullptr && *env != '\0' ? std::strtod(env, nullptr) : 5.0);
-}
+double default_hold() { return settings::get_float("FASTSAFETENSORS_HOST_CACHE_SECONDS", 5.0, kMaxHoldSeconds); }
 
 void unmap(const std::vector<Mapping>& maps) noexcept {
   for (const Mapping& m : maps) ::munmap(m.base, m.size);
@@ -240,9 +239,11 @@ class Cache {
 
 }  // namespace
 
-Mapping host_cache_take(size_t size, bool huge) noexcept {
+Mapping host_cache_take(size_t size, bool huge) {
   try {
     return Cache::get().take(size, huge);
+  } catch (const SettingsError&) {  // the cache's variables are malformed: say so, not run without it
+    throw;
   } catch (...) {  // a lock that cannot be taken: allocate fresh
     return {};
   }
@@ -268,9 +269,11 @@ void host_cache_configure(size_t limit_bytes, double hold_seconds) {
   Cache::get().configure(limit_bytes, hold_seconds);
 }
 
-HostCacheStats host_cache_stats() noexcept {
+HostCacheStats host_cache_stats() {
   try {
     return Cache::get().stats();
+  } catch (const SettingsError&) {  // as in host_cache_take
+    throw;
   } catch (...) {
     return {};
   }

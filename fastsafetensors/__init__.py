@@ -16,7 +16,7 @@ except ImportError as _exc:  # a source tree that was never built
     raise ImportError(f"fastsafetensors: the compiled engine (cpp*.so) is missing from {os.path.dirname(__file__)}: "
                       "install the package (`pip install .`), or build it in place "
                       "(`python setup.py build_ext --inplace`)") from _exc
-from . import errors, host_cache
+from . import errors, host_cache, settings
 from .api import load
 from .common import SafeTensorsMetadata, SingleGroup, TensorFrame
 from .errors import *  # noqa: F401,F403
@@ -45,10 +45,11 @@ __all__ = [
     "DType",
     "errors",
     "host_cache",
+    "settings",
     "cpp",
 ]
 
 logging.getLogger("fastsafetensors").addHandler(logging.NullHandler())
-if os.environ.get("FASTSAFETENSORS_DEBUG", "") not in ("", "0", "false"):
+if settings.get("FASTSAFETENSORS_DEBUG"):
     logging.basicConfig()
     logging.getLogger("fastsafetensors").setLevel(logging.DEBUG)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from . import cpp, integrity, mapping
+from . import cpp, integrity, mapping, settings
 from .dtypes import FLOAT_DTYPES
 from .device_engine import gds_mode, read_into_device
 from .engine import read_into_host
@@ -23,7 +22,7 @@ logger = logging.getLogger("fastsafetensors")
 
 
 def _direct_io_default() -> bool:
-    return os.environ.get("FASTSAFETENSORS_ODIRECT", "0") not in ("", "0", "false", "False")
+    return settings.get("FASTSAFETENSORS_ODIRECT")
 
 
 def check_dtypes(plan: LoadPlan, framework: Framework, dtype: Union[DType, str, None], raw: bool) -> None:
@@ -73,7 +72,7 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
 
 
 def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = "numpy", *,
-               names: Optional[Iterable[str]] = None, device: Union[str, Device] = "cpu",
+               names: Union[str, Iterable[str], None] = None, device: Union[str, Device] = "cpu",
                dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
                direct_io: Optional[bool] = None, progress: Optional[bool] = None,
                metrics: Optional[LoadMetrics] = None, verify: bool = False,
@@ -84,12 +83,13 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     target = Device.from_str(device)
     if mmap:
         return _load_mapped(files, fw, target, names=names, dtype=dtype, raw=raw, threads=threads,
-                            direct_io=direct_io, verify=verify or bool(sha256), metrics=metrics)
+                            direct_io=direct_io, verify=verify or sha256 is not None, metrics=metrics)
     with metrics.phase("plan"):
         plan = plan_load(files, names)
         check_dtypes(plan, fw, dtype, raw)
     if target.is_cpu:
-        expected = integrity.expected_digests([f.path for f in files], sha256) if verify or sha256 else None
+        checking = verify or sha256 is not None
+        expected = integrity.expected_digests([f.path for f in files], sha256) if checking else None
         buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
                                  direct_io=_direct_io_default() if direct_io is None else direct_io)
         if expected is not None:
@@ -100,7 +100,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
                 buffers.clear()  # the traceback must not keep a failed file's bytes alive
                 raise
     else:
-        if verify or sha256:
+        if verify or sha256 is not None:
             raise ValueError("verify=/sha256= check files while loading them to the CPU; load to the CPU, or "
                              "run `fastsafetensors verify --sha256` first")
         plan, buffers = read_into_device(plan, fw, target, raw=raw, threads=threads, metrics=metrics,
@@ -144,7 +144,7 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
 
 
 def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[str, Framework] = "numpy",
-         device: Union[str, Device] = "cpu", *, names: Optional[Iterable[str]] = None,
+         device: Union[str, Device] = "cpu", *, names: Union[str, Iterable[str], None] = None,
          dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None,
          metrics: Optional[LoadMetrics] = None, verify: bool = False,
@@ -158,7 +158,7 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
         framework: "numpy"/"np", "torch"/"pt"/"pytorch", "jax" or "cupy".
         device: "cpu", "cuda" or "cuda:N" (read straight into GPU memory the framework
             allocates; FASTSAFETENSORS_GDS=auto|direct reads files outside the page cache with cuFile).
-        names: load only these tensors (only their bytes are read).
+        names: load only these tensors (only their bytes are read); a string is one name.
         dtype: convert floating tensors to this safetensors dtype (e.g. "BF16").
         raw: return every tensor's bytes as uint8 (for dtypes a framework lacks).
         threads: reader threads (default: FASTSAFETENSORS_THREADS or 2 per core, 4 to 16).

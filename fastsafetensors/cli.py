@@ -1,4 +1,4 @@
-"""The ``fastsafetensors`` command: load, inspect, verify, bench and demo.
+"""The ``fastsafetensors`` command: load, inspect, verify, bench, demo and env.
 
 Every command takes what ``fastsafetensors.load`` takes: a ``.safetensors`` file, several, a
 directory, or a ``model.safetensors.index.json``.
@@ -14,8 +14,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, api, integrity
-from .errors import SafeTensorsError
+from . import __version__, api, integrity, settings
+from .errors import SafeTensorsError, SettingsError
 from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
 from .frameworks import canonical_name
 from .metrics import LoadMetrics
@@ -58,10 +58,15 @@ def _print_header(f: SafeTensorsFile) -> None:
         print("  metadata: " + ", ".join(f"{k}={v}" for k, v in f.metadata.items()))
     rows = [(t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]", f"{t.nbytes:,}", f"[{t.begin}, {t.end})")
             for t in f.infos]
-    heads = ("name", "dtype", "shape", "bytes", "offsets")
+    _print_columns(("name", "dtype", "shape", "bytes", "offsets"), rows, right=(3,))
+
+
+def _print_columns(heads: Sequence[str], rows: List[Sequence[str]], right: Sequence[int] = ()) -> None:
+    """An indented table, columns as wide as their widest cell (those in ``right`` right-aligned)."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
     for row in [heads, *rows]:
-        print(("  " + "  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))).rstrip())
+        print(("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                for i, (c, w) in enumerate(zip(row, widths)))).rstrip())
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -100,29 +105,46 @@ def _verify_file(path: str) -> SafeTensorsFile:
     return f
 
 
-def _expected_digests(values: List[str], paths: List[str]) -> Dict[str, str]:
-    """``--sha256`` values: FILE=HEX pairs, or one HEX when a single file is verified."""
+def _split_sha256(args: argparse.Namespace) -> Tuple[List[str], Optional[List[str]]]:
+    """The paths and the ``--sha256`` values. ``--sha256`` takes any number of values, so paths written
+    after it land among them: a value naming an existing file or directory is a path."""
+    if args.sha256 is None:
+        return args.path, None
+    moved = [v for v in args.sha256 if os.path.exists(v)]
+    return args.path + moved, [v for v in args.sha256 if v not in moved]
+
+
+def _given_digests(values: List[str], paths: List[str]) -> Dict[str, str]:
+    """``--sha256`` values as ``{FILE: HEX}``: FILE=HEX pairs, or one HEX when a single file is verified."""
     out: Dict[str, str] = {}
     for v in values:
-        if "=" in v:
-            path, digest = v.rsplit("=", 1)
-            out[os.path.realpath(path)] = digest
-        elif len(paths) == 1:
-            out[os.path.realpath(paths[0])] = v
-        else:
-            raise SystemExit("verify: --sha256 HEX names one file's digest; give FILE=HEX for several files")
+        path, sep, digest = v.rpartition("=")
+        if not sep and len(paths) != 1:
+            raise SystemExit("fastsafetensors verify: --sha256 HEX names one file's digest; give FILE=HEX "
+                             f"for each of the {len(paths)} files")
+        if not integrity.is_sha256(digest):
+            raise SystemExit(f"fastsafetensors verify: --sha256 {v}: {digest!r} is not a SHA-256 digest "
+                             "(64 hex digits)")
+        out[path if sep else paths[0]] = digest
     return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    paths, weight_map = _resolve(args.path)
-    expected = _expected_digests(args.sha256, paths) if args.sha256 is not None else None
+    path_args, values = _split_sha256(args)
+    if not path_args:
+        raise SystemExit("fastsafetensors verify: no PATH given (a file, several, a directory or an index)")
+    paths, weight_map = _resolve(path_args)
+    expected = _given_digests(values, paths) if values is not None else None
     good: List[SafeTensorsFile] = []
     failed = 0
+    for key in integrity.unmatched_keys(paths, expected or {}):
+        failed += 1
+        print(f"FAIL  --sha256 {key}=...: {key} is none of the files verified, so nothing was compared with it")
     for p in paths:
         try:
+            want = integrity.expected_digest(p, expected) if expected is not None else None
             f = _verify_file(p)
-            digest = integrity.verify_file(p, expected.get(os.path.realpath(p))) if expected is not None else None
+            digest = integrity.verify_file(p, want) if want is not None else None
         except (SafeTensorsError, OSError) as exc:
             failed += 1
             _fail(p, exc)
@@ -216,6 +238,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- env
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    rows = [(e.name, "unset" if e.value is None else str(e.value), e.source, e.help) for e in settings.effective()]
+    _print_columns(("variable", "value", "source", "effect"), rows)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -244,10 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("verify", help="validate every file and read every byte; exit 1 on a bad one")
-    s.add_argument("path", nargs="+", help=path_help)
+    s.add_argument("path", nargs="*", help=path_help)
     s.add_argument("--sha256", nargs="*", metavar="HEX|FILE=HEX",
-                   help="also hash each file and compare with the digests given, or, for files in a "
-                        "Hugging Face cache, with the blob name their snapshot link points to")
+                   help="also hash each file and compare it with the digest given (HEX for a single file, "
+                        "FILE=HEX for each of several), else, in a Hugging Face cache, with the blob name "
+                        "(its own, or the one its snapshot link points to); a file with nothing to compare "
+                        "with fails. Values naming existing files or directories are taken as paths")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("bench", help="time fastsafetensors against safetensors on a checkpoint")
@@ -261,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
     s.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("env", help="print every FASTSAFETENSORS_* variable's value in effect; exit 1 on a "
+                                   "malformed one")
+    s.set_defaults(func=cmd_env)
     return p
 
 
@@ -271,6 +308,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (SafeTensorsError, OSError) as exc:
+    except (SafeTensorsError, SettingsError, OSError) as exc:
         print(f"fastsafetensors {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ import threading
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import cpp
+from . import cpp, settings
 from .engine import default_threads
 from .errors import GdsError
 from .frameworks import Framework
@@ -31,19 +31,12 @@ __all__ = ["cuda_device", "get_device_reader", "gds_mode", "numa_enabled", "read
 
 logger = logging.getLogger("fastsafetensors")
 
-DEFAULT_STAGING_BYTES = 128 << 20  # pinned staging shared by the lanes (16 lanes x 2 x 4 MiB)
-DEFAULT_MAP_LANES = 2  # page registration serialises in the driver: more lanes do not help
 SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests point it at a fake tree)
 
 _lock = threading.Lock()
 _devices: Dict[int, "cpp.Device"] = {}
 _readers: Dict[Tuple[Any, int, int, int, bool, str], "cpp.DeviceReader"] = {}
 _search_dirs_added = False
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
 
 
 def _add_nvidia_lib_dirs() -> None:
@@ -76,7 +69,7 @@ def cuda_device(index: int = 0) -> "cpp.Device":
 def numa_enabled(asked: bool = True) -> bool:
     """Whether the reader's lanes go to the GPU's NUMA node: asked for (the 0.3 API's
     ``set_numa``) and not turned off with FASTSAFETENSORS_NUMA=0."""
-    return asked and os.environ.get("FASTSAFETENSORS_NUMA", "1").strip().lower() not in ("0", "false", "off")
+    return asked and settings.get("FASTSAFETENSORS_NUMA")
 
 
 def _log_placement(reader: "cpp.DeviceReader") -> None:
@@ -95,8 +88,8 @@ def get_device_reader(device: "cpp.Device", threads: Optional[int] = None,
 
     ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`)."""
     threads = threads or default_threads()
-    staging = staging_bytes or _env_int("FASTSAFETENSORS_STAGING_MB", 0) << 20 or DEFAULT_STAGING_BYTES
-    lanes = _env_int("FASTSAFETENSORS_MAP_LANES", DEFAULT_MAP_LANES) if map_lanes is None else map_lanes
+    staging = staging_bytes or settings.get("FASTSAFETENSORS_STAGING_MB") << 20
+    lanes = settings.get("FASTSAFETENSORS_MAP_LANES") if map_lanes is None else map_lanes
     key = (device, threads, staging, lanes, numa_enabled(numa), SYSFS_ROOT)
     with _lock:
         reader = _readers.get(key)
@@ -119,11 +112,11 @@ atexit.register(release_device_readers)
 def gds_mode(nogds: bool) -> str:
     """"off", "auto" (cuFile for files outside the page cache) or "direct" (cuFile for all).
 
-    FASTSAFETENSORS_GDS=auto|direct|buffered forces a mode. Without libcufile, GDS falls back to
+    FASTSAFETENSORS_GDS=auto|direct|buffered|off forces a mode. Without libcufile, GDS falls back to
     the staging path with a warning; a cuFile that loads but fails to start raises GdsError.
     """
-    forced = os.environ.get("FASTSAFETENSORS_GDS", "").strip().lower()
-    if forced == "buffered" or (nogds and not forced):
+    forced = settings.get("FASTSAFETENSORS_GDS")
+    if forced in ("buffered", "off") or (nogds and forced is None):
         return "off"
     mode = forced if forced in ("auto", "direct") else "auto"
     with _lock:
@@ -176,9 +169,9 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
     # FASTSAFETENSORS_MAPPING: 0 (default) staging only, 1 staging and page-cache DMA together,
     # "only" page-cache DMA only. On an H200 (docs/benchmarks.md) staging alone moved 8.2 GB at
     # 43-50 GB/s, both together 22-24 GB/s and DMA alone 13: registering pages costs more than it saves.
-    mapping = os.environ.get("FASTSAFETENSORS_MAPPING", "0").strip().lower()
+    mapping = settings.get("FASTSAFETENSORS_MAPPING")
     if use_mapping is None:
-        use_mapping = mapping not in ("0", "false")
+        use_mapping = mapping != "0"
     with metrics.phase("read"):
         stats = reader.read(plan.sources(), plan.ranges, ptrs, list(plan.buffer_sizes), use_mapping=use_mapping,
                             stage_cached=mapping != "only", gds=gds)

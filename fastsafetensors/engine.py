@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from typing import List, Optional
 
-from . import cpp
+from . import cpp, settings
 from .metrics import LoadMetrics
 from .plan import LoadPlan
 
@@ -28,10 +27,7 @@ DEFAULT_CHUNK_BYTES = 8 << 20
 
 def default_threads() -> int:
     """Reader threads: FASTSAFETENSORS_THREADS, else enough to keep every core and the disk busy."""
-    env = os.environ.get("FASTSAFETENSORS_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(4, min(16, 2 * (os.cpu_count() or 1)))
+    return settings.get("FASTSAFETENSORS_THREADS")
 
 
 def get_reader(threads: Optional[int] = None) -> "cpp.HostReader":

@@ -36,6 +36,7 @@ __all__ = [
     "PeerRankError",
     "CudaError",
     "GdsError",
+    "SettingsError",
 ]
 
 
@@ -163,3 +164,12 @@ class CudaError(RuntimeError):
 
 class GdsError(RuntimeError):
     """GPU Direct Storage (cuFile) failed; the message contains "gds": retry with ``nogds=True``."""
+
+
+class SettingsError(ValueError):
+    """A ``FASTSAFETENSORS_*`` environment variable holds a value it does not accept; ``variable``
+    names it and the message says what it accepts (fastsafetensors/settings.py)."""
+
+    def __init__(self, message: str, *, variable: Optional[str] = None):
+        super().__init__(message)
+        self.variable = variable

@@ -2,7 +2,9 @@
 
 The expected digest of a file comes from the caller (``{path: hexdigest}``) or from a Hugging
 Face cache, where ``snapshots/<rev>/<file>`` is a symlink to ``blobs/<sha256>`` for files stored
-with Git LFS (every ``.safetensors`` file on the Hub).
+with Git LFS (every ``.safetensors`` file on the Hub); a blob itself is checked against its name.
+Nothing passes unchecked: a file with no known digest, a digest that is not 64 hex digits, an
+empty mapping and a key that names none of the files are errors.
 
 A load with ``verify=True`` reads each byte of a file from disk once: the engine hashes the
 tensor bytes from the host buffers after they land and reads from disk only what the load did
@@ -24,51 +26,69 @@ from .files import PathLike
 if TYPE_CHECKING:
     from .plan import LoadPlan
 
-__all__ = ["hf_cache_digest", "expected_digests", "sha256_file", "verify_file", "check_loaded"]
+__all__ = ["is_sha256", "hf_cache_digest", "expected_digest", "expected_digests", "sha256_file", "verify_file",
+           "check_loaded"]
 
 logger = logging.getLogger("fastsafetensors")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a hex SHA-256 digest (64 hex digits, either case)."""
+    return isinstance(text, str) and _HEX64.fullmatch(text.lower()) is not None
+
+
 def hf_cache_digest(path: PathLike) -> Optional[str]:
-    """The SHA-256 a Hugging Face cache names ``path``'s blob after, or None outside such a cache."""
-    path = os.fspath(path)
-    if not os.path.islink(path):
-        return None
-    target = os.path.realpath(path)
+    """The SHA-256 a Hugging Face cache names ``path``'s blob after (``path`` being the blob or a link
+    to it), or None outside such a cache."""
+    target = os.path.realpath(os.fspath(path))
     name = os.path.basename(target)
     if os.path.basename(os.path.dirname(target)) != "blobs" or not _HEX64.fullmatch(name):
         return None
     return name
 
 
-def _caller_digest(path: str, sha256: Mapping[PathLike, str]) -> Optional[str]:
-    """The caller's digest for ``path``, keyed by the same file's path in any spelling or by its name."""
-    names = {path, os.path.abspath(path), os.path.basename(path)}
-    real = os.path.realpath(path)
-    for key, digest in sha256.items():
-        key = os.fspath(key)
-        if key in names or os.path.realpath(key) == real:
-            return digest.lower()
-    return None
+def _names(key: PathLike, path: str) -> bool:
+    """Whether a caller's key names ``path``: the same file in any spelling, or its file name."""
+    key = os.fspath(key)
+    same_spelling = key in (path, os.path.abspath(path), os.path.basename(path))
+    return same_spelling or os.path.realpath(key) == os.path.realpath(path)
+
+
+def expected_digest(path: PathLike, sha256: Optional[Mapping[PathLike, str]] = None) -> str:
+    """The hex digest ``path`` must have: the caller's, else its Hugging Face cache blob name; a file with
+    none known, or a digest that is not 64 hex digits, is an IntegrityError."""
+    path = os.fspath(path)
+    digest = next((d for k, d in (sha256 or {}).items() if _names(k, path)), None)
+    if digest is None:
+        digest = hf_cache_digest(path)
+    if digest is None:
+        raise IntegrityError(f"{path}: no expected SHA-256 to verify against (give its digest: "
+                             "sha256={path: digest}, or --sha256 FILE=HEX on the command line; or load it from a "
+                             "Hugging Face cache snapshot)", filename=path)
+    if not is_sha256(digest):
+        raise IntegrityError(f"{path}: expected SHA-256 {digest!r} is not a SHA-256 digest (64 hex digits)",
+                             filename=path)
+    return digest.lower()
+
+
+def unmatched_keys(paths: Sequence[PathLike], sha256: Mapping[PathLike, str]) -> List[str]:
+    """The caller's keys that name none of ``paths`` (a typo would otherwise leave a file unchecked)."""
+    return [os.fspath(k) for k in sha256 if not any(_names(k, os.fspath(p)) for p in paths)]
 
 
 def expected_digests(paths: Sequence[PathLike], sha256: Optional[Mapping[PathLike, str]] = None) -> Dict[str, str]:
-    """``{path: expected hex digest}`` for every file; a file with none known is an IntegrityError."""
-    out: Dict[str, str] = {}
-    for p in paths:
-        path = os.fspath(p)
-        digest = _caller_digest(path, sha256) if sha256 else None
-        if digest is None:
-            digest = hf_cache_digest(path)
-        if digest is None:
-            raise IntegrityError(f"{path}: no expected SHA-256 to verify against (pass sha256={{path: digest}} "
-                                 "or load from a Hugging Face cache snapshot)", filename=path)
-        if not _HEX64.fullmatch(digest):
-            raise IntegrityError(f"{path}: expected SHA-256 {digest!r} is not 64 hex digits", filename=path)
-        out[path] = digest
-    return out
+    """``{path: expected hex digest}`` for every file (see :func:`expected_digest`). ``sha256``, when
+    given, must name at least one file and only files among ``paths``."""
+    if sha256 is not None:
+        if not sha256:
+            raise ValueError("sha256={} names no file, so it would verify nothing: pass {path: hexdigest} for "
+                             "each file, or verify=True for files in a Hugging Face cache")
+        unknown = unmatched_keys(paths, sha256)
+        if unknown:
+            raise ValueError(f"sha256= names file(s) that are not part of this load: {', '.join(unknown)}")
+    return {os.fspath(p): expected_digest(p, sha256) for p in paths}
 
 
 def sha256_file(path: PathLike) -> str:

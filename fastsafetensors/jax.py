@@ -73,7 +73,7 @@ def nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
 
 def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None, *,
          mesh: Optional["jax.sharding.Mesh"] = None, rules: Optional[Rules] = None, nested: bool = False,
-         names: Optional[Iterable[str]] = None, dtype: Any = None, strategy: str = "auto",
+         names: Union[str, Iterable[str], None] = None, dtype: Any = None, strategy: str = "auto",
          metrics: Optional[JaxLoadMetrics] = None, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None) -> Dict[str, Any]:
     """Loads a checkpoint into ``{name: jax.Array}``, each placed by its sharding.
@@ -88,7 +88,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         mesh, rules: an ordered list of ``(regex, PartitionSpec)``; the first pattern found in a name
             (``re.search``) places it on ``mesh``; unmatched tensors are replicated.
         nested: return a nested dict split on "." instead of a flat one.
-        names: load only these tensors (only their bytes are read).
+        names: load only these tensors (only their bytes are read); a string is one name.
         dtype: convert floating tensors to this dtype ("BF16", ``jnp.bfloat16``...) on the devices.
         strategy: "per_device" (read each host's shards only), "scatter" (read whole tensors once,
             distribute with a jitted identity), or "auto" (per_device; see docs/jax.md).

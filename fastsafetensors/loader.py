@@ -19,7 +19,7 @@ from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorN
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
-from .plan import LoadPlan, plan_load
+from .plan import LoadPlan, name_list, plan_load
 from .st_types import Device, DType
 
 __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]
@@ -239,7 +239,7 @@ class FilesBufferOnDevice:
     def get_multi_cols(self, tensor_names: List[str], dim: int, device: Any = None,
                        dtype: Union[DType, str] = DType.AUTO) -> Any:
         """This rank's blocks of each tensor along ``dim``, concatenated along ``dim`` (fused QKV)."""
-        names = list(tensor_names)
+        names = name_list(tensor_names)
         catalog = self._live()
         resolve(catalog, [(n, dim) for n in names], self._group.size, self._group.rank)
         if not names or dim < 0:
@@ -298,6 +298,21 @@ class FilesBufferOnDevice:
         self.close()
 
 
+# Keywords of the upstream API that this loader accepts and does not need, with the reason (docs/torch.md,
+# "Accepted and ignored"); any other unknown keyword is a TypeError, so a typo never passes unnoticed.
+IGNORED_KEYWORDS = {
+    "max_pinned_memory_in_kb": "fastsafetensors 0.1's GDS pinned-memory pool: this loader keeps no such pool",
+}
+
+
+def _check_keywords(kwargs: Dict[str, Any]) -> None:
+    unknown = sorted(k for k in kwargs if k not in IGNORED_KEYWORDS)
+    if unknown:
+        raise TypeError(f"SafeTensorsFileLoader() got unexpected keyword argument(s): {', '.join(unknown)}")
+    for k, v in kwargs.items():
+        logger.debug("SafeTensorsFileLoader: %s=%r accepted and ignored (%s)", k, v, IGNORED_KEYWORDS[k])
+
+
 class SafeTensorsFileLoader:
     """Loads the files each rank is given into tensors (the 0.3 entry point).
 
@@ -314,14 +329,14 @@ class SafeTensorsFileLoader:
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
                  max_threads: int = 16, nogds: bool = False, set_numa: bool = True, disable_cache: bool = True,
                  debug_log: bool = False, framework: Union[str, Framework] = "pytorch", **kwargs: Any):
+        # disable_cache is accepted and ignored: tensors own their memory and nothing is cached (docs/torch.md).
         self.device = Device.from_str(device)
         self.framework = get_framework(framework)
         check_device(self.device, nogds, self.framework)
         self.group = Group(pg, self.device)
         self.pg = self.group.pg
         self.direct_read: Optional[bool] = kwargs.pop("direct_read", None)
-        if kwargs:
-            logger.debug("SafeTensorsFileLoader: ignoring options %s", sorted(kwargs))
+        _check_keywords(kwargs)
         self.bbuf_size_kb = bbuf_size_kb
         # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
         self.max_threads = max(1, min(max_threads, default_threads()))

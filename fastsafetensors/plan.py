@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import cpp
 from .dtypes import BITS
@@ -90,21 +90,29 @@ def _file_of(files: Sequence[SafeTensorsFile], name: str) -> int:
                          + ", ".join(f.path for f in files), tensor=name)
 
 
-def locate_tensors(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> Dict[str, Tuple[int, int]]:
+def name_list(names: Union[str, Iterable[str], None]) -> Optional[List[str]]:
+    """``names`` as a list (None stays None); a string is one name, not a sequence of one-letter names."""
+    if names is None:
+        return None
+    return [names] if isinstance(names, str) else list(names)
+
+
+def locate_tensors(files: Sequence[SafeTensorsFile],
+                   names: Union[str, Iterable[str], None] = None) -> Dict[str, Tuple[int, int]]:
     """Where each of ``names`` (every tensor when None) is: (file index, index in its header)."""
     _check_unique(files)
     if names is None:
         return {t.name: (i, k) for i, f in enumerate(files) for k, t in enumerate(f.infos)}
     wanted: Dict[int, set] = {}
-    for name in names:
+    for name in name_list(names):
         wanted.setdefault(_file_of(files, name), set()).add(name)
     return {t.name: (i, k) for i, group in wanted.items() for k, t in enumerate(files[i].infos) if t.name in group}
 
 
-def plan_load(files: Sequence[SafeTensorsFile], names: Optional[Iterable[str]] = None) -> LoadPlan:
-    """Plans reading ``names`` (every tensor when None) from ``files``, one buffer per file."""
+def plan_load(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str], None] = None) -> LoadPlan:
+    """Plans reading ``names`` (every tensor when None; a string is one name) from ``files``, one buffer per file."""
     _check_unique(files)
-    wanted = None if names is None else set(names)
+    wanted = None if names is None else set(name_list(names))
     for name in wanted or ():
         _file_of(files, name)
     ranges = cpp.RangeList()

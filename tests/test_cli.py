@@ -110,6 +110,71 @@ def test_verify_sha256_matches_and_mismatches(sharded, capsys):
     assert f"FAIL  {second}: IntegrityError" in out
 
 
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_verify_sha256_before_the_path_from_the_shell(sharded):
+    first = _shards(sharded)[0]
+    proc = _run("verify", "--sha256", _digest(first), first)  # HEX PATH: the path is not taken as a digest
+    assert proc.returncode == 0, proc.stderr
+    assert f"OK    {first}: 5 tensors" in proc.stdout and f"sha256 {_digest(first)}" in proc.stdout
+    proc = _run("verify", "--sha256", first)  # bare --sha256 PATH, outside a Hugging Face cache
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(rf"^FAIL  {re.escape(first)}: IntegrityError: .*no expected SHA-256", proc.stdout, re.M)
+
+
+def test_verify_bare_sha256_outside_a_cache_fails(sharded, capsys):
+    first = _shards(sharded)[0]
+    assert main(["verify", first, "--sha256"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(rf"^FAIL  {re.escape(first)}: IntegrityError: .*no expected SHA-256", out, re.M)
+    assert "OK    " not in out
+
+
+def test_verify_sha256_for_a_file_not_verified_fails(sharded, capsys):
+    first, second = _shards(sharded)
+    other = str(sharded / "other.safetensors")
+    assert main(["verify", first, "--sha256", f"{other}={_digest(first)}"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  --sha256 {other}=...: {other} is none of the files verified" in out
+    assert re.search(rf"^FAIL  {re.escape(first)}: IntegrityError: .*no expected SHA-256", out, re.M)
+
+
+def test_verify_directory_files_without_a_digest_fail(sharded, capsys):
+    first, second = _shards(sharded)
+    assert main(["verify", str(sharded), "--sha256", f"{first}={_digest(first)}"]) == 1
+    out = capsys.readouterr().out
+    assert f"OK    {first}: 5 tensors, " in out and f"sha256 {_digest(first)}" in out
+    assert re.search(rf"^FAIL  {re.escape(second)}: IntegrityError: .*no expected SHA-256", out, re.M)
+    assert "1 problem(s) found" in out
+
+
+def test_verify_blob_is_checked_against_its_own_name(sharded, tmp_path, capsys):
+    first = _shards(sharded)[0]
+    blobs = tmp_path / "cache" / "blobs"
+    blobs.mkdir(parents=True)
+    good, bad = blobs / _digest(first), blobs / ("0" * 64)
+    for blob in (good, bad):
+        blob.write_bytes(open(first, "rb").read())
+    assert main(["verify", str(good), "--sha256"]) == 0
+    assert f"sha256 {_digest(first)}" in capsys.readouterr().out
+    assert main(["verify", str(bad), "--sha256"]) == 1
+    assert re.search(rf"^FAIL  {re.escape(str(bad))}: IntegrityError: .*mismatch: expected {'0' * 64}",
+                     capsys.readouterr().out, re.M)
+
+
+@pytest.mark.parametrize("value", ["xyz", "g" * 64, "a" * 63, "=" + "a" * 64 + "0"])
+def test_verify_invalid_digest_is_not_a_mismatch(sharded, capsys, value):
+    first = _shards(sharded)[0]
+    with pytest.raises(SystemExit) as exc_info:
+        main(["verify", first, "--sha256", value])
+    assert "is not a SHA-256 digest (64 hex digits)" in str(exc_info.value.code)
+    assert "mismatch" not in capsys.readouterr().out
+
+
 def _truncate(path):
     size = os.path.getsize(path)
     os.truncate(path, size - 10)

@@ -23,8 +23,8 @@ class Buffer {
 // Measured on the project's VMs (docs/benchmarks.md): huge pages this process freed moments ago
 // fault back in at ~8 GB/s, but fresh huge pages at ~0.5 GB/s against ~2 GB/s a thread for fresh
 // 4 KiB pages. Most processes load once, so 4 KiB pages are the default and processes that load
-// again and again can opt in.
-bool huge_pages_by_default() noexcept;
+// again and again can opt in. Read at each call; a value that is not a boolean throws SettingsError.
+bool huge_pages_by_default();
 
 // Host memory owned by the engine, 64-byte aligned; large buffers are mmap'd on a 2 MiB boundary
 // so that huge pages can back them, and their mappings go to the host cache when freed.

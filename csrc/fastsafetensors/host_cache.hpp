@@ -10,7 +10,9 @@
 // them back (they then fault in as zero pages, and every byte a reader exposes is written first).
 // Mappings are unmapped after a hold time, oldest first beyond a byte limit, and at once when the
 // cache is off. FASTSAFETENSORS_HOST_CACHE_MB (0 turns it off; default a quarter of physical
-// memory) and FASTSAFETENSORS_HOST_CACHE_SECONDS (default 5) set the two bounds.
+// memory) and FASTSAFETENSORS_HOST_CACHE_SECONDS (default 5, at most 1e6) set the two bounds; they
+// are read once, when the cache is first used (host_cache_configure changes them later), and a
+// malformed value throws SettingsError from host_cache_take and host_cache_stats.
 #pragma once
 
 #include <cstddef>
@@ -36,13 +38,13 @@ struct HostCacheStats {
 
 // `size` bytes from the smallest kept mapping that is large enough and of the same kind (the rest
 // of it stays kept), or an empty Mapping.
-Mapping host_cache_take(size_t size, bool huge) noexcept;
+Mapping host_cache_take(size_t size, bool huge);
 // Keeps `m` for reuse, or unmaps it when the cache is off or `m` alone exceeds the limit.
 void host_cache_give(Mapping m) noexcept;
 // Unmaps everything kept.
 void host_cache_clear() noexcept;
 // limit 0 turns the cache off (and clears it).
 void host_cache_configure(size_t limit_bytes, double hold_seconds);
-HostCacheStats host_cache_stats() noexcept;
+HostCacheStats host_cache_stats();
 
 }  // namespace fst

@@ -1,8 +1,11 @@
-// fastsafetensors.cpp._testing: fault injection for the test suite (see fault_injection.hpp).
+// fastsafetensors.cpp._testing: fault injection for the test suite (see fault_injection.hpp), and the
+// engine's settings parsers, which tests compare with fastsafetensors/settings.py.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "bindings.hpp"
 #include "fastsafetensors/fault_injection.hpp"
+#include "fastsafetensors/settings.hpp"
 
 namespace py = pybind11;
 
@@ -20,4 +23,8 @@ void fst::python::bind_testing(py::module_& m) {
   t.def("clear_faults", &faults::clear, "Remove every injected fault.");
   t.def("pread_calls", &faults::pread_calls, "preads seen since set_fault.");
   t.def("faults_injected", &faults::faults_injected, "Faults injected since set_fault.");
+  t.def("parse_bool", &settings::parse_bool, py::arg("name"), py::arg("value"));
+  t.def("parse_uint", &settings::parse_uint, py::arg("name"), py::arg("value"), py::arg("max"));
+  t.def("parse_float", &settings::parse_float, py::arg("name"), py::arg("value"), py::arg("max"));
+  t.def("parse_choice", &settings::parse_choice, py::arg("name"), py::arg("value"), py::arg("choices"));
 }

@@ -16,6 +16,7 @@
 #include "fastsafetensors/header.hpp"
 #include "fastsafetensors/host_reader.hpp"
 #include "fastsafetensors/read_plan.hpp"
+#include "fastsafetensors/settings.hpp"
 
 namespace py = pybind11;
 using namespace fst;
@@ -43,6 +44,10 @@ void translate_errors(std::exception_ptr p) {
     extra["offset"] = e.offset();
     extra["errno"] = e.error_number();
     raise_python(e.truncated() ? "TruncatedFileError" : "ReadError", e.what(), extra);
+  } catch (const SettingsError& e) {
+    py::dict extra;
+    extra["variable"] = e.variable();
+    raise_python("SettingsError", e.what(), extra);
   }
 }
 

@@ -20,7 +20,7 @@ from fastsafetensors.dtypes import FLOAT_DTYPES
 from fastsafetensors.errors import ShardingMismatch, UnsupportedDtype
 from fastsafetensors.files import SafeTensorsFile
 from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
-from fastsafetensors.plan import locate_tensors
+from fastsafetensors.plan import locate_tensors, name_list
 
 WIDE = frozenset({"I64", "U64", "F64"})  # the dtypes JAX narrows without jax_enable_x64
 
@@ -216,9 +216,9 @@ def shard_boxes(t: Target, f: SafeTensorsFile) -> Dict[BoxKey, List["jax.Device"
     return boxes
 
 
-def targets(files: List[SafeTensorsFile], placer: Placer, names: Optional[Iterable[str]],
+def targets(files: List[SafeTensorsFile], placer: Placer, names: Union[str, Iterable[str], None],
             dtype: Any) -> List[Target]:
-    wanted = list(names) if names is not None else placer.declared
+    wanted = name_list(names) if names is not None else placer.declared
     cast = None if dtype in (None, "auto", "AUTO") else _np_dtype(dtype)
     out = []
     for name, (fi, k) in locate_tensors(files, wanted).items():
