@@ -7,11 +7,13 @@ their memory, and ``close()`` only drops the loader's references (optional, idem
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from collections import Counter
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import cpp
 from .direct_read import read_pieces, readable_by_me
-from .distributed import ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
+from .distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
+                          resolve)
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
 from .device_engine import gds_mode, read_into_device
 from .engine import default_threads, read_into_host
@@ -75,6 +77,8 @@ class FilesBufferOnDevice:
         self.pg = group.pg
         # name -> (rank that read it, index of its file in that rank's list), as in the 0.3 API.
         self.key_to_rank_lidx: Dict[str, Tuple[int, int]] = {n: (e.owner, e.lidx) for n, e in catalog.items()}
+        # tensors of each file handed out here (with a tensor filter, fewer than the file holds)
+        self._per_file = Counter(e.file.path for e in catalog.values())
         self._taken: Dict[str, set] = {}
         self._released: set = set()
 
@@ -99,7 +103,7 @@ class FilesBufferOnDevice:
             f = piece.entry.file
             taken = self._taken.setdefault(f.path, set())
             taken.add(piece.entry.name)
-            if len(taken) == len(f.infos):
+            if len(taken) == self._per_file[f.path]:
                 self._released.add(f.path)
                 self._release_local(f.path)
 
@@ -309,6 +313,7 @@ class SafeTensorsFileLoader:
     its files and scatter/broadcast their tensors; None (default), where every rank can open every
     file, reads blocks of split tensors directly and broadcasts whole tensors from the rank that
     read them, else it behaves as False.
+    ``set_tensor_filter(keep)`` narrows the loader to the tensors whose name ``keep`` accepts.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
@@ -331,6 +336,7 @@ class SafeTensorsFileLoader:
         self.metrics = LoadMetrics()
         self._files: Dict[int, List[SafeTensorsFile]] = {}
         self._catalog: Dict[str, Entry] = {}
+        self._tensor_filter: Optional[Callable[[str], bool]] = None
         self._closed = False
         if debug_log:
             logger.setLevel(logging.DEBUG)
@@ -355,41 +361,69 @@ class SafeTensorsFileLoader:
         self._check_open()
         return [f for rank in sorted(self._files) for f in self._files[rank]]
 
-    def get_keys(self) -> List[str]:
+    def set_tensor_filter(self, keep_tensor: Optional[Callable[[str], bool]]) -> None:
+        """Load only the tensors for which ``keep_tensor(name)`` is true (None: every tensor).
+
+        Filtered tensors are not read, and ``get_keys``, ``key_to_rank_lidx`` and every getter act
+        as if they were not in the files (``TensorNotFound``). Ranks of a group may keep different
+        tensors: then each rank reads its own straight from the files (every rank must be able to
+        open every file) and the getters involve no collective.
+        """
+        self._tensor_filter = keep_tensor
+
+    def kept_catalog(self) -> Dict[str, Entry]:
+        """The added tensors that pass the tensor filter (every one without a filter)."""
         self._check_open()
-        return list(self._catalog)
+        keep = self._tensor_filter
+        return self._catalog if keep is None else {n: e for n, e in self._catalog.items() if keep(n)}
+
+    def get_keys(self) -> List[str]:
+        return list(self.kept_catalog())
 
     def get_shape(self, tensor_name: str) -> Tuple[int, ...]:
-        self._check_open()
-        entry = self._catalog.get(tensor_name)
+        entry = self.kept_catalog().get(tensor_name)
         if entry is None:
-            raise TensorNotFound(f"tensor `{tensor_name}` is in none of the added files", tensor=tensor_name)
+            why = "filtered out by the tensor filter" if tensor_name in self._catalog else "in none of the added files"
+            raise TensorNotFound(f"tensor `{tensor_name}` is {why}", tensor=tensor_name)
         return entry.shape
 
-    def decide_mode(self) -> str:
-        """Agrees with every rank on the files and on the read mode (one small collective)."""
+    def decide_mode(self, catalog: Optional[Dict[str, Entry]] = None) -> str:
+        """Agrees with every rank on the files, the tensors kept and the read mode (one small collective)."""
+        kept = 0 if catalog is None or self._tensor_filter is None else names_fingerprint(catalog)
         readable = readable_by_me(self._files) if self.group.distributed and self.direct_read is not False else False
-        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable)])
+        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable), kept])
         if len({row[0] for row in rows}) > 1:
             raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
         everyone = all(row[1] for row in rows)
         if self.direct_read and not everyone:
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
+        if len({row[2] for row in rows}) > 1:
+            # Different tensors on different ranks: no collective can serve them, each rank reads its own.
+            if not everyone:
+                raise ShardRequestError("the tensor filter keeps different tensors on different ranks, so each rank "
+                                        "must read its own from the files, but some rank cannot open every file "
+                                        "(or direct_read=False was given)")
+            return DIRECT
         if not self.group.distributed or not everyone:
             return SCATTER
         if self.direct_read or self.framework.name != "torch":
             return DIRECT
         return HYBRID
 
-    def read_local(self, mode: str, everything: bool = False,
+    def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
                    max_copy_block_size: int = 16 * 1024 ** 3) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
-        """Reads what this rank holds up front: its own files (scatter), nothing (direct, hybrid), or
-        every file (``everything``, for loading whole files on every rank). No collective."""
+        """Reads the tensors of ``catalog`` this rank holds up front: those of its own files (scatter),
+        none (direct, hybrid), or those of every file (``everything``, for loading whole files on
+        every rank). No collective."""
         if everything or not self.group.distributed:
             files = self._all_files()
         else:
             files = self._files.get(self.group.rank, []) if mode == SCATTER else []
-        plan = plan_load(files)
+        if self._tensor_filter is None:
+            plan = plan_load(files)
+        else:
+            paths = {f.path for f in files}
+            plan = plan_load(files, [n for n, e in catalog.items() if e.file.path in paths])
         if self.device.is_cpu or self.group.distributed:
             # Process groups share tensors from host buffers; to_device moves each result.
             buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
@@ -401,11 +435,11 @@ class SafeTensorsFileLoader:
                                              gds=gds_mode(self.nogds), numa=self.set_numa)
         return plan, buffers
 
-    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str,
+    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
                     dtype: Union[DType, str] = DType.AUTO) -> FilesBufferOnDevice:
         if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
-        return FilesBufferOnDevice(self._catalog, plan, buffers, self.framework, self.device, self.group, dtype,
+        return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
                                    mode=mode, threads=self.max_threads, metrics=self.metrics)
 
     def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
@@ -414,15 +448,15 @@ class SafeTensorsFileLoader:
 
         A read error on one rank raises on every rank (a PeerRankError on the others).
         """
-        self._check_open()
-        mode = self.decide_mode()
+        catalog = self.kept_catalog()
+        mode = self.decide_mode(catalog)
         error: Optional[BaseException] = None
         try:
-            plan, buffers = self.read_local(mode, max_copy_block_size=max_copy_block_size)
+            plan, buffers = self.read_local(mode, catalog, max_copy_block_size=max_copy_block_size)
         except Exception as exc:  # re-raised by agree(), after every rank has heard of it
             error = exc
         self.group.agree(error, "copy_files_to_device")
-        return self.make_buffer(plan, buffers, mode, dtype)
+        return self.make_buffer(plan, buffers, mode, catalog, dtype)
 
     def reset(self) -> None:
         """Forgets the added files; the loader can be used again."""
