@@ -48,7 +48,8 @@ def _write_checkpoint(root: str) -> List[str]:
          "experts.3.w": torch.randn(256, 512, generator=g).to(torch.bfloat16), "lm_head": torch.randn(10, 16, generator=g)},
         # F4 stores two values per byte: torch's float4_e2m1fn_x2 (8, 8) is F4 [8, 16] in the file.
         {"wq_f4": rand(8, 8, dtype=torch.float4_e2m1fn_x2), "wk_f4": rand(4, 8, dtype=torch.float4_e2m1fn_x2),
-         "wv_f4": rand(4, 8, dtype=torch.float4_e2m1fn_x2), "scale_e8m0": rand(8, 2, dtype=torch.float8_e8m0fnu)},
+         "wv_f4": rand(4, 8, dtype=torch.float4_e2m1fn_x2), "wo_f4": rand(8, 8, dtype=torch.float4_e2m1fn_x2),
+         "scale_e8m0": rand(8, 2, dtype=torch.float8_e8m0fnu)},
     ]
     paths = []
     for i, tensors in enumerate(groups):
