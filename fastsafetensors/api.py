@@ -15,7 +15,7 @@ from .files import PathLike, SafeTensorsFile, open_checkpoint
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
 from .plan import LoadPlan, plan_load
-from .st_types import Device, DType
+from .st_types import Device, DType, to_dtype
 
 __all__ = ["load", "load_files", "instantiate"]
 
@@ -27,7 +27,7 @@ def _direct_io_default() -> bool:
 
 
 def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
-                dtype: Union[DType, str, None] = None, raw: bool = False,
+                dtype: Any = None, raw: bool = False,
                 device: Union[str, Device] = "cpu") -> Dict[str, Any]:
     """Framework arrays for every planned tensor, viewing the buffers without copying.
 
@@ -35,7 +35,8 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     ``device`` moves host-loaded tensors off the host (GPU-loaded ones are there already).
     """
     target = Device.from_str(device)
-    cast = None if dtype in (None, DType.AUTO, "auto") else DType(dtype).value
+    cast_to = to_dtype(dtype)
+    cast = None if cast_to is DType.AUTO else cast_to.value
     out: Dict[str, Any] = {}
     for name, loc in plan.tensors.items():
         try:
@@ -51,7 +52,7 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
 
 def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = "numpy", *,
                names: Optional[Iterable[str]] = None, device: Union[str, Device] = "cpu",
-               dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
+               dtype: Any = None, raw: bool = False, threads: Optional[int] = None,
                direct_io: Optional[bool] = None, progress: Optional[bool] = None,
                metrics: Optional[LoadMetrics] = None, verify: bool = False,
                sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
@@ -92,7 +93,7 @@ _MAPPABLE = ("numpy", "torch")
 
 
 def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *, names: Optional[Iterable[str]],
-                 dtype: Union[DType, str, None], raw: bool, threads: Optional[int], direct_io: Optional[bool],
+                 dtype: Any, raw: bool, threads: Optional[int], direct_io: Optional[bool],
                  verify: bool, metrics: LoadMetrics) -> Dict[str, Any]:
     """mmap=True: mapped views for aligned tensors, the rest read into host memory."""
     if not target.is_cpu or fw.name not in _MAPPABLE:
@@ -118,7 +119,7 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
 
 def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[str, Framework] = "numpy",
          device: Union[str, Device] = "cpu", *, names: Optional[Iterable[str]] = None,
-         dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
+         dtype: Any = None, raw: bool = False, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None,
          metrics: Optional[LoadMetrics] = None, verify: bool = False,
          sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
@@ -132,7 +133,8 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
         device: "cpu", "cuda" or "cuda:N" (read straight into GPU memory the framework
             allocates; FASTSAFETENSORS_GDS=auto|direct reads files outside the page cache with cuFile).
         names: load only these tensors (only their bytes are read).
-        dtype: convert floating tensors to this safetensors dtype (e.g. "BF16").
+        dtype: convert floating tensors to this safetensors dtype ("BF16", or a torch / NumPy dtype
+            such as ``torch.bfloat16``; see ``st_types.to_dtype``).
         raw: return every tensor's bytes as uint8 (for dtypes a framework lacks).
         threads: reader threads (default: FASTSAFETENSORS_THREADS or 2 per core, 4 to 16).
         direct_io: read with O_DIRECT (default: FASTSAFETENSORS_ODIRECT, off).

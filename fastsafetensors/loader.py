@@ -22,14 +22,14 @@ from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
 from .plan import LoadPlan, plan_load
-from .st_types import Device, DType
+from .st_types import Device, DType, to_dtype
 
 __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]
 
 logger = logging.getLogger("fastsafetensors")
 
-
-_AUTO = (None, DType.AUTO, "auto")
+# A dtype argument: a DType, its name, or a torch / NumPy dtype (st_types.to_dtype).
+DTypeLike = Any
 
 # How the bytes of a multi-rank request reach each rank (docs/torch.md, "Two ways the bytes reach a rank").
 SCATTER = "scatter"  # each rank reads its files; owners broadcast whole tensors and scatter blocks
@@ -62,14 +62,14 @@ class FilesBufferOnDevice:
     """
 
     def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["cpp.HostBuffer"],
-                 framework: Framework, device: Device, group: Group, dtype: Union[DType, str] = DType.AUTO, *,
+                 framework: Framework, device: Device, group: Group, dtype: DTypeLike = DType.AUTO, *,
                  mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None):
         self._catalog: Optional[Dict[str, Entry]] = catalog
         self._plan = plan
         self._buffers: List[Optional["cpp.HostBuffer"]] = list(buffers)
         self._framework = framework
         self._device = device
-        self._dtype = dtype
+        self._dtype = to_dtype(dtype)
         self._group = group
         self._mode = mode
         self._threads = threads
@@ -207,29 +207,26 @@ class FilesBufferOnDevice:
         return {p.entry.name: self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
                 for p, off in zip(pieces, offsets)}
 
-    def _finish(self, t: Any, entry: Entry, device: Any, dtype: Union[DType, str, None]) -> Any:
-        cast = self._dtype if dtype in _AUTO else dtype
-        if cast not in _AUTO:
-            cast = DType(cast).value
-            if entry.dtype in FLOAT_DTYPES and entry.dtype != cast:
-                t = self._framework.convert(t, cast)
+    def _finish(self, t: Any, entry: Entry, device: Any, dtype: DType) -> Any:
+        cast = self._dtype if dtype is DType.AUTO else dtype
+        if cast is not DType.AUTO and entry.dtype in FLOAT_DTYPES and entry.dtype != cast.value:
+            t = self._framework.convert(t, cast.value)
         return self._framework.to_device(t, Device.from_str(device) if device is not None else self._device)
 
-    def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: Union[DType, str, None]) -> Dict[str, Any]:
-        if dtype not in _AUTO:
-            DType(dtype)  # an unknown dtype fails here, on every rank
+    def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: DTypeLike) -> Dict[str, Any]:
+        dtype = to_dtype(dtype)  # an unknown dtype fails here, on every rank
         resolved = self._resolve(requests)
         got = self._fetch(resolved)
         self._mark_taken(resolved)
         return {p.entry.name: self._finish(got[p.entry.name], p.entry, device, dtype) for _, p in resolved}
 
     # -- the 0.3 API --
-    def get_tensor(self, tensor_name: str, device: Any = None, dtype: Union[DType, str] = DType.AUTO) -> Any:
+    def get_tensor(self, tensor_name: str, device: Any = None, dtype: DTypeLike = DType.AUTO) -> Any:
         """The whole tensor on every rank (broadcast from the rank that read it, or read directly)."""
         return self._get([(tensor_name, -1)], device, dtype)[tensor_name]
 
     def get_sharded(self, tensor_name: str, dim: int, device: Any = None,
-                    dtype: Union[DType, str] = DType.AUTO) -> Any:
+                    dtype: DTypeLike = DType.AUTO) -> Any:
         """Block ``rank`` of the tensor split along ``dim`` over the group (``dim=-1``: the whole tensor).
 
         Blocks follow ``distributed.split_bounds``: 5 rows on 4 ranks are 2,1,1,1.
@@ -241,7 +238,7 @@ class FilesBufferOnDevice:
         return self._get(list(tensor_shard_dim.items()), None, DType.AUTO)
 
     def get_multi_cols(self, tensor_names: List[str], dim: int, device: Any = None,
-                       dtype: Union[DType, str] = DType.AUTO) -> Any:
+                       dtype: DTypeLike = DType.AUTO) -> Any:
         """This rank's blocks of each tensor along ``dim``, concatenated along ``dim`` (fused QKV)."""
         names = list(tensor_names)
         catalog = self._live()
@@ -260,14 +257,13 @@ class FilesBufferOnDevice:
         return self._framework.concat([parts[n] for n in names], dim)
 
     def push_tensor(self, tensor_name: str, dst_rank: int, device: Any = None,
-                    dtype: Union[DType, str] = DType.AUTO) -> Optional[Any]:
+                    dtype: DTypeLike = DType.AUTO) -> Optional[Any]:
         """The whole tensor on rank ``dst_rank`` (sent by the rank that read it); None on the others."""
         group = self._group
         if isinstance(dst_rank, bool) or not isinstance(dst_rank, int) or not 0 <= dst_rank < group.size:
             raise ShardRequestError(f"push_tensor of `{tensor_name}`: dst_rank {dst_rank!r} is not a rank of this "
                                     f"group of {group.size}", tensor=tensor_name)
-        if dtype not in _AUTO:
-            DType(dtype)
+        dtype = to_dtype(dtype)
         resolved = self._resolve([(tensor_name, -1)])
         piece = resolved[0][1]
         if not group.distributed:
@@ -436,18 +432,19 @@ class SafeTensorsFileLoader:
         return plan, buffers
 
     def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
-                    dtype: Union[DType, str] = DType.AUTO) -> FilesBufferOnDevice:
+                    dtype: DTypeLike = DType.AUTO) -> FilesBufferOnDevice:
         if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
         return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
                                    mode=mode, threads=self.max_threads, metrics=self.metrics)
 
-    def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
+    def copy_files_to_device(self, dtype: DTypeLike = DType.AUTO, use_buf_register: bool = True,
                              max_copy_block_size: int = 16 * 1024 ** 3) -> FilesBufferOnDevice:
         """Reads this rank's files (or, in direct mode, nothing yet) and returns their tensors.
 
         A read error on one rank raises on every rank (a PeerRankError on the others).
         """
+        dtype = to_dtype(dtype)  # a bad dtype raises here, not at the first getter
         catalog = self.kept_catalog()
         mode = self.decide_mode(catalog)
         error: Optional[BaseException] = None

@@ -31,7 +31,7 @@ from .errors import LoaderClosedError
 from .files import PathLike
 from .loader import DIRECT, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
 from .plan import LoadPlan
-from .st_types import DType
+from .st_types import DType, to_dtype
 
 __all__ = ["ParallelLoader"]
 
@@ -39,8 +39,8 @@ logger = logging.getLogger("fastsafetensors")
 
 # What a producer hands the consumer: the batch's loader, the tensors it kept, its plan and buffers,
 # and the dtype asked for.
-_Batch = Tuple[SafeTensorsFileLoader, Dict[str, Entry], LoadPlan, list, Union[DType, str]]
-_ReadBatch = Callable[[Union[DType, str], int], _Batch]
+_Batch = Tuple[SafeTensorsFileLoader, Dict[str, Entry], LoadPlan, list, DType]
+_ReadBatch = Callable[[DType, int], _Batch]
 
 
 class BatchLoader(SafeTensorsFileLoader):
@@ -66,12 +66,12 @@ class BatchLoader(SafeTensorsFileLoader):
         finally:
             self._producing.read = None
 
-    def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
+    def copy_files_to_device(self, dtype: Any = DType.AUTO, use_buf_register: bool = True,
                              max_copy_block_size: int = 16 * 1024 ** 3) -> Union[FilesBufferOnDevice, _Batch]:
         read = getattr(self._producing, "read", None)
         if read is None:
             return super().copy_files_to_device(dtype, use_buf_register, max_copy_block_size)
-        return read(dtype, max_copy_block_size)
+        return read(to_dtype(dtype), max_copy_block_size)
 
 
 class ParallelLoader:
@@ -128,7 +128,7 @@ class ParallelLoader:
         loader = self._new_loader(self._group.pg)
         loader.add_filenames({r: [f] for r, f in enumerate(batch)})
 
-        def read(dtype: Union[DType, str], max_copy_block_size: int) -> _Batch:
+        def read(dtype: DType, max_copy_block_size: int) -> _Batch:
             catalog = loader.kept_catalog()
             plan, buffers = loader.read_local(self._mode, catalog, everything=self._mode == DIRECT,
                                               max_copy_block_size=max_copy_block_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -40,6 +41,59 @@ def seq_multi_cols_f4(pg, files):
     for names, dim in ((["wq_f4", "wk_f4", "wv_f4"], 0), (["wq_f4", "wo_f4"], 1)):
         got = fb.get_multi_cols(names, dim)
         same(got, _joined([_block(ref[n], pg, dim) for n in names], dim), f"get_multi_cols {names} dim {dim}")
+    fb.close()
+    loader.close()
+
+
+def _adapter_loader(pg, files, dtype):
+    """FastWeights.__init__: files round-robin by base name, the bounce buffer split over ranks."""
+    import os
+
+    loader = SafeTensorsFileLoader(pg, str(torch.device("cpu")), bbuf_size_kb=16384 // pg.size(), max_threads=2,
+                                   nogds=True, debug_log=False)
+    by_rank = {r: [] for r in range(pg.size())}
+    for k, f in enumerate(sorted(files, key=os.path.basename)):
+        by_rank[k % pg.size()].append(f)
+    loader.add_filenames(by_rank)
+    fb = loader.copy_files_to_device(dtype, max_copy_block_size=max(os.path.getsize(f) for f in files))
+    return loader, fb
+
+
+def seq_adapter_torch_dtypes(pg, files):
+    """The connector passes torch dtypes (torch.float16) to copy_files_to_device and the getters."""
+    ref = reference(tuple(files))
+    half = {n: (t.to(torch.float16) if t.dtype in (torch.bfloat16, torch.float32) else t) for n, t in ref.items()}
+    loader, fb = _adapter_loader(pg, files, torch.float16)
+    st_device = loader.device
+    assert sorted(loader.get_keys()) == sorted(ref)
+    same(fb.get_tensor("q", device=st_device, dtype=torch.float16), half["q"], "get_tensor(torch.float16)")
+    same(fb.get_tensor("norm"), half["norm"], "get_tensor: copy_files_to_device's torch dtype applies")
+    same(fb.get_tensor("ids", device=st_device, dtype=torch.float16), ref["ids"], "integers are not converted")
+    same(fb.get_sharded("o", 1, device=st_device, dtype=torch.bfloat16), _block(ref["o"], pg, 1).to(torch.bfloat16),
+         "get_sharded(torch.bfloat16)")
+    got = fb.push_tensor("rows5", 0, device=st_device, dtype=torch.float16)
+    assert (got is None) == (pg.rank() != 0)
+    if got is not None:
+        same(got, half["rows5"], "push_tensor(torch.float16)")
+    fused = fb.get_multi_cols(["q", "k", "v"], 0, device=st_device, dtype=torch.float16)
+    same(fused, torch.cat([_block(half[n], pg, 0) for n in "qkv"]), "get_multi_cols(torch.float16)")
+    # NumPy dtypes are taken as well.
+    same(fb.get_tensor("lm_head", dtype=np.dtype("float64")), ref["lm_head"].to(torch.float64), "np.dtype")
+    fb.close()
+    loader.close()
+
+
+def seq_bad_dtype_raises_at_the_call(pg, files):
+    """A dtype that is none raises at the call that got it, naming the valid names (on every rank)."""
+    with pytest.raises(ValueError, match="unknown dtype 'float17'.*F16.*float16"):
+        _adapter_loader(pg, files, "float17")
+    loader, fb = _adapter_loader(pg, files, torch.float16)
+    for call in (lambda: fb.get_tensor("q", dtype=torch.qint8), lambda: fb.get_sharded("o", 0, dtype=torch.qint8),
+                 lambda: fb.push_tensor("q", 0, dtype=torch.qint8),
+                 lambda: fb.get_multi_cols(["q", "k"], 0, dtype=torch.qint8)):
+        with pytest.raises(ValueError, match="unknown dtype torch.qint8.*BF16"):
+            call()
+    same(fb.get_tensor("q"), reference(tuple(files))["q"].to(torch.float16), "the buffer still works after")
     fb.close()
     loader.close()
 
