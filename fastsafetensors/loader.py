@@ -19,7 +19,7 @@ from .device_engine import gds_mode, read_into_device
 from .engine import default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
-from .frameworks import Framework, get_framework
+from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
 from .plan import LoadPlan, plan_load
 from .st_types import Device, DType, to_dtype
@@ -207,38 +207,48 @@ class FilesBufferOnDevice:
         return {p.entry.name: self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
                 for p, off in zip(pieces, offsets)}
 
-    def _finish(self, t: Any, entry: Entry, device: Any, dtype: DType) -> Any:
+    def _finish(self, t: Any, entry: Entry, device: Any, dtype: DType) -> TensorBase:
+        """The tensor as handed out: floating tensors cast to ``dtype`` (or to the buffer's), on ``device``."""
         cast = self._dtype if dtype is DType.AUTO else dtype
-        if cast is not DType.AUTO and entry.dtype in FLOAT_DTYPES and entry.dtype != cast.value:
-            t = self._framework.convert(t, cast.value)
-        return self._framework.to_device(t, Device.from_str(device) if device is not None else self._device)
+        kind = DType(entry.dtype)
+        if cast is not DType.AUTO and entry.dtype in FLOAT_DTYPES and kind is not cast:
+            t, kind = self._framework.convert(t, cast.value), cast
+        target = Device.from_str(device) if device is not None else self._device
+        return TensorBase(self._framework.to_device(t, target), target, kind)
 
-    def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: DTypeLike) -> Dict[str, Any]:
+    def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: DTypeLike) -> Dict[str, TensorBase]:
         dtype = to_dtype(dtype)  # an unknown dtype fails here, on every rank
         resolved = self._resolve(requests)
         got = self._fetch(resolved)
         self._mark_taken(resolved)
         return {p.entry.name: self._finish(got[p.entry.name], p.entry, device, dtype) for _, p in resolved}
 
-    # -- the 0.3 API --
-    def get_tensor(self, tensor_name: str, device: Any = None, dtype: DTypeLike = DType.AUTO) -> Any:
+    # -- the 0.3 API: plain tensors from get_tensor, get_sharded and push_tensor; TensorBase from
+    # get_multi_cols, as_dict and the *_wrapped getters (as the upstream package returns them) --
+    def get_tensor_wrapped(self, tensor_name: str, device: Any = None, dtype: DTypeLike = DType.AUTO) -> TensorBase:
         """The whole tensor on every rank (broadcast from the rank that read it, or read directly)."""
         return self._get([(tensor_name, -1)], device, dtype)[tensor_name]
 
-    def get_sharded(self, tensor_name: str, dim: int, device: Any = None,
-                    dtype: DTypeLike = DType.AUTO) -> Any:
+    def get_tensor(self, tensor_name: str, device: Any = None, dtype: DTypeLike = DType.AUTO) -> Any:
+        return self.get_tensor_wrapped(tensor_name, device, dtype).get_raw()
+
+    def get_sharded_wrapped(self, tensor_name: str, dim: int, device: Any = None,
+                            dtype: DTypeLike = DType.AUTO) -> TensorBase:
         """Block ``rank`` of the tensor split along ``dim`` over the group (``dim=-1``: the whole tensor).
 
         Blocks follow ``distributed.split_bounds``: 5 rows on 4 ranks are 2,1,1,1.
         """
         return self._get([(tensor_name, dim)], device, dtype)[tensor_name]
 
-    def as_dict(self, tensor_shard_dim: Mapping[str, int]) -> Dict[str, Any]:
-        """``get_sharded`` of many tensors at once (collectives packed many tensors per call)."""
+    def get_sharded(self, tensor_name: str, dim: int, device: Any = None, dtype: DTypeLike = DType.AUTO) -> Any:
+        return self.get_sharded_wrapped(tensor_name, dim, device, dtype).get_raw()
+
+    def as_dict(self, tensor_shard_dim: Mapping[str, int]) -> Dict[str, TensorBase]:
+        """``get_sharded_wrapped`` of many tensors at once (collectives packed many tensors per call)."""
         return self._get(list(tensor_shard_dim.items()), None, DType.AUTO)
 
     def get_multi_cols(self, tensor_names: List[str], dim: int, device: Any = None,
-                       dtype: DTypeLike = DType.AUTO) -> Any:
+                       dtype: DTypeLike = DType.AUTO) -> TensorBase:
         """This rank's blocks of each tensor along ``dim``, concatenated along ``dim`` (fused QKV)."""
         names = list(tensor_names)
         catalog = self._live()
@@ -254,7 +264,8 @@ class FilesBufferOnDevice:
                                         f"along dim {dim} with `{first.name}` ({first.dtype}, {list(first.shape)})",
                                         filename=e.file.path, tensor=n)
         parts = self._get([(n, dim) for n in dict.fromkeys(names)], device, dtype)
-        return self._framework.concat([parts[n] for n in names], dim)
+        joined = self._framework.concat([parts[n].get_raw() for n in names], dim)
+        return TensorBase(joined, parts[names[0]].device, parts[names[0]].dtype)
 
     def push_tensor(self, tensor_name: str, dst_rank: int, device: Any = None,
                     dtype: DTypeLike = DType.AUTO) -> Optional[Any]:
@@ -275,7 +286,7 @@ class FilesBufferOnDevice:
             raw = push(group, piece.entry, dst_rank, self._local_bytes)
             t = None if raw is None else self._framework.from_bytes(raw, piece.entry.dtype, piece.shape)
         self._mark_taken(resolved)
-        return None if t is None else self._finish(t, piece.entry, device, dtype)
+        return None if t is None else self._finish(t, piece.entry, device, dtype).get_raw()
 
     def get_filename(self, tensor_name: str) -> str:
         return self._resolve([(tensor_name, -1)])[0][1].entry.file.path
@@ -506,6 +517,9 @@ class fastsafe_open:  # noqa: N801 - the 0.3 API's name
         for f in self._loader._all_files():
             merged.update(f.metadata or {})
         return merged
+
+    def get_tensor_wrapped(self, name: str) -> TensorBase:
+        return self._fb().get_tensor_wrapped(name)
 
     def get_tensor(self, name: str) -> Any:
         return self._fb().get_tensor(name)

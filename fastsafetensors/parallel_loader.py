@@ -177,7 +177,7 @@ class ParallelLoader:
         self._group.agree(error, f"reading {[str(f) for f in batch]}")
         fb = loader.make_buffer(plan, buffers, self._mode, catalog, dtype)
         try:
-            tensors = fb.as_dict({name: -1 for name in fb.key_to_rank_lidx})
+            tensors = {n: t.get_raw() for n, t in fb.as_dict({name: -1 for name in fb.key_to_rank_lidx}).items()}
             fb.close()
             while tensors:
                 name = next(iter(tensors))

@@ -39,7 +39,7 @@ def seq_multi_cols_f4(pg, files):
     ref = reference(tuple(files))
     loader, fb = _open(pg, files)
     for names, dim in ((["wq_f4", "wk_f4", "wv_f4"], 0), (["wq_f4", "wo_f4"], 1)):
-        got = fb.get_multi_cols(names, dim)
+        got = fb.get_multi_cols(names, dim).get_raw()
         same(got, _joined([_block(ref[n], pg, dim) for n in names], dim), f"get_multi_cols {names} dim {dim}")
     fb.close()
     loader.close()
@@ -75,7 +75,7 @@ def seq_adapter_torch_dtypes(pg, files):
     assert (got is None) == (pg.rank() != 0)
     if got is not None:
         same(got, half["rows5"], "push_tensor(torch.float16)")
-    fused = fb.get_multi_cols(["q", "k", "v"], 0, device=st_device, dtype=torch.float16)
+    fused = fb.get_multi_cols(["q", "k", "v"], 0, device=st_device, dtype=torch.float16).get_raw()
     same(fused, torch.cat([_block(half[n], pg, 0) for n in "qkv"]), "get_multi_cols(torch.float16)")
     # NumPy dtypes are taken as well.
     same(fb.get_tensor("lm_head", dtype=np.dtype("float64")), ref["lm_head"].to(torch.float64), "np.dtype")
@@ -90,12 +90,88 @@ def seq_bad_dtype_raises_at_the_call(pg, files):
     loader, fb = _adapter_loader(pg, files, torch.float16)
     for call in (lambda: fb.get_tensor("q", dtype=torch.qint8), lambda: fb.get_sharded("o", 0, dtype=torch.qint8),
                  lambda: fb.push_tensor("q", 0, dtype=torch.qint8),
-                 lambda: fb.get_multi_cols(["q", "k"], 0, dtype=torch.qint8)):
+                 lambda: fb.get_multi_cols(["q", "k"], 0, dtype=torch.qint8),
+                 lambda: fb.get_tensor_wrapped("q", dtype=torch.qint8)):
         with pytest.raises(ValueError, match="unknown dtype torch.qint8.*BF16"):
             call()
     same(fb.get_tensor("q"), reference(tuple(files))["q"].to(torch.float16), "the buffer still works after")
     fb.close()
     loader.close()
+
+
+def seq_adapter_sequence(pg, files):
+    """FastWeights as upstream's example writes it: its imports, the loader's device and pg, then
+    get_filename, get_shape, get_tensor, push_tensor, get_sharded and get_multi_cols(...).get_raw()."""
+    from fastsafetensors.common import get_device_numa_node
+    from fastsafetensors.frameworks import TensorBase
+    from fastsafetensors.st_types import DType
+
+    device = torch.device("cpu")
+    assert get_device_numa_node(device.index) is None  # the CPU has no device index
+    ref = reference(tuple(files))
+    loader, fb = _adapter_loader(pg, files, DType.BF16)
+    st_device, st_pg = loader.device, loader.pg
+    assert st_pg.size() == pg.size() and st_pg.rank() == pg.rank()
+    routing = {key: True for key in loader.get_keys()}
+    assert sorted(routing) == sorted(ref)
+    bf16 = {n: (t.to(torch.bfloat16) if t.dtype in (torch.float16, torch.float32) else t) for n, t in ref.items()}
+    for name in ("q", "o", "norm", "ids", "router"):
+        assert fb.get_filename(name) in files
+        assert torch.Size(fb.get_shape(name)) == ref[name].shape
+        same(fb.get_tensor(name, device=st_device, dtype=DType.BF16), bf16[name], f"get_tensor {name}")
+    got = fb.push_tensor("rows5", 0, device=st_device, dtype=DType.BF16)
+    assert not isinstance(got, TensorBase), "push_tensor returns the tensor itself, as upstream does"
+    if got is not None:
+        same(got, bf16["rows5"], "push_tensor")
+    assert (got is None) == (pg.rank() != 0)
+    same(fb.get_sharded("o", 1, device=st_device, dtype=DType.BF16), _block(bf16["o"], pg, 1), "get_sharded")
+    fused = fb.get_multi_cols(["q", "k", "v"], 0, device=st_device, dtype=DType.BF16)
+    assert isinstance(fused, TensorBase) and fused.dtype is DType.BF16 and str(fused.device) == "cpu"
+    same(fused.get_raw(), torch.cat([_block(bf16[n], pg, 0) for n in "qkv"]), "get_multi_cols(...).get_raw()")
+    fb.close()
+    loader.close()
+
+
+def seq_wrapped_getters(pg, files):
+    """get_tensor_wrapped / get_sharded_wrapped / as_dict values are TensorBase (as upstream);
+    .clone().detach().get_raw() is the tensor."""
+    from fastsafetensors import fastsafe_open
+    from fastsafetensors.frameworks import TensorBase
+
+    ref = reference(tuple(files))
+    loader, fb = _open(pg, files)
+    t = fb.get_tensor_wrapped("q")
+    assert isinstance(t, TensorBase) and t.dtype.value == "BF16"
+    same(t.clone().detach().get_raw(), ref["q"], "get_tensor_wrapped")
+    same(fb.get_sharded_wrapped("o", 0).get_raw(), _block(ref["o"], pg, 0), "get_sharded_wrapped")
+    got = fb.as_dict({"rows5": 0, "norm": -1})
+    assert all(isinstance(v, TensorBase) for v in got.values())
+    same(got["rows5"].get_raw(), _block(ref["rows5"], pg, 0), "as_dict rows5")
+    same(got["norm"].get_raw(), ref["norm"], "as_dict norm")
+    fb.close()
+    loader.close()
+    with fastsafe_open({r: files[r::pg.size()] for r in range(pg.size())}, pg=pg, nogds=True) as f:
+        same(f.get_tensor_wrapped("lm_head").get_raw(), ref["lm_head"], "fastsafe_open.get_tensor_wrapped")
+        same(f.get_tensor("router"), ref["router"], "fastsafe_open.get_tensor")
+
+
+def test_device_numa_node(monkeypatch, tmp_path):
+    """get_device_numa_node(index): the node sysfs gives for the device's PCI bus id, else None."""
+    from fastsafetensors import cpp, device_engine
+    from fastsafetensors.common import get_device_numa_node
+
+    bus = "0000:3b:00.0"
+    dev = cpp.HostDevice()
+    dev.set_pci_bus_id(bus)
+    monkeypatch.setattr(device_engine, "cuda_device", lambda index=0: dev)
+    node_file = tmp_path / "bus" / "pci" / "devices" / bus / "numa_node"
+    node_file.parent.mkdir(parents=True)
+    node_file.write_text("1\n")
+    monkeypatch.setattr(device_engine, "SYSFS_ROOT", str(tmp_path))
+    assert get_device_numa_node(0) == 1
+    node_file.write_text("-1\n")  # what sysfs says on machines of one node
+    assert get_device_numa_node(0) is None
+    assert get_device_numa_node(None) is None
 
 
 SEQUENCES = ranks.sequences(sys.modules[__name__])
