@@ -291,8 +291,8 @@ class FilesBufferOnDevice:
     def get_filename(self, tensor_name: str) -> str:
         return self._resolve([(tensor_name, -1)])[0][1].entry.file.path
 
-    def get_shape(self, tensor_name: str) -> Tuple[int, ...]:
-        return self._resolve([(tensor_name, -1)])[0][1].entry.shape
+    def get_shape(self, tensor_name: str) -> List[int]:
+        return list(self._resolve([(tensor_name, -1)])[0][1].entry.shape)
 
     def get_keys(self) -> List[str]:
         return list(self._live())
@@ -387,12 +387,12 @@ class SafeTensorsFileLoader:
     def get_keys(self) -> List[str]:
         return list(self.kept_catalog())
 
-    def get_shape(self, tensor_name: str) -> Tuple[int, ...]:
+    def get_shape(self, tensor_name: str) -> List[int]:
         entry = self.kept_catalog().get(tensor_name)
         if entry is None:
             why = "filtered out by the tensor filter" if tensor_name in self._catalog else "in none of the added files"
             raise TensorNotFound(f"tensor `{tensor_name}` is {why}", tensor=tensor_name)
-        return entry.shape
+        return list(entry.shape)
 
     def decide_mode(self, catalog: Optional[Dict[str, Entry]] = None) -> str:
         """Agrees with every rank on the files, the tensors kept and the read mode (one small collective)."""
@@ -512,11 +512,9 @@ class fastsafe_open:  # noqa: N801 - the 0.3 API's name
 
     get_keys = keys
 
-    def metadata(self) -> Dict[str, str]:
-        merged: Dict[str, str] = {}
-        for f in self._loader._all_files():
-            merged.update(f.metadata or {})
-        return merged
+    def metadata(self) -> Dict[str, Optional[Dict[str, str]]]:
+        """``{filename: that file's __metadata__ (None if it has none)}``, as upstream returns it."""
+        return {f.path: f.metadata for f in self._loader._all_files()}
 
     def get_tensor_wrapped(self, name: str) -> TensorBase:
         return self._fb().get_tensor_wrapped(name)

@@ -16,7 +16,7 @@ class DeviceType(Enum):
 
 @dataclass(frozen=True)
 class Device:
-    """A device such as ``cpu``, ``cuda`` or ``cuda:1``."""
+    """A device such as ``cpu``, ``cuda`` or ``cuda:1`` (``cpu:0`` is the CPU too, as upstream accepts it)."""
 
     type: DeviceType
     index: Optional[int] = None
@@ -26,16 +26,22 @@ class Device:
         if isinstance(spec, Device):
             return spec
         text = str(spec).strip().lower()
-        kind, _, index = text.partition(":")
+        kind, colon, index = text.partition(":")
         try:
             device_type = DeviceType(kind)
         except ValueError:
-            raise ValueError(f"unknown device {spec!r}: expected 'cpu', 'cuda' or 'cuda:N'") from None
-        if index and not index.isdigit():
-            raise ValueError(f"unknown device {spec!r}: the index after ':' must be a number")
-        if device_type is DeviceType.CPU and index:
-            raise ValueError(f"unknown device {spec!r}: the CPU takes no index")
-        return cls(device_type, int(index) if index else None)
+            # upstream's wording, which callers may match
+            raise ValueError(f"Unknown device type: {kind} (in device {spec!r}; expected 'cpu', 'cuda' or "
+                             "'cuda:N')") from None
+        if colon and not index.isdigit():
+            raise ValueError(f"Invalid index: {index!r} (in device {spec!r}; the index after ':' must be a number)")
+        if device_type is DeviceType.CPU and colon and int(index) != 0:
+            raise ValueError(f"Invalid index: {index} (in device {spec!r}; the CPU is 'cpu' or 'cpu:0')")
+        return cls(device_type, int(index) if colon else None)
+
+    def as_str(self) -> str:
+        """``cpu``, ``cuda`` or ``cuda:N`` (upstream's name for ``str(device)``)."""
+        return str(self)
 
     @property
     def is_cpu(self) -> bool:

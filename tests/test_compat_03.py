@@ -110,7 +110,7 @@ def test_fastsafe_open_full_signature(files):
     with fastsafe_open(files, framework="pt", pg=None, device="cpu", nogds=False, debug_log=False,
                        max_copy_block_size=16 * 1024 ** 3) as f:
         assert sorted(f.keys()) == sorted(f.get_keys()) == sorted(_reference(files))
-        assert f.metadata() == {"format": "pt"}
+        assert f.metadata() == {path: {"format": "pt"} for path in files}  # upstream's {filename: metadata}
         _same(f.get_tensor("b.q"), load_file(files[1])["b.q"])
 
 

@@ -153,10 +153,10 @@ def scenario_dtype_and_metadata():
         same(fb.get_tensor("norm", dtype=DType.F16), REF["norm"].to(torch.float16), f"{mode} dtype F16")
         same(fb.get_sharded("embed", 0, dtype="F32"), block("embed", 0).float(), f"{mode} sharded dtype F32")
         same(fb.get_tensor("rows3", dtype=DType.F16), REF["rows3"], f"{mode} integers keep their dtype")
-        assert fb.get_shape("cube") == (2, 5, 3)
+        assert fb.get_shape("cube") == [2, 5, 3]
         assert fb.get_filename("rows5") == FILES[1]
         assert fb.key_to_rank_lidx["rows5"] == (1 % WORLD, 1 // WORLD)
-        assert loader.get_shape("embed") == (10, 8) and set(loader.get_keys()) == set(REF)
+        assert loader.get_shape("embed") == [10, 8] and set(loader.get_keys()) == set(REF)
         fb.close()
         loader.reset()
         loader.add_filenames({0: FILES[:1]})

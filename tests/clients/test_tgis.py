@@ -45,11 +45,11 @@ def seq_multi_cols_f4(pg, files):
     loader.close()
 
 
-def _adapter_loader(pg, files, dtype):
+def _adapter_loader(pg, files, dtype, device=torch.device("cpu")):
     """FastWeights.__init__: files round-robin by base name, the bounce buffer split over ranks."""
     import os
 
-    loader = SafeTensorsFileLoader(pg, str(torch.device("cpu")), bbuf_size_kb=16384 // pg.size(), max_threads=2,
+    loader = SafeTensorsFileLoader(pg, str(device), bbuf_size_kb=16384 // pg.size(), max_threads=2,
                                    nogds=True, debug_log=False)
     by_rank = {r: [] for r in range(pg.size())}
     for k, f in enumerate(sorted(files, key=os.path.basename)):
@@ -106,18 +106,19 @@ def seq_adapter_sequence(pg, files):
     from fastsafetensors.frameworks import TensorBase
     from fastsafetensors.st_types import DType
 
-    device = torch.device("cpu")
-    assert get_device_numa_node(device.index) is None  # the CPU has no device index
+    device = torch.device("cpu", 0)  # str(device) is "cpu:0"
+    assert get_device_numa_node(device.index) is None  # no CUDA device 0 here
     ref = reference(tuple(files))
-    loader, fb = _adapter_loader(pg, files, DType.BF16)
+    loader, fb = _adapter_loader(pg, files, DType.BF16, device)
     st_device, st_pg = loader.device, loader.pg
+    assert st_device.as_str() == "cpu:0"
     assert st_pg.size() == pg.size() and st_pg.rank() == pg.rank()
     routing = {key: True for key in loader.get_keys()}
     assert sorted(routing) == sorted(ref)
     bf16 = {n: (t.to(torch.bfloat16) if t.dtype in (torch.float16, torch.float32) else t) for n, t in ref.items()}
     for name in ("q", "o", "norm", "ids", "router"):
         assert fb.get_filename(name) in files
-        assert torch.Size(fb.get_shape(name)) == ref[name].shape
+        assert fb.get_shape(name) == loader.get_shape(name) == list(ref[name].shape)  # lists, as upstream
         same(fb.get_tensor(name, device=st_device, dtype=DType.BF16), bf16[name], f"get_tensor {name}")
     got = fb.push_tensor("rows5", 0, device=st_device, dtype=DType.BF16)
     assert not isinstance(got, TensorBase), "push_tensor returns the tensor itself, as upstream does"
@@ -126,7 +127,7 @@ def seq_adapter_sequence(pg, files):
     assert (got is None) == (pg.rank() != 0)
     same(fb.get_sharded("o", 1, device=st_device, dtype=DType.BF16), _block(bf16["o"], pg, 1), "get_sharded")
     fused = fb.get_multi_cols(["q", "k", "v"], 0, device=st_device, dtype=DType.BF16)
-    assert isinstance(fused, TensorBase) and fused.dtype is DType.BF16 and str(fused.device) == "cpu"
+    assert isinstance(fused, TensorBase) and fused.dtype is DType.BF16 and fused.device.as_str() == "cpu:0"
     same(fused.get_raw(), torch.cat([_block(bf16[n], pg, 0) for n in "qkv"]), "get_multi_cols(...).get_raw()")
     fb.close()
     loader.close()

@@ -61,6 +61,16 @@ def seq_main_parallel_loader(pg, files):
     pl.close()
 
 
+def seq_device_cpu_0(pg, files):
+    """device=str(torch.device("cpu", 0)), i.e. "cpu:0", as a platform's current device prints."""
+    import torch
+
+    pl = ParallelLoader(pg=pg, hf_weights_files=files, queue_size=0, use_tqdm_on_load=False,
+                        device=str(torch.device("cpu", 0)), nogds=True)
+    _check_yielded(pl, files, lambda n: True, "ParallelLoader")
+    pl.close()
+
+
 def seq_expert_parallel_all_local(pg, files):
     """Each rank keeps its experts; all_local: every rank reads every file itself; the wrapped
     copy method is what reads each batch, with vLLM's block size."""
