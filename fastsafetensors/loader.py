@@ -63,7 +63,8 @@ class FilesBufferOnDevice:
 
     def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["cpp.HostBuffer"],
                  framework: Framework, device: Device, group: Group, dtype: DTypeLike = DType.AUTO, *,
-                 mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None):
+                 mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None,
+                 filtered: bool = False):
         self._catalog: Optional[Dict[str, Entry]] = catalog
         self._plan = plan
         self._buffers: List[Optional["cpp.HostBuffer"]] = list(buffers)
@@ -72,6 +73,7 @@ class FilesBufferOnDevice:
         self._dtype = to_dtype(dtype)
         self._group = group
         self._mode = mode
+        self._filtered = filtered  # the catalog holds only what a tensor filter kept
         self._threads = threads
         self.metrics = metrics if metrics is not None else LoadMetrics()
         self.pg = group.pg
@@ -89,7 +91,12 @@ class FilesBufferOnDevice:
         return self._catalog
 
     def _resolve(self, requests: List[Tuple[str, int]]) -> List[Tuple[List[Piece], Piece]]:
-        resolved = resolve(self._live(), requests, self._group.size, self._group.rank)
+        try:
+            resolved = resolve(self._live(), requests, self._group.size, self._group.rank)
+        except TensorNotFound as exc:
+            if not self._filtered:
+                raise
+            raise TensorNotFound(f"{exc}, or was filtered out by the tensor filter", tensor=exc.tensor) from None
         for _, piece in resolved:
             if piece.entry.file.path in self._released:
                 raise LoaderClosedError(f"{piece.entry.file.path}: tensor `{piece.entry.name}` was requested again "
@@ -252,7 +259,7 @@ class FilesBufferOnDevice:
         """This rank's blocks of each tensor along ``dim``, concatenated along ``dim`` (fused QKV)."""
         names = list(tensor_names)
         catalog = self._live()
-        resolve(catalog, [(n, dim) for n in names], self._group.size, self._group.rank)
+        self._resolve([(n, dim) for n in names])
         if not names or dim < 0:
             raise ShardRequestError(f"get_multi_cols needs tensor names and a dim >= 0, got {names!r}, dim={dim}")
         first = catalog[names[0]]
@@ -447,7 +454,8 @@ class SafeTensorsFileLoader:
         if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
         return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
-                                   mode=mode, threads=self.max_threads, metrics=self.metrics)
+                                   mode=mode, threads=self.max_threads, metrics=self.metrics,
+                                   filtered=self._tensor_filter is not None)
 
     def copy_files_to_device(self, dtype: DTypeLike = DType.AUTO, use_buf_register: bool = True,
                              max_copy_block_size: int = 16 * 1024 ** 3) -> FilesBufferOnDevice:

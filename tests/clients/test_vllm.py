@@ -114,7 +114,7 @@ def seq_loader_filter_reads_only_kept(pg, files):
     dropped = [n for n in ref if n not in kept]
     assert dropped
     for name in dropped:
-        with pytest.raises(TensorNotFound):
+        with pytest.raises(TensorNotFound, match="filtered out"):
             fb.get_tensor(name)
         with pytest.raises(TensorNotFound, match="filtered out"):
             loader.get_shape(name)
