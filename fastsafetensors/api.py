@@ -14,7 +14,7 @@ from .files import PathLike, SafeTensorsFile, open_checkpoint
 from .frameworks import Framework, get_framework
 from .metrics import LoadMetrics
 from .plan import LoadPlan, plan_load
-from .st_types import Device, DType
+from .st_types import Device, DType, to_dtype
 
 __all__ = ["load", "load_files", "instantiate"]
 
@@ -25,7 +25,7 @@ def _direct_io_default() -> bool:
     return settings.get("FASTSAFETENSORS_ODIRECT")
 
 
-def check_dtypes(plan: LoadPlan, framework: Framework, dtype: Union[DType, str, None], raw: bool) -> None:
+def check_dtypes(plan: LoadPlan, framework: Framework, dtype: Any, raw: bool) -> None:
     """Refuses, before anything is read, a tensor (or a conversion) the framework has no type for."""
     if raw:
         return
@@ -45,12 +45,13 @@ def _named(exc: UnsupportedDtype, plan: LoadPlan, name: str) -> UnsupportedDtype
     return UnsupportedDtype(f"{path}: tensor `{name}`: {exc}", filename=path, tensor=name)
 
 
-def _cast_of(dtype: Union[DType, str, None]) -> Optional[str]:
-    return None if dtype in (None, DType.AUTO, "auto") else DType(dtype).value
+def _cast_of(dtype: Any) -> Optional[str]:
+    cast = to_dtype(dtype)
+    return None if cast is DType.AUTO else cast.value
 
 
 def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
-                dtype: Union[DType, str, None] = None, raw: bool = False,
+                dtype: Any = None, raw: bool = False,
                 device: Union[str, Device] = "cpu") -> Dict[str, Any]:
     """Framework arrays for every planned tensor, viewing the buffers without copying.
 
@@ -73,7 +74,7 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
 
 def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = "numpy", *,
                names: Union[str, Iterable[str], None] = None, device: Union[str, Device] = "cpu",
-               dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
+               dtype: Any = None, raw: bool = False, threads: Optional[int] = None,
                direct_io: Optional[bool] = None, progress: Optional[bool] = None,
                metrics: Optional[LoadMetrics] = None, verify: bool = False,
                sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
@@ -116,7 +117,7 @@ _MAPPABLE = ("numpy", "torch")
 
 
 def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *, names: Optional[Iterable[str]],
-                 dtype: Union[DType, str, None], raw: bool, threads: Optional[int], direct_io: Optional[bool],
+                 dtype: Any, raw: bool, threads: Optional[int], direct_io: Optional[bool],
                  verify: bool, metrics: LoadMetrics) -> Dict[str, Any]:
     """mmap=True: mapped views for aligned tensors, the rest read into host memory."""
     if not target.is_cpu or fw.name not in _MAPPABLE:
@@ -145,7 +146,7 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
 
 def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[str, Framework] = "numpy",
          device: Union[str, Device] = "cpu", *, names: Union[str, Iterable[str], None] = None,
-         dtype: Union[DType, str, None] = None, raw: bool = False, threads: Optional[int] = None,
+         dtype: Any = None, raw: bool = False, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None,
          metrics: Optional[LoadMetrics] = None, verify: bool = False,
          sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
@@ -159,7 +160,8 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
         device: "cpu", "cuda" or "cuda:N" (read straight into GPU memory the framework
             allocates; FASTSAFETENSORS_GDS=auto|direct reads files outside the page cache with cuFile).
         names: load only these tensors (only their bytes are read); a string is one name.
-        dtype: convert floating tensors to this safetensors dtype (e.g. "BF16").
+        dtype: convert floating tensors to this safetensors dtype ("BF16", or a torch / NumPy dtype
+            such as ``torch.bfloat16``; see ``st_types.to_dtype``).
         raw: return every tensor's bytes as uint8 (for dtypes a framework lacks).
         threads: reader threads (default: FASTSAFETENSORS_THREADS or 2 per core, 4 to 16).
         direct_io: read with O_DIRECT (default: FASTSAFETENSORS_ODIRECT, off).

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from . import cpp, device_engine
+from .errors import CudaError
 from .files import PathLike, SafeTensorsFile, read_file_header
 from .st_types import DType
 
-__all__ = ["SingleGroup", "TensorFrame", "SafeTensorsMetadata"]
+__all__ = ["SingleGroup", "TensorFrame", "SafeTensorsMetadata", "get_device_numa_node"]
+
+logger = logging.getLogger("fastsafetensors")
 
 
 class SingleGroup:
@@ -53,3 +58,17 @@ class SafeTensorsMetadata:
         tensors = {t.name: TensorFrame(DType(t.dtype), tuple(t.shape), (t.begin, t.end)) for t in f.infos}
         # 0.3 callers read header_length as the data section's start (8-byte prefix + JSON).
         return cls(f.path, f.header.data_start, f.size, tensors, f.metadata)
+
+
+def get_device_numa_node(device: Optional[int]) -> Optional[int]:
+    """The NUMA node of CUDA device ``device`` (an index), as the upstream package's helper of this
+    name gives it; None for ``device=None``, without CUDA, or where sysfs does not say."""
+    if device is None:
+        return None
+    try:
+        bus = device_engine.cuda_device(device).pci_bus_id
+    except CudaError as exc:
+        logger.debug("get_device_numa_node(%s): no CUDA device: %s", device, exc)
+        return None
+    node = cpp.pci_numa_node(bus, device_engine.SYSFS_ROOT) if bus else -1
+    return node if node >= 0 else None

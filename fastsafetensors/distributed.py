@@ -23,7 +23,8 @@ from .dtypes import BITS
 from .errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
 from .files import SafeTensorsFile
 
-__all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "exchange", "push"]
+__all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "exchange", "push", "fingerprint",
+           "names_fingerprint"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -272,13 +273,23 @@ class Group:
         dist.recv(buf, group=self.pg, group_src=src)
 
 
+def _digest(parts: Iterable[str]) -> int:
+    """56 bits of a hash of ``parts`` (fits a collective's int64)."""
+    h = hashlib.blake2b(digest_size=7)
+    for part in parts:
+        h.update(part.encode() + b"\n")
+    return int.from_bytes(h.digest(), "little")
+
+
 def fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
     """A number every rank computes alike when every rank added the same ``{rank: files}``."""
-    h = hashlib.blake2b(digest_size=7)
-    for rank in sorted(files_by_rank):
-        for f in files_by_rank[rank]:
-            h.update(f"{rank}\0{os.path.abspath(f.path)}\0{f.size}\n".encode())
-    return int.from_bytes(h.digest(), "little")
+    return _digest(f"{rank}\0{os.path.abspath(f.path)}\0{f.size}"
+                   for rank in sorted(files_by_rank) for f in files_by_rank[rank])
+
+
+def names_fingerprint(names: Iterable[str]) -> int:
+    """A number every rank computes alike when every rank holds the same tensor names, in the same order."""
+    return _digest(names)
 
 
 def _chunks(items: List[Tuple[List[Piece], Piece]], limit: int) -> Iterable[List[Tuple[List[Piece], Piece]]]:

@@ -7,27 +7,29 @@ their memory, and ``close()`` only drops the loader's references (optional, idem
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from collections import Counter
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import cpp
 from .direct_read import read_pieces, readable_by_me
-from .distributed import ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
+from .distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
+                          resolve)
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
 from .device_engine import gds_mode, read_into_device
 from .engine import default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
-from .frameworks import Framework, get_framework
+from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
 from .plan import LoadPlan, name_list, plan_load
-from .st_types import Device, DType
+from .st_types import Device, DType, to_dtype
 
 __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]
 
 logger = logging.getLogger("fastsafetensors")
 
-
-_AUTO = (None, DType.AUTO, "auto")
+# A dtype argument: a DType, its name, or a torch / NumPy dtype (st_types.to_dtype).
+DTypeLike = Any
 
 # How the bytes of a multi-rank request reach each rank (docs/torch.md, "Two ways the bytes reach a rank").
 SCATTER = "scatter"  # each rank reads its files; owners broadcast whole tensors and scatter blocks
@@ -60,21 +62,25 @@ class FilesBufferOnDevice:
     """
 
     def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["cpp.HostBuffer"],
-                 framework: Framework, device: Device, group: Group, dtype: Union[DType, str] = DType.AUTO, *,
-                 mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None):
+                 framework: Framework, device: Device, group: Group, dtype: DTypeLike = DType.AUTO, *,
+                 mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None,
+                 filtered: bool = False):
         self._catalog: Optional[Dict[str, Entry]] = catalog
         self._plan = plan
         self._buffers: List[Optional["cpp.HostBuffer"]] = list(buffers)
         self._framework = framework
         self._device = device
-        self._dtype = dtype
+        self._dtype = to_dtype(dtype)
         self._group = group
         self._mode = mode
+        self._filtered = filtered  # the catalog holds only what a tensor filter kept
         self._threads = threads
         self.metrics = metrics if metrics is not None else LoadMetrics()
         self.pg = group.pg
         # name -> (rank that read it, index of its file in that rank's list), as in the 0.3 API.
         self.key_to_rank_lidx: Dict[str, Tuple[int, int]] = {n: (e.owner, e.lidx) for n, e in catalog.items()}
+        # tensors of each file handed out here (with a tensor filter, fewer than the file holds)
+        self._per_file = Counter(e.file.path for e in catalog.values())
         self._taken: Dict[str, set] = {}
         self._released: set = set()
 
@@ -85,7 +91,12 @@ class FilesBufferOnDevice:
         return self._catalog
 
     def _resolve(self, requests: List[Tuple[str, int]]) -> List[Tuple[List[Piece], Piece]]:
-        resolved = resolve(self._live(), requests, self._group.size, self._group.rank)
+        try:
+            resolved = resolve(self._live(), requests, self._group.size, self._group.rank)
+        except TensorNotFound as exc:
+            if not self._filtered:
+                raise
+            raise TensorNotFound(f"{exc}, or was filtered out by the tensor filter", tensor=exc.tensor) from None
         for _, piece in resolved:
             if piece.entry.file.path in self._released:
                 raise LoaderClosedError(f"{piece.entry.file.path}: tensor `{piece.entry.name}` was requested again "
@@ -99,7 +110,7 @@ class FilesBufferOnDevice:
             f = piece.entry.file
             taken = self._taken.setdefault(f.path, set())
             taken.add(piece.entry.name)
-            if len(taken) == len(f.infos):
+            if len(taken) == self._per_file[f.path]:
                 self._released.add(f.path)
                 self._release_local(f.path)
 
@@ -203,45 +214,52 @@ class FilesBufferOnDevice:
         return {p.entry.name: self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
                 for p, off in zip(pieces, offsets)}
 
-    def _finish(self, t: Any, entry: Entry, device: Any, dtype: Union[DType, str, None]) -> Any:
-        cast = self._dtype if dtype in _AUTO else dtype
-        if cast not in _AUTO:
-            cast = DType(cast).value
-            if entry.dtype in FLOAT_DTYPES and entry.dtype != cast:
-                t = self._framework.convert(t, cast)
-        return self._framework.to_device(t, Device.from_str(device) if device is not None else self._device)
+    def _finish(self, t: Any, entry: Entry, device: Any, dtype: DType) -> TensorBase:
+        """The tensor as handed out: floating tensors cast to ``dtype`` (or to the buffer's), on ``device``."""
+        cast = self._dtype if dtype is DType.AUTO else dtype
+        kind = DType(entry.dtype)
+        if cast is not DType.AUTO and entry.dtype in FLOAT_DTYPES and kind is not cast:
+            t, kind = self._framework.convert(t, cast.value), cast
+        target = Device.from_str(device) if device is not None else self._device
+        return TensorBase(self._framework.to_device(t, target), target, kind)
 
-    def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: Union[DType, str, None]) -> Dict[str, Any]:
-        if dtype not in _AUTO:
-            DType(dtype)  # an unknown dtype fails here, on every rank
+    def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: DTypeLike) -> Dict[str, TensorBase]:
+        dtype = to_dtype(dtype)  # an unknown dtype fails here, on every rank
         resolved = self._resolve(requests)
         got = self._fetch(resolved)
         self._mark_taken(resolved)
         return {p.entry.name: self._finish(got[p.entry.name], p.entry, device, dtype) for _, p in resolved}
 
-    # -- the 0.3 API --
-    def get_tensor(self, tensor_name: str, device: Any = None, dtype: Union[DType, str] = DType.AUTO) -> Any:
+    # -- the 0.3 API: plain tensors from get_tensor, get_sharded and push_tensor; TensorBase from
+    # get_multi_cols, as_dict and the *_wrapped getters (as the upstream package returns them) --
+    def get_tensor_wrapped(self, tensor_name: str, device: Any = None, dtype: DTypeLike = DType.AUTO) -> TensorBase:
         """The whole tensor on every rank (broadcast from the rank that read it, or read directly)."""
         return self._get([(tensor_name, -1)], device, dtype)[tensor_name]
 
-    def get_sharded(self, tensor_name: str, dim: int, device: Any = None,
-                    dtype: Union[DType, str] = DType.AUTO) -> Any:
+    def get_tensor(self, tensor_name: str, device: Any = None, dtype: DTypeLike = DType.AUTO) -> Any:
+        return self.get_tensor_wrapped(tensor_name, device, dtype).get_raw()
+
+    def get_sharded_wrapped(self, tensor_name: str, dim: int, device: Any = None,
+                            dtype: DTypeLike = DType.AUTO) -> TensorBase:
         """Block ``rank`` of the tensor split along ``dim`` over the group (``dim=-1``: the whole tensor).
 
         Blocks follow ``distributed.split_bounds``: 5 rows on 4 ranks are 2,1,1,1.
         """
         return self._get([(tensor_name, dim)], device, dtype)[tensor_name]
 
-    def as_dict(self, tensor_shard_dim: Mapping[str, int]) -> Dict[str, Any]:
-        """``get_sharded`` of many tensors at once (collectives packed many tensors per call)."""
+    def get_sharded(self, tensor_name: str, dim: int, device: Any = None, dtype: DTypeLike = DType.AUTO) -> Any:
+        return self.get_sharded_wrapped(tensor_name, dim, device, dtype).get_raw()
+
+    def as_dict(self, tensor_shard_dim: Mapping[str, int]) -> Dict[str, TensorBase]:
+        """``get_sharded_wrapped`` of many tensors at once (collectives packed many tensors per call)."""
         return self._get(list(tensor_shard_dim.items()), None, DType.AUTO)
 
     def get_multi_cols(self, tensor_names: List[str], dim: int, device: Any = None,
-                       dtype: Union[DType, str] = DType.AUTO) -> Any:
+                       dtype: DTypeLike = DType.AUTO) -> TensorBase:
         """This rank's blocks of each tensor along ``dim``, concatenated along ``dim`` (fused QKV)."""
         names = name_list(tensor_names)
         catalog = self._live()
-        resolve(catalog, [(n, dim) for n in names], self._group.size, self._group.rank)
+        self._resolve([(n, dim) for n in names])
         if not names or dim < 0:
             raise ShardRequestError(f"get_multi_cols needs tensor names and a dim >= 0, got {names!r}, dim={dim}")
         first = catalog[names[0]]
@@ -253,17 +271,17 @@ class FilesBufferOnDevice:
                                         f"along dim {dim} with `{first.name}` ({first.dtype}, {list(first.shape)})",
                                         filename=e.file.path, tensor=n)
         parts = self._get([(n, dim) for n in dict.fromkeys(names)], device, dtype)
-        return self._framework.concat([parts[n] for n in names], dim)
+        joined = self._framework.concat([parts[n].get_raw() for n in names], dim)
+        return TensorBase(joined, parts[names[0]].device, parts[names[0]].dtype)
 
     def push_tensor(self, tensor_name: str, dst_rank: int, device: Any = None,
-                    dtype: Union[DType, str] = DType.AUTO) -> Optional[Any]:
+                    dtype: DTypeLike = DType.AUTO) -> Optional[Any]:
         """The whole tensor on rank ``dst_rank`` (sent by the rank that read it); None on the others."""
         group = self._group
         if isinstance(dst_rank, bool) or not isinstance(dst_rank, int) or not 0 <= dst_rank < group.size:
             raise ShardRequestError(f"push_tensor of `{tensor_name}`: dst_rank {dst_rank!r} is not a rank of this "
                                     f"group of {group.size}", tensor=tensor_name)
-        if dtype not in _AUTO:
-            DType(dtype)
+        dtype = to_dtype(dtype)
         resolved = self._resolve([(tensor_name, -1)])
         piece = resolved[0][1]
         if not group.distributed:
@@ -275,13 +293,13 @@ class FilesBufferOnDevice:
             raw = push(group, piece.entry, dst_rank, self._local_bytes)
             t = None if raw is None else self._framework.from_bytes(raw, piece.entry.dtype, piece.shape)
         self._mark_taken(resolved)
-        return None if t is None else self._finish(t, piece.entry, device, dtype)
+        return None if t is None else self._finish(t, piece.entry, device, dtype).get_raw()
 
     def get_filename(self, tensor_name: str) -> str:
         return self._resolve([(tensor_name, -1)])[0][1].entry.file.path
 
-    def get_shape(self, tensor_name: str) -> Tuple[int, ...]:
-        return self._resolve([(tensor_name, -1)])[0][1].entry.shape
+    def get_shape(self, tensor_name: str) -> List[int]:
+        return list(self._resolve([(tensor_name, -1)])[0][1].entry.shape)
 
     def get_keys(self) -> List[str]:
         return list(self._live())
@@ -324,6 +342,7 @@ class SafeTensorsFileLoader:
     its files and scatter/broadcast their tensors; None (default), where every rank can open every
     file, reads blocks of split tensors directly and broadcasts whole tensors from the rank that
     read them, else it behaves as False.
+    ``set_tensor_filter(keep)`` narrows the loader to the tensors whose name ``keep`` accepts.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
@@ -346,6 +365,7 @@ class SafeTensorsFileLoader:
         self.metrics = LoadMetrics()
         self._files: Dict[int, List[SafeTensorsFile]] = {}
         self._catalog: Dict[str, Entry] = {}
+        self._tensor_filter: Optional[Callable[[str], bool]] = None
         self._closed = False
         if debug_log:
             logger.setLevel(logging.DEBUG)
@@ -370,41 +390,69 @@ class SafeTensorsFileLoader:
         self._check_open()
         return [f for rank in sorted(self._files) for f in self._files[rank]]
 
+    def set_tensor_filter(self, keep_tensor: Optional[Callable[[str], bool]]) -> None:
+        """Load only the tensors for which ``keep_tensor(name)`` is true (None: every tensor).
+
+        Filtered tensors are not read, and ``get_keys``, ``key_to_rank_lidx`` and every getter act
+        as if they were not in the files (``TensorNotFound``). Ranks of a group may keep different
+        tensors: then each rank reads its own straight from the files (every rank must be able to
+        open every file) and the getters involve no collective.
+        """
+        self._tensor_filter = keep_tensor
+
+    def kept_catalog(self) -> Dict[str, Entry]:
+        """The added tensors that pass the tensor filter (every one without a filter)."""
+        self._check_open()
+        keep = self._tensor_filter
+        return self._catalog if keep is None else {n: e for n, e in self._catalog.items() if keep(n)}
+
     def get_keys(self) -> List[str]:
-        self._check_open()
-        return list(self._catalog)
+        return list(self.kept_catalog())
 
-    def get_shape(self, tensor_name: str) -> Tuple[int, ...]:
-        self._check_open()
-        entry = self._catalog.get(tensor_name)
+    def get_shape(self, tensor_name: str) -> List[int]:
+        entry = self.kept_catalog().get(tensor_name)
         if entry is None:
-            raise TensorNotFound(f"tensor `{tensor_name}` is in none of the added files", tensor=tensor_name)
-        return entry.shape
+            why = "filtered out by the tensor filter" if tensor_name in self._catalog else "in none of the added files"
+            raise TensorNotFound(f"tensor `{tensor_name}` is {why}", tensor=tensor_name)
+        return list(entry.shape)
 
-    def decide_mode(self) -> str:
-        """Agrees with every rank on the files and on the read mode (one small collective)."""
+    def decide_mode(self, catalog: Optional[Dict[str, Entry]] = None) -> str:
+        """Agrees with every rank on the files, the tensors kept and the read mode (one small collective)."""
+        kept = 0 if catalog is None or self._tensor_filter is None else names_fingerprint(catalog)
         readable = readable_by_me(self._files) if self.group.distributed and self.direct_read is not False else False
-        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable)])
+        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable), kept])
         if len({row[0] for row in rows}) > 1:
             raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
         everyone = all(row[1] for row in rows)
         if self.direct_read and not everyone:
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
+        if len({row[2] for row in rows}) > 1:
+            # Different tensors on different ranks: no collective can serve them, each rank reads its own.
+            if not everyone:
+                raise ShardRequestError("the tensor filter keeps different tensors on different ranks, so each rank "
+                                        "must read its own from the files, but some rank cannot open every file "
+                                        "(or direct_read=False was given)")
+            return DIRECT
         if not self.group.distributed or not everyone:
             return SCATTER
         if self.direct_read or self.framework.name != "torch":
             return DIRECT
         return HYBRID
 
-    def read_local(self, mode: str, everything: bool = False,
+    def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
                    max_copy_block_size: int = 16 * 1024 ** 3) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
-        """Reads what this rank holds up front: its own files (scatter), nothing (direct, hybrid), or
-        every file (``everything``, for loading whole files on every rank). No collective."""
+        """Reads the tensors of ``catalog`` this rank holds up front: those of its own files (scatter),
+        none (direct, hybrid), or those of every file (``everything``, for loading whole files on
+        every rank). No collective."""
         if everything or not self.group.distributed:
             files = self._all_files()
         else:
             files = self._files.get(self.group.rank, []) if mode == SCATTER else []
-        plan = plan_load(files)
+        if self._tensor_filter is None:
+            plan = plan_load(files)
+        else:
+            paths = {f.path for f in files}
+            plan = plan_load(files, [n for n, e in catalog.items() if e.file.path in paths])
         if self.device.is_cpu or self.group.distributed:
             # Process groups share tensors from host buffers; to_device moves each result.
             buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
@@ -416,28 +464,30 @@ class SafeTensorsFileLoader:
                                              gds=gds_mode(self.nogds), numa=self.set_numa)
         return plan, buffers
 
-    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str,
-                    dtype: Union[DType, str] = DType.AUTO) -> FilesBufferOnDevice:
+    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
+                    dtype: DTypeLike = DType.AUTO) -> FilesBufferOnDevice:
         if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
-        return FilesBufferOnDevice(self._catalog, plan, buffers, self.framework, self.device, self.group, dtype,
-                                   mode=mode, threads=self.max_threads, metrics=self.metrics)
+        return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
+                                   mode=mode, threads=self.max_threads, metrics=self.metrics,
+                                   filtered=self._tensor_filter is not None)
 
-    def copy_files_to_device(self, dtype: Union[DType, str] = DType.AUTO, use_buf_register: bool = True,
+    def copy_files_to_device(self, dtype: DTypeLike = DType.AUTO, use_buf_register: bool = True,
                              max_copy_block_size: int = 16 * 1024 ** 3) -> FilesBufferOnDevice:
         """Reads this rank's files (or, in direct mode, nothing yet) and returns their tensors.
 
         A read error on one rank raises on every rank (a PeerRankError on the others).
         """
-        self._check_open()
-        mode = self.decide_mode()
+        dtype = to_dtype(dtype)  # a bad dtype raises here, not at the first getter
+        catalog = self.kept_catalog()
+        mode = self.decide_mode(catalog)
         error: Optional[BaseException] = None
         try:
-            plan, buffers = self.read_local(mode, max_copy_block_size=max_copy_block_size)
+            plan, buffers = self.read_local(mode, catalog, max_copy_block_size=max_copy_block_size)
         except Exception as exc:  # re-raised by agree(), after every rank has heard of it
             error = exc
         self.group.agree(error, "copy_files_to_device")
-        return self.make_buffer(plan, buffers, mode, dtype)
+        return self.make_buffer(plan, buffers, mode, catalog, dtype)
 
     def reset(self) -> None:
         """Forgets the added files; the loader can be used again."""
@@ -485,11 +535,12 @@ class fastsafe_open:  # noqa: N801 - the 0.3 API's name
 
     get_keys = keys
 
-    def metadata(self) -> Dict[str, str]:
-        merged: Dict[str, str] = {}
-        for f in self._loader._all_files():
-            merged.update(f.metadata or {})
-        return merged
+    def metadata(self) -> Dict[str, Optional[Dict[str, str]]]:
+        """``{filename: that file's __metadata__ (None if it has none)}``, as upstream returns it."""
+        return {f.path: f.metadata for f in self._loader._all_files()}
+
+    def get_tensor_wrapped(self, name: str) -> TensorBase:
+        return self._fb().get_tensor_wrapped(name)
 
     def get_tensor(self, name: str) -> Any:
         return self._fb().get_tensor(name)

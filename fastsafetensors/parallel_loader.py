@@ -10,71 +10,132 @@ batches are still consumed in order on every rank.
 Producers never touch the process group: the collectives (one agreement per batch that every
 rank read its files, then the packed broadcasts of the scatter mode) all run in the consumer's
 thread, in the same order on every rank.
+
+``tensor_filter`` (a predicate on tensor names) makes each rank read and yield only the tensors it
+keeps; ``all_local=True`` makes each rank read every file itself with no collective at all (as the
+0.4 package does for expert-parallel loading).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Deque, Generator, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Deque, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .common import SingleGroup
+from .distributed import Entry
 from .errors import LoaderClosedError
 from .files import PathLike
-from .loader import DIRECT, SCATTER, SafeTensorsFileLoader
+from .loader import DIRECT, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
 from .plan import LoadPlan
+from .st_types import DType, to_dtype
 
 __all__ = ["ParallelLoader"]
 
 logger = logging.getLogger("fastsafetensors")
 
-_Batch = Tuple[SafeTensorsFileLoader, LoadPlan, list]
+# What a producer hands the consumer: the batch's loader, the tensors it kept, its plan and buffers,
+# and the dtype asked for.
+_Batch = Tuple[SafeTensorsFileLoader, Dict[str, Entry], LoadPlan, list, DType]
+_ReadBatch = Callable[[DType, int], _Batch]
+
+
+class BatchLoader(SafeTensorsFileLoader):
+    """``ParallelLoader.loader``: the loader every batch is read through.
+
+    While a producer reads a batch, ``copy_files_to_device`` reads that batch on this rank (no
+    collective) and hands it to the consumer, with the ``dtype`` and ``max_copy_block_size`` it was
+    called with: a caller may wrap the method to pass its own (vLLM passes ``max_copy_block_size``
+    so). Called outside ``iterate_weights`` it is ``SafeTensorsFileLoader.copy_files_to_device``
+    on whatever files were added to it (none by default).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._producing = threading.local()
+
+    @contextmanager
+    def producing(self, read: _ReadBatch) -> Iterator[None]:
+        """Within the block, ``copy_files_to_device`` in this thread calls ``read`` instead."""
+        self._producing.read = read
+        try:
+            yield
+        finally:
+            self._producing.read = None
+
+    def copy_files_to_device(self, dtype: Any = DType.AUTO, use_buf_register: bool = True,
+                             max_copy_block_size: int = 16 * 1024 ** 3) -> Union[FilesBufferOnDevice, _Batch]:
+        read = getattr(self._producing, "read", None)
+        if read is None:
+            return super().copy_files_to_device(dtype, use_buf_register, max_copy_block_size)
+        return read(to_dtype(dtype), max_copy_block_size)
 
 
 class ParallelLoader:
     """Yields ``(name, tensor)`` for every tensor of ``hf_weights_files``, each exactly once, on every rank.
 
+    ``tensor_filter(name) -> bool``: only the tensors it keeps are read and yielded; it may keep
+    different tensors on different ranks (then each rank reads its own from the files, which every
+    rank must be able to open). ``all_local=True``: every rank reads every file itself and the
+    process group is not used at all (no collective; a rank that cannot open a file raises alone).
     Extra keywords go to each batch's :class:`SafeTensorsFileLoader` (e.g. ``direct_read``).
     """
 
     def __init__(self, pg: Any, hf_weights_files: Sequence[PathLike], max_concurrent_producers: int = 1,
                  queue_size: int = 0, use_tqdm_on_load: bool = True, device: str = "cpu",
                  bbuf_size_kb: int = 16 * 1024, max_threads: int = 16, nogds: bool = False, set_numa: bool = True,
-                 debug_log: bool = False, framework: str = "pytorch", **kwargs: Any):
+                 debug_log: bool = False, framework: str = "pytorch",
+                 tensor_filter: Optional[Callable[[str], bool]] = None, all_local: bool = False, **kwargs: Any):
         self._options = dict(device=device, bbuf_size_kb=bbuf_size_kb, max_threads=max_threads, nogds=nogds,
                              set_numa=set_numa, debug_log=debug_log, framework=framework, **kwargs)
         if max_concurrent_producers < 1:
             raise ValueError(f"max_concurrent_producers must be at least 1, got {max_concurrent_producers}")
         if queue_size < -1:
             raise ValueError(f"queue_size must be -1 (serial), 0 or more, got {queue_size}")
-        probe = self._loader(pg)  # checks the device and the group once, before any thread starts
-        self.pg = probe.pg
-        self._group = probe.group
+        self._filter = tensor_filter
+        # all_local: this rank reads every file through a group of one, as if it were alone.
+        self.loader = self._new_loader(SingleGroup() if all_local else pg, BatchLoader)
+        self.pg = self.loader.pg if pg is None else pg
+        self._group = self.loader.group
         world = self._group.size
         files = list(hf_weights_files)
         self._batches: List[List[PathLike]] = [files[i:i + world] for i in range(0, len(files), world)]
         # Every header once (a broken or duplicated tensor fails here, on every rank), then one
-        # collective in the caller's thread: the same file list everywhere, and the read mode.
-        probe.add_filenames({r: files[r::world] for r in range(world)})
-        # Every tensor is wanted whole on every rank: unless direct reads are asked for, each file is
-        # read once (by its rank, in a producer) and broadcast, rather than read by every rank.
-        self._mode = DIRECT if probe.decide_mode() == DIRECT and probe.direct_read else SCATTER
-        probe.close()
+        # collective in the caller's thread: the same file list everywhere, the tensors kept, the read mode.
+        self.loader.add_filenames({r: files[r::world] for r in range(world)})
+        mode = self.loader.decide_mode(self.loader.kept_catalog())
+        self.loader.reset()
+        # Every tensor is wanted whole on every rank: unless direct reads are asked for (or a filter
+        # keeps different tensors per rank), each file is read once, by its rank, and broadcast.
+        self._mode = DIRECT if mode == DIRECT and (self.loader.direct_read or tensor_filter) else SCATTER
         self._ahead = 0 if queue_size < 0 else queue_size + 1
         self._pool = ThreadPoolExecutor(max_concurrent_producers, "fastsafetensors-producer") if self._ahead else None
         self._pending: Deque[Future] = deque()
-        self._show_progress = use_tqdm_on_load and self._group.rank == 0
+        self._show_progress = use_tqdm_on_load and (0 if pg is None else int(pg.rank())) == 0
         self._closed = False
 
-    def _loader(self, pg: Any) -> SafeTensorsFileLoader:
-        return SafeTensorsFileLoader(pg, **self._options)
+    def _new_loader(self, pg: Any, kind: type = SafeTensorsFileLoader) -> SafeTensorsFileLoader:
+        loader = kind(pg, **self._options)
+        loader.set_tensor_filter(self._filter)
+        return loader
 
     def _produce(self, batch: List[PathLike]) -> _Batch:
-        """Reads one batch on this rank (no collective): its own file, or every file in direct mode."""
-        loader = self._loader(self.pg)
+        """Reads one batch on this rank (no collective) through ``self.loader.copy_files_to_device``:
+        its own file, or every file in direct mode."""
+        loader = self._new_loader(self._group.pg)
         loader.add_filenames({r: [f] for r, f in enumerate(batch)})
-        plan, buffers = loader.read_local(self._mode, everything=self._mode == DIRECT)
-        return loader, plan, buffers
+
+        def read(dtype: DType, max_copy_block_size: int) -> _Batch:
+            catalog = loader.kept_catalog()
+            plan, buffers = loader.read_local(self._mode, catalog, everything=self._mode == DIRECT,
+                                              max_copy_block_size=max_copy_block_size)
+            return loader, catalog, plan, buffers, dtype
+
+        with self.loader.producing(read):
+            return self.loader.copy_files_to_device()
 
     def _submit(self, batch: List[PathLike]) -> Future:
         if self._pool is not None:
@@ -110,13 +171,13 @@ class ParallelLoader:
     def _consume(self, produced: Future, batch: List[PathLike]) -> Generator[Tuple[str, Any], None, None]:
         error: Optional[BaseException] = None
         try:
-            loader, plan, buffers = produced.result()
+            loader, catalog, plan, buffers, dtype = produced.result()
         except Exception as exc:  # re-raised by agree() once every rank has heard of it
             error = exc
         self._group.agree(error, f"reading {[str(f) for f in batch]}")
-        fb = loader.make_buffer(plan, buffers, self._mode)
+        fb = loader.make_buffer(plan, buffers, self._mode, catalog, dtype)
         try:
-            tensors = fb.as_dict({name: -1 for name in fb.key_to_rank_lidx})
+            tensors = {n: t.get_raw() for n, t in fb.as_dict({name: -1 for name in fb.key_to_rank_lidx}).items()}
             fb.close()
             while tensors:
                 name = next(iter(tensors))
@@ -146,3 +207,4 @@ class ParallelLoader:
                     logger.debug("ParallelLoader.close: dropped a failed batch: %s", exc)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        self.loader.close()

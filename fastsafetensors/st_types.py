@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
-__all__ = ["DeviceType", "Device", "DType"]
+__all__ = ["DeviceType", "Device", "DType", "to_dtype"]
 
 
 class DeviceType(Enum):
@@ -16,7 +16,7 @@ class DeviceType(Enum):
 
 @dataclass(frozen=True)
 class Device:
-    """A device such as ``cpu``, ``cuda`` or ``cuda:1``."""
+    """A device such as ``cpu``, ``cuda`` or ``cuda:1`` (``cpu:0`` is the CPU too, as upstream accepts it)."""
 
     type: DeviceType
     index: Optional[int] = None
@@ -26,16 +26,22 @@ class Device:
         if isinstance(spec, Device):
             return spec
         text = str(spec).strip().lower()
-        kind, _, index = text.partition(":")
+        kind, colon, index = text.partition(":")
         try:
             device_type = DeviceType(kind)
         except ValueError:
-            raise ValueError(f"unknown device {spec!r}: expected 'cpu', 'cuda' or 'cuda:N'") from None
-        if index and not index.isdigit():
-            raise ValueError(f"unknown device {spec!r}: the index after ':' must be a number")
-        if device_type is DeviceType.CPU and index:
-            raise ValueError(f"unknown device {spec!r}: the CPU takes no index")
-        return cls(device_type, int(index) if index else None)
+            # upstream's wording, which callers may match
+            raise ValueError(f"Unknown device type: {kind} (in device {spec!r}; expected 'cpu', 'cuda' or "
+                             "'cuda:N')") from None
+        if colon and not index.isdigit():
+            raise ValueError(f"Invalid index: {index!r} (in device {spec!r}; the index after ':' must be a number)")
+        if device_type is DeviceType.CPU and colon and int(index) != 0:
+            raise ValueError(f"Invalid index: {index} (in device {spec!r}; the CPU is 'cpu' or 'cpu:0')")
+        return cls(device_type, int(index) if colon else None)
+
+    def as_str(self) -> str:
+        """``cpu``, ``cuda`` or ``cuda:N`` (upstream's name for ``str(device)``)."""
+        return str(self)
 
     @property
     def is_cpu(self) -> bool:
@@ -78,3 +84,46 @@ class DType(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+_BY_NAME = {d.value.upper(): d for d in DType}
+# torch, NumPy and ml_dtypes names of the types that are a safetensors dtype (F4: torch's packed pair)
+_FRAMEWORK_NAMES = {
+    "bool": DType.BOOL, "uint8": DType.U8, "int8": DType.I8, "int16": DType.I16, "uint16": DType.U16,
+    "float16": DType.F16, "bfloat16": DType.BF16, "int32": DType.I32, "uint32": DType.U32, "float32": DType.F32,
+    "int64": DType.I64, "uint64": DType.U64, "float64": DType.F64, "complex64": DType.C64,
+    "float8_e5m2": DType.F8_E5M2, "float8_e4m3fn": DType.F8_E4M3, "float8_e8m0fnu": DType.F8_E8M0,
+    "float8_e4m3fnuz": DType.F8_E4M3FNUZ, "float8_e5m2fnuz": DType.F8_E5M2FNUZ, "float4_e2m1fn_x2": DType.F4,
+}
+
+
+def _framework_name(value: Any) -> Optional[str]:
+    """The type name of a torch dtype, or of anything NumPy takes as a dtype (NumPy, ml_dtypes, JAX)."""
+    if type(value).__module__ == "torch":
+        return str(value).rpartition(".")[2]  # torch.float16 prints as "torch.float16"
+    try:
+        import numpy as np
+
+        return np.dtype(value).name
+    except (TypeError, ValueError):
+        return None
+
+
+def to_dtype(value: Any) -> DType:
+    """``value`` as a DType: a DType, its name ("F16", "bf16", "auto"), None (AUTO), or a torch,
+    NumPy, ml_dtypes or JAX dtype of a safetensors type (``torch.float16``, ``np.float16``,
+    ``jnp.bfloat16``, or their names such as "float16"). Anything else raises ValueError naming
+    the valid names."""
+    if value is None:
+        return DType.AUTO
+    if isinstance(value, DType):
+        return value
+    if isinstance(value, str):
+        found = _BY_NAME.get(value.strip().upper()) or _FRAMEWORK_NAMES.get(value.strip().lower())
+    else:
+        found = _FRAMEWORK_NAMES.get(_framework_name(value) or "")
+    if found is None:
+        raise ValueError(f"unknown dtype {value!r}: use a DType or one of its names "
+                         f"({', '.join(d.value for d in DType)}), or a torch or NumPy dtype of one of those types "
+                         f"({', '.join(_FRAMEWORK_NAMES)})")
+    return found

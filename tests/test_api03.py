@@ -58,7 +58,7 @@ def test_loader_copy_files_to_device(multi_files, framework):
     ref = _reference(multi_files)
     assert loader.get_keys() == [k for p in multi_files for k in _header_keys(p)]
     for name, r in ref.items():
-        assert loader.get_shape(name) == tuple(r.shape)
+        assert loader.get_shape(name) == list(r.shape)  # a list, as upstream returns it
     fb = loader.copy_files_to_device()
     assert isinstance(fb, FilesBufferOnDevice)
     out = {name: fb.get_tensor(name) for name in ref}
@@ -67,7 +67,7 @@ def test_loader_copy_files_to_device(multi_files, framework):
     for k, p in enumerate(multi_files):
         for name in load_file(p):
             assert fb.get_filename(name) == p
-            assert fb.get_shape(name) == tuple(ref[name].shape)
+            assert fb.get_shape(name) == list(ref[name].shape)
             assert fb.key_to_rank_lidx[name] == (0, k)
     assert set(fb.key_to_rank_lidx) == set(ref)
     fb.close()
@@ -158,8 +158,9 @@ def test_fastsafe_open_keys_and_metadata(multi_files, tmp_path, framework):
     files = [multi_files[0], meta_file]
     with fastsafe_open(files, framework=framework, device="cpu", nogds=True) as f:
         assert f.keys() == f.get_keys() == [k for p in files for k in _header_keys(p)]
-        with safe_open(meta_file, "pt") as ref:
-            assert f.metadata() == ref.metadata()
+        with safe_open(meta_file, "pt") as ref, safe_open(multi_files[0], "pt") as ref0:
+            # {filename: metadata}, as upstream returns it
+            assert f.metadata() == {multi_files[0]: ref0.metadata(), meta_file: ref.metadata()}
         assert_exact({k: f.get_tensor(k) for k in f.keys()}, _reference(files))
 
 
@@ -184,8 +185,10 @@ def test_st_types():
     assert Device.from_str("cuda:1") == Device(DeviceType.CUDA, 1)
     assert Device.from_str("cuda").type is DeviceType.CUDA and Device.from_str("cuda").index is None
     assert str(Device.from_str("cuda:3")) == "cuda:3" and str(Device.from_str("cpu")) == "cpu"
-    for bad in ("tpu", "cuda:x", "cpu:1"):
-        with pytest.raises(ValueError):
+    assert Device.from_str("cpu:0").is_cpu and Device.from_str("cpu:0").as_str() == "cpu:0"  # upstream takes it
+    assert Device.from_str("cuda:3").as_str() == "cuda:3" and Device.from_str("cpu").as_str() == "cpu"
+    for bad, message in (("tpu", "Unknown device type: tpu"), ("cuda:x", "Invalid index"), ("cpu:1", "Invalid index")):
+        with pytest.raises(ValueError, match=message):
             Device.from_str(bad)
     # DType values are the header spellings (plus AUTO), so DType(header_dtype) works.
     for name, bits in BITS.items():

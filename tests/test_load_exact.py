@@ -352,3 +352,18 @@ def test_load_returns_views_of_one_buffer(llama_dir, fw):
     for name, loc in plan.tensors.items():
         assert data_ptr(out[name]) % 64 == 0
         assert data_ptr(out[name]) - data_ptr(out[first]) == loc.offset - plan.tensors[first].offset, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, np.float16, "float16", "f16"])
+def test_load_takes_framework_dtypes(multi_files, dtype):
+    """load(dtype=) takes a torch or NumPy dtype (or its name) like the safetensors name "F16"."""
+    out = fastsafetensors.load(multi_files[0], framework="torch", dtype=dtype)
+    ref = load_file(multi_files[0])
+    for name, t in ref.items():
+        want = t.to(torch.float16) if t.is_floating_point() else t
+        assert out[name].dtype == want.dtype and tensor_bytes(out[name]) == tensor_bytes(want), name
+
+
+def test_load_bad_dtype_lists_valid_names(multi_files):
+    with pytest.raises(ValueError, match=r"unknown dtype torch\.qint8: .*BF16.*bfloat16"):
+        fastsafetensors.load(multi_files[0], framework="torch", dtype=torch.qint8)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -76,8 +76,10 @@ def checkpoint() -> List[str]:
 
 
 def run_group(world: int, files: List[str], timeout: float = GROUP_TIMEOUT_S,
-              extra_env: Optional[Dict[str, str]] = None) -> List[Dict[str, str]]:
-    """Starts ``world`` ranks, waits at most ``timeout`` seconds, returns each rank's report."""
+              extra_env: Optional[Dict[str, str]] = None, worker: Sequence[str] = (WORKER,)) -> List[Dict[str, str]]:
+    """Starts ``world`` ranks, waits at most ``timeout`` seconds, returns each rank's report.
+
+    ``worker``: the arguments after ``python`` that start one rank (the rank's own arguments follow)."""
     work = tempfile.mkdtemp(prefix="fst-tp-run-")
     spec = os.path.join(work, "files.json")
     with open(spec, "w") as f:
@@ -90,7 +92,7 @@ def run_group(world: int, files: List[str], timeout: float = GROUP_TIMEOUT_S,
         for rank in range(world):
             log = open(os.path.join(work, f"rank{rank}.log"), "w")
             logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, WORKER, str(rank), str(world), str(port), spec, work],
+            procs.append(subprocess.Popen([sys.executable, *worker, str(rank), str(world), str(port), spec, work],
                                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + timeout
         for p in procs:

@@ -100,7 +100,7 @@ def scenario_as_dict():
         got = fb.as_dict(dims)
         assert list(got) == list(dims), f"{mode}: as_dict keys"
         for name, dim in dims.items():
-            same(got[name], block(name, dim), f"{mode} as_dict {name} dim {dim}")
+            same(got[name].get_raw(), block(name, dim), f"{mode} as_dict {name} dim {dim}")
         fb.close()
 
 
@@ -115,7 +115,7 @@ def scenario_as_dict_unpacked():
         dims = _tp_dims()
         got = fb.as_dict(dims)
         for name, dim in dims.items():
-            same(got[name], block(name, dim), f"unpacked as_dict {name} dim {dim}")
+            same(got[name].get_raw(), block(name, dim), f"unpacked as_dict {name} dim {dim}")
         fb.close()
     finally:
         distributed.PACK_BELOW = saved
@@ -130,7 +130,7 @@ def scenario_multi_cols():
             loader, fb = open_fb(direct)
             for names in fused[dim]:
                 want = torch.cat([block(n, dim) for n in names], dim)
-                same(fb.get_multi_cols(names, dim), want, f"{mode} get_multi_cols {names} dim {dim}")
+                same(fb.get_multi_cols(names, dim).get_raw(), want, f"{mode} get_multi_cols {names} dim {dim}")
             fb.close()
 
 
@@ -153,10 +153,10 @@ def scenario_dtype_and_metadata():
         same(fb.get_tensor("norm", dtype=DType.F16), REF["norm"].to(torch.float16), f"{mode} dtype F16")
         same(fb.get_sharded("embed", 0, dtype="F32"), block("embed", 0).float(), f"{mode} sharded dtype F32")
         same(fb.get_tensor("rows3", dtype=DType.F16), REF["rows3"], f"{mode} integers keep their dtype")
-        assert fb.get_shape("cube") == (2, 5, 3)
+        assert fb.get_shape("cube") == [2, 5, 3]
         assert fb.get_filename("rows5") == FILES[1]
         assert fb.key_to_rank_lidx["rows5"] == (1 % WORLD, 1 // WORLD)
-        assert loader.get_shape("embed") == (10, 8) and set(loader.get_keys()) == set(REF)
+        assert loader.get_shape("embed") == [10, 8] and set(loader.get_keys()) == set(REF)
         fb.close()
         loader.reset()
         loader.add_filenames({0: FILES[:1]})
@@ -271,7 +271,7 @@ def scenario_direct_read_bytes():
     start = loader.metrics.bytes_read
     got = fb.as_dict(dims)
     read = loader.metrics.bytes_read - start
-    mine = sum(got[n].numel() * got[n].element_size() for n in dims)
+    mine = sum(got[n].get_raw().numel() * got[n].get_raw().element_size() for n in dims)
     assert read == mine, f"direct mode read {read} bytes for {mine} bytes of blocks"
     split = sum(REF[n].numel() * REF[n].element_size() for n, d in dims.items() if d >= 0)
     replicated = sum(REF[n].numel() * REF[n].element_size() for n, d in dims.items() if d < 0)
@@ -307,7 +307,8 @@ def scenario_compat_03_calls():
     loader.add_filenames({r: FILES[r::WORLD] for r in range(WORLD)})
     fb = loader.copy_files_to_device()
     same(fb.get_sharded("embed", 0, device="cpu", dtype=DType.AUTO), block("embed", 0), "0.3 get_sharded")
-    same(fb.get_multi_cols(["q", "k", "v"], 0, device="cpu"), torch.cat([block(n, 0) for n in "qkv"]), "0.3 cols")
+    same(fb.get_multi_cols(["q", "k", "v"], 0, device="cpu").get_raw(), torch.cat([block(n, 0) for n in "qkv"]),
+         "0.3 cols")
     got = fb.push_tensor("norm", 0, device="cpu")
     assert (got is None) == (RANK != 0)
     fb.close()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Dict
 
-from ._base import Framework
+from ._base import Framework, TensorBase
 
-__all__ = ["Framework", "get_framework", "canonical_name"]
+__all__ = ["Framework", "TensorBase", "get_framework", "canonical_name"]
 
 _ALIASES = {
     "pt": "torch",

@@ -8,9 +8,9 @@ from typing import Any, List, Mapping, Sequence, Tuple
 from .. import cpp
 from ..dtypes import BITS, NATIVE, RAW_BYTES, packed_shape
 from ..errors import UnsupportedDtype
-from ..st_types import Device
+from ..st_types import Device, DType
 
-__all__ = ["Framework", "native_view", "raw_view", "uint_view"]
+__all__ = ["Framework", "TensorBase", "native_view", "raw_view", "uint_view"]
 
 _UINT_OF_BITS = {8: "U8", 16: "U16", 32: "U32", 64: "U64"}
 
@@ -90,3 +90,46 @@ class Framework(ABC):
     def unsupported(self, dtype: str) -> UnsupportedDtype:
         return UnsupportedDtype(f"{self.name} has no type for safetensors dtype {dtype}; "
                                 "pass raw=True to get its bytes as uint8")
+
+
+class TensorBase:
+    """A framework tensor wrapped as the upstream package hands tensors out from ``get_multi_cols``,
+    ``as_dict`` and the ``*_wrapped`` getters: ``get_raw()`` is the tensor itself.
+
+    ``device`` and ``dtype`` say where it is and what it holds; ``clone``, ``detach``,
+    ``contiguous``, ``reshape`` and indexing apply to the tensor and wrap the result again.
+    """
+
+    __slots__ = ("_raw", "device", "dtype")
+
+    def __init__(self, raw: Any, device: Device, dtype: DType):
+        self._raw = raw
+        self.device = device
+        self.dtype = dtype
+
+    def get_raw(self) -> Any:
+        return self._raw
+
+    def _same(self, raw: Any) -> "TensorBase":
+        return TensorBase(raw, self.device, self.dtype)
+
+    def clone(self) -> "TensorBase":
+        return self._same(self._raw.clone())
+
+    def detach(self) -> "TensorBase":
+        return self._same(self._raw.detach())
+
+    def contiguous(self) -> "TensorBase":
+        return self._same(self._raw.contiguous())
+
+    def reshape(self, shape: Sequence[int]) -> "TensorBase":
+        return self._same(self._raw.reshape(shape))
+
+    def __getitem__(self, index: Any) -> "TensorBase":
+        return self._same(self._raw[index])
+
+    def data_ptr(self) -> int:
+        return self._raw.data_ptr()
+
+    def __repr__(self) -> str:
+        return f"TensorBase({self._raw!r}, device={self.device}, dtype={self.dtype})"
