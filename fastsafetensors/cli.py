@@ -38,10 +38,15 @@ def _resolve(paths: Sequence[str]) -> Tuple[List[str], Optional[Dict[str, str]]]
 # ---------------------------------------------------------------- load
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """A progress bar only where a person watches: not with --quiet, not into a log or a pipe."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     m = LoadMetrics()
     tensors = api.load(_checkpoint(args.path), framework=args.framework, threads=args.threads,
-                       direct_io=args.direct_io or None, progress=True, metrics=m)
+                       direct_io=args.direct_io or None, progress=_progress(args), metrics=m)
     print(f"loaded into {args.framework}: {m.summary()}")
     del tensors
     return 0
@@ -176,8 +181,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     paths, _ = _resolve(args.path)
     nbytes = sum(read_file_header(p).data_bytes for p in paths)
-    cases = _bench.cases(["fastsafetensors numpy", "fastsafetensors torch", "safetensors numpy",
-                          "safetensors torch (mmap, pages touched)"])
+    wanted = ["fastsafetensors numpy", "fastsafetensors torch", "safetensors numpy",
+              "safetensors torch (mmap, pages touched)"]
+    cases = _bench.cases(wanted)
+    missing = [name for name in wanted if name not in {c.name for c in cases}]
+    if missing:  # their framework is not installed
+        print(f"skipped (torch not installed): {', '.join(missing)}", flush=True)
     print(f"{len(paths)} file(s), {nbytes / 1e9:.3f} GB; {args.repeats} loads per case, in alternating order, "
           "page cache as it is (run twice to measure a warm one)", flush=True)
     reference = _bench.reference_digests(paths)
@@ -223,7 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         write_checkpoint(directory, size, args.shards)
         print(f"  written in {time.perf_counter() - start:.1f} s; loading it through {INDEX_NAME} ...", flush=True)
         m = LoadMetrics()
-        tensors = api.load(os.path.join(directory, INDEX_NAME), framework=args.framework, progress=True, metrics=m)
+        tensors = api.load(os.path.join(directory, INDEX_NAME), framework=args.framework, progress=_progress(args),
+                           metrics=m)
         print(f"loaded into {args.framework}: {m.summary()}")
         print("  (from a warm page cache: the files were just written)")
         for name in list(tensors)[:3] + list(tensors)[-1:]:
@@ -251,10 +261,28 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def _framework(name: str) -> str:
-    fw = canonical_name(name)
+    try:
+        fw = canonical_name(name)
+    except ValueError:
+        fw = None
     if fw not in FRAMEWORKS:
-        raise argparse.ArgumentTypeError(f"choose one of {', '.join(FRAMEWORKS)}")
+        raise argparse.ArgumentTypeError(f"{name!r}: choose one of {', '.join(FRAMEWORKS)}")
     return fw
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return n
+
+
+# What to install for a module a command needs: the CLI's own extras where there is one.
+_INSTALL = {"safetensors": "pip install 'fastsafetensors[bench]'",
+            "torch": "pip install torch (a CPU build on machines without a GPU)", "jax": "pip install jax"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,8 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("load", help="load a checkpoint and report how fast")
     s.add_argument("path", nargs="+", help=path_help)
     s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
-    s.add_argument("--threads", type=int, default=None, help="reader threads (default: 2 per core, 4 to 16)")
+    s.add_argument("--threads", type=_positive, default=None,
+                   help="reader threads (default: 2 per core, 4 to 16)")
     s.add_argument("--direct-io", action="store_true", help="read with O_DIRECT, bypassing the page cache")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none when stderr is "
+                                                                "not a terminal)")
     s.set_defaults(func=cmd_load)
 
     s = sub.add_parser("inspect", help="print each file's tensors (name, dtype, shape, bytes, offsets) and metadata")
@@ -285,14 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="time fastsafetensors against safetensors on a checkpoint")
     s.add_argument("path", nargs="+", help=path_help)
-    s.add_argument("--repeats", type=int, default=5, help="loads per case (default 5)")
+    s.add_argument("--repeats", type=_positive, default=5, help="loads per case (default 5)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="write a synthetic Llama-shaped checkpoint, load it, report")
     s.add_argument("--size-mb", type=float, default=300, help="checkpoint size in MB (default 300)")
-    s.add_argument("--shards", type=int, default=3, help="number of shard files (default 3)")
+    s.add_argument("--shards", type=_positive, default=3, help="number of shard files (default 3)")
     s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
     s.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("env", help="print every FASTSAFETENSORS_* variable's value in effect; exit 1 on a "
@@ -310,4 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except (SafeTensorsError, SettingsError, OSError) as exc:
         print(f"fastsafetensors {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if exc.name not in _INSTALL:
+            raise
+        print(f"fastsafetensors {args.command}: needs {exc.name}, which is not installed: {_INSTALL[exc.name]}",
+              file=sys.stderr)
         return 1
