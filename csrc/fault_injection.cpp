@@ -10,6 +10,7 @@
 
 #include "fastsafetensors/buffer.hpp"
 #include "fastsafetensors/io_hooks.hpp"
+#include "fastsafetensors/thread_pool.hpp"
 
 namespace fst::faults {
 namespace {
@@ -40,6 +41,7 @@ struct Countdown {
 std::atomic<PreadFault> g_kind{PreadFault::None};
 Countdown g_pread;
 Countdown g_alloc;
+Countdown g_threads;
 std::atomic<uint64_t> g_injected{0};
 
 // Half of the bytes the pieces ask for, as the first pieces (the last one cut short).
@@ -79,6 +81,12 @@ bool failing_allocation(size_t) {
   return true;
 }
 
+bool failing_thread_start() {
+  if (!g_threads.fire()) return false;
+  ++g_injected;
+  return true;
+}
+
 }  // namespace
 
 PreadFault parse_pread_fault(const std::string& name) {
@@ -102,12 +110,19 @@ void set_allocation_fault(uint64_t after, int64_t count) {
   HostBuffer::set_fail_hook(&failing_allocation);
 }
 
+void set_thread_fault(uint64_t after, int64_t count) {
+  g_threads.reset(after, count);
+  ThreadPool::set_start_hook(&failing_thread_start);
+}
+
 void clear() {
   io_hooks::set_preadv(nullptr);
   HostBuffer::set_fail_hook(nullptr);
+  ThreadPool::set_start_hook(nullptr);
   g_kind = PreadFault::None;
   g_pread.reset(0, 0);
   g_alloc.reset(0, 0);
+  g_threads.reset(0, 0);
 }
 
 uint64_t pread_calls() noexcept { return g_pread.seen.load(); }

@@ -1,7 +1,12 @@
 #include "fastsafetensors/thread_pool.hpp"
 
 #include <atomic>
+#include <cerrno>
 #include <exception>
+#include <string>
+#include <system_error>
+
+#include "fastsafetensors/error.hpp"
 
 namespace fst {
 
@@ -14,19 +19,41 @@ struct ThreadPool::Loop {
   std::exception_ptr error;
 };
 
+namespace {
+std::atomic<ThreadPool::StartHook> g_start_hook{nullptr};
+}
+
+void ThreadPool::set_start_hook(StartHook hook) noexcept { g_start_hook = hook; }
+
 ThreadPool::ThreadPool(unsigned threads) {
   unsigned extra = threads > 1 ? threads - 1 : 0;
   workers_.reserve(extra);
-  for (unsigned i = 0; i < extra; ++i) workers_.emplace_back([this, i] { worker_main(i + 1); });
+  try {
+    for (unsigned i = 0; i < extra; ++i) {
+      StartHook hook = g_start_hook.load();
+      if (hook != nullptr && hook()) throw std::system_error(EAGAIN, std::generic_category(), "injected fault");
+      workers_.emplace_back([this, i] { worker_main(i + 1); });
+    }
+  } catch (const std::system_error& e) {
+    // A std::thread left joinable would terminate the process: the started ones are joined.
+    size_t started = workers_.size();
+    stop_workers();
+    throw ResourceError("cannot start reader thread " + std::to_string(started + 2) + " of " + std::to_string(threads) +
+                            ": " + e.what() + " (use fewer threads, or raise the process's thread limit)",
+                        e.code().value());
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() noexcept {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::run_tasks(Loop& loop, unsigned worker) {

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sys
 import threading
-from typing import List, Optional
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, List, Optional
 
 from . import cpp
 from .metrics import LoadMetrics
 from .plan import LoadPlan
 
-__all__ = ["default_threads", "get_reader", "read_into_host"]
+__all__ = ["MAX_THREADS", "check_threads", "default_threads", "get_reader", "read_into_host", "ReaderCache"]
 
 logger = logging.getLogger("fastsafetensors")
 
-_lock = threading.Lock()
-_readers: dict = {}
+# More reader threads than any disk or core count here can use; the cap keeps a typo (threads=10000)
+# from asking the OS for thousands of threads.
+MAX_THREADS = 256
 
 # A progress bar appears by itself for loads at least this large, when stderr is a terminal.
 PROGRESS_MIN_BYTES = 1 << 30
@@ -34,14 +37,55 @@ def default_threads() -> int:
     return max(4, min(16, 2 * (os.cpu_count() or 1)))
 
 
+def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
+    """``threads`` as an int in [1, MAX_THREADS] (None stays None: the default); anything else raises
+    TypeError/ValueError naming ``name``."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, not {type(threads).__name__} ({threads!r})")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"{name} must be between 1 and {MAX_THREADS}, not {threads}")
+    return int(threads)
+
+
+class ReaderCache:
+    """The last few readers, by settings: loads with the same settings reuse one (no thread start-up),
+    and alternating between two settings keeps both; older ones are dropped (their threads end once
+    no load still uses them), so the process keeps a bounded number of reader threads."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._lock = threading.Lock()
+        self._readers: "OrderedDict[Hashable, Any]" = OrderedDict()
+        # A child forked while another thread held the lock would inherit it held forever.
+        os.register_at_fork(after_in_child=self._reset_lock)
+
+    def _reset_lock(self) -> None:
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is None:
+                reader = self._readers[key] = make()
+                while len(self._readers) > self._size:
+                    self._readers.popitem(last=False)
+            self._readers.move_to_end(key)
+            return reader
+
+    def clear(self) -> None:
+        with self._lock:
+            self._readers.clear()
+
+
+_readers = ReaderCache(2)
+
+
 def get_reader(threads: Optional[int] = None) -> "cpp.HostReader":
-    """The process-wide reader with this many threads, started once and reused by every load."""
-    n = threads or default_threads()
-    with _lock:
-        reader = _readers.get(n)
-        if reader is None:
-            reader = _readers[n] = cpp.HostReader(n)
-        return reader
+    """A reader with this many threads (validated), reused by later loads with the same number."""
+    n = check_threads(threads) or default_threads()
+    return _readers.get(n, lambda: cpp.HostReader(n))
 
 
 def _batches(ranges: "cpp.RangeList", batch_bytes: int) -> List["cpp.RangeList"]:

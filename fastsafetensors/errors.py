@@ -30,6 +30,7 @@ __all__ = [
     "IntegrityError",
     "ReadError",
     "TruncatedFileError",
+    "ResourceError",
     "LoaderClosedError",
     "ShardRequestError",
     "PeerRankError",
@@ -137,6 +138,18 @@ class ReadError(OSError):
 
 class TruncatedFileError(ReadError):
     """A file ended early or changed size after its header was read: its bytes are not delivered."""
+
+
+class ResourceError(OSError):
+    """The OS refused something a load needs (a reader thread: RLIMIT_NPROC, a cgroup's pids limit,
+    address space). Nothing of the refused reader is left running; retry with fewer ``threads``."""
+
+    def __init__(self, message: str, *, errno: int = 0):
+        super().__init__(message)
+        self.errno = errno or None
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class LoaderClosedError(RuntimeError):

@@ -14,7 +14,7 @@ from .direct_read import read_pieces, readable_by_me
 from .distributed import ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, push, resolve
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
 from .device_engine import gds_mode, read_into_device
-from .engine import default_threads, read_into_host
+from .engine import check_threads, default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, get_framework
@@ -324,7 +324,7 @@ class SafeTensorsFileLoader:
             logger.debug("SafeTensorsFileLoader: ignoring options %s", sorted(kwargs))
         self.bbuf_size_kb = bbuf_size_kb
         # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
-        self.max_threads = max(1, min(max_threads, default_threads()))
+        self.max_threads = min(check_threads(max_threads, "max_threads") or default_threads(), default_threads())
         self.nogds = nogds
         self.set_numa = set_numa  # GPU loads: run the reader's threads on the GPU's NUMA node
         self.debug_log = debug_log

@@ -57,4 +57,15 @@ class ReadError : public std::runtime_error {
   bool truncated_;
 };
 
+// The OS refused a resource the engine needs (a thread: RLIMIT_NPROC, a cgroup's pids limit,
+// address space). Nothing was left half-started.
+class ResourceError : public std::runtime_error {
+ public:
+  ResourceError(const std::string& message, int err) : std::runtime_error(message), errno_(err) {}
+  int error_number() const noexcept { return errno_; }
+
+ private:
+  int errno_;
+};
+
 }  // namespace fst

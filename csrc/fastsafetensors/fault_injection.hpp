@@ -24,6 +24,8 @@ PreadFault parse_pread_fault(const std::string& name);
 void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count);
 // Host buffer allocations: `after` succeed, then `count` (negative: all) throw bad_alloc.
 void set_allocation_fault(uint64_t after, int64_t count);
+// Reader thread starts: `after` succeed, then `count` (negative: all) fail as if the OS refused them.
+void set_thread_fault(uint64_t after, int64_t count);
 // Removes every fault and restores the real pread and allocator.
 void clear();
 

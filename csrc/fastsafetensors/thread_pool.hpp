@@ -13,6 +13,7 @@ namespace fst {
 
 class ThreadPool {
  public:
+  // Throws ResourceError, with no thread left running, when the OS refuses one of the threads.
   explicit ThreadPool(unsigned threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -25,9 +26,15 @@ class ThreadPool {
   // every running task has finished. Loops from several callers run one after another.
   void parallel_for(size_t tasks, const std::function<void(unsigned worker, size_t task)>& body);
 
+  // Test seam (fault injection): called before each thread start; true makes that start fail as
+  // std::thread does when the OS refuses a thread. nullptr removes it.
+  using StartHook = bool (*)();
+  static void set_start_hook(StartHook hook) noexcept;
+
  private:
   struct Loop;
   void worker_main(unsigned index);
+  void stop_workers() noexcept;
   static void run_tasks(Loop& loop, unsigned worker);
 
   std::vector<std::thread> workers_;

@@ -42,6 +42,10 @@ void translate_errors(std::exception_ptr p) {
     extra["offset"] = e.offset();
     extra["errno"] = e.error_number();
     raise_python(e.truncated() ? "TruncatedFileError" : "ReadError", e.what(), extra);
+  } catch (const ResourceError& e) {
+    py::dict extra;
+    extra["errno"] = e.error_number();
+    raise_python("ResourceError", e.what(), extra);
   }
 }
 

@@ -1,0 +1,119 @@
+"""Engine reliability (issue 11): bounded reader pools and refused threads, fork safety, only
+regular files, verify bound to what was parsed, and Ctrl-C between batches.
+
+Anything that could hang or abort the interpreter on a regression runs in a child process with a
+timeout, so a failure is a failed test rather than a wedged or killed pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fastsafetensors
+from fastsafetensors import cpp
+from fastsafetensors.engine import MAX_THREADS, get_reader
+from fastsafetensors.errors import ResourceError
+
+from ._hardening import assert_exact, make_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    paths = make_checkpoint(tmp_path, files=2)
+    yield paths
+    cpp._testing.clear_faults()
+
+
+def _run_child(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter with this checkout's package; a hang fails the test."""
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"child process hung (killed after {timeout} s): {exc.stdout!r} {exc.stderr!r}")
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+# --- thread pools -------------------------------------------------------------------------------
+
+def test_refused_thread_raises_and_next_load_works(ckpt):
+    # On main the pool's constructor let std::system_error escape past joinable threads: SIGABRT.
+    child = _run_child("""
+        import sys
+        import fastsafetensors
+        from fastsafetensors import cpp
+        from fastsafetensors.errors import ResourceError
+        from tests._hardening import assert_exact
+        paths = sys.argv[1:]
+        cpp._testing.fail_thread_starts(3, 1)
+        try:
+            fastsafetensors.load(paths, threads=7)
+        except ResourceError as exc:
+            assert "thread" in str(exc) and exc.errno, exc
+        else:
+            raise SystemExit("no ResourceError")
+        cpp._testing.clear_faults()
+        assert_exact(fastsafetensors.load(paths, threads=7), paths)
+        print("ok")
+    """, *ckpt)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == "ok"
+
+
+def test_refused_thread_leaves_no_thread_running(ckpt):
+    before = _os_threads()
+    cpp._testing.fail_thread_starts(5, 1)
+    with pytest.raises(ResourceError):
+        cpp.HostReader(12)
+    assert _os_threads() == before
+
+
+def test_readers_are_bounded(ckpt):
+    fastsafetensors.load(ckpt, threads=1)
+    before = _os_threads()
+    for n in range(1, 41):
+        assert_exact(fastsafetensors.load(ckpt, threads=n), ckpt)
+    # Each distinct count used to keep its pool: 1 + 2 + ... + 39 = 780 threads; now the last two.
+    assert _os_threads() - before <= 40 + 39
+
+
+def test_same_threads_reuse_one_reader():
+    assert get_reader(3) is get_reader(3)
+    a, b = get_reader(5), get_reader(6)
+    assert get_reader(5) is a and get_reader(6) is b  # alternating two settings keeps both
+
+
+BAD_THREADS = [(True, TypeError), (1.5, TypeError), ("4", TypeError), (-1, ValueError), (0, ValueError),
+               (MAX_THREADS + 1, ValueError)]
+
+
+@pytest.mark.parametrize("value, error", BAD_THREADS)
+def test_threads_validated_by_load(ckpt, value, error):
+    with pytest.raises(error, match=r"threads must be"):
+        fastsafetensors.load(ckpt, threads=value)
+
+
+@pytest.mark.parametrize("value, error", BAD_THREADS)
+def test_threads_validated_by_jax_load(ckpt, value, error):
+    import fastsafetensors.jax as fjax
+
+    with pytest.raises(error, match=r"threads must be"):
+        fjax.load(ckpt, threads=value)
+
+
+@pytest.mark.parametrize("value, error", BAD_THREADS)
+def test_max_threads_validated_by_03_loader(value, error):
+    from fastsafetensors import SafeTensorsFileLoader
+
+    with pytest.raises(error, match=r"max_threads must be"):
+        SafeTensorsFileLoader(None, "cpu", max_threads=value, framework="pytorch")
