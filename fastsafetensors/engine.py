@@ -58,11 +58,16 @@ class ReaderCache:
         self._size = size
         self._lock = threading.Lock()
         self._readers: "OrderedDict[Hashable, Any]" = OrderedDict()
-        # A child forked while another thread held the lock would inherit it held forever.
-        os.register_at_fork(after_in_child=self._reset_lock)
+        self._abandoned: List[Any] = []
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
 
-    def _reset_lock(self) -> None:
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held the lock, or been inside a reader (a GPU reader's own mutex
+        # held), at fork time: the child gets a new lock and builds readers of its own. The
+        # inherited readers are kept, never destroyed: their memory and handles belong to the parent.
         self._lock = threading.Lock()
+        self._abandoned.extend(self._readers.values())
+        self._readers = OrderedDict()
 
     def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
         with self._lock:

@@ -117,3 +117,19 @@ def test_max_threads_validated_by_03_loader(value, error):
 
     with pytest.raises(error, match=r"max_threads must be"):
         SafeTensorsFileLoader(None, "cpu", max_threads=value, framework="pytorch")
+
+
+# --- fork safety --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["load", "reader"])
+def test_fork_during_loads(tmp_path, mode):
+    # On main a child forked while the thread's load held the pool's mutexes waited for workers
+    # that do not exist in it: it hung on its first load.
+    paths = make_checkpoint(tmp_path, files=2, scale=16)
+    try:
+        child = subprocess.run([sys.executable, "-m", "tests.fork_harness", mode, "30", *paths], cwd=ROOT,
+                               capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"fork harness hung: {exc.stdout!r}")
+    assert child.returncode == 0, (child.stdout, child.stderr[-2000:])
+    assert child.stdout.split() == ["ok"] * 30
