@@ -30,6 +30,7 @@ __all__ = [
     "IntegrityError",
     "ReadError",
     "TruncatedFileError",
+    "NotRegularFileError",
     "ResourceError",
     "LoaderClosedError",
     "ShardRequestError",
@@ -138,6 +139,11 @@ class ReadError(OSError):
 
 class TruncatedFileError(ReadError):
     """A file ended early or changed size after its header was read: its bytes are not delivered."""
+
+
+class NotRegularFileError(ReadError):
+    """A checkpoint path is a FIFO, a directory, a device or a socket: refused before anything is
+    read (reading one could block forever)."""
 
 
 class ResourceError(OSError):

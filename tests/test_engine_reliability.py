@@ -8,9 +8,11 @@ timeout, so a failure is a failed test rather than a wedged or killed pytest.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -133,3 +135,79 @@ def test_fork_during_loads(tmp_path, mode):
         pytest.fail(f"fork harness hung: {exc.stdout!r}")
     assert child.returncode == 0, (child.stdout, child.stderr[-2000:])
     assert child.stdout.split() == ["ok"] * 30
+
+
+# --- only regular files; EINTR retries stay interruptible ---------------------------------------
+
+_FIFO_CHILD = """
+    import sys
+    import fastsafetensors
+    from fastsafetensors import integrity
+    from fastsafetensors.errors import NotRegularFileError
+    call = {"load": fastsafetensors.load, "header": fastsafetensors.read_file_header,
+            "verify": integrity.verify_file}[sys.argv[1]]
+    try:
+        call(sys.argv[2])
+    except NotRegularFileError as exc:
+        print(exc)
+    else:
+        raise SystemExit("no NotRegularFileError")
+"""
+
+
+@pytest.mark.parametrize("call", ["load", "header", "verify"])
+def test_fifo_is_refused(tmp_path, call):
+    # On main open(2) waited for a writer forever (and retried on EINTR, so Ctrl-C did not help).
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    child = _run_child(_FIFO_CHILD, call, str(fifo), timeout=30)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == f"{fifo}: not a regular file (a FIFO)"
+
+
+def test_fifo_in_checkpoint_dir_is_refused(tmp_path):
+    make_checkpoint(tmp_path, files=1)
+    os.mkfifo(tmp_path / "model-00009.safetensors")
+    child = _run_child(_FIFO_CHILD, "load", str(tmp_path), timeout=30)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "model-00009.safetensors: not a regular file (a FIFO)" in child.stdout
+
+
+def test_directory_is_refused(tmp_path):
+    from fastsafetensors.errors import NotRegularFileError
+
+    with pytest.raises(NotRegularFileError, match=r"not a regular file \(a directory\)"):
+        fastsafetensors.read_file_header(tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["header", "data"])
+def test_ctrl_c_stops_endless_eintr(ckpt, stage):
+    # Every read interrupted (EINTR), forever: the retry loop must still let SIGINT through. On
+    # main it retried without end.
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import fastsafetensors
+        from fastsafetensors import cpp
+        from fastsafetensors.api import load_files
+        from fastsafetensors.files import read_headers
+        stage, paths = sys.argv[1], sys.argv[2:]
+        files = read_headers(paths) if stage == "data" else None
+        cpp._testing.set_fault("eintr", 0, -1)
+        print("reading", flush=True)
+        try:
+            load_files(files, threads=1) if files else read_headers(paths[:1])
+        except KeyboardInterrupt:
+            print("interrupted", cpp._testing.faults_injected() > 0, flush=True)
+    """), stage, *ckpt], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "reading"
+        time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("SIGINT did not stop a read retried on EINTR")
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, err[-2000:]
+    assert out.strip() == "interrupted True"

@@ -57,6 +57,14 @@ class ReadError : public std::runtime_error {
   bool truncated_;
 };
 
+// A path that is not a regular file (a FIFO, a directory, a device, a socket): refused before
+// anything is read from it, since reading a FIFO or a device may block forever.
+class NotRegularFileError : public ReadError {
+ public:
+  NotRegularFileError(const std::string& path, const std::string& what)
+      : ReadError(path, 0, 0, false, path + ": not a regular file (" + what + ")") {}
+};
+
 // The OS refused a resource the engine needs (a thread: RLIMIT_NPROC, a cgroup's pids limit,
 // address space). Nothing was left half-started.
 class ResourceError : public std::runtime_error {

@@ -14,6 +14,7 @@
 #include "fastsafetensors/file.hpp"
 #include "fastsafetensors/header.hpp"
 #include "fastsafetensors/host_reader.hpp"
+#include "fastsafetensors/io_hooks.hpp"
 #include "fastsafetensors/read_plan.hpp"
 
 namespace py = pybind11;
@@ -32,6 +33,10 @@ using fst::python::raise_python;
 void translate_errors(std::exception_ptr p) {
   try {
     if (p) std::rethrow_exception(p);
+  } catch (const NotRegularFileError& e) {
+    py::dict extra;
+    extra["filename"] = e.path();
+    raise_python("NotRegularFileError", e.what(), extra);
   } catch (const FormatError& e) {
     py::dict extra;
     if (!e.tensor().empty()) extra["tensor"] = e.tensor();
@@ -79,6 +84,17 @@ py::object dlpack_capsule(const TensorView& v, const py::object& stream, const p
   return py::reinterpret_steal<py::object>(cap);
 }
 
+unsigned long g_main_thread = 0;
+
+// The engine's interrupt check: on Python's main thread (the only one that handles signals) a
+// pending signal's handler runs, and its exception (KeyboardInterrupt) is thrown through the
+// engine to the caller. Other threads retry as before.
+void check_python_signals() {
+  if (PyThread_get_thread_ident() != g_main_thread) return;
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
 std::vector<uint32_t> selection_from(const py::object& selection) {
   if (selection.is_none()) return {};
   return selection.cast<std::vector<uint32_t>>();
@@ -89,6 +105,8 @@ std::vector<uint32_t> selection_from(const py::object& selection) {
 PYBIND11_MODULE(cpp, m) {
   m.doc() = "fastsafetensors engine: header parsing, read planning, parallel reads, DLPack export";
   py::register_exception_translator(translate_errors);
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  io_hooks::set_interrupt_check(&check_python_signals);
 
   py::class_<TensorInfo>(m, "TensorInfo")
       .def_readonly("name", &TensorInfo::name)
