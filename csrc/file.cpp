@@ -71,6 +71,25 @@ uint64_t File::size() const {
   return static_cast<uint64_t>(st.st_size);
 }
 
+FileIdentity File::identity() const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) throw_errno(path_, 0, errno, "cannot stat");
+  return FileIdentity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                      static_cast<uint64_t>(st.st_size),
+                      static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+}
+
+void File::check_identity(const FileIdentity& expected) const {
+  FileIdentity now = identity();
+  if (now == expected) return;
+  std::string how = now.inode != expected.inode || now.device != expected.device
+                        ? "another file is at its path"
+                        : now.size != expected.size ? "its size went from " + std::to_string(expected.size) + " to " +
+                                                          std::to_string(now.size) + " bytes"
+                                                    : "its modification time changed";
+  throw FileChangedError(path_, path_ + ": file was replaced or modified after its header was read (" + how + ")");
+}
+
 uint64_t File::read_at(iovec* pieces, int count, uint64_t offset) const {
   uint64_t done = 0;
   while (count > 0) {

@@ -121,6 +121,7 @@ std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool dire
                           std::to_string(s.expected_size) + " bytes: it changed after its header was read (sizes differ from offset " +
                           std::to_string(at) + ")");
     }
+    if (s.check_identity) files.back().check_identity(s.identity);
     files.back().advise_sequential(0, 0);
   }
   return files;

@@ -31,6 +31,7 @@ __all__ = [
     "ReadError",
     "TruncatedFileError",
     "NotRegularFileError",
+    "FileChangedError",
     "ResourceError",
     "LoaderClosedError",
     "ShardRequestError",
@@ -139,6 +140,11 @@ class ReadError(OSError):
 
 class TruncatedFileError(ReadError):
     """A file ended early or changed size after its header was read: its bytes are not delivered."""
+
+
+class FileChangedError(TruncatedFileError):
+    """A file was replaced (renamed over) or rewritten after its header was read: another inode,
+    size or modification time. Nothing laid out by the old header is read from it."""
 
 
 class NotRegularFileError(ReadError):

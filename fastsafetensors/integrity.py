@@ -100,7 +100,7 @@ def verify_file(path: PathLike, expected: Optional[str] = None) -> str:
 def check_loaded(plan: "LoadPlan", buffers: List["cpp.HostBuffer"], expected: Mapping[str, str]) -> None:
     """Compares each planned file, as just loaded into ``buffers``, with its expected digest."""
     def digest(i: int) -> str:
-        return cpp.sha256_loaded_file(plan.files[i].path, i, plan.ranges, buffers)
+        return cpp.sha256_loaded_file(plan.files[i].header, plan.files[i].path, i, plan.ranges, buffers)
 
     n = len(plan.files)
     with ThreadPoolExecutor(max_workers=max(1, min(8, n))) as pool:

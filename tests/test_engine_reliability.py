@@ -211,3 +211,82 @@ def test_ctrl_c_stops_endless_eintr(ckpt, stage):
         child.wait()
     assert child.returncode == 0, err[-2000:]
     assert out.strip() == "interrupted True"
+
+
+# --- verify binds what was parsed to what was read ----------------------------------------------
+
+def _twin_files(tmp_path):
+    """Two files of the same size and header length whose tensors differ (name, shape, bytes)."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(5)
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    save_file({"x": torch.randn(64, 32, generator=g)}, str(a))
+    save_file({"y": torch.randn(32, 64, generator=g)}, str(b))
+    assert a.stat().st_size == b.stat().st_size
+    return a.read_bytes(), b.read_bytes()
+
+
+def test_file_swapped_after_header_is_refused(tmp_path):
+    # On main the data of the swapped-in file was read with the first file's layout, and its digest
+    # (hashed from a fresh read of the file) matched: tensor `x` came back holding `y`'s bytes.
+    from fastsafetensors.api import load_files
+    from fastsafetensors.errors import FileChangedError
+    from fastsafetensors.files import read_headers
+    from fastsafetensors.integrity import sha256_file
+
+    a, b = _twin_files(tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(a)
+    files = read_headers([str(path)])
+    (tmp_path / "new").write_bytes(b)
+    os.replace(tmp_path / "new", path)
+    with pytest.raises(FileChangedError, match="replaced or modified after its header was read"):
+        load_files(files, sha256={str(path): sha256_file(path)})
+
+
+def test_verify_under_racing_swaps(tmp_path):
+    # Loads with the expected digest of `a` while another thread renames copies of `a` and `b` over
+    # the path: every load raises a typed error or returns exactly `a`'s tensors. On main some
+    # loads returned `b`'s bytes as tensor `x` (the issue measured 55 of 400).
+    import threading
+
+    import numpy as np
+    from safetensors.numpy import load as st_load
+
+    from fastsafetensors.errors import IntegrityError, ReadError, SafeTensorsError
+    from fastsafetensors.integrity import sha256_file
+
+    a, b = _twin_files(tmp_path)
+    want = st_load(a)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(a)
+    digest = {str(path): sha256_file(path)}
+    stop = threading.Event()
+
+    def swap():
+        k = 0
+        while not stop.is_set():
+            tmp = tmp_path / f"tmp{k % 2}"
+            tmp.write_bytes(b if k % 2 else a)
+            os.replace(tmp, path)
+            k += 1
+
+    thread = threading.Thread(target=swap)
+    thread.start()
+    outcomes = {"exact": 0, "refused": 0}
+    try:
+        for _ in range(300):
+            try:
+                out = fastsafetensors.load(str(path), sha256=digest)
+            except (IntegrityError, ReadError, SafeTensorsError):
+                outcomes["refused"] += 1
+                continue
+            assert set(out) == set(want)
+            assert all(np.array_equal(out[k], want[k]) and out[k].tobytes() == want[k].tobytes() for k in want)
+            outcomes["exact"] += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert outcomes["exact"] + outcomes["refused"] == 300

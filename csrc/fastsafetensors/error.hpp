@@ -65,6 +65,13 @@ class NotRegularFileError : public ReadError {
       : ReadError(path, 0, 0, false, path + ": not a regular file (" + what + ")") {}
 };
 
+// A file that is no longer the one its header was read from (replaced by a rename, or rewritten):
+// nothing laid out by that header may be read from it.
+class FileChangedError : public ReadError {
+ public:
+  FileChangedError(const std::string& path, const std::string& message) : ReadError(path, 0, 0, true, message) {}
+};
+
 // The OS refused a resource the engine needs (a thread: RLIMIT_NPROC, a cgroup's pids limit,
 // address space). Nothing was left half-started.
 class ResourceError : public std::runtime_error {

@@ -15,11 +15,14 @@
 
 namespace fst {
 
-// A file to read, with the size its header was validated against: a file that no longer has
-// that size changed after its header was read, and is refused before any byte is read.
+// A file to read, with the size its header was validated against and, when the header was read
+// from the file (read_header), that file's identity: a file that no longer has them changed after
+// its header was read, and is refused before any byte is read.
 struct ReadSource {
   std::string path;
   uint64_t expected_size = 0;
+  bool check_identity = false;
+  FileIdentity identity;
 };
 
 struct ReadOptions {
@@ -41,8 +44,8 @@ struct ReadStats {
   std::vector<uint64_t> bytes_per_file;  // delivered from each source
 };
 
-// Opens every source, refusing (TruncatedFileError) one whose size is not the size its header was
-// validated against. Shared by the host and device readers.
+// Opens every source, refusing (TruncatedFileError, FileChangedError) one whose size or identity is
+// not the one its header was read from. Shared by the host and device readers.
 std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool direct);
 // Throws std::out_of_range unless every range names a source and fits its destination.
 void check_ranges(const std::vector<ReadRange>& ranges, size_t sources, const std::vector<uint64_t>& dst_sizes);

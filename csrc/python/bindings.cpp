@@ -37,6 +37,10 @@ void translate_errors(std::exception_ptr p) {
     py::dict extra;
     extra["filename"] = e.path();
     raise_python("NotRegularFileError", e.what(), extra);
+  } catch (const FileChangedError& e) {
+    py::dict extra;
+    extra["filename"] = e.path();
+    raise_python("FileChangedError", e.what(), extra);
   } catch (const FormatError& e) {
     py::dict extra;
     if (!e.tensor().empty()) extra["tensor"] = e.tensor();
@@ -261,8 +265,12 @@ PYBIND11_MODULE(cpp, m) {
       });
 
   py::class_<ReadSource>(m, "ReadSource")
-      .def(py::init([](std::string path, uint64_t size) { return ReadSource{std::move(path), size}; }),
+      .def(py::init([](std::string path, uint64_t size) { return ReadSource{std::move(path), size, false, {}}; }),
            py::arg("path"), py::arg("expected_size"))
+      .def(py::init([](std::string path, const Header& h) {
+             return ReadSource{std::move(path), h.file_size, h.from_file, h.identity};
+           }),
+           py::arg("path"), py::arg("header"), "A file whose header was read by read_header: its identity is checked too.")
       .def_readonly("path", &ReadSource::path)
       .def_readonly("expected_size", &ReadSource::expected_size);
 
