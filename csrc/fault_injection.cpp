@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <stdexcept>
 #include <vector>
@@ -70,6 +72,9 @@ ssize_t faulty_preadv(int fd, const iovec* iov, int iovcnt, off_t offset) {
       return ::preadv(fd, half.data(), halve(iov, iovcnt, half.data()), offset);
     }
     case PreadFault::Eof: return 0;
+    case PreadFault::Slow:
+      std::this_thread::sleep_for(std::chrono::milliseconds(kSlowMillis));
+      return ::preadv(fd, iov, iovcnt, offset);
     case PreadFault::None: break;
   }
   return ::preadv(fd, iov, iovcnt, offset);
@@ -94,7 +99,8 @@ PreadFault parse_pread_fault(const std::string& name) {
   if (name == "eintr") return PreadFault::Eintr;
   if (name == "short") return PreadFault::Short;
   if (name == "eof") return PreadFault::Eof;
-  throw std::invalid_argument("unknown pread fault '" + name + "' (expected eio, eintr, short or eof)");
+  if (name == "slow") return PreadFault::Slow;
+  throw std::invalid_argument("unknown pread fault '" + name + "' (expected eio, eintr, short, eof or slow)");
 }
 
 void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count) {

@@ -24,7 +24,7 @@ MAX_THREADS = 256
 
 # A progress bar appears by itself for loads at least this large, when stderr is a terminal.
 PROGRESS_MIN_BYTES = 1 << 30
-# Reads are issued in batches of about this size so the progress bar can move between them.
+# Reads run in batches of about this size: between them the progress bar moves and Ctrl-C is seen.
 _BATCH_BYTES = 512 << 20
 DEFAULT_CHUNK_BYTES = 8 << 20
 
@@ -93,19 +93,6 @@ def get_reader(threads: Optional[int] = None) -> "cpp.HostReader":
     return _readers.get(n, lambda: cpp.HostReader(n))
 
 
-def _batches(ranges: "cpp.RangeList", batch_bytes: int) -> List["cpp.RangeList"]:
-    out, cur, size = [], cpp.RangeList(), 0
-    for r in ranges:
-        cur.append(r)
-        size += r.length
-        if size >= batch_bytes:
-            out.append(cur)
-            cur, size = cpp.RangeList(), 0
-    if len(cur):
-        out.append(cur)
-    return out
-
-
 def _progress_bar(plan: LoadPlan, progress: Optional[bool]):
     if progress is None:
         # The total walks every range (millions for column shards): only where a bar may show.
@@ -150,16 +137,12 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
                     buffers.append(_allocate(size, label))
                     metrics.reused_bytes += size if buffers[-1].reused else 0
         sources = plan.sources()
-        per_file = [0] * len(sources)
         bar = _progress_bar(plan, progress)
         with metrics.phase("read"):
-            batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
-            for batch in batches:
-                stats = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
-                metrics.count_host_reads(stats)
-                per_file = [a + b for a, b in zip(per_file, stats["bytes_per_file"])]
-                if bar is not None:
-                    bar.update(stats["bytes"])
+            stats = reader.read(sources, plan.ranges, buffers, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
+                                on_batch=bar.update if bar is not None else None)
+            metrics.count_host_reads(stats)
+            per_file = stats["bytes_per_file"]
     except BaseException:
         # Nothing of a failed load is handed back, and the traceback must not keep it alive.
         if owned:

@@ -290,3 +290,43 @@ def test_verify_under_racing_swaps(tmp_path):
         stop.set()
         thread.join()
     assert outcomes["exact"] + outcomes["refused"] == 300
+
+
+# --- Ctrl-C between batches ---------------------------------------------------------------------
+
+def test_ctrl_c_between_batches_without_progress_bar(tmp_path):
+    # 16 reads of 1 MiB, each slowed to 250 ms (4 s in all), on one thread, in batches of 1 MiB; a
+    # SIGINT after 1 s must stop the load at the next batch. On main, without a progress bar, the
+    # whole plan was one read call: KeyboardInterrupt came only after every byte was read.
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "big.safetensors"
+    save_file({f"t{i}": np.full((1 << 18,), i, dtype=np.float32) for i in range(16)}, str(path))
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from fastsafetensors import cpp, engine
+        from fastsafetensors.files import read_headers
+        from fastsafetensors.plan import plan_load
+        engine._BATCH_BYTES = 1 << 20
+        plan = plan_load(read_headers([sys.argv[1]]))
+        cpp._testing.set_fault("slow", 0, -1)
+        print("reading", flush=True)
+        start = time.monotonic()
+        try:
+            engine.read_into_host(plan, threads=1, chunk_bytes=1 << 20, progress=False)
+        except KeyboardInterrupt:
+            print("interrupted", cpp._testing.pread_calls(), round(time.monotonic() - start, 2), flush=True)
+    """), str(path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "reading"
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, err[-2000:]
+    word, reads, seconds = out.split()
+    assert word == "interrupted"
+    assert int(reads) < 12 and float(seconds) < 3.0, out  # all 16 reads take 4 s

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,11 @@ struct ReadOptions {
   // Per destination (or empty): its pages are faulted in already, as in memory from the host
   // cache, so populating them would only walk their page tables.
   std::vector<bool> resident;
+  // With batch_bytes > 0 the reads run in batches of about that many bytes, and after_batch (if
+  // set) is called on the calling thread after each with the bytes it delivered: a progress bar
+  // moves, and the caller can stop the load (by throwing) without waiting for all of it.
+  uint64_t batch_bytes = 0;
+  std::function<void(uint64_t bytes)> after_batch;
 };
 
 struct ReadStats {

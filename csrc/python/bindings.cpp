@@ -281,10 +281,18 @@ PYBIND11_MODULE(cpp, m) {
           "read",
           [](HostReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
              const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct,
-             uint64_t max_gap) {
+             uint64_t max_gap, uint64_t batch_bytes, const py::object& on_batch) {
             std::vector<uint8_t*> dsts;
             std::vector<uint64_t> sizes;
-            ReadOptions options{chunk_bytes, direct, max_gap, {}};
+            ReadOptions options{chunk_bytes, direct, max_gap, {}, batch_bytes, {}};
+            if (batch_bytes > 0) {
+              // Between batches: Ctrl-C (a pending signal raises here), then the caller's callback.
+              options.after_batch = [&on_batch](uint64_t bytes) {
+                py::gil_scoped_acquire gil;
+                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                if (!on_batch.is_none()) on_batch(bytes);
+              };
+            }
             for (const auto& b : buffers) {
               if (b->device().device_type != kDLCPU) throw py::value_error("HostReader reads into host buffers only");
               dsts.push_back(b->data());
@@ -306,9 +314,11 @@ PYBIND11_MODULE(cpp, m) {
             return out;
           },
           py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
-          py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap,
+          py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap, py::arg("batch_bytes") = 0,
+          py::arg("on_batch") = py::none(),
           "Read every range into its buffer, neighbouring ranges of a file in one vectored read (gaps of up "
-          "to max_gap bytes read and dropped). Returns {'bytes', 'reads', 'gap_bytes', 'populated' (destination "
+          "to max_gap bytes read and dropped). With batch_bytes > 0, in batches of about that many bytes: "
+          "between them pending signals are raised (Ctrl-C) and on_batch(bytes delivered) is called. Returns {'bytes', 'reads', 'gap_bytes', 'populated' (destination "
           "bytes faulted in before the copy), 'bytes_per_file' (a list indexed by source)}.");
 
   m.def(
