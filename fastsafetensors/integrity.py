@@ -4,9 +4,10 @@ The expected digest of a file comes from the caller (``{path: hexdigest}``) or f
 Face cache, where ``snapshots/<rev>/<file>`` is a symlink to ``blobs/<sha256>`` for files stored
 with Git LFS (every ``.safetensors`` file on the Hub).
 
-A load with ``verify=True`` reads each byte of a file from disk once: the engine hashes the
-tensor bytes from the host buffers after they land and reads from disk only what the load did
-not (the header, tensors not selected). See docs/security.md.
+A load with ``verify=True`` reads each byte of a file from disk once: the engine hashes the header
+bytes it parsed and the tensor bytes from the host buffers after they land, and reads from disk
+only what the load did not (tensors not selected), from the file the header was read from. So the
+digest covers what was parsed and returned. See docs/security.md.
 """
 
 from __future__ import annotations

@@ -173,6 +173,22 @@ def test_fifo_in_checkpoint_dir_is_refused(tmp_path):
     assert "model-00009.safetensors: not a regular file (a FIFO)" in child.stdout
 
 
+def test_fifo_index_is_refused(tmp_path):
+    # On main open() of the index waited for a writer forever.
+    os.mkfifo(tmp_path / "model.safetensors.index.json")
+    child = _run_child("""
+        import sys
+        import fastsafetensors
+        from fastsafetensors.errors import IndexMismatch
+        try:
+            fastsafetensors.load(sys.argv[1])
+        except IndexMismatch as exc:
+            print(exc)
+    """, str(tmp_path), timeout=30)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "model.safetensors.index.json: not a regular file (a FIFO)" in child.stdout
+
+
 def test_directory_is_refused(tmp_path):
     from fastsafetensors.errors import NotRegularFileError
 
