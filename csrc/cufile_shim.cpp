@@ -1,3 +1,4 @@
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include <cstring>
@@ -11,6 +12,10 @@ namespace fst::shim {
 namespace {
 
 std::mutex g_mutex;
+// A child forked while another thread held the lock would find it held forever: it is held across
+// fork() instead (a fork waits for a first driver open in progress to finish).
+[[maybe_unused]] const int g_fork_guard =
+    ::pthread_atfork([] { g_mutex.lock(); }, [] { g_mutex.unlock(); }, [] { g_mutex.unlock(); });
 bool g_tried = false;
 bool g_loaded = false;
 CuFile g_cf;

@@ -101,16 +101,18 @@ struct GdsSession {
   std::vector<void*> registered;
 
   // Registers file f with cuFile; false when its file system has no O_DIRECT (read it buffered).
-  bool open(size_t f, const std::string& path) {
+  bool open(size_t f, const File& checked) {
     try {
-      direct_files.emplace_back(path, true);
+      direct_files.emplace_back(checked.path(), true);
     } catch (const ReadError&) {
       return false;
     }
+    // Opened again by path: it must still be the file that `checked` (checked against its header) reads.
+    direct_files.back().check_identity(checked.identity());
     shim::CUfileDescr_t descr{};
     descr.type = shim::CU_FILE_HANDLE_TYPE_OPAQUE_FD;
     descr.handle.fd = direct_files.back().fd();
-    shim::cufile_check(cf->HandleRegister(&handles[f], &descr), "cuFileHandleRegister of " + path);
+    shim::cufile_check(cf->HandleRegister(&handles[f], &descr), "cuFileHandleRegister of " + checked.path());
     return true;
   }
 
@@ -506,7 +508,7 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
     }
     stats.cached_files += cached;
     bool gds = options.gds == GdsMode::Direct || (options.gds == GdsMode::Auto && !cached);
-    if (gds && job.gds.open(f, files[f].path())) {
+    if (gds && job.gds.open(f, files[f])) {
       routes[f] = Route::Gds;
       ++stats.gds_files;
     } else if (cached && mapping) {

@@ -1,6 +1,7 @@
 #include "fastsafetensors/shim/dlopen.hpp"
 
 #include <dlfcn.h>
+#include <pthread.h>
 
 #include <fstream>
 #include <mutex>
@@ -10,6 +11,10 @@ namespace fst::shim {
 namespace {
 std::mutex g_dirs_mutex;
 std::vector<std::string> g_dirs;
+// A child forked while another thread held the lock would find it held forever: it is held across
+// fork() instead (its critical sections are short).
+[[maybe_unused]] const int g_fork_guard =
+    ::pthread_atfork([] { g_dirs_mutex.lock(); }, [] { g_dirs_mutex.unlock(); }, [] { g_dirs_mutex.unlock(); });
 }  // namespace
 
 void add_search_dirs(const std::vector<std::string>& dirs) {

@@ -4,12 +4,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <stdexcept>
 #include <vector>
 
 #include "fastsafetensors/buffer.hpp"
 #include "fastsafetensors/io_hooks.hpp"
+#include "fastsafetensors/thread_pool.hpp"
 
 namespace fst::faults {
 namespace {
@@ -40,6 +43,7 @@ struct Countdown {
 std::atomic<PreadFault> g_kind{PreadFault::None};
 Countdown g_pread;
 Countdown g_alloc;
+Countdown g_threads;
 std::atomic<uint64_t> g_injected{0};
 
 // Half of the bytes the pieces ask for, as the first pieces (the last one cut short).
@@ -68,6 +72,9 @@ ssize_t faulty_preadv(int fd, const iovec* iov, int iovcnt, off_t offset) {
       return ::preadv(fd, half.data(), halve(iov, iovcnt, half.data()), offset);
     }
     case PreadFault::Eof: return 0;
+    case PreadFault::Slow:
+      std::this_thread::sleep_for(std::chrono::milliseconds(kSlowMillis));
+      return ::preadv(fd, iov, iovcnt, offset);
     case PreadFault::None: break;
   }
   return ::preadv(fd, iov, iovcnt, offset);
@@ -79,6 +86,12 @@ bool failing_allocation(size_t) {
   return true;
 }
 
+bool failing_thread_start() {
+  if (!g_threads.fire()) return false;
+  ++g_injected;
+  return true;
+}
+
 }  // namespace
 
 PreadFault parse_pread_fault(const std::string& name) {
@@ -86,7 +99,8 @@ PreadFault parse_pread_fault(const std::string& name) {
   if (name == "eintr") return PreadFault::Eintr;
   if (name == "short") return PreadFault::Short;
   if (name == "eof") return PreadFault::Eof;
-  throw std::invalid_argument("unknown pread fault '" + name + "' (expected eio, eintr, short or eof)");
+  if (name == "slow") return PreadFault::Slow;
+  throw std::invalid_argument("unknown pread fault '" + name + "' (expected eio, eintr, short, eof or slow)");
 }
 
 void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count) {
@@ -102,12 +116,19 @@ void set_allocation_fault(uint64_t after, int64_t count) {
   HostBuffer::set_fail_hook(&failing_allocation);
 }
 
+void set_thread_fault(uint64_t after, int64_t count) {
+  g_threads.reset(after, count);
+  ThreadPool::set_start_hook(&failing_thread_start);
+}
+
 void clear() {
   io_hooks::set_preadv(nullptr);
   HostBuffer::set_fail_hook(nullptr);
+  ThreadPool::set_start_hook(nullptr);
   g_kind = PreadFault::None;
   g_pread.reset(0, 0);
   g_alloc.reset(0, 0);
+  g_threads.reset(0, 0);
 }
 
 uint64_t pread_calls() noexcept { return g_pread.seen.load(); }

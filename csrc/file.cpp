@@ -22,18 +22,38 @@ namespace {
 }
 }  // namespace
 
+namespace {
+const char* file_kind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a plain file";
+}
+}  // namespace
+
 File::File(const std::string& path, bool direct) : path_(path), direct_(direct) {
-  int flags = O_RDONLY | O_CLOEXEC;
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
+  int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK;
 #ifdef O_DIRECT
   if (direct) flags |= O_DIRECT;
 #endif
-  do {
-    fd_ = ::open(path.c_str(), flags);
-  } while (fd_ < 0 && errno == EINTR);
+  while ((fd_ = ::open(path.c_str(), flags)) < 0 && errno == EINTR) io_hooks::check_interrupt();
   if (fd_ < 0) {
     int err = errno;
     throw ReadError(path, 0, err, false, path + ": cannot open: " + std::strerror(err));
   }
+  struct stat st;
+  int err = ::fstat(fd_, &st) != 0 ? errno : 0;
+  if (err != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd_);  // the destructor does not run for a constructor that throws
+    fd_ = -1;
+    if (err != 0) throw_errno(path, 0, err, "cannot stat");
+    throw NotRegularFileError(path, file_kind(st.st_mode));
+  }
+  // A regular file never blocks, but O_NONBLOCK is not meant for it: reads behave as usual without it.
+  ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
 }
 
 File::File(File&& other) noexcept
@@ -51,6 +71,25 @@ uint64_t File::size() const {
   return static_cast<uint64_t>(st.st_size);
 }
 
+FileIdentity File::identity() const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) throw_errno(path_, 0, errno, "cannot stat");
+  return FileIdentity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+                      static_cast<uint64_t>(st.st_size),
+                      static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+}
+
+void File::check_identity(const FileIdentity& expected) const {
+  FileIdentity now = identity();
+  if (now == expected) return;
+  std::string how = now.inode != expected.inode || now.device != expected.device
+                        ? "another file is at its path"
+                        : now.size != expected.size ? "its size went from " + std::to_string(expected.size) + " to " +
+                                                          std::to_string(now.size) + " bytes"
+                                                    : "its modification time changed";
+  throw FileChangedError(path_, path_ + ": file was replaced or modified after its header was read (" + how + ")");
+}
+
 uint64_t File::read_at(iovec* pieces, int count, uint64_t offset) const {
   uint64_t done = 0;
   while (count > 0) {
@@ -60,7 +99,10 @@ uint64_t File::read_at(iovec* pieces, int count, uint64_t offset) const {
     }
     ssize_t n = io_hooks::preadv(fd_, pieces, std::min(count, IOV_MAX), static_cast<off_t>(offset + done));
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR) {
+        io_hooks::check_interrupt();
+        continue;
+      }
       throw_errno(path_, offset + done, errno, "read failed");
     }
     if (n == 0) break;

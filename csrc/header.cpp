@@ -1,6 +1,7 @@
 #include "fastsafetensors/header.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <unordered_set>
 
@@ -272,14 +273,21 @@ Header parse_header(std::string_view json, uint64_t file_size) {
 
 Header read_header(const std::string& path) {
   File file(path);
-  uint64_t size = file.size();
+  FileIdentity identity = file.identity();
+  uint64_t size = identity.size;
   uint8_t prefix[8] = {};
   uint64_t got = file.read_at(prefix, size < 8 ? size : 8, 0);
   try {
     uint64_t n = parse_header_length(prefix, got, size);
-    std::string json(n, '\0');
-    file.read_exact(json.data(), n, 8);
-    return parse_header(json, size);
+    // Prefix and JSON in one string that the header keeps: no copy, and no more memory at peak.
+    std::string bytes(8 + n, '\0');
+    std::memcpy(bytes.data(), prefix, 8);
+    file.read_exact(bytes.data() + 8, n, 8);
+    Header h = parse_header(std::string_view(bytes).substr(8), size);
+    h.from_file = true;
+    h.bytes = std::move(bytes);
+    h.identity = identity;
+    return h;
   } catch (const FormatError& e) {
     throw FormatError(e.kind(), path + ": " + e.what(), e.tensor());
   }

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <list>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -153,6 +154,10 @@ class Cache {
   }
 
   void after_fork_in_child() {
+    // The condition variables may count waiters (the parent's reclaimer) that do not exist here:
+    // a notify or wait on them could block for good. No other thread runs yet: rebuild them.
+    new (&wake_) std::condition_variable();
+    new (&idle_) std::condition_variable();
     reclaimer_ = false;
     madvising_ = false;
     for (Entry& e : entries_) e.busy = false;

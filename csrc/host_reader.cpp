@@ -121,6 +121,7 @@ std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool dire
                           std::to_string(s.expected_size) + " bytes: it changed after its header was read (sizes differ from offset " +
                           std::to_string(at) + ")");
     }
+    if (s.check_identity) files.back().check_identity(s.identity);
     files.back().advise_sequential(0, 0);
   }
   return files;
@@ -158,15 +159,25 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
       w.scratch.resize(options.max_gap);
     }
   }
-  pool_.parallel_for(g.reads.size(), [&](unsigned worker, size_t i) {
-    const VectorRead& v = g.reads[i];
-    const File& f = files[g.ranges[v.first].file];
-    if (options.direct) {
-      read_direct(f, g, v, dsts, workers[worker].bounce.get());
-    } else {
-      read_buffered(f, g, v, dsts, options.resident, workers[worker]);
-    }
-  });
+  for (size_t begin = 0; begin < g.reads.size();) {
+    size_t end = begin;
+    uint64_t bytes = 0;
+    do {
+      for (size_t k = g.reads[end].first; k < g.reads[end].last; ++k) bytes += g.ranges[k].length;
+      ++end;
+    } while (end < g.reads.size() && (options.batch_bytes == 0 || bytes < options.batch_bytes));
+    pool_.parallel_for(end - begin, [&](unsigned worker, size_t i) {
+      const VectorRead& v = g.reads[begin + i];
+      const File& f = files[g.ranges[v.first].file];
+      if (options.direct) {
+        read_direct(f, g, v, dsts, workers[worker].bounce.get());
+      } else {
+        read_buffered(f, g, v, dsts, options.resident, workers[worker]);
+      }
+    });
+    if (options.after_batch) options.after_batch(bytes);
+    begin = end;
+  }
   ReadStats stats;
   stats.reads = g.reads.size();
   stats.gap_bytes = g.gap_bytes;

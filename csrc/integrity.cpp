@@ -34,8 +34,10 @@ std::string sha256_of_file(const std::string& path) {
   return Sha256::hex(sha.finish());
 }
 
-std::string sha256_of_loaded_file(const std::string& path, uint32_t file, const std::vector<ReadRange>& ranges,
-                                  const std::vector<const uint8_t*>& dsts, const std::vector<uint64_t>& dst_sizes) {
+std::string sha256_of_loaded_file(const Header& header, const std::string& path, uint32_t file,
+                                  const std::vector<ReadRange>& ranges, const std::vector<const uint8_t*>& dsts,
+                                  const std::vector<uint64_t>& dst_sizes) {
+  if (!header.from_file) throw std::invalid_argument(path + ": header was not read from a file: nothing to verify");
   std::vector<ReadRange> mine;
   for (const ReadRange& r : ranges) {
     if (r.file != file || r.length == 0) continue;
@@ -48,25 +50,21 @@ std::string sha256_of_loaded_file(const std::string& path, uint32_t file, const 
   std::sort(mine.begin(), mine.end(),
             [](const ReadRange& a, const ReadRange& b) { return a.file_offset < b.file_offset; });
   File f(path);
-  uint64_t size = f.size();
+  f.check_identity(header.identity);
   Sha256 sha;
+  sha.update(header.bytes.data(), header.bytes.size());
   std::vector<uint8_t> scratch;
-  uint64_t pos = 0;
+  uint64_t pos = header.bytes.size();
   for (const ReadRange& r : mine) {
     uint64_t end = 0;
-    if (r.file_offset < pos || !detail::checked_add(r.file_offset, r.length, end)) {
-      throw std::invalid_argument("overlapping read ranges cannot be hashed as one file");
-    }
-    if (end > size) {
-      throw ReadError(path, size, 0, true,
-                      path + ": file is now " + std::to_string(size) + " bytes, shorter than the data read up to offset " +
-                          std::to_string(end) + " (it changed while it was being loaded)");
+    if (r.file_offset < pos || !detail::checked_add(r.file_offset, r.length, end) || end > header.file_size) {
+      throw std::invalid_argument("read ranges overlap, or leave the data section of the file: cannot be hashed as one file");
     }
     hash_from_disk(f, pos, r.file_offset - pos, sha, scratch);
     sha.update(dsts[r.dst] + r.dst_offset, r.length);
     pos = end;
   }
-  hash_from_disk(f, pos, size - pos, sha, scratch);
+  hash_from_disk(f, pos, header.file_size - pos, sha, scratch);
   return Sha256::hex(sha.finish());
 }
 

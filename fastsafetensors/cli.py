@@ -15,6 +15,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, api, integrity, settings
+from .engine import MAX_THREADS, check_threads
 from .errors import SafeTensorsError, SettingsError
 from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
 from .frameworks import canonical_name
@@ -280,6 +281,13 @@ def _positive(text: str) -> int:
     return n
 
 
+def _threads(text: str) -> int:
+    try:
+        return check_threads(_positive(text), "--threads")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # What to install for a module a command needs: the CLI's own extras where there is one.
 _INSTALL = {"safetensors": "pip install 'fastsafetensors[bench]'",
             "torch": "pip install torch (a CPU build on machines without a GPU)", "jax": "pip install jax"}
@@ -294,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("load", help="load a checkpoint and report how fast")
     s.add_argument("path", nargs="+", help=path_help)
     s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
-    s.add_argument("--threads", type=_positive, default=None,
-                   help="reader threads (default: 2 per core, 4 to 16)")
+    s.add_argument("--threads", type=_threads, default=None,
+                   help=f"reader threads, 1 to {MAX_THREADS} (default: 2 per core, 4 to 16)")
     s.add_argument("--direct-io", action="store_true", help="read with O_DIRECT, bypassing the page cache")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none when stderr is "
                                                                 "not a terminal)")

@@ -19,7 +19,7 @@ import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import cpp, settings
-from .engine import default_threads
+from .engine import ReaderCache, check_threads, default_threads
 from .errors import GdsError
 from .frameworks import Framework
 from .metrics import LoadMetrics
@@ -35,8 +35,17 @@ SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests point it at
 
 _lock = threading.Lock()
 _devices: Dict[int, "cpp.Device"] = {}
-_readers: Dict[Tuple[Any, int, int, int, bool, str], "cpp.DeviceReader"] = {}
+_readers = ReaderCache(2)  # by (device, threads, staging, lanes, numa, sysfs root)
 _search_dirs_added = False
+
+
+def _reset_lock() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+# A child forked while another thread held the lock would inherit it held forever.
+os.register_at_fork(after_in_child=_reset_lock)
 
 
 def _add_nvidia_lib_dirs() -> None:
@@ -87,22 +96,22 @@ def get_device_reader(device: "cpp.Device", threads: Optional[int] = None,
     """The process-wide reader for these settings: its pinned slots are allocated once and reused.
 
     ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`)."""
-    threads = threads or default_threads()
+    threads = check_threads(threads) or default_threads()
     staging = staging_bytes or settings.get("FASTSAFETENSORS_STAGING_MB") << 20
     lanes = settings.get("FASTSAFETENSORS_MAP_LANES") if map_lanes is None else map_lanes
     key = (device, threads, staging, lanes, numa_enabled(numa), SYSFS_ROOT)
-    with _lock:
-        reader = _readers.get(key)
-        if reader is None:
-            reader = _readers[key] = cpp.DeviceReader(device, threads, staging, lanes, numa=key[4], sysfs_root=key[5])
-            _log_placement(reader)
+
+    def make() -> "cpp.DeviceReader":
+        reader = cpp.DeviceReader(device, threads, staging, lanes, numa=key[4], sysfs_root=key[5])
+        _log_placement(reader)
         return reader
+
+    return _readers.get(key, make)
 
 
 def release_device_readers() -> None:
     """Frees the pinned staging memory of every cached reader (the next load pins it again)."""
-    with _lock:
-        _readers.clear()
+    _readers.clear()
 
 
 # Free the staging memory while the CUDA runtime is still alive (its own teardown runs later).

@@ -38,7 +38,7 @@ def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metri
         k = file_index.get(f.path)
         if k is None:
             k = file_index[f.path] = len(sources)
-            sources.append(cpp.ReadSource(f.path, f.size))
+            sources.append(cpp.ReadSource(f.path, f.header))
         start, stop = p.box
         offsets.append(total)
         ranges.extend(cpp.plan_box(f.header, p.entry.index, start, stop, k, 0, total))

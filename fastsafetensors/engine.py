@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import logging
+import numbers
+import os
 import sys
 import threading
-from typing import List, Optional
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, List, Optional
 
 from . import cpp, settings
+from .settings import MAX_THREADS
 from .metrics import LoadMetrics
 from .plan import LoadPlan
 
-__all__ = ["default_threads", "get_reader", "read_into_host"]
+__all__ = ["MAX_THREADS", "check_threads", "default_threads", "get_reader", "read_into_host", "ReaderCache"]
 
 logger = logging.getLogger("fastsafetensors")
 
-_lock = threading.Lock()
-_readers: dict = {}
-
 # A progress bar appears by itself for loads at least this large, when stderr is a terminal.
 PROGRESS_MIN_BYTES = 1 << 30
-# Reads are issued in batches of about this size so the progress bar can move between them.
+# Reads run in batches of about this size: between them the progress bar moves and Ctrl-C is seen.
 _BATCH_BYTES = 512 << 20
 DEFAULT_CHUNK_BYTES = 8 << 20
 
@@ -30,27 +31,60 @@ def default_threads() -> int:
     return settings.get("FASTSAFETENSORS_THREADS")
 
 
+def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
+    """``threads`` as an int in [1, MAX_THREADS] (None stays None: the default); anything else raises
+    TypeError/ValueError naming ``name``."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, not {type(threads).__name__} ({threads!r})")
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"{name} must be between 1 and {MAX_THREADS}, not {threads}")
+    return int(threads)
+
+
+class ReaderCache:
+    """The last few readers, by settings: loads with the same settings reuse one (no thread start-up),
+    and alternating between two settings keeps both; older ones are dropped (their threads end once
+    no load still uses them), so the process keeps a bounded number of reader threads."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._lock = threading.Lock()
+        self._readers: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self._abandoned: List[Any] = []
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held the lock, or been inside a reader (a GPU reader's own mutex
+        # held), at fork time: the child gets a new lock and builds readers of its own. The
+        # inherited readers are kept, never destroyed: their memory and handles belong to the parent.
+        self._lock = threading.Lock()
+        self._abandoned.extend(self._readers.values())
+        self._readers = OrderedDict()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is None:
+                reader = self._readers[key] = make()
+                while len(self._readers) > self._size:
+                    self._readers.popitem(last=False)
+            self._readers.move_to_end(key)
+            return reader
+
+    def clear(self) -> None:
+        with self._lock:
+            self._readers.clear()
+
+
+_readers = ReaderCache(2)
+
+
 def get_reader(threads: Optional[int] = None) -> "cpp.HostReader":
-    """The process-wide reader with this many threads, started once and reused by every load."""
-    n = threads or default_threads()
-    with _lock:
-        reader = _readers.get(n)
-        if reader is None:
-            reader = _readers[n] = cpp.HostReader(n)
-        return reader
-
-
-def _batches(ranges: "cpp.RangeList", batch_bytes: int) -> List["cpp.RangeList"]:
-    out, cur, size = [], cpp.RangeList(), 0
-    for r in ranges:
-        cur.append(r)
-        size += r.length
-        if size >= batch_bytes:
-            out.append(cur)
-            cur, size = cpp.RangeList(), 0
-    if len(cur):
-        out.append(cur)
-    return out
+    """A reader with this many threads (validated), reused by later loads with the same number."""
+    n = check_threads(threads) or default_threads()
+    return _readers.get(n, lambda: cpp.HostReader(n))
 
 
 def _progress_bar(plan: LoadPlan, progress: Optional[bool]):
@@ -97,16 +131,12 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
                     buffers.append(_allocate(size, label))
                     metrics.reused_bytes += size if buffers[-1].reused else 0
         sources = plan.sources()
-        per_file = [0] * len(sources)
         bar = _progress_bar(plan, progress)
         with metrics.phase("read"):
-            batches = _batches(plan.ranges, _BATCH_BYTES) if bar is not None else [plan.ranges]
-            for batch in batches:
-                stats = reader.read(sources, batch, buffers, chunk_bytes, direct_io)
-                metrics.count_host_reads(stats)
-                per_file = [a + b for a, b in zip(per_file, stats["bytes_per_file"])]
-                if bar is not None:
-                    bar.update(stats["bytes"])
+            stats = reader.read(sources, plan.ranges, buffers, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
+                                on_batch=bar.update if bar is not None else None)
+            metrics.count_host_reads(stats)
+            per_file = stats["bytes_per_file"]
     except BaseException:
         # Nothing of a failed load is handed back, and the traceback must not keep it alive.
         if owned:

@@ -31,6 +31,9 @@ __all__ = [
     "IntegrityError",
     "ReadError",
     "TruncatedFileError",
+    "NotRegularFileError",
+    "FileChangedError",
+    "ResourceError",
     "LoaderClosedError",
     "ShardRequestError",
     "PeerRankError",
@@ -144,6 +147,28 @@ class ReadError(OSError):
 
 class TruncatedFileError(ReadError):
     """A file ended early or changed size after its header was read: its bytes are not delivered."""
+
+
+class FileChangedError(TruncatedFileError):
+    """A file was replaced (renamed over) or rewritten after its header was read: another inode,
+    size or modification time. Nothing laid out by the old header is read from it."""
+
+
+class NotRegularFileError(ReadError):
+    """A checkpoint path is a FIFO, a directory, a device or a socket: refused before anything is
+    read (reading one could block forever)."""
+
+
+class ResourceError(OSError):
+    """The OS refused something a load needs (a reader thread: RLIMIT_NPROC, a cgroup's pids limit,
+    address space). Nothing of the refused reader is left running; retry with fewer ``threads``."""
+
+    def __init__(self, message: str, *, errno: int = 0):
+        super().__init__(message)
+        self.errno = errno or None
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class LoaderClosedError(RuntimeError):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import cpp
-from .errors import IndexMismatch, IndexPathError, SafeTensorsError, TensorNotFound
+from .errors import IndexMismatch, IndexPathError, NotRegularFileError, SafeTensorsError, TensorNotFound
 
 __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]
 
@@ -80,9 +81,29 @@ def _index_entry_path(index_path: str, base: str, name: str, entry: object) -> s
     return path
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path: str):
+    """Opens a text file as the engine opens checkpoint files: without blocking, and only if it is a
+    regular file (open() of a FIFO named like an index would wait for a writer forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a plain file")
+            raise NotRegularFileError(f"{path}: not a regular file ({kind})", filename=path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
     try:
-        with open(index_path, encoding="utf-8") as f:
+        with _open_regular(index_path) as f:
             index = json.load(f)
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):

@@ -6,9 +6,10 @@ with Git LFS (every ``.safetensors`` file on the Hub); a blob itself is checked 
 Nothing passes unchecked: a file with no known digest, a digest that is not 64 hex digits, an
 empty mapping and a key that names none of the files are errors.
 
-A load with ``verify=True`` reads each byte of a file from disk once: the engine hashes the
-tensor bytes from the host buffers after they land and reads from disk only what the load did
-not (the header, tensors not selected). See docs/security.md.
+A load with ``verify=True`` reads each byte of a file from disk once: the engine hashes the header
+bytes it parsed and the tensor bytes from the host buffers after they land, and reads from disk
+only what the load did not (tensors not selected), from the file the header was read from. So the
+digest covers what was parsed and returned. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def verify_file(path: PathLike, expected: Optional[str] = None) -> str:
 def check_loaded(plan: "LoadPlan", buffers: List["cpp.HostBuffer"], expected: Mapping[str, str]) -> None:
     """Compares each planned file, as just loaded into ``buffers``, with its expected digest."""
     def digest(i: int) -> str:
-        return cpp.sha256_loaded_file(plan.files[i].path, i, plan.ranges, buffers)
+        return cpp.sha256_loaded_file(plan.files[i].header, plan.files[i].path, i, plan.ranges, buffers)
 
     n = len(plan.files)
     with ThreadPoolExecutor(max_workers=max(1, min(8, n))) as pool:

@@ -16,7 +16,7 @@ from .distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, f
                           resolve)
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
 from .device_engine import gds_mode, read_into_device
-from .engine import default_threads, read_into_host
+from .engine import check_threads, default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, TensorBase, get_framework
@@ -358,7 +358,7 @@ class SafeTensorsFileLoader:
         _check_keywords(kwargs)
         self.bbuf_size_kb = bbuf_size_kb
         # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
-        self.max_threads = max(1, min(max_threads, default_threads()))
+        self.max_threads = min(check_threads(max_threads, "max_threads") or default_threads(), default_threads())
         self.nogds = nogds
         self.set_numa = set_numa  # GPU loads: run the reader's threads on the GPU's NUMA node
         self.debug_log = debug_log

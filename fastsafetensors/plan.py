@@ -65,7 +65,7 @@ class LoadPlan:
         return sum(cpp.bytes_per_file(self.ranges, len(self.files)))
 
     def sources(self) -> List["cpp.ReadSource"]:
-        return [cpp.ReadSource(f.path, f.size) for f in self.files]
+        return [cpp.ReadSource(f.path, f.header) for f in self.files]
 
 
 def _check_unique(files: Sequence[SafeTensorsFile]) -> None:

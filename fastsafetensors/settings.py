@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 from .errors import SettingsError
 
-__all__ = ["Setting", "Effective", "SETTINGS", "get", "effective",
+__all__ = ["Setting", "Effective", "SETTINGS", "MAX_THREADS", "get", "effective",
            "parse_bool", "parse_uint", "parse_float", "parse_choice"]
 
 _SPACES = " \t\n\r\f\v"
@@ -121,11 +121,14 @@ def _quarter_of_memory_mib() -> int:
 
 
 _SIZE_MAX_MIB = (1 << 64) - 1 >> 20  # MiB that still fit in the engine's size_t as bytes
+# More reader threads than any disk or core count here can use; the cap keeps a typo (threads=10000)
+# from asking the OS for thousands of threads. Bounds threads= too (engine.check_threads).
+MAX_THREADS = 256
 
 SETTINGS: Dict[str, Setting] = {s.name: s for s in [
     Setting("FASTSAFETENSORS_THREADS", "int", _default_threads,
             "reader threads of a load that passes no threads= (default 2 per core, 4 to 16)",
-            minimum=1, maximum=1024),
+            minimum=1, maximum=MAX_THREADS),
     Setting("FASTSAFETENSORS_ODIRECT", "bool", False,
             "read with O_DIRECT, bypassing the page cache, when a load passes no direct_io="),
     Setting("FASTSAFETENSORS_DEBUG", "bool", False,

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 import fastsafetensors  # noqa: E402
 from fastsafetensors import cpp  # noqa: E402
 from fastsafetensors.api import load_files  # noqa: E402
-from fastsafetensors.errors import IntegrityError, ReadError, TruncatedFileError  # noqa: E402
+from fastsafetensors.errors import FileChangedError, IntegrityError, ReadError, TruncatedFileError  # noqa: E402
 from fastsafetensors.files import read_headers  # noqa: E402
 from fastsafetensors.integrity import sha256_file  # noqa: E402
 
@@ -134,15 +134,33 @@ def test_replaced_between_header_and_data(ckpt, tmp_path):
     _assert_clean_failure(ei, ckpt, before)
 
 
-def test_same_size_replacement_caught_by_verify(ckpt, tmp_path):
-    """A same-size rewrite is invisible to size checks; verify=True catches it."""
-    digests = {p: sha256_file(p) for p in ckpt}
+def test_same_size_replacement_refused(ckpt, tmp_path):
+    """A same-size file renamed over the path is invisible to size checks; its identity is not."""
     files = read_headers(ckpt)
     data = bytearray(open(ckpt[0], "rb").read())
     data[-1] ^= 0xFF  # one bit pattern of the last tensor changes, nothing else
     tmp = tmp_path / "new"
     tmp.write_bytes(bytes(data))
     os.replace(tmp, ckpt[0])
+    before = Resources.now()
+    with pytest.raises(FileChangedError, match="replaced or modified after its header was read") as ei:
+        load_files(files)
+    assert ei.value.filename == ckpt[0]
+    assert_released(before)
+
+
+def test_same_size_rewrite_in_place_caught_by_verify(ckpt):
+    """A rewrite in place that keeps size and modification time passes the identity check (the
+    limit docs/security.md states); verify=True still catches it."""
+    digests = {p: sha256_file(p) for p in ckpt}
+    files = read_headers(ckpt)
+    st = os.stat(ckpt[0])
+    with open(ckpt[0], "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    os.utime(ckpt[0], ns=(st.st_atime_ns, st.st_mtime_ns))
     before = Resources.now()
     with pytest.raises(IntegrityError) as ei:
         load_files(files, verify=True, sha256=digests)

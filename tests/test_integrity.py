@@ -55,7 +55,7 @@ def test_loaded_file_digest_equals_file_digest(ckpt):
         plan = plan_load(files, names)
         buffers = read_into_host(plan)
         for i, f in enumerate(files):
-            assert cpp.sha256_loaded_file(f.path, i, plan.ranges, buffers) == _hashlib_file(f.path)
+            assert cpp.sha256_loaded_file(f.header, f.path, i, plan.ranges, buffers) == _hashlib_file(f.path)
 
 
 def test_verify_with_given_digests(ckpt):

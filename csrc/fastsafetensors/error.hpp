@@ -57,4 +57,30 @@ class ReadError : public std::runtime_error {
   bool truncated_;
 };
 
+// A path that is not a regular file (a FIFO, a directory, a device, a socket): refused before
+// anything is read from it, since reading a FIFO or a device may block forever.
+class NotRegularFileError : public ReadError {
+ public:
+  NotRegularFileError(const std::string& path, const std::string& what)
+      : ReadError(path, 0, 0, false, path + ": not a regular file (" + what + ")") {}
+};
+
+// A file that is no longer the one its header was read from (replaced by a rename, or rewritten):
+// nothing laid out by that header may be read from it.
+class FileChangedError : public ReadError {
+ public:
+  FileChangedError(const std::string& path, const std::string& message) : ReadError(path, 0, 0, true, message) {}
+};
+
+// The OS refused a resource the engine needs (a thread: RLIMIT_NPROC, a cgroup's pids limit,
+// address space). Nothing was left half-started.
+class ResourceError : public std::runtime_error {
+ public:
+  ResourceError(const std::string& message, int err) : std::runtime_error(message), errno_(err) {}
+  int error_number() const noexcept { return errno_; }
+
+ private:
+  int errno_;
+};
+
 }  // namespace fst

@@ -14,9 +14,12 @@ enum class PreadFault {
   Eintr,  // pread is interrupted before reading anything (the caller must retry)
   Short,  // pread returns half the bytes asked for (the caller must continue)
   Eof,    // pread returns 0: the file ends here (the caller must report truncation)
+  Slow,   // pread sleeps kSlowMillis first, then reads (a slow disk: tests of mid-load events)
 };
 
-// Parses "eio", "eintr", "short", "eof"; throws std::invalid_argument otherwise.
+inline constexpr int kSlowMillis = 250;
+
+// Parses "eio", "eintr", "short", "eof", "slow"; throws std::invalid_argument otherwise.
 PreadFault parse_pread_fault(const std::string& name);
 
 // The next `after_calls` preads behave normally, then `count` of them (negative: all) fail as
@@ -24,6 +27,8 @@ PreadFault parse_pread_fault(const std::string& name);
 void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count);
 // Host buffer allocations: `after` succeed, then `count` (negative: all) throw bad_alloc.
 void set_allocation_fault(uint64_t after, int64_t count);
+// Reader thread starts: `after` succeed, then `count` (negative: all) fail as if the OS refused them.
+void set_thread_fault(uint64_t after, int64_t count);
 // Removes every fault and restores the real pread and allocator.
 void clear();
 

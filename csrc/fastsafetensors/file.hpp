@@ -8,6 +8,21 @@
 
 namespace fst {
 
+// Which file a descriptor reads: another file renamed over the path, or the same file rewritten
+// (size or modification time), has another identity. A rewrite in place that keeps the size
+// within one tick of the file system's clock is not seen (docs/security.md).
+struct FileIdentity {
+  uint64_t device = 0;
+  uint64_t inode = 0;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+
+  bool operator==(const FileIdentity& o) const noexcept {
+    return device == o.device && inode == o.inode && size == o.size && mtime_ns == o.mtime_ns;
+  }
+  bool operator!=(const FileIdentity& o) const noexcept { return !(*this == o); }
+};
+
 class File {
  public:
   explicit File(const std::string& path, bool direct = false);
@@ -21,6 +36,11 @@ class File {
   bool direct() const noexcept { return direct_; }
   // Current size, asked of the kernel each time (the file may change under us).
   uint64_t size() const;
+  // Its identity now (fstat of this descriptor).
+  FileIdentity identity() const;
+  // Throws FileChangedError unless the file still has the identity `expected` it had when `what`
+  // was read from it.
+  void check_identity(const FileIdentity& expected) const;
 
   // Reads up to `length` bytes at `offset`, retrying on EINTR and short counts; returns fewer
   // only at end of file. Throws ReadError on an I/O error.

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fastsafetensors/dtype.hpp"
+#include "fastsafetensors/file.hpp"
 
 namespace fst {
 
@@ -32,6 +33,12 @@ struct Header {
   std::vector<TensorInfo> tensors;  // in header order
   bool has_metadata = false;
   std::vector<std::pair<std::string, std::string>> metadata;
+  // Set by read_header: the file's first data_start bytes exactly as parsed (the length prefix and
+  // the JSON), and the identity of the file they came from. Later reads of the file check the
+  // identity; verify hashes these bytes, so the digest covers what was parsed.
+  bool from_file = false;
+  std::string bytes;
+  FileIdentity identity;
 };
 
 // Checks 1-3: the 8-byte length prefix against the file size. Returns N.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,11 +16,14 @@
 
 namespace fst {
 
-// A file to read, with the size its header was validated against: a file that no longer has
-// that size changed after its header was read, and is refused before any byte is read.
+// A file to read, with the size its header was validated against and, when the header was read
+// from the file (read_header), that file's identity: a file that no longer has them changed after
+// its header was read, and is refused before any byte is read.
 struct ReadSource {
   std::string path;
   uint64_t expected_size = 0;
+  bool check_identity = false;
+  FileIdentity identity;
 };
 
 struct ReadOptions {
@@ -31,6 +35,11 @@ struct ReadOptions {
   // Per destination (or empty): its pages are faulted in already, as in memory from the host
   // cache, so populating them would only walk their page tables.
   std::vector<bool> resident;
+  // With batch_bytes > 0 the reads run in batches of about that many bytes, and after_batch (if
+  // set) is called on the calling thread after each with the bytes it delivered: a progress bar
+  // moves, and the caller can stop the load (by throwing) without waiting for all of it.
+  uint64_t batch_bytes = 0;
+  std::function<void(uint64_t bytes)> after_batch;
 };
 
 struct ReadStats {
@@ -41,8 +50,8 @@ struct ReadStats {
   std::vector<uint64_t> bytes_per_file;  // delivered from each source
 };
 
-// Opens every source, refusing (TruncatedFileError) one whose size is not the size its header was
-// validated against. Shared by the host and device readers.
+// Opens every source, refusing (TruncatedFileError, FileChangedError) one whose size or identity is
+// not the one its header was read from. Shared by the host and device readers.
 std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool direct);
 // Throws std::out_of_range unless every range names a source and fits its destination.
 void check_ranges(const std::vector<ReadRange>& ranges, size_t sources, const std::vector<uint64_t>& dst_sizes);

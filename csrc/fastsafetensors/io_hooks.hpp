@@ -16,4 +16,12 @@ ssize_t preadv(int fd, const iovec* iov, int iovcnt, off_t offset);
 // Replaces the hook; nullptr restores ::preadv. Returns the previous hook.
 PreadvFn set_preadv(PreadvFn fn) noexcept;
 
+// Called by every loop that retries a system call interrupted by a signal (EINTR), so that the
+// user can still stop a load (Ctrl-C): the check throws to abandon the operation. The Python
+// binding installs one that raises Python's pending signal (KeyboardInterrupt) on the main
+// thread; without it (fuzzer, sanitizer and C++-only builds) nothing is checked.
+using InterruptCheckFn = void (*)();
+void set_interrupt_check(InterruptCheckFn fn) noexcept;
+void check_interrupt();
+
 }  // namespace fst::io_hooks

@@ -26,7 +26,7 @@ void fst::python::bind_integrity(py::module_& m) {
         "Hex SHA-256 of a whole file, streamed from disk.");
   m.def(
       "sha256_loaded_file",
-      [](const std::string& path, uint32_t file, const std::vector<ReadRange>& ranges,
+      [](const Header& header, const std::string& path, uint32_t file, const std::vector<ReadRange>& ranges,
          const std::vector<std::shared_ptr<Buffer>>& buffers) {
         std::vector<const uint8_t*> dsts;
         std::vector<uint64_t> sizes;
@@ -36,9 +36,10 @@ void fst::python::bind_integrity(py::module_& m) {
           sizes.push_back(b->size());
         }
         py::gil_scoped_release nogil;
-        return sha256_of_loaded_file(path, file, ranges, dsts, sizes);
+        return sha256_of_loaded_file(header, path, file, ranges, dsts, sizes);
       },
-      py::arg("path"), py::arg("file"), py::arg("ranges"), py::arg("buffers"),
-      "Hex SHA-256 of plan file `file` after its ranges were read into `buffers`: loaded bytes are "
-      "hashed from memory, the rest (header, unselected tensors) read from disk once.");
+      py::arg("header"), py::arg("path"), py::arg("file"), py::arg("ranges"), py::arg("buffers"),
+      "Hex SHA-256 of plan file `file` after its ranges were read into `buffers`: the header bytes "
+      "that were parsed and the loaded bytes are hashed from memory, the rest (unselected tensors) read "
+      "from disk once, from the file the header was read from (else FileChangedError).");
 }

@@ -17,9 +17,11 @@ void fst::python::bind_testing(py::module_& m) {
         faults::set_pread_fault(faults::parse_pread_fault(kind), after_calls, count);
       },
       py::arg("kind"), py::arg("after_calls") = 0, py::arg("count") = 1,
-      "After `after_calls` good preads, make `count` (-1: all) fail as 'eio', 'eintr', 'short' or 'eof'.");
+      "After `after_calls` good preads, make `count` (-1: all) fail as 'eio', 'eintr', 'short', 'eof' or 'slow' (sleeps 250 ms, then reads).");
   t.def("fail_allocations", &faults::set_allocation_fault, py::arg("after") = 0, py::arg("count") = 1,
         "After `after` good host buffer allocations, make `count` (-1: all) raise MemoryError.");
+  t.def("fail_thread_starts", &faults::set_thread_fault, py::arg("after") = 0, py::arg("count") = 1,
+        "After `after` good reader thread starts, make `count` (-1: all) fail as if the OS refused them.");
   t.def("clear_faults", &faults::clear, "Remove every injected fault.");
   t.def("pread_calls", &faults::pread_calls, "preads seen since set_fault.");
   t.def("faults_injected", &faults::faults_injected, "Faults injected since set_fault.");

@@ -15,6 +15,7 @@
 #include "fastsafetensors/file_mapping.hpp"
 #include "fastsafetensors/header.hpp"
 #include "fastsafetensors/host_reader.hpp"
+#include "fastsafetensors/io_hooks.hpp"
 #include "fastsafetensors/read_plan.hpp"
 #include "fastsafetensors/settings.hpp"
 
@@ -34,6 +35,14 @@ using fst::python::raise_python;
 void translate_errors(std::exception_ptr p) {
   try {
     if (p) std::rethrow_exception(p);
+  } catch (const NotRegularFileError& e) {
+    py::dict extra;
+    extra["filename"] = e.path();
+    raise_python("NotRegularFileError", e.what(), extra);
+  } catch (const FileChangedError& e) {
+    py::dict extra;
+    extra["filename"] = e.path();
+    raise_python("FileChangedError", e.what(), extra);
   } catch (const FormatError& e) {
     py::dict extra;
     if (!e.tensor().empty()) extra["tensor"] = e.tensor();
@@ -48,6 +57,10 @@ void translate_errors(std::exception_ptr p) {
     py::dict extra;
     extra["variable"] = e.variable();
     raise_python("SettingsError", e.what(), extra);
+  } catch (const ResourceError& e) {
+    py::dict extra;
+    extra["errno"] = e.error_number();
+    raise_python("ResourceError", e.what(), extra);
   }
 }
 
@@ -81,6 +94,17 @@ py::object dlpack_capsule(const TensorView& v, const py::object& stream, const p
   return py::reinterpret_steal<py::object>(cap);
 }
 
+unsigned long g_main_thread = 0;
+
+// The engine's interrupt check: on Python's main thread (the only one that handles signals) a
+// pending signal's handler runs, and its exception (KeyboardInterrupt) is thrown through the
+// engine to the caller. Other threads retry as before.
+void check_python_signals() {
+  if (PyThread_get_thread_ident() != g_main_thread) return;
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
 std::vector<uint32_t> selection_from(const py::object& selection) {
   if (selection.is_none()) return {};
   return selection.cast<std::vector<uint32_t>>();
@@ -91,6 +115,8 @@ std::vector<uint32_t> selection_from(const py::object& selection) {
 PYBIND11_MODULE(cpp, m) {
   m.doc() = "fastsafetensors engine: header parsing, read planning, parallel reads, DLPack export";
   py::register_exception_translator(translate_errors);
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  io_hooks::set_interrupt_check(&check_python_signals);
 
   py::class_<TensorInfo>(m, "TensorInfo")
       .def_readonly("name", &TensorInfo::name)
@@ -262,8 +288,12 @@ PYBIND11_MODULE(cpp, m) {
       });
 
   py::class_<ReadSource>(m, "ReadSource")
-      .def(py::init([](std::string path, uint64_t size) { return ReadSource{std::move(path), size}; }),
+      .def(py::init([](std::string path, uint64_t size) { return ReadSource{std::move(path), size, false, {}}; }),
            py::arg("path"), py::arg("expected_size"))
+      .def(py::init([](std::string path, const Header& h) {
+             return ReadSource{std::move(path), h.file_size, h.from_file, h.identity};
+           }),
+           py::arg("path"), py::arg("header"), "A file whose header was read by read_header: its identity is checked too.")
       .def_readonly("path", &ReadSource::path)
       .def_readonly("expected_size", &ReadSource::expected_size);
 
@@ -274,10 +304,18 @@ PYBIND11_MODULE(cpp, m) {
           "read",
           [](HostReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
              const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct,
-             uint64_t max_gap) {
+             uint64_t max_gap, uint64_t batch_bytes, const py::object& on_batch) {
             std::vector<uint8_t*> dsts;
             std::vector<uint64_t> sizes;
-            ReadOptions options{chunk_bytes, direct, max_gap, {}};
+            ReadOptions options{chunk_bytes, direct, max_gap, {}, batch_bytes, {}};
+            if (batch_bytes > 0) {
+              // Between batches: Ctrl-C (a pending signal raises here), then the caller's callback.
+              options.after_batch = [&on_batch](uint64_t bytes) {
+                py::gil_scoped_acquire gil;
+                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                if (!on_batch.is_none()) on_batch(bytes);
+              };
+            }
             for (const auto& b : buffers) {
               if (b->device().device_type != kDLCPU) throw py::value_error("HostReader reads into host buffers only");
               dsts.push_back(b->data());
@@ -299,9 +337,11 @@ PYBIND11_MODULE(cpp, m) {
             return out;
           },
           py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
-          py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap,
+          py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap, py::arg("batch_bytes") = 0,
+          py::arg("on_batch") = py::none(),
           "Read every range into its buffer, neighbouring ranges of a file in one vectored read (gaps of up "
-          "to max_gap bytes read and dropped). Returns {'bytes', 'reads', 'gap_bytes', 'populated' (destination "
+          "to max_gap bytes read and dropped). With batch_bytes > 0, in batches of about that many bytes: "
+          "between them pending signals are raised (Ctrl-C) and on_batch(bytes delivered) is called. Returns {'bytes', 'reads', 'gap_bytes', 'populated' (destination "
           "bytes faulted in before the copy), 'bytes_per_file' (a list indexed by source)}.");
 
   m.def(

@@ -1,0 +1,83 @@
+"""Forks while another thread loads, many times; each child must load exactly and exit 0.
+
+Run as ``python -m tests.fork_harness MODE ITERATIONS FILE...``: MODE "load" loads with
+fastsafetensors.load in the thread and the children; "reader" shares one HostReader between
+them (the engine's own pool must survive fork, not just the Python cache of readers). Prints one
+line per child ("ok", "failed <rc>" or "hung") and exits 1 unless every child was ok. A child
+still running after its deadline is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import fastsafetensors
+from fastsafetensors import cpp
+from fastsafetensors.api import instantiate
+from fastsafetensors.files import read_headers
+from fastsafetensors.frameworks import get_framework
+from fastsafetensors.plan import plan_load
+
+from ._hardening import assert_exact
+
+CHILD_SECONDS = 10
+
+
+def load_with(reader, paths):
+    if reader is None:
+        return fastsafetensors.load(paths, threads=4)
+    plan = plan_load(read_headers(paths))
+    buffers = [cpp.HostBuffer.allocate(n) for n in plan.buffer_sizes]
+    reader.read(plan.sources(), plan.ranges, buffers)
+    return instantiate(plan, buffers, get_framework("numpy"))
+
+
+def wait_child(pid: int) -> str:
+    deadline = time.monotonic() + CHILD_SECONDS
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return "ok" if os.waitstatus_to_exitcode(status) == 0 else f"failed {os.waitstatus_to_exitcode(status)}"
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
+def main() -> int:
+    mode, iterations, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    reader = cpp.HostReader(4) if mode == "reader" else None
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            load_with(reader, paths)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    results = []
+    try:
+        for i in range(iterations):
+            time.sleep(0.002 * (i % 7))  # land at different points of the thread's loads
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    assert_exact(load_with(reader, paths), paths)
+                    code = 0
+                finally:
+                    os._exit(code)
+            results.append(wait_child(pid))
+            print(results[-1], flush=True)
+    finally:
+        stop.set()
+        thread.join()
+    return 0 if all(r == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
