@@ -338,3 +338,57 @@ def test_verify_reads_large_files_in_batches(sharded, capsys, monkeypatch):
     monkeypatch.setattr(cli, "VERIFY_BATCH_BYTES", 100)  # one batch per tensor or two
     assert main(["verify", str(sharded)]) == 0
     assert "all 2 file(s) OK" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- arguments, missing modules, progress
+
+
+@pytest.mark.parametrize("args, message", [
+    (["load", "x.safetensors", "--framework", "tensorflow"], "'tensorflow': choose one of numpy, torch, jax"),
+    (["load", "x.safetensors", "--threads", "-3"], "'-3' is not a positive whole number"),
+    (["load", "x.safetensors", "--threads", "four"], "'four' is not a positive whole number"),
+    (["load", "x.safetensors", "--threads", "1000"], "--threads must be between 1 and 256, not 1000"),
+    (["bench", "x.safetensors", "--repeats", "0"], "'0' is not a positive whole number"),
+    (["demo", "--shards", "0"], "'0' is not a positive whole number"),
+])
+def test_bad_arguments_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exc_info:
+        main(args)
+    assert exc_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _run_without(module, *args):
+    """The CLI in a process where ``module`` cannot be imported."""
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from fastsafetensors.cli import main\n"
+            f"sys.exit(main({list(args)!r}))")
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
+
+
+def test_a_missing_framework_is_one_line_saying_what_to_install(sharded):
+    proc = _run_without("torch", "load", str(sharded), "--framework", "torch")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("fastsafetensors load: needs torch, which is not installed: "
+                                   "pip install torch (a CPU build on machines without a GPU)")
+
+
+def test_bench_without_safetensors_says_which_extra(sharded):
+    proc = _run_without("safetensors", "bench", str(sharded), "--repeats", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "pip install 'fastsafetensors[bench]'" in proc.stderr
+
+
+def test_bench_says_which_cases_it_skipped(sharded):
+    proc = _run_without("torch", "bench", str(sharded), "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped (torch not installed): fastsafetensors torch, safetensors torch" in proc.stdout
+    assert "fastsafetensors numpy" in proc.stdout
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_no_progress_bar_into_a_pipe(sharded, quiet):
+    proc = _run("load", str(sharded), *quiet)
+    assert proc.returncode == 0 and proc.stdout.startswith("loaded into numpy:")
+    assert proc.stderr == ""  # stderr is a pipe here: no bar, no carriage returns in logs
