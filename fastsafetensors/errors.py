@@ -1,6 +1,7 @@
 """Exceptions raised by fastsafetensors.
 
-Format errors derive from :class:`SafeTensorsError` (a ``ValueError``) and are named after the
+Every one derives from :class:`FastSafeTensorsError` (``except FastSafeTensorsError`` catches all
+of them) and from the builtin exception that fits it. Format errors derive from :class:`SafeTensorsError` (a ``ValueError``) and are named after the
 reference reader's errors, so a user who knows ``safetensors`` recognises them. I/O failures
 derive from :class:`ReadError` (an ``OSError``). Every message names the file and, where it
 applies, the tensor.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 __all__ = [
+    "FastSafeTensorsError",
     "SafeTensorsError",
     "HeaderTooSmall",
     "HeaderTooLarge",
@@ -43,7 +45,11 @@ __all__ = [
 ]
 
 
-class SafeTensorsError(ValueError):
+class FastSafeTensorsError(Exception):
+    """The root of every error fastsafetensors raises."""
+
+
+class SafeTensorsError(FastSafeTensorsError, ValueError):
     """A file is not a valid safetensors file, or a request does not fit it."""
 
     def __init__(self, message: str, *, filename: Optional[str] = None, tensor: Optional[str] = None):
@@ -131,7 +137,7 @@ class IntegrityError(SafeTensorsError):
         self.actual = actual
 
 
-class ReadError(OSError):
+class ReadError(FastSafeTensorsError, OSError):
     """Reading a file failed. ``filename`` and ``offset`` say where."""
 
     def __init__(self, message: str, *, filename: Optional[str] = None, offset: Optional[int] = None,
@@ -159,7 +165,7 @@ class NotRegularFileError(ReadError):
     read (reading one could block forever)."""
 
 
-class ResourceError(OSError):
+class ResourceError(FastSafeTensorsError, OSError):
     """The OS refused something a load needs (a reader thread: RLIMIT_NPROC, a cgroup's pids limit,
     address space). Nothing of the refused reader is left running; retry with fewer ``threads``."""
 
@@ -171,7 +177,7 @@ class ResourceError(OSError):
         return str(self.args[0])
 
 
-class LoaderClosedError(RuntimeError):
+class LoaderClosedError(FastSafeTensorsError, RuntimeError):
     """A loader or buffer was used after ``close()``."""
 
 
@@ -179,19 +185,19 @@ class ShardRequestError(SafeTensorsError):
     """A tensor-parallel request does not fit the tensor (bad dim, bad rank, a split through packed bytes)."""
 
 
-class PeerRankError(RuntimeError):
+class PeerRankError(FastSafeTensorsError, RuntimeError):
     """Another rank of the process group failed; raised on the ranks that did not fail themselves."""
 
 
-class CudaError(RuntimeError):
+class CudaError(FastSafeTensorsError, RuntimeError):
     """The GPU path is unavailable (no CUDA runtime, no such device) or a CUDA call failed."""
 
 
-class GdsError(RuntimeError):
+class GdsError(FastSafeTensorsError, RuntimeError):
     """GPU Direct Storage (cuFile) failed; the message contains "gds": retry with ``nogds=True``."""
 
 
-class SettingsError(ValueError):
+class SettingsError(FastSafeTensorsError, ValueError):
     """A ``FASTSAFETENSORS_*`` environment variable holds a value it does not accept; ``variable``
     names it and the message says what it accepts (fastsafetensors/settings.py)."""
 
