@@ -6,12 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "fastsafetensors/detail/mapped_file.hpp"
 #include "fastsafetensors/error.hpp"
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
 
 namespace fst {
 
@@ -31,22 +26,6 @@ std::shared_ptr<FileMapping> FileMapping::map(const ReadSource& source) {
 
 FileMapping::~FileMapping() {
   if (data_ != nullptr) ::munmap(data_, size_);
-}
-
-bool FileMapping::populate(const std::string& path, uint64_t offset, uint64_t length) {
-  uint64_t ps = detail::page_size();
-  uint64_t begin = offset / ps * ps;
-  uint64_t end = std::min<uint64_t>(size_, offset + length);
-  if (end <= begin) return true;
-  while (::madvise(data_ + begin, end - begin, MADV_POPULATE_READ) != 0) {
-    if (errno == EINTR || errno == EAGAIN) continue;
-    if (errno == EINVAL) return false;
-    int err = errno;  // EFAULT: pages past the end of a file that shrank; EIO: the disk failed
-    throw ReadError(path, begin, err, err == EFAULT,
-                    path + ": cannot map its pages (" + std::strerror(err) + "): " +
-                        (err == EFAULT ? "the file shrank after its header was read" : "read failed"));
-  }
-  return true;
 }
 
 }  // namespace fst

@@ -30,17 +30,6 @@ def _aligned(f: SafeTensorsFile, info: "cpp.TensorInfo") -> bool:
     return (f.header.data_start + info.begin) % max(1, BITS[info.dtype] // 8) == 0
 
 
-def _runs(infos: List["cpp.TensorInfo"]) -> List[Tuple[int, int]]:
-    """The data-section byte runs the tensors cover, neighbours merged."""
-    runs: List[Tuple[int, int]] = []
-    for t in sorted(infos, key=lambda t: t.begin):
-        if runs and runs[-1][1] == t.begin:
-            runs[-1] = (runs[-1][0], t.begin + t.nbytes)
-        else:
-            runs.append((t.begin, t.begin + t.nbytes))
-    return runs
-
-
 def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["cpp.FileMapping"], List[str]]:
     """Maps the files holding the tensors of a read plan (``plan_load``: it selects, checks and
     orders them as for any load).
@@ -51,23 +40,18 @@ def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["
     files = planned.files
     tensors: Dict[str, TensorLocation] = {}
     misaligned: List[str] = []
+    mapped_of: Dict[int, int] = {}  # file -> bytes of its tensors that are mapped
     for name, loc in planned.tensors.items():
         f = files[loc.file]
         if _aligned(f, loc.info):
             tensors[name] = TensorLocation(name, loc.file, loc.file, f.header.data_start + loc.info.begin, loc.info)
+            mapped_of[loc.file] = mapped_of.get(loc.file, 0) + loc.info.nbytes
         else:
             misaligned.append(name)
-    used = sorted({loc.file for loc in tensors.values()})
     mappings: List[Optional["cpp.FileMapping"]] = [None] * len(files)
-    for i in used:
+    for i, nbytes in sorted(mapped_of.items()):
         f = files[i]
-        mappings[i] = m = cpp.FileMapping.map(cpp.ReadSource(f.path, f.size))
-        chosen = [loc.info for loc in tensors.values() if loc.file == i]
-        for begin, end in _runs(chosen):
-            if not m.populate(f.path, f.header.data_start + begin, end - begin):
-                logger.debug("%s: the kernel cannot populate mappings; pages fault in when first touched", f.path)
-                break
-        nbytes = sum(t.nbytes for t in chosen)
+        mappings[i] = cpp.FileMapping.map(cpp.ReadSource(f.path, f.header))
         metrics.mapped_bytes += nbytes
         metrics.bytes_read += nbytes
         metrics.bytes_per_file[f.path] = metrics.bytes_per_file.get(f.path, 0) + nbytes

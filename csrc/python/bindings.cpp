@@ -264,15 +264,7 @@ PYBIND11_MODULE(cpp, m) {
             py::gil_scoped_release nogil;
             return FileMapping::map(source);
           },
-          py::arg("source"), "The whole file mapped private and copy-on-write (writes never reach it).")
-      .def(
-          "populate",
-          [](FileMapping& m, const std::string& path, uint64_t offset, uint64_t length) {
-            py::gil_scoped_release nogil;
-            return m.populate(path, offset, length);
-          },
-          py::arg("path"), py::arg("offset"), py::arg("length"),
-          "Maps the file's pages of the range now; False where the kernel cannot (they fault in later).");
+          py::arg("source"), "The whole file mapped private and copy-on-write (writes never reach it).");
 
   py::class_<TensorView>(m, "DLPackTensor")
       .def_property_readonly("data_ptr", [](const TensorView& v) {
