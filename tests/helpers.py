@@ -45,9 +45,17 @@ def random_tensor(dtype: str, shape, seed: int = 0) -> torch.Tensor:
 def tensor_bytes(t: Any) -> bytes:
     """The bytes of a NumPy array, torch tensor or JAX array, in C order."""
     if isinstance(t, torch.Tensor):
-        t = t.contiguous()
+        t = t.detach().cpu().contiguous()
         return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     return np.ascontiguousarray(np.asarray(t)).tobytes()
+
+
+def assert_same_tensor(got: Any, want: torch.Tensor, what: str) -> None:
+    """``got`` is a torch tensor of ``want``'s dtype, shape and bytes."""
+    assert isinstance(got, torch.Tensor), f"{what}: got {type(got).__name__}"
+    assert got.dtype == want.dtype and tuple(got.shape) == tuple(want.shape), \
+        f"{what}: got {got.dtype} {tuple(got.shape)}, want {want.dtype} {tuple(want.shape)}"
+    assert tensor_bytes(got) == tensor_bytes(want), f"{what}: bytes differ from safetensors"
 
 
 def as_float64(t: Any) -> np.ndarray:

@@ -24,6 +24,7 @@ from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, cpp
 from fastsafetensors.errors import (LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound,
                                     TruncatedFileError)
 from fastsafetensors.st_types import DType
+from tests.helpers import assert_same_tensor as same
 
 RANK, WORLD, PORT = (int(a) for a in sys.argv[1:4])
 FILES = json.load(open(sys.argv[4]))
@@ -33,18 +34,6 @@ MODES = {"scatter": False, "direct": True, "auto": None}
 # GPU runs: FST_TP_DEVICE=cuda:0 (or "cuda:{rank}" with FST_TP_BACKEND=nccl, one GPU per rank)
 DEVICE = os.environ.get("FST_TP_DEVICE", "cpu").format(rank=RANK)
 BACKEND = os.environ.get("FST_TP_BACKEND", "gloo")
-
-
-def as_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
-def same(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    assert isinstance(got, torch.Tensor), f"{what}: got {type(got).__name__}"
-    assert got.dtype == want.dtype and tuple(got.shape) == tuple(want.shape), \
-        f"{what}: got {got.dtype} {tuple(got.shape)}, want {want.dtype} {tuple(want.shape)}"
-    assert as_bytes(got) == as_bytes(want), f"{what}: bytes differ from safetensors"
 
 
 def block(name: str, dim: int) -> torch.Tensor:
