@@ -1,0 +1,45 @@
+"""The adversarial pass of issue 11 (docs/security.md, "Adversarial pass"): each test pins a way a
+caller or a crafted checkpoint made the loader do something other than asked without saying so."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import fastsafetensors
+from fastsafetensors.errors import FastSafeTensorsError
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = str(tmp_path / "m.safetensors")
+    save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.arange(5, dtype=np.int64)}, path)
+    return path
+
+
+def _exact(out, path):
+    want = load_file(path)
+    assert sorted(out) == sorted(want)
+    for name, t in want.items():
+        assert out[name].dtype == t.dtype and out[name].shape == t.shape and out[name].tobytes() == t.tobytes()
+
+
+@pytest.mark.parametrize("option", ["raw", "mmap", "verify", "direct_io", "progress"])
+@pytest.mark.parametrize("value", ["no", "False", b"", 2, 0.0, [False]])
+def test_flag_options_must_be_booleans(ckpt, option, value):
+    """raw="no" returned raw uint8 bytes and progress="no" drew a bar: any truthy object meant True."""
+    with pytest.raises(TypeError, match=option):
+        fastsafetensors.load(ckpt, **{option: value})
+
+
+@pytest.mark.parametrize("value", [False, 0, np.False_])
+def test_flag_options_accept_bool_like_values(ckpt, value):
+    _exact(fastsafetensors.load(ckpt, raw=value, mmap=value, verify=value, direct_io=value, progress=value), ckpt)
+
+
+def test_jax_flag_options_must_be_booleans(ckpt):
+    jax_load = pytest.importorskip("fastsafetensors.jax").load
+    with pytest.raises(TypeError, match="nested"):
+        jax_load(ckpt, nested="no")
