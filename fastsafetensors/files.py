@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import cpp
-from .errors import IndexMismatch, IndexPathError, NotRegularFileError, SafeTensorsError, TensorNotFound
+from .errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError, SafeTensorsError,
+                     TensorNotFound)
 
 __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]
 
@@ -118,8 +119,8 @@ def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
     files = sorted(set(by_name.values()))
     for path in files:  # every shard is there before any header is read (an index may name millions)
         if not os.path.exists(path):
-            raise FileNotFoundError(errno.ENOENT, f"{index_path} names {os.path.relpath(path, base)}, "
-                                    "which does not exist", path)
+            raise MissingFileError(f"{index_path} names {os.path.relpath(path, base)!r}, which does not exist",
+                                   filename=path, errno=errno.ENOENT)
     return files, by_name
 
 
@@ -137,7 +138,8 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
                 return _read_index(os.path.join(path, indexes[0]))
             files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
             if not files:
-                raise FileNotFoundError(f"{path}: no .safetensors files in this directory")
+                raise MissingFileError(f"{path}: no .safetensors files in this directory", filename=path,
+                                       errno=errno.ENOENT)
             return files, None
         if path.endswith(INDEX_SUFFIX):
             return _read_index(path)

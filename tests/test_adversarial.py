@@ -43,3 +43,23 @@ def test_jax_flag_options_must_be_booleans(ckpt):
     jax_load = pytest.importorskip("fastsafetensors.jax").load
     with pytest.raises(TypeError, match="nested"):
         jax_load(ckpt, nested="no")
+
+
+def _index(directory, text):
+    path = os.path.join(directory, "model.safetensors.index.json")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_missing_files_have_the_root(ckpt, tmp_path):
+    """A shard the index names that is missing, and a directory with no checkpoint, raised a bare
+    FileNotFoundError, which ``except FastSafeTensorsError`` (catches every error, errors.py) missed."""
+    index = _index(tmp_path, json.dumps({"weight_map": {"a": "m.safetensors", "b": "gone\n.safetensors"}}))
+    with pytest.raises(FastSafeTensorsError) as exc:
+        fastsafetensors.load(index)
+    assert isinstance(exc.value, FileNotFoundError) and exc.value.filename.endswith("gone\n.safetensors")
+    assert "\n" not in str(exc.value)  # the entry is quoted: a name cannot forge lines in a log
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FastSafeTensorsError, match="no .safetensors files"):
+        fastsafetensors.load(str(tmp_path / "empty"))
