@@ -102,13 +102,26 @@ def _open_regular(path: str):
         raise
 
 
+def _unique_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
+    """A JSON object whose keys are unique: with a key twice, ``json`` keeps the last value, so an
+    index naming a tensor twice would load from one shard and never look at the other."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {dup!r:.80} appears twice in one object")
+    return out
+
+
 def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
     try:
         with _open_regular(index_path) as f:
-            index = json.load(f)
+            index = json.load(f, object_pairs_hook=_unique_keys)
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
+        if not weight_map:  # the directory's files would be skipped, and the load return nothing
+            raise ValueError("weight_map names no tensors")
     except RecursionError:
         raise IndexMismatch(f"{index_path}: not a usable index file: JSON nested too deeply",
                             filename=index_path) from None

@@ -63,3 +63,18 @@ def test_missing_files_have_the_root(ckpt, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FastSafeTensorsError, match="no .safetensors files"):
         fastsafetensors.load(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("text, why", [
+    ('{"weight_map": {}}', "names no tensors"),
+    ('{"weight_map": {"a": "other.safetensors", "b": "m.safetensors", "a": "m.safetensors"}}', "'a' appears twice"),
+    ('{"weight_map": {"a": "other.safetensors"}, "weight_map": {"a": "m.safetensors", "b": "m.safetensors"}}',
+     "'weight_map' appears twice"),
+])
+def test_ambiguous_or_empty_index_is_refused(ckpt, tmp_path, text, why):
+    """An empty weight_map loaded nothing from a directory holding a checkpoint (returned {}); a key
+    given twice kept the last value, silently skipping the shard the first one named."""
+    save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "other.safetensors"))
+    _index(tmp_path, text)
+    with pytest.raises(fastsafetensors.errors.IndexMismatch, match=why):
+        fastsafetensors.load(str(tmp_path))
