@@ -131,7 +131,10 @@ def _given_digests(values: List[str], paths: List[str]) -> Dict[str, str]:
         if not integrity.is_sha256(digest):
             raise SystemExit(f"fastsafetensors verify: --sha256 {v}: {digest!r} is not a SHA-256 digest "
                              "(64 hex digits)")
-        out[path if sep else paths[0]] = digest
+        key = path if sep else paths[0]
+        if out.get(key, digest).lower() != digest.lower():  # the one kept would hide the other
+            raise SystemExit(f"fastsafetensors verify: --sha256 gives {key} two different digests")
+        out[key] = digest
     return out
 
 

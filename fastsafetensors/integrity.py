@@ -61,7 +61,11 @@ def expected_digest(path: PathLike, sha256: Optional[Mapping[PathLike, str]] = N
     """The hex digest ``path`` must have: the caller's, else its Hugging Face cache blob name; a file with
     none known, or a digest that is not 64 hex digits, is an IntegrityError."""
     path = os.fspath(path)
-    digest = next((d for k, d in (sha256 or {}).items() if _names(k, path)), None)
+    given = [d for k, d in (sha256 or {}).items() if _names(k, path)]
+    # Two keys may name one file (its path and its file name): each digest given must be compared.
+    if len({d.lower() if isinstance(d, str) else d for d in given}) > 1:
+        raise IntegrityError(f"{path}: sha256= gives it {len(given)} different expected digests", filename=path)
+    digest = given[0] if given else None
     if digest is None:
         digest = hf_cache_digest(path)
     if digest is None:

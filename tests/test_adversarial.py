@@ -1,6 +1,7 @@
 """The adversarial pass of issue 11 (docs/security.md, "Adversarial pass"): each test pins a way a
 caller or a crafted checkpoint made the loader do something other than asked without saying so."""
 
+import hashlib
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import fastsafetensors
+from fastsafetensors.cli import main
 from fastsafetensors.errors import FastSafeTensorsError
 
 
@@ -78,3 +80,36 @@ def test_ambiguous_or_empty_index_is_refused(ckpt, tmp_path, text, why):
     _index(tmp_path, text)
     with pytest.raises(fastsafetensors.errors.IndexMismatch, match=why):
         fastsafetensors.load(str(tmp_path))
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("first_key", ["path", "name"])
+def test_two_digests_for_one_file_are_refused(ckpt, first_key):
+    """sha256={path: right, name: wrong}: the first key naming the file won, so the other digest the
+    caller gave was never compared and the load passed (or failed, in the other order)."""
+    keys = {"path": ckpt, "name": os.path.basename(ckpt)}
+    wrong = "0" * 64
+    given = {keys[first_key]: _digest(ckpt).upper(), keys[{"path": "name", "name": "path"}[first_key]]: wrong}
+    with pytest.raises(fastsafetensors.errors.IntegrityError, match="2 different expected digests"):
+        fastsafetensors.load(ckpt, sha256=given)
+    same = {ckpt: _digest(ckpt).upper(), os.path.basename(ckpt): _digest(ckpt)}  # one digest, two spellings
+    _exact(fastsafetensors.load(ckpt, sha256=same), ckpt)
+
+
+def _exit_code(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:  # a message (exit status 1) or a number
+        return exc.code
+
+
+def test_cli_two_digests_for_one_file_fail(ckpt, capsys):
+    """`verify F --sha256 F=WRONG F=RIGHT` kept the last and printed OK."""
+    for pair in ([f"{ckpt}={'0' * 64}", f"{ckpt}={_digest(ckpt)}"],
+                 [f"{os.path.basename(ckpt)}={'0' * 64}", f"{ckpt}={_digest(ckpt)}"]):
+        assert _exit_code(["verify", ckpt, "--sha256", *pair]) not in (0, None)
+        assert "OK " not in capsys.readouterr().out
