@@ -87,6 +87,8 @@ def expected_digests(paths: Sequence[PathLike], sha256: Optional[Mapping[PathLik
     """``{path: expected hex digest}`` for every file (see :func:`expected_digest`). ``sha256``, when
     given, must name at least one file and only files among ``paths``."""
     if sha256 is not None:
+        if not isinstance(sha256, Mapping):  # a bare digest string would be read as a set of one-letter keys
+            raise TypeError(f"sha256= must be a mapping {{path: hexdigest}}, not {type(sha256).__name__}")
         if not sha256:
             raise ValueError("sha256={} names no file, so it would verify nothing: pass {path: hexdigest} for "
                              "each file, or verify=True for files in a Hugging Face cache")

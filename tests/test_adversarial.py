@@ -4,6 +4,7 @@ caller or a crafted checkpoint made the loader do something other than asked wit
 import hashlib
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -113,3 +114,18 @@ def test_cli_two_digests_for_one_file_fail(ckpt, capsys):
                  [f"{os.path.basename(ckpt)}={'0' * 64}", f"{ckpt}={_digest(ckpt)}"]):
         assert _exit_code(["verify", ckpt, "--sha256", *pair]) not in (0, None)
         assert "OK " not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("names", [b"a", [b"a"], ["a", 1], [pathlib.Path("a")]])
+def test_names_must_be_strings(ckpt, names):
+    """names=b"a" looked for a tensor named 97 (one per byte): a TensorNotFound about a name the caller
+    never wrote."""
+    with pytest.raises(TypeError, match="names must be tensor names"):
+        fastsafetensors.load(ckpt, names=names)
+
+
+@pytest.mark.parametrize("sha256", ["0" * 64, [("m.safetensors", "0" * 64)]])
+def test_sha256_must_be_a_mapping(ckpt, sha256):
+    """A bare digest string was read as 64 one-letter file names (ValueError listing them)."""
+    with pytest.raises(TypeError, match="sha256= must be a mapping"):
+        fastsafetensors.load(ckpt, sha256=sha256)
