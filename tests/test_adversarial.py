@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import fastsafetensors
+from fastsafetensors import SafeTensorsFileLoader, SingleGroup
 from fastsafetensors.cli import main
 from fastsafetensors.errors import FastSafeTensorsError
 
@@ -129,3 +130,20 @@ def test_sha256_must_be_a_mapping(ckpt, sha256):
     """A bare digest string was read as 64 one-letter file names (ValueError listing them)."""
     with pytest.raises(TypeError, match="sha256= must be a mapping"):
         fastsafetensors.load(ckpt, sha256=sha256)
+
+
+@pytest.mark.parametrize("option", ["nogds", "set_numa", "debug_log", "direct_read"])
+def test_loader03_switches_must_be_booleans(option):
+    """SafeTensorsFileLoader(nogds="False", debug_log="no", ...) kept the string, which is truthy:
+    the switch did the opposite of what it said (debug_log="no" turned debug logging on)."""
+    with pytest.raises(TypeError, match=option):
+        SafeTensorsFileLoader(SingleGroup(), "cpu", framework="numpy", **{option: "no"})
+
+
+def test_loader03_add_filenames_takes_one_path_as_one_file(ckpt):
+    """add_filenames({0: "dir/m.safetensors"}) opened each character ("d", "i", ..., "/") as a file."""
+    loader = SafeTensorsFileLoader(SingleGroup(), "cpu", framework="numpy")
+    loader.add_filenames({0: ckpt})
+    buffer = loader.copy_files_to_device()
+    _exact({n: buffer.get_tensor(n) for n in loader.get_keys()}, ckpt)
+    loader.close()
