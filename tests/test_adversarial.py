@@ -12,6 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 import fastsafetensors
 from fastsafetensors import SafeTensorsFileLoader, SingleGroup
+from fastsafetensors.api import load_files
 from fastsafetensors.cli import main
 from fastsafetensors.errors import FastSafeTensorsError
 
@@ -147,3 +148,20 @@ def test_loader03_add_filenames_takes_one_path_as_one_file(ckpt):
     buffer = loader.copy_files_to_device()
     _exact({n: buffer.get_tensor(n) for n in loader.get_keys()}, ckpt)
     loader.close()
+
+
+def test_rewrite_in_place_with_reset_mtime_is_refused(ckpt, tmp_path):
+    """A same-size rewrite in place whose writer puts the modification time back (os.utime) kept the
+    identity of the file its header was read from: the load returned the new bytes laid out by the
+    old header, with no error. utime() sets the status-change time, which the identity now checks."""
+    other = str(tmp_path / "other.safetensors")
+    save_file({"a": np.full((3, 4), 7, np.float32), "b": np.arange(5, dtype=np.int64)[::-1].copy()}, other)
+    files = fastsafetensors.files.open_checkpoint(ckpt)
+    st = os.stat(ckpt)
+    with open(other, "rb") as src, open(ckpt, "r+b") as dst:
+        dst.write(src.read())
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(ckpt).st_size == st.st_size and os.stat(ckpt).st_mtime_ns == st.st_mtime_ns
+    for mmap in (False, True):
+        with pytest.raises(fastsafetensors.errors.FileChangedError, match="status-change time"):
+            load_files(files, mmap=mmap)
