@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -165,3 +166,18 @@ def test_rewrite_in_place_with_reset_mtime_is_refused(ckpt, tmp_path):
     for mmap in (False, True):
         with pytest.raises(fastsafetensors.errors.FileChangedError, match="status-change time"):
             load_files(files, mmap=mmap)
+
+
+def test_cli_escapes_control_characters_from_the_checkpoint(tmp_path, capsys):
+    """A tensor named "x\\n\\x1b[32mOK ..." printed a forged OK line (and terminal escapes) in
+    `inspect`, and in `verify`'s FAIL line."""
+    name = "evil\n\x1b[32mOK    forged\u202e"
+    path = str(tmp_path / "ctrl.safetensors")
+    save_file({name: np.ones(2, np.float32)}, path)
+    assert _exit_code(["inspect", path]) == 0
+    assert _exit_code(["verify", path, path]) == 1  # the tensor is in both: its name is in the FAIL line
+    out = capsys.readouterr().out
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f\u202e]", out)
+    assert [line for line in out.splitlines() if "forged" in line] == [
+        line for line in out.splitlines() if "evil\\n\\x1b[32mOK    forged\\u202e" in line]
+    assert not any(line.startswith("OK    forged") for line in out.splitlines())
