@@ -128,7 +128,13 @@ def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IndexMismatch(f"{index_path}: not a usable index file: {exc}", filename=index_path) from exc
     base = os.path.abspath(os.path.dirname(index_path))
-    by_name = {name: _index_entry_path(index_path, base, name, entry) for name, entry in weight_map.items()}
+    resolved: Dict[str, str] = {}  # every tensor of a shard names it: each entry is checked once
+    by_name = {}
+    for name, entry in weight_map.items():
+        path = resolved.get(entry) if isinstance(entry, str) else None
+        if path is None:
+            path = resolved[entry] = _index_entry_path(index_path, base, name, entry)  # raises unless a str
+        by_name[name] = path
     files = sorted(set(by_name.values()))
     for path in files:  # every shard is there before any header is read (an index may name millions)
         if not os.path.exists(path):
@@ -166,8 +172,9 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
 def check_index(files: Sequence[SafeTensorsFile], weight_map: Mapping[str, str]) -> None:
     """Every tensor the index names must be in the file it names, and no file may hold more."""
     by_path = {os.path.realpath(f.path): f for f in files}
+    real = {path: os.path.realpath(path) for path in set(weight_map.values())}  # one per shard, not per tensor
     for name, path in weight_map.items():
-        f = by_path.get(os.path.realpath(path))
+        f = by_path.get(real[path])
         if f is None or name not in f.tensors:
             raise TensorNotFound(f"{path}: the index says this file holds tensor `{name}`, but it does not",
                                  filename=path, tensor=name)
