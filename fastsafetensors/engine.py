@@ -17,7 +17,8 @@ from .settings import MAX_THREADS
 from .metrics import LoadMetrics
 from .plan import LoadPlan
 
-__all__ = ["MAX_THREADS", "check_flag", "check_threads", "default_threads", "get_reader", "read_into_host", "ReaderCache"]
+__all__ = ["MAX_THREADS", "check_flag", "check_threads", "default_threads", "get_reader", "read_into_host",
+           "ReaderCache"]
 
 logger = logging.getLogger("fastsafetensors")
 
