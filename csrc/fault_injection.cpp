@@ -75,6 +75,15 @@ ssize_t faulty_preadv(int fd, const iovec* iov, int iovcnt, off_t offset) {
     case PreadFault::Slow:
       std::this_thread::sleep_for(std::chrono::milliseconds(kSlowMillis));
       return ::preadv(fd, iov, iovcnt, offset);
+    case PreadFault::Flip: {
+      ssize_t n = ::preadv(fd, iov, iovcnt, offset);
+      for (int i = 0; n > 0 && i < iovcnt; ++i) {  // the first non-empty piece got at least one byte
+        if (iov[i].iov_len == 0) continue;
+        static_cast<uint8_t*>(iov[i].iov_base)[0] ^= 0xFF;
+        break;
+      }
+      return n;
+    }
     case PreadFault::None: break;
   }
   return ::preadv(fd, iov, iovcnt, offset);
@@ -100,7 +109,8 @@ PreadFault parse_pread_fault(const std::string& name) {
   if (name == "short") return PreadFault::Short;
   if (name == "eof") return PreadFault::Eof;
   if (name == "slow") return PreadFault::Slow;
-  throw std::invalid_argument("unknown pread fault '" + name + "' (expected eio, eintr, short, eof or slow)");
+  if (name == "flip") return PreadFault::Flip;
+  throw std::invalid_argument("unknown pread fault '" + name + "' (expected eio, eintr, short, eof, slow or flip)");
 }
 
 void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count) {

@@ -76,7 +76,8 @@ FileIdentity File::identity() const {
   if (::fstat(fd_, &st) != 0) throw_errno(path_, 0, errno, "cannot stat");
   return FileIdentity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
                       static_cast<uint64_t>(st.st_size),
-                      static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+                      static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec,
+                      static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
 }
 
 void File::check_identity(const FileIdentity& expected) const {
@@ -86,7 +87,10 @@ void File::check_identity(const FileIdentity& expected) const {
                         ? "another file is at its path"
                         : now.size != expected.size ? "its size went from " + std::to_string(expected.size) + " to " +
                                                           std::to_string(now.size) + " bytes"
-                                                    : "its modification time changed";
+                                                    : now.mtime_ns != expected.mtime_ns
+                                                          ? "its modification time changed"
+                                                          : "its status-change time changed: rewritten, or its mode "
+                                                            "or links changed";
   throw FileChangedError(path_, path_ + ": file was replaced or modified after its header was read (" + how + ")");
 }
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 from . import cpp, integrity, mapping, settings
 from .dtypes import FLOAT_DTYPES
 from .device_engine import gds_mode, read_into_device
-from .engine import check_threads, read_into_host
+from .engine import check_flag, check_threads, read_into_host
 from .errors import UnsupportedDtype
 from .files import PathLike, SafeTensorsFile, open_checkpoint
 from .frameworks import Framework, get_framework
@@ -72,6 +72,15 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     return out
 
 
+def check_options(threads: Any, raw: Any, direct_io: Any, progress: Any, verify: Any, mmap: Any) -> None:
+    """Refuses, before any file is opened, an option of the wrong type (see check_flag)."""
+    check_threads(threads)
+    for name, value in (("raw", raw), ("verify", verify), ("mmap", mmap)):
+        check_flag(value, name)
+    for name, value in (("direct_io", direct_io), ("progress", progress)):
+        check_flag(value, name, optional=True)
+
+
 def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = "numpy", *,
                names: Union[str, Iterable[str], None] = None, device: Union[str, Device] = "cpu",
                dtype: Any = None, raw: bool = False, threads: Optional[int] = None,
@@ -80,7 +89,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
                sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
     """Loads tensors of files whose headers were already read (see :func:`load`)."""
     metrics = metrics if metrics is not None else LoadMetrics()
-    check_threads(threads)
+    check_options(threads, raw, direct_io, progress, verify, mmap)
     fw = get_framework(framework)
     target = Device.from_str(device)
     if mmap:
@@ -186,7 +195,7 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
         weights = fastsafetensors.load("model/", framework="torch")
     """
     metrics = metrics if metrics is not None else LoadMetrics()
-    check_threads(threads)  # before any file is opened
+    check_options(threads, raw, direct_io, progress, verify, mmap)  # before any file is opened
     with metrics.phase("headers"):
         files = open_checkpoint(path_or_paths)
     return load_files(files, framework, names=names, device=device, dtype=dtype, raw=raw, threads=threads,

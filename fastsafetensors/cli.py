@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -55,13 +56,28 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- inspect
 
+# Control characters (C0, DEL, C1), line separators and bidirectional overrides: tensor names,
+# metadata and file names come from the checkpoint, and printed raw they could start new lines
+# ("OK ..."), move the cursor or recolour the terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its control characters escaped (\\n, \\x1b, \\u202e)."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _say(text: str, **print_args) -> None:
+    """Prints one line of output, escaped."""
+    print(_escaped(text), **print_args)
+
 
 def _print_header(f: SafeTensorsFile) -> None:
     h = f.header
-    print(f"{f.path}: {len(f.infos)} tensors, {f.size:,} bytes "
+    _say(f"{f.path}: {len(f.infos)} tensors, {f.size:,} bytes "
           f"(header {h.header_length:,} bytes, data from byte {h.data_start:,})")
     if f.metadata:
-        print("  metadata: " + ", ".join(f"{k}={v}" for k, v in f.metadata.items()))
+        _say("  metadata: " + ", ".join(f"{k}={v}" for k, v in f.metadata.items()))
     rows = [(t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]", f"{t.nbytes:,}", f"[{t.begin}, {t.end})")
             for t in f.infos]
     _print_columns(("name", "dtype", "shape", "bytes", "offsets"), rows, right=(3,))
@@ -69,9 +85,10 @@ def _print_header(f: SafeTensorsFile) -> None:
 
 def _print_columns(heads: Sequence[str], rows: List[Sequence[str]], right: Sequence[int] = ()) -> None:
     """An indented table, columns as wide as their widest cell (those in ``right`` right-aligned)."""
+    rows = [[_escaped(c) for c in r] for r in rows]  # escaped before measuring, so columns stay aligned
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
     for row in [heads, *rows]:
-        print(("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+        _say(("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
                                 for i, (c, w) in enumerate(zip(row, widths)))).rstrip())
 
 
@@ -90,7 +107,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _fail(what: str, exc: BaseException) -> None:
-    print(f"FAIL  {what}: {type(exc).__name__}: {exc}")
+    _say(f"FAIL  {what}: {type(exc).__name__}: {exc}")
 
 
 # verify reads a file this many bytes at a time, so a large shard needs no more memory than this.
@@ -131,7 +148,10 @@ def _given_digests(values: List[str], paths: List[str]) -> Dict[str, str]:
         if not integrity.is_sha256(digest):
             raise SystemExit(f"fastsafetensors verify: --sha256 {v}: {digest!r} is not a SHA-256 digest "
                              "(64 hex digits)")
-        out[path if sep else paths[0]] = digest
+        key = path if sep else paths[0]
+        if out.get(key, digest).lower() != digest.lower():  # the one kept would hide the other
+            raise SystemExit(f"fastsafetensors verify: --sha256 gives {key} two different digests")
+        out[key] = digest
     return out
 
 
@@ -145,7 +165,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     failed = 0
     for key in integrity.unmatched_keys(paths, expected or {}):
         failed += 1
-        print(f"FAIL  --sha256 {key}=...: {key} is none of the files verified, so nothing was compared with it")
+        _say(f"FAIL  --sha256 {key}=...: {key} is none of the files verified, so nothing was compared with it")
     for p in paths:
         try:
             want = integrity.expected_digest(p, expected) if expected is not None else None
@@ -156,7 +176,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _fail(p, exc)
             continue
         good.append(f)
-        print(f"OK    {p}: {len(f.infos)} tensors, {f.data_bytes:,} data bytes read"
+        _say(f"OK    {p}: {len(f.infos)} tensors, {f.data_bytes:,} data bytes read"
               + (f", sha256 {digest}" if digest else ""))
     if not failed:
         try:
@@ -351,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (SafeTensorsError, SettingsError, OSError) as exc:
-        print(f"fastsafetensors {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _say(f"fastsafetensors {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:
         if exc.name not in _INSTALL:

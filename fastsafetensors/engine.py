@@ -10,12 +10,15 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, List, Optional
 
+import numpy as np
+
 from . import cpp, settings
 from .settings import MAX_THREADS
 from .metrics import LoadMetrics
 from .plan import LoadPlan
 
-__all__ = ["MAX_THREADS", "check_threads", "default_threads", "get_reader", "read_into_host", "ReaderCache"]
+__all__ = ["MAX_THREADS", "check_flag", "check_threads", "default_threads", "get_reader", "read_into_host",
+           "ReaderCache"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -41,6 +44,18 @@ def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
     if not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"{name} must be between 1 and {MAX_THREADS}, not {threads}")
     return int(threads)
+
+
+def check_flag(value: Any, name: str, optional: bool = False) -> Optional[bool]:
+    """``value`` as a bool: True/False (NumPy's too) or the ints 1/0, and None when ``optional``.
+    Anything else raises TypeError naming ``name``: the string "no" is truthy, so ``raw="no"`` would
+    silently do the opposite of what it says."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_, numbers.Integral)) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False{' or None' if optional else ''}, "
+                    f"not {type(value).__name__} ({value!r:.40})")
 
 
 class ReaderCache:

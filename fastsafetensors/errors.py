@@ -34,6 +34,7 @@ __all__ = [
     "ReadError",
     "TruncatedFileError",
     "NotRegularFileError",
+    "MissingFileError",
     "FileChangedError",
     "ResourceError",
     "LoaderClosedError",
@@ -163,6 +164,11 @@ class FileChangedError(TruncatedFileError):
 class NotRegularFileError(ReadError):
     """A checkpoint path is a FIFO, a directory, a device or a socket: refused before anything is
     read (reading one could block forever)."""
+
+
+class MissingFileError(ReadError, FileNotFoundError):
+    """A file a checkpoint needs is not there: a shard its index names, or any ``*.safetensors`` in
+    its directory."""
 
 
 class ResourceError(FastSafeTensorsError, OSError):

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import cpp
-from .errors import IndexMismatch, IndexPathError, NotRegularFileError, SafeTensorsError, TensorNotFound
+from .errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError, SafeTensorsError,
+                     TensorNotFound)
 
 __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]
 
@@ -101,25 +102,44 @@ def _open_regular(path: str):
         raise
 
 
+def _unique_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
+    """A JSON object whose keys are unique: with a key twice, ``json`` keeps the last value, so an
+    index naming a tensor twice would load from one shard and never look at the other."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {dup!r:.80} appears twice in one object")
+    return out
+
+
 def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
     try:
         with _open_regular(index_path) as f:
-            index = json.load(f)
+            index = json.load(f, object_pairs_hook=_unique_keys)
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
+        if not weight_map:  # the directory's files would be skipped, and the load return nothing
+            raise ValueError("weight_map names no tensors")
     except RecursionError:
         raise IndexMismatch(f"{index_path}: not a usable index file: JSON nested too deeply",
                             filename=index_path) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IndexMismatch(f"{index_path}: not a usable index file: {exc}", filename=index_path) from exc
     base = os.path.abspath(os.path.dirname(index_path))
-    by_name = {name: _index_entry_path(index_path, base, name, entry) for name, entry in weight_map.items()}
+    resolved: Dict[str, str] = {}  # every tensor of a shard names it: each entry is checked once
+    by_name = {}
+    for name, entry in weight_map.items():
+        path = resolved.get(entry) if isinstance(entry, str) else None
+        if path is None:
+            path = resolved[entry] = _index_entry_path(index_path, base, name, entry)  # raises unless a str
+        by_name[name] = path
     files = sorted(set(by_name.values()))
     for path in files:  # every shard is there before any header is read (an index may name millions)
         if not os.path.exists(path):
-            raise FileNotFoundError(errno.ENOENT, f"{index_path} names {os.path.relpath(path, base)}, "
-                                    "which does not exist", path)
+            raise MissingFileError(f"{index_path} names {os.path.relpath(path, base)!r}, which does not exist",
+                                   filename=path, errno=errno.ENOENT)
     return files, by_name
 
 
@@ -137,7 +157,8 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
                 return _read_index(os.path.join(path, indexes[0]))
             files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
             if not files:
-                raise FileNotFoundError(f"{path}: no .safetensors files in this directory")
+                raise MissingFileError(f"{path}: no .safetensors files in this directory", filename=path,
+                                       errno=errno.ENOENT)
             return files, None
         if path.endswith(INDEX_SUFFIX):
             return _read_index(path)
@@ -151,8 +172,9 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
 def check_index(files: Sequence[SafeTensorsFile], weight_map: Mapping[str, str]) -> None:
     """Every tensor the index names must be in the file it names, and no file may hold more."""
     by_path = {os.path.realpath(f.path): f for f in files}
+    real = {path: os.path.realpath(path) for path in set(weight_map.values())}  # one per shard, not per tensor
     for name, path in weight_map.items():
-        f = by_path.get(os.path.realpath(path))
+        f = by_path.get(real[path])
         if f is None or name not in f.tensors:
             raise TensorNotFound(f"{path}: the index says this file holds tensor `{name}`, but it does not",
                                  filename=path, tensor=name)

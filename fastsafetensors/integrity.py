@@ -61,7 +61,11 @@ def expected_digest(path: PathLike, sha256: Optional[Mapping[PathLike, str]] = N
     """The hex digest ``path`` must have: the caller's, else its Hugging Face cache blob name; a file with
     none known, or a digest that is not 64 hex digits, is an IntegrityError."""
     path = os.fspath(path)
-    digest = next((d for k, d in (sha256 or {}).items() if _names(k, path)), None)
+    given = [d for k, d in (sha256 or {}).items() if _names(k, path)]
+    # Two keys may name one file (its path and its file name): each digest given must be compared.
+    if len({d.lower() if isinstance(d, str) else d for d in given}) > 1:
+        raise IntegrityError(f"{path}: sha256= gives it {len(given)} different expected digests", filename=path)
+    digest = given[0] if given else None
     if digest is None:
         digest = hf_cache_digest(path)
     if digest is None:
@@ -83,6 +87,8 @@ def expected_digests(paths: Sequence[PathLike], sha256: Optional[Mapping[PathLik
     """``{path: expected hex digest}`` for every file (see :func:`expected_digest`). ``sha256``, when
     given, must name at least one file and only files among ``paths``."""
     if sha256 is not None:
+        if not isinstance(sha256, Mapping):  # a bare digest string would be read as a set of one-letter keys
+            raise TypeError(f"sha256= must be a mapping {{path: hexdigest}}, not {type(sha256).__name__}")
         if not sha256:
             raise ValueError("sha256={} names no file, so it would verify nothing: pass {path: hexdigest} for "
                              "each file, or verify=True for files in a Hugging Face cache")

@@ -26,7 +26,7 @@ from fastsafetensors._jax import placement, strategies
 from fastsafetensors._jax.placement import Placement, Rules
 from fastsafetensors._jax.strategies import STRATEGIES
 from fastsafetensors.api import _direct_io_default
-from fastsafetensors.engine import check_threads
+from fastsafetensors.engine import check_flag, check_threads
 from fastsafetensors.files import PathLike, open_checkpoint
 from fastsafetensors.metrics import LoadMetrics
 
@@ -100,6 +100,9 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
     """
     metrics = metrics if metrics is not None else JaxLoadMetrics()
     check_threads(threads)  # before any file is opened
+    check_flag(nested, "nested")
+    check_flag(direct_io, "direct_io", optional=True)
+    check_flag(progress, "progress", optional=True)
     metrics.process_index = jax.process_index()
     with metrics.phase("headers"):
         files = open_checkpoint(paths)

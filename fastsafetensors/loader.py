@@ -7,6 +7,7 @@ their memory, and ``close()`` only drops the loader's references (optional, idem
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -16,7 +17,7 @@ from .distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, f
                           resolve)
 from .dtypes import FLOAT_DTYPES, RAW_BYTES
 from .device_engine import gds_mode, read_into_device
-from .engine import check_threads, default_threads, read_into_host
+from .engine import check_flag, check_threads, default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, TensorBase, get_framework
@@ -349,12 +350,15 @@ class SafeTensorsFileLoader:
                  max_threads: int = 16, nogds: bool = False, set_numa: bool = True, disable_cache: bool = True,
                  debug_log: bool = False, framework: Union[str, Framework] = "pytorch", **kwargs: Any):
         # disable_cache is accepted and ignored: tensors own their memory and nothing is cached (docs/torch.md).
+        # The switches must be booleans: nogds="False" or debug_log="no" would turn them on.
+        nogds, set_numa, debug_log = (check_flag(v, n) for n, v in
+                                      (("nogds", nogds), ("set_numa", set_numa), ("debug_log", debug_log)))
         self.device = Device.from_str(device)
         self.framework = get_framework(framework)
         check_device(self.device, nogds, self.framework)
         self.group = Group(pg, self.device)
         self.pg = self.group.pg
-        self.direct_read: Optional[bool] = kwargs.pop("direct_read", None)
+        self.direct_read = check_flag(kwargs.pop("direct_read", None), "direct_read", optional=True)
         _check_keywords(kwargs)
         self.bbuf_size_kb = bbuf_size_kb
         # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
@@ -382,7 +386,8 @@ class SafeTensorsFileLoader:
             raise ShardRequestError(f"add_filenames: rank(s) {bad} are not in this group of {self.group.size}")
         files = {int(r): list(fs) for r, fs in self._files.items()}
         for rank, paths in filenames.items():
-            files.setdefault(int(rank), []).extend(read_headers(list(paths)))
+            paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # a path is one file
+            files.setdefault(int(rank), []).extend(read_headers(paths))
         self._catalog = build_catalog(files)
         self._files = files
 

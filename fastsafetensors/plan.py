@@ -94,7 +94,13 @@ def name_list(names: Union[str, Iterable[str], None]) -> Optional[List[str]]:
     """``names`` as a list (None stays None); a string is one name, not a sequence of one-letter names."""
     if names is None:
         return None
-    return [names] if isinstance(names, str) else list(names)
+    if isinstance(names, str):
+        return [names]
+    out = list(names) if not isinstance(names, (bytes, bytearray)) else [names]
+    wrong = next((n for n in out if not isinstance(n, str)), None)
+    if wrong is not None:  # b"ab" would be the names 97 and 98, a Path never equals a name
+        raise TypeError(f"names must be tensor names (str), not {type(wrong).__name__} ({wrong!r:.40})")
+    return out
 
 
 def locate_tensors(files: Sequence[SafeTensorsFile],

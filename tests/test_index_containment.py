@@ -105,7 +105,7 @@ def test_missing_shards_fail_before_any_header_is_read(ckpt, monkeypatch):
     index = write_index(ckpt, weight_map)
     read = []
     monkeypatch.setattr(files, "read_file_header", lambda p: read.append(p))
-    with pytest.raises(FileNotFoundError, match="missing-000000.safetensors, which does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing-000000.safetensors', which does not exist"):
         fastsafetensors.load(index)
     assert read == []
 

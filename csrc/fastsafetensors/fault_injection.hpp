@@ -15,11 +15,12 @@ enum class PreadFault {
   Short,  // pread returns half the bytes asked for (the caller must continue)
   Eof,    // pread returns 0: the file ends here (the caller must report truncation)
   Slow,   // pread sleeps kSlowMillis first, then reads (a slow disk: tests of mid-load events)
+  Flip,   // pread reads, then inverts the first byte it delivered (the file rewritten in place while read)
 };
 
 inline constexpr int kSlowMillis = 250;
 
-// Parses "eio", "eintr", "short", "eof", "slow"; throws std::invalid_argument otherwise.
+// Parses "eio", "eintr", "short", "eof", "slow", "flip"; throws std::invalid_argument otherwise.
 PreadFault parse_pread_fault(const std::string& name);
 
 // The next `after_calls` preads behave normally, then `count` of them (negative: all) fail as

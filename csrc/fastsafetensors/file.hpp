@@ -9,16 +9,19 @@
 namespace fst {
 
 // Which file a descriptor reads: another file renamed over the path, or the same file rewritten
-// (size or modification time), has another identity. A rewrite in place that keeps the size
-// within one tick of the file system's clock is not seen (docs/security.md).
+// (size, modification or status-change time), has another identity. The status-change time (ctime)
+// catches a writer that resets the modification time with utime(), which itself sets ctime. A rewrite
+// in place that keeps the size within one tick of the file system's clock is not seen (docs/security.md).
 struct FileIdentity {
   uint64_t device = 0;
   uint64_t inode = 0;
   uint64_t size = 0;
   int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
 
   bool operator==(const FileIdentity& o) const noexcept {
-    return device == o.device && inode == o.inode && size == o.size && mtime_ns == o.mtime_ns;
+    return device == o.device && inode == o.inode && size == o.size && mtime_ns == o.mtime_ns &&
+           ctime_ns == o.ctime_ns;
   }
   bool operator!=(const FileIdentity& o) const noexcept { return !(*this == o); }
 };
