@@ -88,7 +88,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
                metrics: Optional[LoadMetrics] = None, verify: bool = False,
                sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
     """Loads tensors of files whose headers were already read (see :func:`load`)."""
-    metrics = metrics if metrics is not None else LoadMetrics()
+    metrics = LoadMetrics.given(metrics)
     check_options(threads, raw, direct_io, progress, verify, mmap)
     fw = get_framework(framework)
     target = Device.from_str(device)
@@ -194,7 +194,7 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
         import fastsafetensors
         weights = fastsafetensors.load("model/", framework="torch")
     """
-    metrics = metrics if metrics is not None else LoadMetrics()
+    metrics = LoadMetrics.given(metrics)
     check_options(threads, raw, direct_io, progress, verify, mmap)  # before any file is opened
     with metrics.phase("headers"):
         files = open_checkpoint(path_or_paths)

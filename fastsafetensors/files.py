@@ -149,6 +149,8 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
     Returns the files and, for an index (given directly or found in a directory), its weight
     map (tensor name -> file), which :func:`check_index` compares with the headers.
     """
+    if isinstance(path_or_paths, (bytes, bytearray)):
+        raise TypeError(f"a checkpoint path is a str or os.PathLike, not {type(path_or_paths).__name__}")
     if isinstance(path_or_paths, (str, os.PathLike)):
         path = os.fspath(path_or_paths)
         if os.path.isdir(path):

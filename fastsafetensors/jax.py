@@ -98,7 +98,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
 
     Every check (names, dtypes, shapes against shardings) happens before any byte is read.
     """
-    metrics = metrics if metrics is not None else JaxLoadMetrics()
+    metrics = JaxLoadMetrics.given(metrics)
     check_threads(threads)  # before any file is opened
     check_flag(nested, "nested")
     check_flag(direct_io, "direct_io", optional=True)

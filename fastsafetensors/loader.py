@@ -7,6 +7,7 @@ their memory, and ``close()`` only drops the loader's references (optional, idem
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -381,7 +382,10 @@ class SafeTensorsFileLoader:
     def add_filenames(self, filenames: Mapping[int, Iterable[PathLike]]) -> None:
         """Registers ``{rank: [files]}``; every rank reads and validates every header here."""
         self._check_open()
-        bad = [r for r in filenames if not 0 <= int(r) < self.group.size]
+        for r in filenames:
+            if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+                raise TypeError(f"add_filenames: ranks are ints, not {type(r).__name__} ({r!r})")
+        bad = [r for r in filenames if not 0 <= r < self.group.size]
         if bad:
             raise ShardRequestError(f"add_filenames: rank(s) {bad} are not in this group of {self.group.size}")
         files = {int(r): list(fs) for r, fs in self._files.items()}

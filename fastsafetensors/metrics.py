@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 __all__ = ["LoadMetrics"]
 
@@ -29,6 +29,15 @@ class LoadMetrics:
     # mmap=True: bytes of bytes_read that are views of the files' mappings (nothing copied).
     mapped_bytes: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def given(cls, metrics: Optional["LoadMetrics"]) -> "LoadMetrics":
+        """The caller's ``metrics=`` (which must be one of these), or a new one to fill in."""
+        if metrics is None:
+            return cls()
+        if not isinstance(metrics, cls):
+            raise TypeError(f"metrics must be a {cls.__name__}, not {type(metrics).__name__}")
+        return metrics
 
     @property
     def total_seconds(self) -> float:

@@ -96,7 +96,10 @@ def name_list(names: Union[str, Iterable[str], None]) -> Optional[List[str]]:
         return None
     if isinstance(names, str):
         return [names]
-    out = list(names) if not isinstance(names, (bytes, bytearray)) else [names]
+    if isinstance(names, (bytes, bytearray)) or not isinstance(names, Iterable):
+        raise TypeError(f"names must be tensor names (a str or an iterable of str), not {type(names).__name__} "
+                        f"({names!r:.40})")
+    out = list(names)
     wrong = next((n for n in out if not isinstance(n, str)), None)
     if wrong is not None:  # b"ab" would be the names 97 and 98, a Path never equals a name
         raise TypeError(f"names must be tensor names (str), not {type(wrong).__name__} ({wrong!r:.40})")

@@ -195,3 +195,18 @@ def test_index_entries_are_resolved_once_per_shard(ckpt, tmp_path, monkeypatch):
     with pytest.raises(fastsafetensors.errors.TensorNotFound, match="`t0`"):
         fastsafetensors.load(index)
     assert len(checks) == 1 and len(realpaths) < 10
+
+
+def test_wrong_types_for_paths_names_metrics_and_ranks_are_type_errors(tmp_path):
+    path = str(tmp_path / "m.safetensors")
+    save_file({"a": np.zeros(2, dtype=np.float32)}, path)
+    for kwargs, message in [({"names": 5}, r"names must be tensor names \(a str or an iterable of str\), not int"),
+                            ({"metrics": 5}, "metrics must be a LoadMetrics, not int")]:
+        with pytest.raises(TypeError, match=message):
+            fastsafetensors.load(path, **kwargs)
+    with pytest.raises(TypeError, match="not bytes"):
+        fastsafetensors.load(path.encode())
+    loader = SafeTensorsFileLoader(SingleGroup(), "cpu", nogds=True)
+    with pytest.raises(TypeError, match=r"ranks are ints, not float \(0.5\)"):
+        loader.add_filenames({0.5: [path]})
+    loader.close()
