@@ -42,6 +42,7 @@ __all__ = [
     "CudaError",
     "GdsError",
     "SettingsError",
+    "ConfigError",
 ]
 
 
@@ -204,3 +205,13 @@ class SettingsError(FastSafeTensorsError, ValueError):
     def __init__(self, message: str, *, variable: Optional[str] = None):
         super().__init__(message)
         self.variable = variable
+
+
+class ConfigError(FastSafeTensorsError, ValueError):
+    """A loader configuration (``FASTSAFETENSORS_CONFIG_JSON``, the file ``FASTSAFETENSORS_CONFIG``
+    names, or ``./fastsafetensors.json``) is malformed or asks for something this package lacks;
+    ``source`` says where it came from."""
+
+    def __init__(self, message: str, *, source: Optional[str] = None):
+        super().__init__(message)
+        self.source = source
