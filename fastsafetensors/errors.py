@@ -43,6 +43,7 @@ __all__ = [
     "GdsError",
     "SettingsError",
     "ConfigError",
+    "BudgetInfeasibleError",
 ]
 
 
@@ -215,3 +216,16 @@ class ConfigError(FastSafeTensorsError, ValueError):
     def __init__(self, message: str, *, source: Optional[str] = None):
         super().__init__(message)
         self.source = source
+
+
+class BudgetInfeasibleError(FastSafeTensorsError, ValueError):
+    """A memory budget (``max_batch_bytes``, ``device_memory_budget``) cannot hold a tensor the load
+    must read; raised before anything is read. ``filename`` and ``tensor`` name it, ``required`` is
+    the budget that would fit it at that point of the load."""
+
+    def __init__(self, message: str, *, filename: Optional[str] = None, tensor: Optional[str] = None,
+                 required: Optional[int] = None):
+        super().__init__(message)
+        self.filename = filename
+        self.tensor = tensor
+        self.required = required

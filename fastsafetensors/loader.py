@@ -439,10 +439,11 @@ class SafeTensorsFileLoader:
         return HYBRID
 
     def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
-                   max_copy_block_size: int = 16 * 1024 ** 3) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
+                   max_copy_block_size: int = 16 * 1024 ** 3,
+                   min_buffer_bytes: int = 0) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
         """Reads the tensors of ``catalog`` this rank holds up front: those of its own files (scatter),
         none (direct, hybrid), or those of every file (``everything``, for loading whole files on
-        every rank). No collective."""
+        every rank); each buffer at least ``min_buffer_bytes``. No collective."""
         if everything or not self.group.distributed:
             files = self._all_files()
         else:
@@ -452,6 +453,7 @@ class SafeTensorsFileLoader:
         else:
             paths = {f.path for f in files}
             plan = plan_load(files, [n for n, e in catalog.items() if e.file.path in paths])
+        plan.buffer_sizes = [max(n, min_buffer_bytes) for n in plan.buffer_sizes]
         if self.device.is_cpu or self.group.distributed or self.framework.gpu_via_host:
             # Process groups share tensors from host buffers; to_device moves each result.
             buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
