@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, Generator, Mapping, Optional, Sequence, Tuple
 
-from .errors import ShardRequestError
 from .config import LoaderConfig, load_config
+from .errors import ShardRequestError
 from .files import PathLike
 from .parallel_loader import ParallelLoader
 

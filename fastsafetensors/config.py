@@ -34,6 +34,8 @@ _GROUPS = ("parallel", "debug")
 # What each loader kind's section accepts; "base" is the only kind this package provides.
 _SECTION_FIELDS = {"base": ("copier_type", "bbuf_size_kb", "max_threads")}
 _COPIER_TYPES = ("gds", "nogds")
+# Byte counts that may be null (no budget).
+_BYTE_FIELDS = ("max_batch_bytes", "device_memory_budget")
 # Fields of every loader that a section may repeat; upstream drops them from the section.
 _COMMON_FIELDS = ("framework", "debug_log", "set_numa", "disable_cache")
 
@@ -52,6 +54,11 @@ class LoaderConfig:
     max_concurrent_producers: int = 1
     queue_size: int = 0
     use_tqdm_on_load: bool = True
+
+    # Memory budgets, passed to ParallelLoader (docs/torch.md, "Memory budgets").
+    max_batch_bytes: Optional[int] = None
+    use_chunk_budget_as_allocation_size: bool = False
+    device_memory_budget: Optional[int] = None
 
     _extensions: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     source: str = "defaults"
@@ -88,6 +95,8 @@ class LoaderConfig:
         defaults = cls()
         for key, value in flat.items():
             want = type(getattr(defaults, key))
+            if key in _BYTE_FIELDS:
+                want = int if value is not None else want
             if type(value) is not want:  # exact: a bool is no int here, an int no bool
                 raise ConfigError(f"{source}: {key} must be a {want.__name__}, got {value!r}", source=source)
         return cls(**flat, _extensions=sections, source=source)
@@ -132,11 +141,13 @@ class LoaderConfig:
                 "disable_cache": self.disable_cache, "nogds": copier != "gds", **section}
 
     def create_parallel_kwargs(self) -> Dict[str, Any]:
-        """ParallelLoader's pipeline keywords: without ``use_pipeline``, batches are read serially."""
+        """ParallelLoader's pipeline and budget keywords: without ``use_pipeline``, batches are read serially."""
+        budgets = {"max_batch_bytes": self.max_batch_bytes, "device_memory_budget": self.device_memory_budget,
+                   "use_chunk_budget_as_allocation_size": self.use_chunk_budget_as_allocation_size}
         if not self.use_pipeline:
-            return {"queue_size": -1}
+            return {"queue_size": -1, **budgets}
         return {"max_concurrent_producers": self.max_concurrent_producers, "queue_size": self.queue_size,
-                "use_tqdm_on_load": self.use_tqdm_on_load}
+                "use_tqdm_on_load": self.use_tqdm_on_load, **budgets}
 
 
 def load_config() -> LoaderConfig:

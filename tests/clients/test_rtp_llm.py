@@ -218,3 +218,22 @@ def test_bad_split_keywords(kwargs, error):
 def test_unknown_keyword_is_a_type_error():
     with configured(), pytest.raises(TypeError):
         AutoLoader(SingleGroup(), ranks.checkpoint(), tensor_filter=lambda n: True)
+
+
+def test_budgets_from_the_configuration():
+    """0.5.0's budget fields of the configuration reach ParallelLoader (chunks of at most one expert)."""
+    from fastsafetensors.errors import BudgetInfeasibleError
+
+    expert = 256 * 512 * 2
+    config = {"max_batch_bytes": expert + 4096, "device_memory_budget": None,
+              "use_chunk_budget_as_allocation_size": True}
+    with configured(FASTSAFETENSORS_CONFIG_JSON=json.dumps(config)):
+        loader = AutoLoader(SingleGroup(), ranks.checkpoint())
+        assert len(loader._pipeline._work) > len(ranks.checkpoint())  # the expert files are cut in units
+        _check(loader, _expected(ranks.checkpoint()), "budgets")
+    with configured(FASTSAFETENSORS_CONFIG_JSON=json.dumps({"max_batch_bytes": 1000})), \
+            pytest.raises(BudgetInfeasibleError):
+        AutoLoader(SingleGroup(), ranks.checkpoint())
+    with configured(FASTSAFETENSORS_CONFIG_JSON=json.dumps({"max_batch_bytes": "1000"})), \
+            pytest.raises(ConfigError, match="max_batch_bytes must be a int"):
+        load_config()
