@@ -18,7 +18,9 @@ except ImportError as _exc:  # a source tree that was never built
                       "(`python setup.py build_ext --inplace`)") from _exc
 from . import errors, host_cache, settings
 from .api import load
-from .common import SafeTensorsMetadata, SingleGroup, TensorFrame
+from .auto_loader import AutoLoader
+from .config import LoaderConfig, load_config
+from .common import SafeTensorsMetadata, SingleGroup, TensorFrame, get_device_numa_node
 from .errors import *  # noqa: F401,F403
 from .files import SafeTensorsFile, read_file_header
 from .loader import FilesBufferOnDevice, SafeTensorsFileLoader, fastsafe_open
@@ -35,9 +37,13 @@ __all__ = [
     "FilesBufferOnDevice",
     "fastsafe_open",
     "ParallelLoader",
+    "AutoLoader",
+    "LoaderConfig",
+    "load_config",
     "SingleGroup",
     "SafeTensorsMetadata",
     "TensorFrame",
+    "get_device_numa_node",
     "SafeTensorsFile",
     "read_file_header",
     "Device",

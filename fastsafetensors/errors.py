@@ -43,6 +43,8 @@ __all__ = [
     "CudaError",
     "GdsError",
     "SettingsError",
+    "ConfigError",
+    "BudgetInfeasibleError",
 ]
 
 
@@ -210,3 +212,26 @@ class SettingsError(FastSafeTensorsError, ValueError):
     def __init__(self, message: str, *, variable: Optional[str] = None):
         super().__init__(message)
         self.variable = variable
+
+
+class ConfigError(FastSafeTensorsError, ValueError):
+    """A loader configuration (``FASTSAFETENSORS_CONFIG_JSON``, the file ``FASTSAFETENSORS_CONFIG``
+    names, or ``./fastsafetensors.json``) is malformed or asks for something this package lacks;
+    ``source`` says where it came from."""
+
+    def __init__(self, message: str, *, source: Optional[str] = None):
+        super().__init__(message)
+        self.source = source
+
+
+class BudgetInfeasibleError(FastSafeTensorsError, ValueError):
+    """A memory budget (``max_batch_bytes``, ``device_memory_budget``) cannot hold a tensor the load
+    must read; raised before anything is read. ``filename`` and ``tensor`` name it, ``required`` is
+    the budget that would fit it at that point of the load."""
+
+    def __init__(self, message: str, *, filename: Optional[str] = None, tensor: Optional[str] = None,
+                 required: Optional[int] = None):
+        super().__init__(message)
+        self.filename = filename
+        self.tensor = tensor
+        self.required = required

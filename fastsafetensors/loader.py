@@ -42,12 +42,11 @@ HYBRID = "hybrid"  # blocks of split tensors read directly; whole tensors read b
 def check_device(device: Device, nogds: bool, framework: Framework) -> None:
     """A CUDA target needs CUDA; where GDS was asked for, the failure is the RuntimeError naming gds
     that inference servers catch to retry with ``nogds=True``."""
-    if device.is_cpu or framework.name != "torch":
+    if device.is_cpu:
         return
-    import torch
-
-    if not torch.cuda.is_available():
-        reason = f"device {device} was requested but CUDA is not available to this torch build or machine"
+    why = framework.gpu_unavailable()
+    if why:
+        reason = f"device {device} was requested but {why}"
         if not nogds:
             raise RuntimeError(f"gds: GPU Direct Storage cannot be set up: {reason}")
         raise RuntimeError(reason)
@@ -449,10 +448,11 @@ class SafeTensorsFileLoader:
         return HYBRID
 
     def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
-                   max_copy_block_size: int = 16 * 1024 ** 3) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
+                   max_copy_block_size: int = 16 * 1024 ** 3,
+                   min_buffer_bytes: int = 0) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
         """Reads the tensors of ``catalog`` this rank holds up front: those of its own files (scatter),
         none (direct, hybrid), or those of every file (``everything``, for loading whole files on
-        every rank). No collective."""
+        every rank); each buffer at least ``min_buffer_bytes``. No collective."""
         if everything or not self.group.distributed:
             files = self._all_files()
         else:
@@ -462,7 +462,8 @@ class SafeTensorsFileLoader:
         else:
             paths = {f.path for f in files}
             plan = plan_load(files, [n for n, e in catalog.items() if e.file.path in paths])
-        if self.device.is_cpu or self.group.distributed:
+        plan.buffer_sizes = [max(n, min_buffer_bytes) for n in plan.buffer_sizes]
+        if self.device.is_cpu or self.group.distributed or self.framework.gpu_via_host:
             # Process groups share tensors from host buffers; to_device moves each result.
             buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
                                      chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))

@@ -14,6 +14,11 @@ thread, in the same order on every rank.
 ``tensor_filter`` (a predicate on tensor names) makes each rank read and yield only the tensors it
 keeps; ``all_local=True`` makes each rank read every file itself with no collective at all (as the
 0.4 package does for expert-parallel loading).
+
+Memory budgets (upstream 0.4's keywords, fastsafetensors/budget.py): ``max_batch_bytes`` and
+``device_memory_budget`` cut each batch into units read and yielded one after another, so that the
+buffers alive at once fit; ``resident_tensor`` (or ``accumulate_resident``) says which yielded
+tensors the caller keeps. Every rank must pass the same budgets.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Deque, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, FrozenSet, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
+from .budget import Tensor, Unit, plan_units
 from .common import SingleGroup
 from .distributed import Entry
-from .errors import LoaderClosedError
+from .errors import BudgetInfeasibleError, LoaderClosedError
 from .files import PathLike
 from .loader import DIRECT, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
 from .plan import LoadPlan
@@ -41,6 +47,23 @@ logger = logging.getLogger("fastsafetensors")
 # and the dtype asked for.
 _Batch = Tuple[SafeTensorsFileLoader, Dict[str, Entry], LoadPlan, list, DType]
 _ReadBatch = Callable[[DType, int], _Batch]
+
+
+class _Work:
+    """One read of the pipeline: a batch of files (one per rank), or one unit of it under a budget."""
+
+    def __init__(self, files: List[PathLike], names: Optional[FrozenSet[str]] = None, alloc: int = 0,
+                 last: bool = True):
+        self.files = files
+        self.names = names  # None: every (kept) tensor of the files
+        self.alloc = alloc  # bytes to allocate per file buffer at least (use_chunk_budget_as_allocation_size)
+        self.last = last  # the batch's last unit: its files are done
+
+
+def _positive(name: str, value: Optional[int]) -> Optional[int]:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive number of bytes or None, got {value!r}")
+    return value
 
 
 class BatchLoader(SafeTensorsFileLoader):
@@ -81,6 +104,12 @@ class ParallelLoader:
     different tensors on different ranks (then each rank reads its own from the files, which every
     rank must be able to open). ``all_local=True``: every rank reads every file itself and the
     process group is not used at all (no collective; a rank that cannot open a file raises alone).
+    ``max_batch_bytes`` / ``device_memory_budget`` (bytes): see the module's docstring and
+    docs/torch.md, "Memory budgets"; ``use_chunk_budget_as_allocation_size`` allocates each unit's
+    buffers at the unit's budget instead of its bytes; ``resident_tensor(name)`` says which yielded
+    tensors stay alive (default: every one, or none with ``accumulate_resident=False``). A budget
+    that cannot hold a tensor raises ``BudgetInfeasibleError`` here, on every rank, before any read;
+    one that cannot hold ``queue_size``'s read-ahead lowers it (logged).
     Extra keywords go to each batch's :class:`SafeTensorsFileLoader` (e.g. ``direct_read``).
     """
 
@@ -88,7 +117,10 @@ class ParallelLoader:
                  queue_size: int = 0, use_tqdm_on_load: bool = True, device: str = "cpu",
                  bbuf_size_kb: int = 16 * 1024, max_threads: int = 16, nogds: bool = False, set_numa: bool = True,
                  debug_log: bool = False, framework: str = "pytorch",
-                 tensor_filter: Optional[Callable[[str], bool]] = None, all_local: bool = False, **kwargs: Any):
+                 tensor_filter: Optional[Callable[[str], bool]] = None, all_local: bool = False,
+                 max_batch_bytes: Optional[int] = None, device_memory_budget: Optional[int] = None,
+                 use_chunk_budget_as_allocation_size: bool = False, accumulate_resident: bool = True,
+                 resident_tensor: Optional[Callable[[str], bool]] = None, **kwargs: Any):
         self._options = dict(device=device, bbuf_size_kb=bbuf_size_kb, max_threads=max_threads, nogds=nogds,
                              set_numa=set_numa, debug_log=debug_log, framework=framework, **kwargs)
         if max_concurrent_producers < 1:
@@ -96,53 +128,106 @@ class ParallelLoader:
         if queue_size < -1:
             raise ValueError(f"queue_size must be -1 (serial), 0 or more, got {queue_size}")
         self._filter = tensor_filter
+        self._budgets = dict(max_batch_bytes=_positive("max_batch_bytes", max_batch_bytes),
+                             device_memory_budget=_positive("device_memory_budget", device_memory_budget))
+        if use_chunk_budget_as_allocation_size and max_batch_bytes is None and device_memory_budget is None:
+            raise ValueError("use_chunk_budget_as_allocation_size needs max_batch_bytes or device_memory_budget")
+        if resident_tensor is not None and not accumulate_resident:
+            raise ValueError("pass resident_tensor or accumulate_resident=False, not both")
+        self._resident = resident_tensor or (lambda name: accumulate_resident)
+        self._alloc_at_budget = use_chunk_budget_as_allocation_size
         # all_local: this rank reads every file through a group of one, as if it were alone.
         self.loader = self._new_loader(SingleGroup() if all_local else pg, BatchLoader)
         self.pg = self.loader.pg if pg is None else pg
         self._group = self.loader.group
         world = self._group.size
         files = list(hf_weights_files)
-        self._batches: List[List[PathLike]] = [files[i:i + world] for i in range(0, len(files), world)]
+        batches = [files[i:i + world] for i in range(0, len(files), world)]
         # Every header once (a broken or duplicated tensor fails here, on every rank), then one
         # collective in the caller's thread: the same file list everywhere, the tensors kept, the read mode.
         self.loader.add_filenames({r: files[r::world] for r in range(world)})
         mode = self.loader.decide_mode(self.loader.kept_catalog())
-        self.loader.reset()
         # Every tensor is wanted whole on every rank: unless direct reads are asked for (or a filter
         # keeps different tensors per rank), each file is read once, by its rank, and broadcast.
         self._mode = DIRECT if mode == DIRECT and (self.loader.direct_read or tensor_filter) else SCATTER
         self._ahead = 0 if queue_size < 0 else queue_size + 1
+        self._work = self._plan_work(batches)
+        self.loader.reset()
         self._pool = ThreadPoolExecutor(max_concurrent_producers, "fastsafetensors-producer") if self._ahead else None
         self._pending: Deque[Future] = deque()
         self._show_progress = use_tqdm_on_load and (0 if pg is None else int(pg.rank())) == 0
         self._closed = False
+
+    def _plan_work(self, batches: List[List[PathLike]]) -> List[_Work]:
+        """The batches, cut into units where a budget is set (and ``self._ahead`` lowered to fit)."""
+        if self._budgets["max_batch_bytes"] is None and self._budgets["device_memory_budget"] is None:
+            return [_Work(b) for b in batches]
+        error: Optional[BaseException] = None
+        try:
+            units = self._plan_units(len(batches))
+        except BudgetInfeasibleError as exc:  # raised by agree() once every rank has heard of it
+            error, units = exc, []
+        self._group.agree(error, "planning the memory budget")
+        last = {u.batch: i for i, u in enumerate(units)}
+        return [_Work(batches[u.batch], u.names, u.cap if self._alloc_at_budget else 0, last[u.batch] == i)
+                for i, u in enumerate(units)]
+
+    def _plan_units(self, count: int) -> List[Unit]:
+        """Units of every batch, for the deepest read-ahead that fits (as upstream clamps queue_size)."""
+        keep = self._filter
+        # Ranks that keep different tensors must still cut the same units (each unit is one
+        # collective agreement): they plan over every tensor, and check only those they read.
+        shared = keep is None or not self._group.distributed
+        per_rank = self.loader._files
+        batches: List[List[Tensor]] = []
+        for k in range(count):
+            files = [per_rank[r][k] for r in sorted(per_rank) if k < len(per_rank[r])]
+            batches.append([(t.name, t.nbytes, f.path) for f in files for t in sorted(f.infos, key=lambda t: t.begin)
+                            if not shared or keep is None or keep(t.name)])
+        checked = keep or (lambda name: True)
+        error: Optional[BudgetInfeasibleError] = None
+        for ahead in range(self._ahead, -1, -1):
+            try:
+                units = plan_units(batches, ahead + 1, resident=self._resident, checked=checked, **self._budgets)
+            except BudgetInfeasibleError as exc:
+                error = exc
+                continue
+            if ahead != self._ahead:
+                logger.warning("ParallelLoader: reading %d batch(es) ahead instead of %d to fit device_memory_budget",
+                               ahead, self._ahead)
+                self._ahead = ahead
+            return units
+        raise error
 
     def _new_loader(self, pg: Any, kind: type = SafeTensorsFileLoader) -> SafeTensorsFileLoader:
         loader = kind(pg, **self._options)
         loader.set_tensor_filter(self._filter)
         return loader
 
-    def _produce(self, batch: List[PathLike]) -> _Batch:
-        """Reads one batch on this rank (no collective) through ``self.loader.copy_files_to_device``:
-        its own file, or every file in direct mode."""
+    def _produce(self, work: _Work) -> _Batch:
+        """Reads one batch (or unit) on this rank (no collective) through
+        ``self.loader.copy_files_to_device``: its own file, or every file in direct mode."""
         loader = self._new_loader(self._group.pg)
-        loader.add_filenames({r: [f] for r, f in enumerate(batch)})
+        if work.names is not None:
+            keep, names = self._filter, work.names
+            loader.set_tensor_filter(lambda name: name in names and (keep is None or keep(name)))
+        loader.add_filenames({r: [f] for r, f in enumerate(work.files)})
 
         def read(dtype: DType, max_copy_block_size: int) -> _Batch:
             catalog = loader.kept_catalog()
             plan, buffers = loader.read_local(self._mode, catalog, everything=self._mode == DIRECT,
-                                              max_copy_block_size=max_copy_block_size)
+                                              max_copy_block_size=max_copy_block_size, min_buffer_bytes=work.alloc)
             return loader, catalog, plan, buffers, dtype
 
         with self.loader.producing(read):
             return self.loader.copy_files_to_device()
 
-    def _submit(self, batch: List[PathLike]) -> Future:
+    def _submit(self, work: _Work) -> Future:
         if self._pool is not None:
-            return self._pool.submit(self._produce, batch)
+            return self._pool.submit(self._produce, work)
         done: Future = Future()
         try:
-            done.set_result(self._produce(batch))
+            done.set_result(self._produce(work))
         except Exception as exc:
             done.set_exception(exc)
         return done
@@ -152,17 +237,17 @@ class ParallelLoader:
         if self._closed:
             raise LoaderClosedError("this ParallelLoader was closed (or already iterated); make a new one")
         bar = self._progress_bar()
-        upcoming = iter(self._batches)
+        upcoming = iter(self._work)
         try:
-            for batch in self._batches:
+            for work in self._work:
                 while len(self._pending) < self._ahead + 1:
                     nxt = next(upcoming, None)
                     if nxt is None:
                         break
                     self._pending.append(self._submit(nxt))
-                yield from self._consume(self._pending.popleft(), batch)
-                if bar is not None:
-                    bar.update(len(batch))
+                yield from self._consume(self._pending.popleft(), work.files)
+                if bar is not None and work.last:
+                    bar.update(len(work.files))
         finally:
             if bar is not None:
                 bar.close()
@@ -191,7 +276,7 @@ class ParallelLoader:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=sum(len(b) for b in self._batches), unit="file", desc="fastsafetensors")
+        return tqdm(total=sum(len(w.files) for w in self._work if w.last), unit="file", desc="fastsafetensors")
 
     def close(self) -> None:
         """Stops the producers and frees batches read but not consumed. Safe to call twice."""

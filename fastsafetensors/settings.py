@@ -76,8 +76,9 @@ Value = Union[bool, int, float, str, None]
 
 @dataclass(frozen=True)
 class Setting:
-    """One variable: ``kind`` is bool, int, float or choice; ``default`` a value or a function of
-    the machine (computed when asked for); ``engine``: read by the C++ engine (csrc/settings.cpp)."""
+    """One variable: ``kind`` is bool, int, float, choice or text (taken as given, trimmed);
+    ``default`` a value or a function of the machine (computed when asked for); ``engine``: read by
+    the C++ engine (csrc/settings.cpp)."""
 
     name: str
     kind: str
@@ -95,6 +96,8 @@ class Setting:
             return parse_uint(self.name, value, int(self.maximum), self.minimum)
         if self.kind == "float":
             return parse_float(self.name, value, self.maximum)
+        if self.kind == "text":
+            return value.strip(_SPACES)
         return parse_choice(self.name, value, self.choices)
 
     def default_value(self) -> Value:
@@ -108,6 +111,8 @@ class Setting:
             return f"integer {self.minimum} to {int(self.maximum)}"
         if self.kind == "float":
             return f"number 0 to {self.maximum:.15g}"
+        if self.kind == "text":
+            return "text"
         return "/".join(self.choices)
 
 
@@ -159,6 +164,11 @@ SETTINGS: Dict[str, Setting] = {s.name: s for s in [
     Setting("FASTSAFETENSORS_PIN", "choice", "register",
             "GPU loads: staging memory pinned by registering huge pages (register) or with cudaHostAlloc "
             "(alloc)", choices=("register", "alloc"), engine=True),
+    Setting("FASTSAFETENSORS_CONFIG_JSON", "text", None,
+            "AutoLoader: its configuration as JSON text (docs/torch.md, AutoLoader); set together with "
+            "FASTSAFETENSORS_CONFIG it is an error"),
+    Setting("FASTSAFETENSORS_CONFIG", "text", None,
+            "AutoLoader: path of its JSON configuration file (default ./fastsafetensors.json if it exists)"),
 ]}
 
 

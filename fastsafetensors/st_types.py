@@ -27,12 +27,13 @@ class Device:
             return spec
         text = str(spec).strip().lower()
         kind, colon, index = text.partition(":")
+        kind = "cuda" if kind == "gpu" else kind  # paddle's name for a CUDA device
         try:
             device_type = DeviceType(kind)
         except ValueError:
             # upstream's wording, which callers may match
-            raise ValueError(f"Unknown device type: {kind} (in device {spec!r}; expected 'cpu', 'cuda' or "
-                             "'cuda:N')") from None
+            raise ValueError(f"Unknown device type: {kind} (in device {spec!r}; expected 'cpu', 'cuda', 'cuda:N' "
+                             "or paddle's 'gpu:N')") from None
         if colon and not index.isdigit():
             raise ValueError(f"Invalid index: {index!r} (in device {spec!r}; the index after ':' must be a number)")
         if device_type is DeviceType.CPU and colon and int(index) != 0:
@@ -99,8 +100,8 @@ _FRAMEWORK_NAMES = {
 
 def _framework_name(value: Any) -> Optional[str]:
     """The type name of a torch dtype, or of anything NumPy takes as a dtype (NumPy, ml_dtypes, JAX)."""
-    if type(value).__module__ == "torch":
-        return str(value).rpartition(".")[2]  # torch.float16 prints as "torch.float16"
+    if type(value).__module__ in ("torch", "paddle"):
+        return str(value).rpartition(".")[2]  # torch.float16 prints as "torch.float16", paddle's alike
     try:
         import numpy as np
 

@@ -126,6 +126,8 @@ def _accepts_doc(s):
         return f"{s.minimum} to {int(s.maximum)}"
     if s.kind == "float":
         return f"0 to {s.maximum:.15g}"
+    if s.kind == "text":
+        return "text"
     return "`" + "`, `".join(s.choices) + "`"
 
 

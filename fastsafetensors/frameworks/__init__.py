@@ -1,4 +1,4 @@
-"""Framework backends: turn engine buffers into NumPy, PyTorch, JAX or CuPy arrays.
+"""Framework backends: turn engine buffers into NumPy, PyTorch, JAX, CuPy or Paddle arrays.
 
 Each backend lives in its own module and is imported only when asked for, so importing
 fastsafetensors imports no framework.
@@ -22,6 +22,7 @@ _ALIASES = {
     "jax": "jax",
     "cupy": "cupy",
     "cp": "cupy",
+    "paddle": "paddle",
 }
 _loaded: Dict[str, Framework] = {}
 
@@ -34,7 +35,7 @@ def canonical_name(name: str) -> str:
 
 
 def get_framework(name) -> Framework:
-    """The backend for ``name`` ("pt"/"pytorch"/"torch", "jax", "numpy"/"np", "cupy")."""
+    """The backend for ``name`` ("pt"/"pytorch"/"torch", "jax", "numpy"/"np", "cupy", "paddle")."""
     if isinstance(name, Framework):
         return name
     key = canonical_name(name)

@@ -65,8 +65,14 @@ class Framework(ABC):
         raise NotImplementedError(f"{self.name}: loading to {device} is not supported")
 
     # --- outputs on a GPU (device_engine.py) ---
-    # Whether arrays of this framework can live on a CUDA device at all.
+    # Whether the device engine can write this framework's arrays on a CUDA device.
     gpu_capable: bool = True
+    # Whether GPU targets are reached instead by loading to the host and moving each tensor (to_device).
+    gpu_via_host: bool = False
+
+    def gpu_unavailable(self) -> str:
+        """Why this framework cannot place arrays on a GPU here ("" when it can, or cannot tell)."""
+        return ""
 
     def device_bytes(self, nbytes: int, device: Device, engine_device: "cpp.Device") -> Any:
         """A buffer of ``nbytes`` on ``device`` for one file's tensors. By default engine-owned

@@ -81,6 +81,9 @@ class TorchFramework(Framework):
         t = TORCH_DTYPES[dtype]
         return buf[offset:offset + math.prod(shape) * t.itemsize].view(t).view(shape)
 
+    def gpu_unavailable(self) -> str:
+        return "" if torch.cuda.is_available() else "CUDA is not available to this torch build or machine"
+
     def device_bytes(self, nbytes: int, device: Device, engine_device) -> Any:
         return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=f"cuda:{device.index or 0}")
 

@@ -133,6 +133,31 @@ def seq_different_filters_need_direct_reads(pg, files):
         ParallelLoader(pg, files, **pl_args)
 
 
+def seq_memory_budgets(pg, files):
+    """vLLM's open work: a device budget agreed by every rank, chunks allocated at their budget, a
+    consumer that copies what it is given (accumulate_resident=False), a cap on each chunk."""
+    pl = ParallelLoader(pg, files, device_memory_budget=4 * EXPERT_BYTES, max_batch_bytes=EXPERT_BYTES + 4096,
+                        use_chunk_budget_as_allocation_size=True, accumulate_resident=False, queue_size=0,
+                        use_tqdm_on_load=False, nogds=True)
+    _check_yielded(pl, files, lambda n: True, "budgets")
+
+
+def seq_budget_with_per_rank_filter(pg, files):
+    """A budget with a filter keeping different experts per rank: ranks cut the same chunks."""
+    keep = _my_experts(pg)
+    pl = ParallelLoader(pg, files, tensor_filter=keep, max_batch_bytes=EXPERT_BYTES, resident_tensor=keep,
+                        device_memory_budget=8 * EXPERT_BYTES, use_tqdm_on_load=False, nogds=True)
+    _check_yielded(pl, files, keep, "budget and filter")
+
+
+def seq_budget_infeasible_everywhere(pg, files):
+    """A budget below the largest tensor: BudgetInfeasibleError on every rank, before any read."""
+    from fastsafetensors.errors import BudgetInfeasibleError
+
+    with pytest.raises(BudgetInfeasibleError, match="experts.0.w"):
+        ParallelLoader(pg, files, max_batch_bytes=EXPERT_BYTES - 1, use_tqdm_on_load=False, nogds=True)
+
+
 SEQUENCES = ranks.sequences(sys.modules[__name__])
 
 
