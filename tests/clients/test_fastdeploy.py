@@ -23,7 +23,8 @@ from fastsafetensors.errors import UnsupportedDtype  # noqa: E402
 from fastsafetensors.st_types import DType, to_dtype  # noqa: E402
 
 from . import ranks  # noqa: E402
-from .ranks import as_bytes, reference  # noqa: E402
+from ..helpers import tensor_bytes  # noqa: E402
+from .ranks import reference  # noqa: E402
 
 # Paddle has no fp4 and no float8_e8m0fnu: the last file (fp4 weights, e8m0 scales) is left out.
 PADDLE_FILES = slice(0, 3)
@@ -36,7 +37,7 @@ def same(got, want, what):
     assert got_type == want_type and list(got.shape) == list(want.shape), \
         f"{what}: got {got.dtype} {list(got.shape)}, want {want.dtype} {list(want.shape)}"
     data = got.view(paddle.uint8) if got.dtype != paddle.bool else got.astype(paddle.uint8)
-    assert data.numpy().tobytes() == as_bytes(want), f"{what}: bytes differ from safetensors"
+    assert data.numpy().tobytes() == tensor_bytes(want), f"{what}: bytes differ from safetensors"
 
 
 def _weights(pg, files, device):
