@@ -1,0 +1,122 @@
+"""Loading through layout transforms: reads follow the target.
+
+For every target leaf, each distinct shard box of this host's devices is mapped back through its
+transform (:mod:`.transforms`) to the source boxes that make it up. Those boxes, deduplicated,
+are planned with ``cpp.plan_boxes`` into aligned host slots (:func:`.shard_plan.plan_shards`)
+and read in one pass, so a host reads only the source bytes of its own shards. Each shard is
+then built on the host with NumPy (transpose, reshape, concatenate, stack, convert) and handed
+to its devices with ``jax.device_put``. Every check and every box mapping happens before any I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import numpy as np
+from jax.sharding import Sharding
+
+from fastsafetensors._jax import placement
+from fastsafetensors._jax.placement import BoxKey, Placer, Target
+from fastsafetensors._jax.shard_plan import host_view, plan_shards
+from fastsafetensors._jax.transforms import Expr, Make, Read, Transforms, bind, leaves
+from fastsafetensors.dtypes import FLOAT_DTYPES
+from fastsafetensors.engine import read_into_host
+from fastsafetensors.errors import TransformError, UnsupportedDtype
+from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
+from fastsafetensors.plan import locate_tensors
+
+_FLOATS = frozenset(np.dtype(NUMPY_DTYPES[d]) for d in FLOAT_DTYPES if d in NUMPY_DTYPES)
+
+
+@dataclass
+class Leaf:
+    """One target leaf: its bound transform, placement, final dtype, and per box what to read."""
+
+    name: str
+    expr: Expr
+    sharding: Sharding
+    dtype: np.dtype
+    boxes: Dict[BoxKey, List["jax.Device"]]
+    plans: Dict[BoxKey, Tuple[List[Read], Make]]
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.expr.shape
+
+
+def _final_dtype(name: str, expr: Expr, placer: Placer, cast: Optional[np.dtype]) -> np.dtype:
+    declared = placer.declared_dtype(name)
+    dtype = declared if declared is not None else (cast if cast is not None and expr.dtype in _FLOATS else expr.dtype)
+    if dtype.itemsize == 8 and dtype.kind in "iuf" and not jax.config.jax_enable_x64:
+        raise UnsupportedDtype(f"target `{name}` would be {dtype} but jax_enable_x64 is off, so JAX would narrow "
+                               "it; enable x64 or convert it (astype, or the leaf's dtype)", tensor=name)
+    return dtype
+
+
+def plan_leaves(files, transforms: Transforms, placer: Placer, cast: Optional[np.dtype]) -> List[Leaf]:
+    """Every target leaf bound, checked against its declared shape and sharding, and its shard
+    boxes mapped to source boxes: everything that can fail before I/O fails here."""
+    located = locate_tensors(files)
+    tensors = {n: (tuple(files[fi].infos[k].shape), files[fi].infos[k].dtype) for n, (fi, k) in located.items()}
+    exprs = leaves(transforms, list(tensors))
+    if placer.declared is not None:
+        missing = [n for n in placer.declared if n not in exprs]
+        extra = [n for n in exprs if n not in placer.declared]
+        if missing or extra:
+            raise TransformError(f"the target tree and the transforms differ: leaves without a transform "
+                                 f"{missing[:5]}, transforms without a leaf {extra[:5]}")
+    out = []
+    for name, expr in exprs.items():
+        expr = bind(name, expr, tensors)
+        want = placer.declared_shape(name)
+        if want is not None and want != expr.shape:
+            axes = [i for i, (a, b) in enumerate(zip(want, expr.shape)) if a != b] if len(want) == len(expr.shape) \
+                else "rank"
+            raise TransformError(f"target `{name}` (from {', '.join(f'`{s}`' for s in expr.sources())}): the transform "
+                                 f"makes shape {expr.shape}, the target declares {want} (differ: axis {axes})",
+                                 tensor=name)
+        sharding = placer.sharding(name)
+        boxes = placement.index_boxes(name, expr.shape, sharding, None)
+        plans = {box: expr.plan(box) for box in boxes}
+        out.append(Leaf(name, expr, sharding, _final_dtype(name, expr, placer, cast), boxes, plans))
+    return out
+
+
+def _source_targets(files, reads: List[Read]) -> Tuple[List[Target], Dict[str, Dict[BoxKey, list]]]:
+    """The source tensors to read as :class:`Target` s, and each one's boxes (for plan_shards)."""
+    boxes_of: Dict[str, Dict[BoxKey, list]] = {}
+    for name, box in reads:
+        boxes_of.setdefault(name, {})[box] = []
+    out = []
+    for name, (fi, k) in locate_tensors(files, list(boxes_of)).items():
+        info = files[fi].infos[k]
+        keep = np.dtype(NUMPY_DTYPES[info.dtype])  # host_view narrows WIDE dtypes to Target.dtype: keep them
+        out.append(Target(name, fi, k, info, None, keep))
+    return out, boxes_of
+
+
+def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> Dict[str, jax.Array]:
+    reads = list(dict.fromkeys(r for leaf in leaves_ for rs, _ in leaf.plans.values() for r in rs))
+    with metrics.phase("plan"):
+        sources, boxes_of = _source_targets(files, reads)
+        sp = plan_shards(files, sources, boxes_of)
+    buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
+    got = {(s.target.name, s.box): host_view(buffers, s.buffer, s.offset, s.target, tuple(b - a for a, b in s.box))
+           for s in sp.slots}
+    out: Dict[str, jax.Array] = {}
+    for leaf in leaves_:
+        with metrics.phase("transform"):
+            shards = {box: np.ascontiguousarray(make(got), dtype=leaf.dtype) for box, (_, make) in leaf.plans.items()}
+        with metrics.phase("transfer"):
+            views, devices = [], []
+            for box, ds in leaf.boxes.items():
+                for d in ds:
+                    views.append(shards[box])
+                    devices.append(d)
+                    metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + shards[box].nbytes
+            placed = jax.device_put(views, devices)
+        with metrics.phase("assemble"):
+            out[leaf.name] = jax.make_array_from_single_device_arrays(leaf.shape, leaf.sharding, placed)
+    return jax.block_until_ready(out)
