@@ -10,6 +10,8 @@ to its devices with ``jax.device_put``. Every check and every box mapping happen
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,7 +22,7 @@ from jax.sharding import Sharding
 from fastsafetensors._jax import placement
 from fastsafetensors._jax.placement import BoxKey, Placer, Target
 from fastsafetensors._jax.shard_plan import host_view, plan_shards
-from fastsafetensors._jax.transforms import Expr, Make, Read, Transforms, bind, leaves
+from fastsafetensors._jax.transforms import AsType, Context, Expr, Fill, Read, Transforms, bind, leaves
 from fastsafetensors.dtypes import FLOAT_DTYPES
 from fastsafetensors.engine import read_into_host
 from fastsafetensors.errors import TransformError, UnsupportedDtype
@@ -39,7 +41,7 @@ class Leaf:
     sharding: Sharding
     dtype: np.dtype
     boxes: Dict[BoxKey, List["jax.Device"]]
-    plans: Dict[BoxKey, Tuple[List[Read], Make]]
+    plans: Dict[BoxKey, Tuple[List[Read], Fill]]
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -79,8 +81,11 @@ def plan_leaves(files, transforms: Transforms, placer: Placer, cast: Optional[np
                                  tensor=name)
         sharding = placer.sharding(name)
         boxes = placement.index_boxes(name, expr.shape, sharding, None)
+        dtype = _final_dtype(name, expr, placer, cast)
+        if dtype != expr.dtype:  # converted as the bytes are copied into the shard
+            expr = AsType(expr, dtype).bind(Context(tensors, name))
         plans = {box: expr.plan(box) for box in boxes}
-        out.append(Leaf(name, expr, sharding, _final_dtype(name, expr, placer, cast), boxes, plans))
+        out.append(Leaf(name, expr, sharding, dtype, boxes, plans))
     return out
 
 
@@ -105,18 +110,36 @@ def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> D
     buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
     got = {(s.target.name, s.box): host_view(buffers, s.buffer, s.offset, s.target, tuple(b - a for a, b in s.box))
            for s in sp.slots}
+    with metrics.phase("transform"):
+        shards = _build(got, leaves_, read_options["threads"])
     out: Dict[str, jax.Array] = {}
     for leaf in leaves_:
-        with metrics.phase("transform"):
-            shards = {box: np.ascontiguousarray(make(got), dtype=leaf.dtype) for box, (_, make) in leaf.plans.items()}
         with metrics.phase("transfer"):
             views, devices = [], []
             for box, ds in leaf.boxes.items():
                 for d in ds:
-                    views.append(shards[box])
+                    views.append(shards[leaf.name, box])
                     devices.append(d)
-                    metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + shards[box].nbytes
+                    nbytes = shards[leaf.name, box].nbytes
+                    metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + nbytes
             placed = jax.device_put(views, devices)
         with metrics.phase("assemble"):
             out[leaf.name] = jax.make_array_from_single_device_arrays(leaf.shape, leaf.sharding, placed)
     return jax.block_until_ready(out)
+
+
+def _build(got, leaves_: List[Leaf], threads: Optional[int]) -> Dict[Tuple[str, BoxKey], np.ndarray]:
+    """Every shard of every leaf, filled from the source boxes on up to one thread per core (NumPy
+    copies release the GIL; ``threads`` caps them as it caps the readers)."""
+    shards = {(leaf.name, box): np.empty(tuple(b - a for a, b in box), leaf.dtype)
+              for leaf in leaves_ for box in leaf.plans}
+    jobs = [(fill, shards[leaf.name, box]) for leaf in leaves_ for box, (_, fill) in leaf.plans.items()]
+    workers = min(threads or os.cpu_count() or 1, os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        for fill, dest in jobs:
+            fill(got, dest)
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="fastsafetensors-transform") as pool:
+            for done in [pool.submit(fill, got, dest) for fill, dest in jobs]:
+                done.result()  # the first failure raises here
+    return shards
