@@ -27,6 +27,7 @@ def ckpt(tmp_path_factory):
         tensors[f"k.{i}"] = torch.randn(16, 32, generator=gen)
     tensors["h"] = torch.randn(8, 8, 32, generator=gen).to(torch.bfloat16)
     tensors["ids"] = torch.arange(64, dtype=torch.int32).reshape(8, 8)
+    tensors["big"] = torch.randn(520, 200, generator=gen)  # replicated, its transpose is copied in tiles
     return save(tmp_path_factory.mktemp("transforms") / "model.safetensors", tensors)
 
 
@@ -50,6 +51,9 @@ def _cases(r):
         "stack": ({"st": fj.stack(r"w\.(\d+)")}, {"st": np.stack([r[f"w.{i}"] for i in range(LAYERS)])}),
         "slice": ({"sl": fj.slice_("w.4", 0, 16, 48)}, {"sl": r["w.4"][16:48]}),
         "astype": ({"a": fj.astype("w.5", "BF16")}, {"a": r["w.5"].astype(r["h"].dtype)}),
+        "astype_twice": ({"a": fj.astype(fj.astype("w.5", "BF16"), np.float32)},
+                         {"a": r["w.5"].astype(r["h"].dtype).astype(np.float32)}),  # the bf16 rounding stays
+        "transpose_tiled": ({"t": fj.transpose("big")}, {"t": r["big"].T}),
         "composed": ({"f": fj.stack(r"w\.(\d+)", lambda i: fj.reshape(fj.transpose(fj.concat([f"w.{i}", f"k.{i}"])),
                                                                         (32, 10, 8)))},
                      {"f": stacked_fused}),
@@ -71,7 +75,8 @@ def _check_shards(out, want):
 
 
 @pytest.mark.parametrize("case", ["rename", "transpose", "split_heads", "merge_heads", "concat0", "concat1", "stack",
-                                  "slice", "astype", "composed", "composed_inverse"])
+                                  "slice", "astype", "astype_twice", "transpose_tiled", "composed",
+                                  "composed_inverse"])
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: f"{m[0]}x{m[1]}")
 @pytest.mark.parametrize("spec", list(SPECS))
 def test_op_bit_exact_per_shard(ckpt, ref, case, mesh_shape, spec):
@@ -167,3 +172,16 @@ def test_missing_source_is_not_tensor_not_found(ckpt):
     with pytest.raises(TransformError) as info:
         fj.load(ckpt, transforms={"t": fj.src("absent")})
     assert not isinstance(info.value, TensorNotFound)
+
+
+@pytest.mark.parametrize("shape", [(520, 200), (128, 128), (300, 7, 129), (1, 70000), (3, 4)])
+def test_transposing_copy_matches_numpy(shape):
+    from fastsafetensors._jax.transforms import copy
+
+    src = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    out = np.empty(shape[::-1], np.float32).T  # laid out transposed to src: tiled when large enough
+    copy(out, src)
+    assert np.array_equal(out, src)
+    cast = np.empty(shape, np.float16)
+    copy(cast, src)
+    assert np.array_equal(cast, src.astype(np.float16))
