@@ -21,14 +21,17 @@ from jax.sharding import Sharding
 
 from fastsafetensors._jax import placement
 from fastsafetensors._jax.placement import BoxKey, Placer, Target
-from fastsafetensors._jax.shard_plan import host_view, plan_shards
+from fastsafetensors import cpp
+from fastsafetensors._jax.shard_plan import aligned, host_view, plan_shards
 from fastsafetensors._jax.transforms import AsType, Context, Expr, Fill, Read, Transforms, bind, leaves
 from fastsafetensors.dtypes import FLOAT_DTYPES
 from fastsafetensors.engine import read_into_host
+from fastsafetensors.frameworks import get_framework
 from fastsafetensors.errors import TransformError, UnsupportedDtype
 from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
 from fastsafetensors.plan import locate_tensors
 
+BATCH_ELEMENTS = 32 << 20  # source elements read per group (64 MiB of bf16)
 _FLOATS = frozenset(np.dtype(NUMPY_DTYPES[d]) for d in FLOAT_DTYPES if d in NUMPY_DTYPES)
 
 
@@ -103,15 +106,11 @@ def _source_targets(files, reads: List[Read]) -> Tuple[List[Target], Dict[str, D
 
 
 def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> Dict[str, jax.Array]:
-    reads = list(dict.fromkeys(r for leaf in leaves_ for rs, _ in leaf.plans.values() for r in rs))
-    with metrics.phase("plan"):
-        sources, boxes_of = _source_targets(files, reads)
-        sp = plan_shards(files, sources, boxes_of)
-    buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
-    got = {(s.target.name, s.box): host_view(buffers, s.buffer, s.offset, s.target, tuple(b - a for a, b in s.box))
-           for s in sp.slots}
-    with metrics.phase("transform"):
-        shards = _build(got, leaves_, read_options["threads"])
+    with metrics.phase("allocate"):
+        shards = _shard_memory(leaves_)
+    jobs = [(rs, fill, shards[leaf.name, box]) for leaf in leaves_ for box, (rs, fill) in leaf.plans.items()]
+    for batch in _batches(jobs):
+        _read_and_build(files, batch, metrics, read_options)
     out: Dict[str, jax.Array] = {}
     for leaf in leaves_:
         with metrics.phase("transfer"):
@@ -122,24 +121,63 @@ def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> D
                     devices.append(d)
                     nbytes = shards[leaf.name, box].nbytes
                     metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + nbytes
-            placed = jax.device_put(views, devices)
+            placed = jax.device_put(views, devices)  # zero-copy on the CPU: the shards are aligned
         with metrics.phase("assemble"):
             out[leaf.name] = jax.make_array_from_single_device_arrays(leaf.shape, leaf.sharding, placed)
     return jax.block_until_ready(out)
 
 
-def _build(got, leaves_: List[Leaf], threads: Optional[int]) -> Dict[Tuple[str, BoxKey], np.ndarray]:
-    """Every shard of every leaf, filled from the source boxes on up to one thread per core (NumPy
-    copies release the GIL; ``threads`` caps them as it caps the readers)."""
-    shards = {(leaf.name, box): np.empty(tuple(b - a for a, b in box), leaf.dtype)
-              for leaf in leaves_ for box in leaf.plans}
-    jobs = [(fill, shards[leaf.name, box]) for leaf in leaves_ for box, (_, fill) in leaf.plans.items()]
+def _shard_memory(leaves_: List[Leaf]) -> Dict[Tuple[str, BoxKey], np.ndarray]:
+    """One aligned slot per distinct shard in one host buffer (JAX copies unaligned host memory on
+    ``device_put`` instead of importing it); every array keeps the buffer alive."""
+    at, slots = 0, []
+    for leaf in leaves_:
+        for box in leaf.plans:
+            shape = tuple(b - a for a, b in box)
+            slots.append(((leaf.name, box), at, shape, leaf.dtype))
+            at = aligned(at + int(np.prod(shape, dtype=np.int64)) * leaf.dtype.itemsize)
+    buffer = cpp.HostBuffer.allocate(max(at, 1))
+    raw = get_framework("numpy").from_buffer(buffer, 0, "U8", (max(at, 1),))
+    return {key: raw[o:o + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape)
+            for key, o, shape, dtype in slots}
+
+
+def _batches(jobs):
+    """Jobs grouped so that a group's source boxes take at most BATCH_BYTES (a job alone may take
+    more): the sources of one group are read, built into their shards and freed before the next,
+    so peak host memory is the shards plus one group's sources, not the shards plus all sources."""
+    batch, size = [], 0
+    for job in jobs:
+        n = sum(int(np.prod([b - a for a, b in box], dtype=np.int64)) for _, box in job[0])  # elements, not bytes
+        if batch and size + n > BATCH_ELEMENTS:
+            yield batch
+            batch, size = [], 0
+        batch.append(job)
+        size += n
+    if batch:
+        yield batch
+
+
+def _read_and_build(files, jobs, metrics, read_options) -> None:
+    reads = list(dict.fromkeys(r for rs, _, _ in jobs for r in rs))
+    with metrics.phase("plan"):
+        sources, boxes_of = _source_targets(files, reads)
+        sp = plan_shards(files, sources, boxes_of)
+    buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
+    got = {(s.target.name, s.box): host_view(buffers, s.buffer, s.offset, s.target, tuple(b - a for a, b in s.box))
+           for s in sp.slots}
+    with metrics.phase("transform"):
+        _build(got, [(fill, dest) for _, fill, dest in jobs], read_options["threads"])
+
+
+def _build(got, jobs, threads: Optional[int]) -> None:
+    """Fills every shard from the source boxes on up to one thread per core (NumPy copies release
+    the GIL; ``threads`` caps them as it caps the readers)."""
     workers = min(threads or os.cpu_count() or 1, os.cpu_count() or 1, len(jobs))
     if workers <= 1:
         for fill, dest in jobs:
             fill(got, dest)
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="fastsafetensors-transform") as pool:
-            for done in [pool.submit(fill, got, dest) for fill, dest in jobs]:
-                done.result()  # the first failure raises here
-    return shards
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="fastsafetensors-transform") as pool:
+        for done in [pool.submit(fill, got, dest) for fill, dest in jobs]:
+            done.result()  # the first failure raises here
