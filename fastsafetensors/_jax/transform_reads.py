@@ -1,11 +1,14 @@
 """Loading through layout transforms: reads follow the target.
 
 For every target leaf, each distinct shard box of this host's devices is mapped back through its
-transform (:mod:`.transforms`) to the source boxes that make it up. Those boxes, deduplicated,
-are planned with ``cpp.plan_boxes`` into aligned host slots (:func:`.shard_plan.plan_shards`)
-and read in one pass, so a host reads only the source bytes of its own shards. Each shard is
-then built on the host with NumPy (transpose, reshape, concatenate, stack, convert) and handed
-to its devices with ``jax.device_put``. Every check and every box mapping happens before any I/O.
+transform (:mod:`.transforms`) to the source boxes that make it up, so a host reads only the
+source bytes of its own shards. Every check and every box mapping happens before any I/O.
+
+The shards get one aligned slot each in one host buffer. Their jobs are taken in groups of at
+most ``BATCH_ELEMENTS`` source elements: a group's source boxes, deduplicated, are planned with
+``cpp.plan_boxes`` into aligned host slots (:func:`.shard_plan.plan_shards`), read, and copied
+into their shards with NumPy (on up to one thread per core); then the group's read buffers are
+dropped. The shards go to their devices with ``jax.device_put`` (zero-copy on the CPU).
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ import jax
 import numpy as np
 from jax.sharding import Sharding
 
+from fastsafetensors import cpp
 from fastsafetensors._jax import placement
 from fastsafetensors._jax.placement import BoxKey, Placer, Target
-from fastsafetensors import cpp
 from fastsafetensors._jax.shard_plan import aligned, host_view, plan_shards
 from fastsafetensors._jax.transforms import AsType, Context, Expr, Fill, Read, Transforms, bind, leaves
 from fastsafetensors.dtypes import FLOAT_DTYPES
 from fastsafetensors.engine import read_into_host
-from fastsafetensors.frameworks import get_framework
 from fastsafetensors.errors import TransformError, UnsupportedDtype
+from fastsafetensors.frameworks import get_framework
 from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
 from fastsafetensors.plan import locate_tensors
 
