@@ -14,7 +14,14 @@ it. Then it starts
 N processes (jax.distributed on 127.0.0.1, 8/N devices each, one mesh over all 8) and reports the
 bytes each process read for N-way sharding, as a fraction of the checkpoint.
 
-    python benchmarks/jax_bench.py [--layers 9] [--repeat 3] [--procs 2 4]
+With ``--transforms`` it times instead, each load in a fresh process, the checkpoint into the
+layout of examples/flax_llama_scan.py (layers stacked, (in, out) kernels, heads split, q/k/v
+fused) on a 2x4 mesh: ``fastsafetensors.jax.load(..., transforms=...)`` against (a)
+``safetensors.numpy`` + the same transforms in NumPy + ``jax.make_array_from_callback`` and (b)
+Orbax's safetensors layout (``orbax.checkpoint.v1``, sources sharded by their first axis) + the
+same transforms in ``jax.jit`` with ``out_shardings``; with each one's peak host memory.
+
+    python benchmarks/jax_bench.py [--layers 9] [--repeat 3] [--procs 2 4] [--transforms]
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ def write_checkpoint(path: str, layers: int, hidden: int = 2048, inter: int = 56
         tensors.update({p + "self_attn.q_proj.weight": w(hidden, hidden), p + "self_attn.k_proj.weight": w(kv, hidden),
                         p + "self_attn.v_proj.weight": w(kv, hidden), p + "self_attn.o_proj.weight": w(hidden, hidden),
                         p + "mlp.gate_proj.weight": w(inter, hidden), p + "mlp.up_proj.weight": w(inter, hidden),
-                        p + "mlp.down_proj.weight": w(hidden, inter), p + "input_layernorm.weight": w(hidden)})
+                        p + "mlp.down_proj.weight": w(hidden, inter), p + "input_layernorm.weight": w(hidden),
+                        p + "post_attention_layernorm.weight": w(hidden)})
     save_file(tensors, path)
     return os.path.getsize(path)
 
@@ -204,7 +212,114 @@ def multi_process(path, size, nprocs):
                   f"the checkpoint); slowest process {slowest['seconds']:.2f} s ({phases})")
 
 
+# ---------------------------------------------------------------- --transforms
+
+
+def _scan_example():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import flax_llama_scan
+    from flax_llama import LlamaShape
+
+    return flax_llama_scan, LlamaShape
+
+
+def _shape(layers):
+    _, LlamaShape = _scan_example()
+    return LlamaShape(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
+                      num_attention_heads=16, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0)
+
+
+def peer_layout(t, c, xp):
+    """The leaves of flax_llama_scan.transforms(c, fused_qkv=True), computed with ``xp`` (np or jnp)."""
+    E, H, KV, D = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    w = lambda i, n: t[f"model.layers.{i}.{n}.weight"]  # noqa: E731
+    per = lambda f: xp.stack([f(i) for i in range(c.num_hidden_layers)])  # noqa: E731
+    return {
+        "layers.input_layernorm.weight": per(lambda i: w(i, "input_layernorm")),
+        "layers.post_attention_layernorm.weight": per(lambda i: w(i, "post_attention_layernorm")),
+        "layers.attn.qkv": per(lambda i: xp.concatenate([w(i, f"self_attn.{p}_proj") for p in "qkv"]).T.reshape(
+            E, H + 2 * KV, D)),
+        "layers.attn.o": per(lambda i: w(i, "self_attn.o_proj").T.reshape(H, D, E)),
+        "layers.mlp.gate_up": per(lambda i: xp.stack([w(i, "mlp.gate_proj").T, w(i, "mlp.up_proj").T], axis=1)),
+        "layers.mlp.down": per(lambda i: w(i, "mlp.down_proj").T),
+        "embed.embedding": t["model.embed_tokens.weight"], "norm.weight": t["model.norm.weight"],
+        "lm_head.kernel": t["lm_head.weight"].T,
+    }
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def transform_load(case, path, layers):
+    """Child of transform_loads: one load in a fresh process; prints seconds and peak memory."""
+    import resource
+
+    from fastsafetensors._jax.placement import rule_sharding
+    import fastsafetensors.jax as fj
+    import jax.numpy as jnp
+    from orbax.checkpoint import v1 as ocp
+    from safetensors.numpy import load_file
+
+    scan, _ = _scan_example()
+    c = _shape(layers)
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))  # Auto axes: jit picks the layouts
+    place = rule_sharding(mesh, scan.RULES)
+    before = _rss()
+    t0 = time.perf_counter()
+    if case == "ours":
+        out = fj.load(path, mesh=mesh, rules=scan.RULES, transforms=scan.transforms(c, fused_qkv=True))
+    elif case == "numpy":
+        full = peer_layout(load_file(path), c, np)
+        out = {k: jax.make_array_from_callback(v.shape, place(k), lambda idx, v=v: v[idx]) for k, v in full.items()}
+        del full
+    else:
+        with ocp.Context(checkpoint_layout=ocp.options.CheckpointLayout.SAFETENSORS):
+            meta = ocp.metadata(path).metadata
+            rows = NamedSharding(mesh, P(("data", "model")))
+            abstract = {k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rows if m.shape[0] % 8 == 0 else
+                                                NamedSharding(mesh, P())) for k, m in meta.items()}
+            src = ocp.load(path, abstract_state=abstract)
+        leaves = list(peer_layout(src, c, jnp))
+        fn = jax.jit(lambda t: peer_layout(t, c, jnp), out_shardings={k: place(k) for k in leaves})
+        out = fn(src)
+        del src
+    jax.block_until_ready(out)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # distinct shards: replicas over "data" may share memory (ours) or not (the peers)
+    shard_bytes = sum(sum({str(s.index): s.data.nbytes for s in a.addressable_shards}.values()) for a in out.values())
+    print(json.dumps({"seconds": seconds, "peak_over_start": peak - before, "shard_bytes": shard_bytes}), flush=True)
+
+
+def transform_loads(path, size, layers, rounds):
+    cases = {"ours": "fastsafetensors.jax.load(transforms=)",
+             "numpy": "(a) safetensors.numpy + NumPy + make_array_from_callback",
+             "orbax": "(b) Orbax safetensors layout + jax.jit(out_shardings)"}
+    print(f"checkpoint {size / 1e9:.3f} GB into the flax_llama_scan layout (heads split, q/k/v fused, layers "
+          f"stacked) on a 2x4 mesh of 8 CPU devices; each load in a fresh process, median of {rounds}, cases "
+          "alternating; peak = the process's peak RSS minus its RSS before the load, against the bytes of its "
+          "distinct shards")
+    runs = {c: [] for c in cases}
+    for _ in range(rounds):
+        for case in cases:
+            done = subprocess.run([sys.executable, __file__, "--transform-case", case, path, str(layers)],
+                                  capture_output=True, text=True, timeout=600)
+            if done.returncode:
+                raise RuntimeError(f"{case} failed:\n{done.stderr[-3000:]}")
+            runs[case].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    med = {c: sorted(r, key=lambda o: o["seconds"])[len(r) // 2] for c, r in runs.items()}
+    for case, label in cases.items():
+        m = med[case]
+        print(f"  {label:58s} {m['seconds']:7.3f} s  ({m['seconds'] / med['ours']['seconds']:5.2f} x ours)  "
+              f"peak {m['peak_over_start'] / 1e9:.3f} GB = "
+              f"{m['peak_over_start'] / m['shard_bytes']:.2f} x its distinct shards ({m['shard_bytes'] / 1e9:.3f} GB)")
+
+
 def main():
+    if sys.argv[1:2] == ["--transform-case"]:
+        return transform_load(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     if sys.argv[1:2] == ["--worker"]:
         _, _, path, port, n, pid, layout = sys.argv
         return worker(path, int(port), int(n), int(pid), layout)
@@ -215,10 +330,13 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--procs", type=int, nargs="*", default=[2, 4], help="process counts for the bytes-read check")
     ap.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temporary folder)")
+    ap.add_argument("--transforms", action="store_true", help="only the layout-transform comparison (see above)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         path = os.path.join(d, "model.safetensors")
         size = write_checkpoint(path, args.layers)
+        if args.transforms:
+            return transform_loads(path, size, args.layers, args.repeat)
         single_process(path, size, args.repeat)
         first_loads(path, size, args.repeat)
         multi_process(path, size, args.procs)

@@ -30,6 +30,7 @@ __all__ = [
     "IndexPathError",
     "UnsupportedDtype",
     "ShardingMismatch",
+    "TransformError",
     "IntegrityError",
     "ReadError",
     "TruncatedFileError",
@@ -128,6 +129,13 @@ class UnsupportedDtype(SafeTensorsError, TypeError):
 class ShardingMismatch(SafeTensorsError):
     """A requested placement does not fit a tensor (a shape the mesh does not divide, a rank or
     shape other than the tensor's). Raised before any byte is read."""
+
+
+class TransformError(ShardingMismatch):
+    """A layout transform (``fastsafetensors.jax.load(..., transforms=...)``) does not fit the
+    checkpoint or its target: a missing source, shapes or dtypes that do not compose, a leaf
+    written twice, a shard box a reshape cannot map back to the source. Names the target leaf and
+    its source tensors; raised before any byte is read."""
 
 
 class IntegrityError(SafeTensorsError):

@@ -22,15 +22,18 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 import jax
 
-from fastsafetensors._jax import placement, strategies
+from fastsafetensors._jax import placement, strategies, transform_reads
 from fastsafetensors._jax.placement import Placement, Rules
 from fastsafetensors._jax.strategies import STRATEGIES
+from fastsafetensors._jax.transforms import (Transforms, astype, concat, rename, reshape, slice_, src, stack,
+                                             transpose)
 from fastsafetensors.api import _direct_io_default
 from fastsafetensors.engine import check_flag, check_threads
 from fastsafetensors.files import PathLike, open_checkpoint
 from fastsafetensors.metrics import LoadMetrics
 
-__all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES"]
+__all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES", "src", "rename", "transpose", "reshape", "concat",
+           "stack", "slice_", "astype"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -76,7 +79,8 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
          mesh: Optional["jax.sharding.Mesh"] = None, rules: Optional[Rules] = None, nested: bool = False,
          names: Union[str, Iterable[str], None] = None, dtype: Any = None, strategy: str = "auto",
          metrics: Optional[JaxLoadMetrics] = None, threads: Optional[int] = None,
-         direct_io: Optional[bool] = None, progress: Optional[bool] = None) -> Dict[str, Any]:
+         direct_io: Optional[bool] = None, progress: Optional[bool] = None,
+         transforms: Optional[Transforms] = None) -> Dict[str, Any]:
     """Loads a checkpoint into ``{name: jax.Array}``, each placed by its sharding.
 
     Args:
@@ -95,6 +99,10 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
             distribute with a jitted identity), or "auto" (per_device; see docs/jax.md).
         metrics: a :class:`JaxLoadMetrics` to fill in.
         threads, direct_io, progress: as for :func:`fastsafetensors.load`.
+        transforms: target leaves built from checkpoint tensors (``rename`` rules and/or a mapping
+            leaf -> expression of ``src``, ``transpose``, ``reshape``, ``concat``, ``stack``,
+            ``slice_``, ``astype``); the result's names are the leaves. Each host reads only the
+            source bytes of its own shards and builds them with NumPy (docs/jax.md, Transforms).
 
     Every check (names, dtypes, shapes against shardings) happens before any byte is read.
     """
@@ -107,14 +115,17 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
     with metrics.phase("headers"):
         files = open_checkpoint(paths)
     placer = placement.Placer(sharding, mesh, rules)
+    read_options = {"threads": threads, "progress": progress,
+                    "direct_io": _direct_io_default() if direct_io is None else direct_io}
+    if transforms is not None:
+        out = _load_transformed(files, transforms, placer, names, dtype, strategy, metrics, read_options)
+        return nest(out) if nested else out
     targets = placement.targets(files, placer, names, dtype)
     # Every shape checked against its sharding before any byte is read; the boxes are the plan's.
     boxes_of = {t.name: placement.shard_boxes(t, files[t.file]) for t in targets}
     per_device, scatter = strategies.split(strategy, targets)
     metrics.strategy = strategy
     metrics.tensors_per_strategy = {"per_device": len(per_device), "scatter": len(scatter)}
-    read_options = {"threads": threads, "progress": progress,
-                    "direct_io": _direct_io_default() if direct_io is None else direct_io}
     out: Dict[str, jax.Array] = {}
     if per_device:
         out.update(strategies.load_per_device(files, per_device, boxes_of, metrics, read_options))
@@ -128,3 +139,23 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
     logger.debug("jax load (%s, process %d): %s; bytes per device %s", metrics.strategy, metrics.process_index,
                  metrics.summary(), metrics.bytes_per_device)
     return nest(out) if nested else out
+
+
+def _load_transformed(files, transforms, placer, names, dtype, strategy, metrics, read_options) -> Dict[str, Any]:
+    """The load of :func:`load` with ``transforms``: every leaf planned and checked, then one read."""
+    if names is not None:
+        raise ValueError("names= selects checkpoint tensors; with transforms=, the transforms (or the target "
+                         "tree) say which leaves to load")
+    if strategy not in ("auto", "per_device"):
+        raise ValueError(f"transforms= reads per device; strategy={strategy!r} does not apply")
+    cast = None if dtype in (None, "auto", "AUTO") else placement.np_dtype(dtype)
+    with metrics.phase("plan"):
+        leaves = transform_reads.plan_leaves(files, transforms, placer, cast)
+    metrics.strategy = "per_device"
+    metrics.tensors_per_strategy = {"per_device": len(leaves), "scatter": 0}
+    out = transform_reads.load(files, leaves, metrics, read_options)
+    metrics.files = len(metrics.bytes_per_file)
+    metrics.tensors += len(out)
+    logger.debug("jax load with transforms (process %d): %s; bytes per device %s", metrics.process_index,
+                 metrics.summary(), metrics.bytes_per_device)
+    return out

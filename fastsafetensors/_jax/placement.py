@@ -157,7 +157,7 @@ class Placer:
 # ---------------------------------------------------------------- checks before any I/O
 
 
-def _np_dtype(dtype: Any) -> np.dtype:
+def np_dtype(dtype: Any) -> np.dtype:
     """A safetensors dtype name ("BF16") or anything numpy/JAX accept as a dtype."""
     if isinstance(dtype, str) and dtype.upper() in NUMPY_DTYPES:
         return np.dtype(NUMPY_DTYPES[dtype.upper()])
@@ -183,9 +183,9 @@ def _mesh_axes(entry: Any) -> Tuple[str, ...]:
     return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def _sharding_error(t: Target, f: SafeTensorsFile, exc: Optional[Exception]) -> ShardingMismatch:
+def _sharding_error(name: str, shape: Tuple[int, ...], s: Sharding, where: Optional[str],
+                    exc: Optional[Exception]) -> ShardingMismatch:
     """Names the tensor, the dimension and the mesh axes of a sharding that does not fit it."""
-    s, shape = t.sharding, t.shape
     msg = f"does not fit sharding {s}: {exc}"
     if isinstance(s, NamedSharding):
         spec = tuple(s.spec)
@@ -198,28 +198,37 @@ def _sharding_error(t: Target, f: SafeTensorsFile, exc: Optional[Exception]) -> 
                 msg = (f"axis {axis} (size {shape[axis]}) does not divide over mesh axis {'x'.join(names)} "
                        f"({ways} ways)")
                 break
-    return ShardingMismatch(f"{f.path}: tensor `{t.name}` of shape {shape} {msg}", filename=f.path, tensor=t.name)
+    what = f"{where}: tensor" if where else "target leaf"
+    return ShardingMismatch(f"{what} `{name}` of shape {shape} {msg}", filename=where, tensor=name)
+
+
+def index_boxes(name: str, shape: Tuple[int, ...], sharding: Sharding,
+                where: Optional[str]) -> Dict[BoxKey, List["jax.Device"]]:
+    """Distinct index boxes of this host's devices for an array of ``shape``, each with the devices
+    that hold it; a sharding that does not fit raises ShardingMismatch naming the file ``where``
+    (None: a target leaf of transforms) and ``name``."""
+    if isinstance(sharding, NamedSharding) and len(sharding.spec) > len(shape):
+        raise _sharding_error(name, shape, sharding, where, None)  # JAX would fail with an IndexError deep inside
+    try:
+        index_map = sharding.addressable_devices_indices_map(shape)
+    except ValueError as exc:  # JAX refuses this shape for this sharding: so do we, by name
+        raise _sharding_error(name, shape, sharding, where, exc) from exc
+    boxes: Dict[BoxKey, List[jax.Device]] = {}
+    for device, index in index_map.items():
+        key = tuple(sl.indices(n)[:2] for sl, n in zip(index, shape))
+        boxes.setdefault(key, []).append(device)
+    return boxes
 
 
 def shard_boxes(t: Target, f: SafeTensorsFile) -> Dict[BoxKey, List["jax.Device"]]:
     """Distinct index boxes of this host's devices, each with the devices that hold it."""
-    if isinstance(t.sharding, NamedSharding) and len(t.sharding.spec) > len(t.shape):
-        raise _sharding_error(t, f, None)  # JAX would fail with an IndexError deep inside
-    try:
-        index_map = t.sharding.addressable_devices_indices_map(t.shape)
-    except ValueError as exc:  # JAX refuses this shape for this sharding: so do we, by name
-        raise _sharding_error(t, f, exc) from exc
-    boxes: Dict[BoxKey, List[jax.Device]] = {}
-    for device, index in index_map.items():
-        key = tuple(sl.indices(n)[:2] for sl, n in zip(index, t.shape))
-        boxes.setdefault(key, []).append(device)
-    return boxes
+    return index_boxes(t.name, t.shape, t.sharding, f.path)
 
 
 def targets(files: List[SafeTensorsFile], placer: Placer, names: Union[str, Iterable[str], None],
             dtype: Any) -> List[Target]:
     wanted = name_list(names) if names is not None else placer.declared
-    cast = None if dtype in (None, "auto", "AUTO") else _np_dtype(dtype)
+    cast = None if dtype in (None, "auto", "AUTO") else np_dtype(dtype)
     out = []
     for name, (fi, k) in locate_tensors(files, wanted).items():
         info = files[fi].infos[k]
