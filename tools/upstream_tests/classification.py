@@ -33,7 +33,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
         "earlier here: our loader refuses, at construction, a CUDA device this machine does not have"),
     "test_fastsafetensors.py::test_SafeTensorsFileLoader": (
         "difference", "get_filename of a tensor no file holds raises TensorNotFound (upstream returns \"\"): "
-        "nothing silent (docs/torch.md, compatibility). Every tensor before it compares equal (F16 conversion, nogds=False on the CPU, "
+        "nothing silent (docs/torch.md, compatibility). Every tensor before it compares equal (F16 "
+        "conversion, nogds=False on the CPU, "
         "use_buf_register, max_copy_block_size, get_shape lists)"),
     "test_fastsafetensors.py::test_SafeTensorsFileLoaderNoGds": (
         "difference", AFTER_CLOSE.format(what="as_dict's tensors")),

@@ -208,9 +208,10 @@ def main() -> int:
                     help="folder for results.json, junit files and logs")
     ap.add_argument("--ranks", type=int, default=2, help="gloo ranks for test_multi.py's run over a group "
                     "(CI uses 4; 0 skips it)")
-    ap.add_argument("--package", default=str(REPO), help="source tree whose fastsafetensors to test (default: "
-                    "this one, with its in-place engine)")
-    ap.add_argument("--installed", action="store_true", help="test the installed package instead")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--package", default=str(REPO), help="source tree whose fastsafetensors to test "
+                       "(default: this one, with its in-place engine)")
+    which.add_argument("--installed", action="store_true", help="test the installed package instead")
     ap.add_argument("--timeout", type=int, default=900, help="seconds allowed per pytest run")
     ap.add_argument("--doc", help="write the markdown table here (docs/compat-upstream.md)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (printed)")
