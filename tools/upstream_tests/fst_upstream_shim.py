@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.machinery
 import logging
 import sys
 import types
@@ -270,7 +271,19 @@ def _set_missing(module: types.ModuleType, name: str, value: Any) -> None:
         setattr(module, name, value)
 
 
+class OwnTreeOnly:
+    """A meta path finder: a ``fastsafetensors.*`` module the package under test does not have is
+    missing, even where an editable install of another tree would supply it."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+        if name.startswith("fastsafetensors.") and path is not None and \
+                importlib.machinery.PathFinder.find_spec(name, path) is None:
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return None  # found in the tree: the usual finders load it
+
+
 def install() -> None:
+    sys.meta_path.insert(0, OwnTreeOnly())
     for modname, names in MAPPED.items():
         module = importlib.import_module(modname)
         for name, value in names.items():
