@@ -35,7 +35,7 @@ class Device:
             raise ValueError(f"Unknown device type: {kind} (in device {spec!r}; expected 'cpu', 'cuda', 'cuda:N' "
                              "or paddle's 'gpu:N')") from None
         if colon and not index.isdigit():
-            raise ValueError(f"Invalid index: {index!r} (in device {spec!r}; the index after ':' must be a number)")
+            raise ValueError(f"Invalid index: {index} (in device {spec!r}; the index after ':' must be a number)")
         if device_type is DeviceType.CPU and colon and int(index) != 0:
             raise ValueError(f"Invalid index: {index} (in device {spec!r}; the CPU is 'cpu' or 'cpu:0')")
         return cls(device_type, int(index) if colon else None)
