@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 from . import settings
-from .errors import ConfigError
+from .errors import ConfigError, ConfigFileNotFoundError
 
 __all__ = ["LoaderConfig", "load_config", "CONFIG_ENV_VAR", "CONFIG_JSON_ENV_VAR", "DEFAULT_CONFIG_PATH"]
 
@@ -61,7 +61,7 @@ class LoaderConfig:
     device_memory_budget: Optional[int] = None
 
     _extensions: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    source: str = "defaults"
+    source: str = field(default="defaults", compare=False)  # where it was read from, not a setting
 
     def __post_init__(self) -> None:
         # As upstream: batches are consumed in order on every rank, so one producer feeds them.
@@ -106,6 +106,8 @@ class LoaderConfig:
         try:
             with open(path) as f:
                 text = f.read()
+        except FileNotFoundError:
+            raise ConfigFileNotFoundError(f"{path}: the configuration file does not exist", source=path) from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}", source=path) from None
         return cls.from_json(text, path)
@@ -126,7 +128,7 @@ class LoaderConfig:
     def loader_kwargs(self) -> Dict[str, Any]:
         """The keywords of the selected loader kind, checked: ``copier_type`` becomes ``nogds``."""
         if self.loader not in _SECTION_FIELDS:
-            raise ConfigError(f"{self.source}: loader {self.loader!r} is not provided by this package; "
+            raise ConfigError(f"{self.source}: Unknown loader type {self.loader!r}: not provided by this package; "
                               f"available: {sorted(_SECTION_FIELDS)}", source=self.source)
         section = self.get_extension_config(self.loader)
         unknown = sorted(set(section) - set(_SECTION_FIELDS[self.loader]))
@@ -142,8 +144,10 @@ class LoaderConfig:
 
     def create_parallel_kwargs(self) -> Dict[str, Any]:
         """ParallelLoader's pipeline and budget keywords: without ``use_pipeline``, batches are read serially."""
-        budgets = {"max_batch_bytes": self.max_batch_bytes, "device_memory_budget": self.device_memory_budget,
-                   "use_chunk_budget_as_allocation_size": self.use_chunk_budget_as_allocation_size}
+        budgets = {k: v for k, v in (("max_batch_bytes", self.max_batch_bytes),
+                                     ("device_memory_budget", self.device_memory_budget),
+                                     ("use_chunk_budget_as_allocation_size",
+                                      self.use_chunk_budget_as_allocation_size or None)) if v is not None}
         if not self.use_pipeline:
             return {"queue_size": -1, **budgets}
         return {"max_concurrent_producers": self.max_concurrent_producers, "queue_size": self.queue_size,
@@ -159,9 +163,9 @@ def load_config() -> LoaderConfig:
     if text is not None:
         return LoaderConfig.from_json(text, CONFIG_JSON_ENV_VAR)
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"{path}: the configuration file {CONFIG_ENV_VAR} names does not exist",
-                              source=path)
+        if not os.path.exists(path):
+            raise ConfigFileNotFoundError(f"{path}: the configuration file {CONFIG_ENV_VAR} names does not exist",
+                                          source=path)
         return LoaderConfig.from_file(path)
     if os.path.isfile(DEFAULT_CONFIG_PATH):
         logger.info("fastsafetensors: configuration from ./%s", DEFAULT_CONFIG_PATH)

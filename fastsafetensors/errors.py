@@ -45,6 +45,7 @@ __all__ = [
     "GdsError",
     "SettingsError",
     "ConfigError",
+    "ConfigFileNotFoundError",
     "BudgetInfeasibleError",
 ]
 
@@ -230,6 +231,11 @@ class ConfigError(FastSafeTensorsError, ValueError):
     def __init__(self, message: str, *, source: Optional[str] = None):
         super().__init__(message)
         self.source = source
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """The configuration file ``FASTSAFETENSORS_CONFIG`` names (or ``from_file`` was given) is not
+    there; a ``FileNotFoundError`` as upstream raises."""
 
 
 class BudgetInfeasibleError(FastSafeTensorsError, ValueError):

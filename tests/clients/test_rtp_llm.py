@@ -190,7 +190,7 @@ def test_bad_configuration_raises(env, match):
 
 
 @pytest.mark.parametrize("config, match", [
-    ({"loader": "3fs"}, "loader '3fs' is not provided"),
+    ({"loader": "3fs"}, "Unknown loader type '3fs': not provided"),
     ({"base": {"copier_type": "dstorage"}}, "copier_type must be one of"),
     ({"base": {"max_thread": 4}}, r"unknown field\(s\) base.max_thread"),
 ])
@@ -237,3 +237,21 @@ def test_budgets_from_the_configuration():
     with configured(FASTSAFETENSORS_CONFIG_JSON=json.dumps({"max_batch_bytes": "1000"})), \
             pytest.raises(ConfigError, match="max_batch_bytes must be a int"):
         load_config()
+
+
+def test_config_equality_missing_files_and_kwargs_as_upstream(tmp_path, monkeypatch):
+    """Upstream's own config tests: where a configuration came from is not part of it, a missing
+    file is a FileNotFoundError, and unset budgets add no ParallelLoader keywords."""
+    from fastsafetensors.config import LoaderConfig, load_config
+
+    assert LoaderConfig.from_dict({}) == LoaderConfig()
+    (tmp_path / "empty.json").write_text("{}")
+    assert LoaderConfig.from_file(str(tmp_path / "empty.json")) == LoaderConfig()
+    with pytest.raises(FileNotFoundError):
+        LoaderConfig.from_file(str(tmp_path / "missing.json"))
+    monkeypatch.setenv("FASTSAFETENSORS_CONFIG", str(tmp_path / "missing.json"))
+    with pytest.raises(FileNotFoundError):
+        load_config()
+    assert LoaderConfig(use_pipeline=False).create_parallel_kwargs() == {"queue_size": -1}
+    assert LoaderConfig(max_batch_bytes=1 << 20).create_parallel_kwargs() == {"queue_size": -1,
+                                                                               "max_batch_bytes": 1 << 20}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Dict, Tuple
 
-CATEGORIES = ["pass", "internal", "difference", "pending AutoLoader", "bug", "skip", "unclassified"]
+CATEGORIES = ["pass", "internal", "difference", "bug", "skip", "unclassified"]
 
 # pattern on "file.py::test" -> (status, reason); first match wins.
 AFTER_CLOSE = ("tensors valid after close(): the test still holds {what} when it asserts that no loader "
@@ -59,24 +59,12 @@ REASONS: Dict[str, Tuple[str, str]] = {
         "skip", "upstream skips these too: the test looks for examples/ under tests/"),
     "test_multi.py::test_shuffle": (
         "difference", AFTER_CLOSE.format(what="as_dict's shards and get_multi_cols' result")),
-    # Seen running against h-compat2 (AutoLoader, fastsafetensors.config) before its merge:
+    # AutoLoader and fastsafetensors.config:
     "test_config.py::TestLoaderConfigFromDict::test_unknown_*_fields_ignored": (
         "difference", "an unknown configuration field raises ConfigError naming it (nothing silent); "
         "upstream ignores it"),
-    "test_config.py::TestLoaderConfigFromDict::test_empty_dict": (
-        "bug", "LoaderConfig compares its `source` (where it was read from): an empty dict is not == the "
-        "defaults"),
-    "test_config.py::TestLoaderConfigFromFile::test_from_file_json_empty": (
-        "bug", "LoaderConfig compares its `source`: an empty file is not == the defaults"),
-    "test_config.py::TestLoaderConfigFromFile::test_from_file_json_not_found": (
-        "bug", "a missing configuration file raises ConfigError, which is not a FileNotFoundError"),
-    "test_config.py::TestLoadConfig::test_env_var_not_found": (
-        "bug", "FASTSAFETENSORS_CONFIG naming a missing file raises ConfigError, which is not a "
-        "FileNotFoundError"),
     "test_config.py::TestLoaderConfigPublicAPI::test_from_json_is_private": (
         "difference", "LoaderConfig.from_json is public here (upstream keeps it private as _from_json)"),
-    "test_auto_loader.py::TestAutoLoaderUnknownLoader::test_unknown_loader_raises": (
-        "bug", "an unknown loader's ValueError does not say upstream's 'Unknown loader type'"),
     "test_auto_loader.py::TestThreeFSProcessExtensionConfig::*": (
         "internal", "ThreeFSLoader.process_extension_config (upstream's per-loader configuration hook)"),
     "test_auto_loader.py::TestBaseProcessExtensionConfigKwargs::*": (
@@ -88,15 +76,10 @@ for _cls in ("TestAutoLoaderBaseLoader", "TestAutoLoader3FSLoader", "TestAutoLoa
     REASONS.setdefault(f"test_auto_loader.py::{_cls}::*", (
         "internal", "patches the loader classes upstream's auto_loader module holds for its registry "
         "(fastsafetensors.auto_loader.SafeTensorsFileLoader / ThreeFSLoader)"))
-# Modules another branch adds: a test that fails only because one is missing is pending, not ours.
-PENDING = {"fastsafetensors.config": "pending AutoLoader", "fastsafetensors.auto_loader": "pending AutoLoader"}
 
 
 def classify(row: dict) -> Tuple[str, str]:
     outcome, message, test = row["outcome"], row["message"], row["test"]
-    for module, status in PENDING.items():
-        if f"No module named '{module}'" in message:
-            return status, f"{module} is not on this branch (another branch adds it)"
     for pattern, (status, reason) in REASONS.items():
         if fnmatch.fnmatchcase(test, pattern):
             if (outcome == "passed") != (status == "pass"):

@@ -188,9 +188,7 @@ Generated {date} on {machine} by:
 Summary: {summary}.
 
 Statuses: **pass**; **internal** (the test drives an upstream internal we do not have: named);
-**difference** (a documented difference of ours, with the reason); **pending AutoLoader** (needs
-`fastsafetensors.config` / `fastsafetensors.auto_loader`, being added on another branch); **bug** (ours,
-not fixed yet); **skip** (upstream skips it here); **unclassified** (new, or passing where it failed: look at it
+**difference** (a documented difference of ours, with the reason); **bug** (ours, not fixed yet); **skip** (upstream skips it here); **unclassified** (new, or passing where it failed: look at it
 and update `tools/upstream_tests/classification.py`).
 A test upstream parametrizes appears once per parameter set.
 
