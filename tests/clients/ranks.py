@@ -25,6 +25,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fastsafetensors import SingleGroup
+
 from .. import tp_harness
 from ..helpers import assert_same_tensor as same  # noqa: F401  (the clients' tests take it from here)
 
@@ -73,6 +75,25 @@ def reference(files: tuple) -> Dict[str, torch.Tensor]:
 
 def sequences(module) -> Dict[str, Callable]:
     return {k[len("seq_"):]: v for k, v in sorted(vars(module).items()) if k.startswith("seq_")}
+
+
+def client_tests(module_name: str, group_only: frozenset = frozenset()):
+    """A client module's two tests, ``test_single_process, test_two_ranks = client_tests(__name__)``
+    after its sequences: each ``seq_*`` (but those in ``group_only``) with ``SingleGroup()``, and
+    each in a group of 2 gloo ranks."""
+    seqs = sequences(sys.modules[module_name])
+    short = module_name.rsplit(".", 1)[-1]
+
+    @pytest.mark.parametrize("name", sorted(set(seqs) - group_only))
+    def test_single_process(name):
+        seqs[name](SingleGroup(), checkpoint())
+
+    @pytest.mark.timeout(tp_harness.GROUP_TIMEOUT_S + 60)
+    @pytest.mark.parametrize("name", sorted(seqs))
+    def test_two_ranks(name):
+        assert_ranks(short, 2, name)
+
+    return test_single_process, test_two_ranks
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,13 +4,12 @@ debug_log=)`` with a list of files or a ``{rank: [files]}`` map, ``f.keys()``, `
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
 pytest.importorskip("torch")
 
-from fastsafetensors import SingleGroup, fastsafe_open  # noqa: E402
+from fastsafetensors import fastsafe_open  # noqa: E402
 
 from . import ranks  # noqa: E402
 from .ranks import reference, same  # noqa: E402
@@ -50,15 +49,4 @@ def seq_one_file_per_call(pg, files):
         same(t, ref[k], k)
 
 
-SEQUENCES = ranks.sequences(sys.modules[__name__])
-
-
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_single_process(name):
-    SEQUENCES[name](SingleGroup(), ranks.checkpoint())
-
-
-@pytest.mark.timeout(ranks.tp_harness.GROUP_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_two_ranks(name):
-    ranks.assert_ranks("test_atom", 2, name)
+test_single_process, test_two_ranks = ranks.client_tests(__name__)

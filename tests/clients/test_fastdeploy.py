@@ -8,7 +8,6 @@ compared bit for bit against safetensors. Skipped, saying so, where paddlepaddle
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import pytest
@@ -85,18 +84,7 @@ def seq_dtype_conversion(pg, files):
     loader.close()
 
 
-SEQUENCES = ranks.sequences(sys.modules[__name__])
-
-
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_single_process(name):
-    SEQUENCES[name](SingleGroup(), ranks.checkpoint())
-
-
-@pytest.mark.timeout(ranks.tp_harness.GROUP_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_two_ranks(name):
-    ranks.assert_ranks("test_fastdeploy", 2, name)
+test_single_process, test_two_ranks = ranks.client_tests(__name__)
 
 
 def test_paddle_dtypes_are_accepted():

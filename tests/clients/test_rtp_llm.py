@@ -10,7 +10,6 @@ import contextlib
 import inspect
 import json
 import os
-import sys
 import tempfile
 
 import pytest
@@ -142,18 +141,7 @@ def seq_dim0_split_templates(pg, files):
         _check(loader, _expected(files, None, STACKED), "dim0_split_templates")
 
 
-SEQUENCES = ranks.sequences(sys.modules[__name__])
-
-
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_single_process(name):
-    SEQUENCES[name](SingleGroup(), ranks.checkpoint())
-
-
-@pytest.mark.timeout(ranks.tp_harness.GROUP_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_two_ranks(name):
-    ranks.assert_ranks("test_rtp_llm", 2, name)
+test_single_process, test_two_ranks = ranks.client_tests(__name__)
 
 
 def test_signature_as_rtp_llm_inspects_it():

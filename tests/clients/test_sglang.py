@@ -5,13 +5,12 @@ and over 2 gloo ranks, bit for bit against safetensors, tensors checked after th
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
 pytest.importorskip("torch")
 
-from fastsafetensors import SafeTensorsFileLoader, SingleGroup  # noqa: E402
+from fastsafetensors import SafeTensorsFileLoader  # noqa: E402
 
 from . import ranks  # noqa: E402
 from .ranks import reference, same  # noqa: E402
@@ -52,15 +51,4 @@ def seq_one_file_per_rank_batches(pg, files):
         same(t, ref[k], k)
 
 
-SEQUENCES = ranks.sequences(sys.modules[__name__])
-
-
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_single_process(name):
-    SEQUENCES[name](SingleGroup(), ranks.checkpoint())
-
-
-@pytest.mark.timeout(ranks.tp_harness.GROUP_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_two_ranks(name):
-    ranks.assert_ranks("test_sglang", 2, name)
+test_single_process, test_two_ranks = ranks.client_tests(__name__)

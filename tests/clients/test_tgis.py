@@ -3,14 +3,13 @@ over 2 gloo ranks, bit for bit against safetensors."""
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from fastsafetensors import SafeTensorsFileLoader, SingleGroup  # noqa: E402
+from fastsafetensors import SafeTensorsFileLoader  # noqa: E402
 
 from . import ranks  # noqa: E402
 from .ranks import reference, same  # noqa: E402
@@ -175,15 +174,4 @@ def test_device_numa_node(monkeypatch, tmp_path):
     assert get_device_numa_node(None) is None
 
 
-SEQUENCES = ranks.sequences(sys.modules[__name__])
-
-
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_single_process(name):
-    SEQUENCES[name](SingleGroup(), ranks.checkpoint())
-
-
-@pytest.mark.timeout(ranks.tp_harness.GROUP_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_two_ranks(name):
-    ranks.assert_ranks("test_tgis", 2, name)
+test_single_process, test_two_ranks = ranks.client_tests(__name__)

@@ -10,7 +10,6 @@ behind. Every tensor is compared bit for bit against ``safetensors``.
 from __future__ import annotations
 
 import gc
-import sys
 
 import pytest
 
@@ -109,18 +108,7 @@ def seq_f4_and_e8m0_whole_and_pushed(pg, files):
     loader.close()
 
 
-SEQUENCES = ranks.sequences(sys.modules[__name__])
-
-
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_single_process(name):
-    SEQUENCES[name](SingleGroup(), ranks.checkpoint())
-
-
-@pytest.mark.timeout(ranks.tp_harness.GROUP_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_two_ranks(name):
-    ranks.assert_ranks("test_upstream_behaviour", 2, name)
+test_single_process, test_two_ranks = ranks.client_tests(__name__)
 
 
 def test_device_strings():

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
 pytest.importorskip("torch")
 
-from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, SingleGroup  # noqa: E402
+from fastsafetensors import ParallelLoader, SafeTensorsFileLoader  # noqa: E402
 from fastsafetensors.errors import ShardRequestError, TensorNotFound  # noqa: E402
 
 from . import ranks  # noqa: E402
@@ -158,18 +157,5 @@ def seq_budget_infeasible_everywhere(pg, files):
         ParallelLoader(pg, files, max_batch_bytes=EXPERT_BYTES - 1, use_tqdm_on_load=False, nogds=True)
 
 
-SEQUENCES = ranks.sequences(sys.modules[__name__])
-
-
 GROUP_ONLY = {"different_filters_need_direct_reads"}
-
-
-@pytest.mark.parametrize("name", sorted(set(SEQUENCES) - GROUP_ONLY))
-def test_single_process(name):
-    SEQUENCES[name](SingleGroup(), ranks.checkpoint())
-
-
-@pytest.mark.timeout(ranks.tp_harness.GROUP_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_two_ranks(name):
-    ranks.assert_ranks("test_vllm", 2, name)
+test_single_process, test_two_ranks = ranks.client_tests(__name__, GROUP_ONLY)
