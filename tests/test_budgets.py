@@ -1,7 +1,8 @@
 """Memory budgets of ParallelLoader (upstream 0.4's max_batch_bytes, device_memory_budget,
 use_chunk_budget_as_allocation_size, accumulate_resident, resident_tensor, BudgetInfeasibleError):
-the engine's live host bytes (cpp.host_live_bytes) measured at every yield stay within the budget,
-every tensor equal to safetensors' bytes; infeasible budgets raise before anything is read."""
+the engine's live host bytes (cpp.host_live_bytes) measured at every yield, and the device engine's
+live device bytes on a HostDevice after every allocation, stay within the budget, every tensor equal
+to safetensors' bytes; infeasible budgets raise before anything is read."""
 
 from __future__ import annotations
 
@@ -173,10 +174,12 @@ def _device_load(monkeypatch, keep=lambda name: False, **kwargs):
         same(t, ref[name], name)
         seen.add(name)
         if keep(name):
-            kept.append(t)
+            kept.append((name, t))
         del t
     assert seen == set(ref)
-    del kept
+    for name, kept_tensor in kept:  # still their bytes once the load is done: no later read reused their memory
+        same(kept_tensor, ref[name], name)
+    kept = kept_tensor = None
     gc.collect()
     assert dev.live_device_bytes == 0
     return fw.peak
