@@ -1,7 +1,8 @@
 """Memory budgets of ParallelLoader (upstream 0.4's max_batch_bytes, device_memory_budget,
 use_chunk_budget_as_allocation_size, accumulate_resident, resident_tensor, BudgetInfeasibleError):
-the engine's live host bytes (cpp.host_live_bytes) measured at every yield stay within the budget,
-every tensor equal to safetensors' bytes; infeasible budgets raise before anything is read."""
+the engine's live host bytes (cpp.host_live_bytes) measured at every yield, and the device engine's
+live device bytes on a HostDevice after every allocation, stay within the budget, every tensor equal
+to safetensors' bytes; infeasible budgets raise before anything is read."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import logging
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
-from fastsafetensors import ParallelLoader, cpp  # noqa: E402
+from fastsafetensors import ParallelLoader, cpp, device_engine  # noqa: E402
 from fastsafetensors.budget import aligned, plan_units  # noqa: E402
+from fastsafetensors.dtypes import RAW_BYTES  # noqa: E402
 from fastsafetensors.errors import BudgetInfeasibleError, FastSafeTensorsError  # noqa: E402
+from fastsafetensors.frameworks.torch import TorchFramework  # noqa: E402
 
 from .clients import ranks  # noqa: E402
 from .clients.ranks import reference, same  # noqa: E402
@@ -129,3 +132,70 @@ def test_units_never_mix_resident_and_transient_tensors():
     units = plan_units([batch], 1, max_batch_bytes=1000, resident=lambda n: n in ("a", "b", "d"))
     assert [sorted(u.names) for u in units] == [["a", "b"], ["c"], ["d"]]
     assert [u.resident for u in units] == [True, False, True]
+
+
+class _HostDeviceTorch(TorchFramework):
+    """torch with its "GPU" outputs in HostDevice memory (CPU tensors through DLPack), so the device
+    engine runs on the CPU; after every allocation it records the device bytes alive, which is the
+    exact peak (nothing else raises them)."""
+
+    def __init__(self, dev):
+        super().__init__()
+        self.dev, self.peak = dev, 0
+
+    def gpu_unavailable(self):
+        return ""
+
+    def device_bytes(self, nbytes, device, engine_device):
+        n = max(nbytes, 1)
+        out = torch.from_dlpack(cpp.DeviceBuffer.allocate(engine_device, n).view(0, [n], *RAW_BYTES))
+        self.peak = max(self.peak, self.dev.live_device_bytes)
+        return out
+
+    def device_ready(self, outs):
+        pass
+
+    def to_device(self, tensor, device):
+        return tensor
+
+
+def _device_load(monkeypatch, keep=lambda name: False, **kwargs):
+    """A ParallelLoader to "cuda" through the device engine on a HostDevice, keeping the tensors ``keep``
+    accepts: the most device bytes alive at once, every tensor compared with safetensors' bytes."""
+    dev = cpp.HostDevice(copy_delay_us=5)
+    monkeypatch.setattr(device_engine, "cuda_device", lambda index=0: dev)
+    fw = _HostDeviceTorch(dev)
+    files = ranks.checkpoint()
+    ref = reference(tuple(files))
+    pl = ParallelLoader(None, files, device="cuda", framework=fw, nogds=True, use_tqdm_on_load=False,
+                        bbuf_size_kb=64, **kwargs)
+    seen, kept = set(), []
+    for name, t in pl.iterate_weights():
+        same(t, ref[name], name)
+        seen.add(name)
+        if keep(name):
+            kept.append((name, t))
+        del t
+    assert seen == set(ref)
+    for name, kept_tensor in kept:  # still their bytes once the load is done: no later read reused their memory
+        same(kept_tensor, ref[name], name)
+    kept = kept_tensor = None
+    gc.collect()
+    assert dev.live_device_bytes == 0
+    return fw.peak
+
+
+@pytest.mark.parametrize("queue_size, alive", [(-1, 1), (0, 2)])
+def test_device_budget_bounds_the_device_engine_allocations(monkeypatch, queue_size, alive):
+    # Room for one expert per unit alive (serial: the unit consumed; queue_size=0: and one read ahead).
+    budget = alive * EXPERT + 4096
+    assert _device_load(monkeypatch, queue_size=queue_size) > budget  # unbudgeted: whole files of two experts
+    peak = _device_load(monkeypatch, queue_size=queue_size, device_memory_budget=budget, accumulate_resident=False)
+    assert EXPERT <= peak <= budget
+
+
+def test_device_budget_counts_the_kept_tensors(monkeypatch):
+    experts = lambda name: name.startswith("experts.")  # noqa: E731
+    budget = 4 * EXPERT + 1024  # the 4 kept experts, plus units of at most 1 KiB once they are all kept
+    peak = _device_load(monkeypatch, keep=experts, device_memory_budget=budget, resident_tensor=experts)
+    assert 4 * EXPERT <= peak <= budget
