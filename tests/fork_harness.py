@@ -26,7 +26,7 @@ from ._hardening import assert_exact
 
 # A child loads a small checkpoint in well under a second; the sanitizers and a busy machine slow it
 # many times over, and a child past its deadline counts as hung.
-CHILD_SECONDS = 60 if os.environ.get("FST_SANITIZED") else 10
+CHILD_SECONDS = 60 if os.environ.get("FST_SANITIZED") else 30
 
 
 def load_with(reader, paths):
