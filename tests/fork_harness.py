@@ -59,6 +59,10 @@ def main() -> int:
         while not stop.is_set():
             load_with(reader, paths)
 
+    # One load first: a child forked while the thread is inside its first load's lazy imports (the
+    # framework module) waits forever on CPython's lock for that module, which no thread of the child
+    # holds. That is Python's import machinery, not the engine's state this harness is about.
+    load_with(reader, paths)
     thread = threading.Thread(target=loop)
     thread.start()
     results = []
