@@ -136,6 +136,8 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
     if verify:
         raise ValueError("verify=/sha256= check the bytes a load reads; mmap=True reads none: load without "
                          "mmap, or run `fastsafetensors verify --sha256` first")
+    if direct_io:
+        raise ValueError("direct_io=True bypasses the page cache; mmap=True maps its pages: ask for one of them")
     with metrics.phase("plan"):
         planned = plan_load(files, names)
         check_dtypes(planned, fw, dtype, raw)
@@ -185,7 +187,8 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
             into memory (the page cache's pages, shared until written; writes never reach the
             files). Loads from the page cache cost almost nothing, but a file truncated or
             rewritten while its tensors live changes them or makes touching them fault (SIGBUS).
-            Misaligned tensors are read as usual. See :mod:`fastsafetensors.mapping`.
+            Misaligned tensors are read as usual. Nothing is read up front, so no progress bar
+            shows, and ``direct_io=True`` (no page cache) is refused. See :mod:`fastsafetensors.mapping`.
 
     Tensors own their memory: they stay valid however long they are kept.
 

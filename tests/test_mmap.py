@@ -103,6 +103,7 @@ def test_a_file_changed_since_its_header_was_read_is_refused(tmp_path):
     ({"device": "cuda"}, "on the CPU"),
     ({"verify": True}, "mmap=True reads none"),
     ({"sha256": {"m.safetensors": "0" * 64}}, "mmap=True reads none"),
+    ({"direct_io": True}, "direct_io=True bypasses the page cache"),
 ])
 def test_what_mmap_cannot_do_is_refused(tmp_path, kwargs, match):
     path = save(tmp_path / "m.safetensors", {"w": random_tensor("F32", (8,), 5)})
