@@ -1,4 +1,4 @@
-"""Builds the C++ engine, fastsafetensors.cpp, with g++ and pybind11 alone.
+"""Builds the C++ engine, fastsafetensors._cpp, with g++ and pybind11 alone.
 
 CUDA and cuFile are loaded at run time, so nothing here needs CUDA headers or libraries.
 Set FASTSAFETENSORS_SANITIZE=address,undefined to build an instrumented engine for tests.
@@ -25,7 +25,7 @@ sources = sorted(glob("csrc/*.cpp")) + sorted(glob("csrc/python/*.cpp"))
 setup(
     ext_modules=[
         Pybind11Extension(
-            "fastsafetensors.cpp",
+            "fastsafetensors._cpp",
             sources,
             include_dirs=["csrc"],
             cxx_std=17,

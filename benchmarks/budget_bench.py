@@ -69,16 +69,16 @@ def reference_digests(paths: List[str]) -> Dict[str, str]:
 def load(paths: List[str], budget: Optional[int], queue_size: int, device: str,
          check: Optional[Dict[str, str]] = None) -> Tuple[float, int, int, int]:
     """One load, every tensor dropped once yielded: (seconds, units, read-ahead used, most host bytes alive)."""
-    from fastsafetensors import ParallelLoader, cpp
+    from fastsafetensors import ParallelLoader, _cpp
 
     gc.collect()
-    base = cpp.host_live_bytes()
+    base = _cpp.testing.host_live_bytes()
     start = time.perf_counter()
     pl = ParallelLoader(None, paths, queue_size=queue_size, device=device, nogds=True, use_tqdm_on_load=False,
                         device_memory_budget=budget, accumulate_resident=False)
     units, ahead, peak, seen = len(pl._work), pl._ahead, 0, 0
     for name, t in pl.iterate_weights():
-        peak = max(peak, cpp.host_live_bytes() - base)
+        peak = max(peak, _cpp.testing.host_live_bytes() - base)
         if check is not None and _digest(t.cpu()) != check[name]:
             raise SystemExit(f"budget {budget}: tensor {name} differs from safetensors")
         seen += 1

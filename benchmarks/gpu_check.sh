@@ -21,18 +21,18 @@ if ! python3 -m pip install -q --no-build-isolation --no-deps . > "$OUT/pip.log"
 fi
 # pytest runs from the repository root, where ./fastsafetensors shadows the installed package:
 # give it the extension just built.
-SO=$(cd /tmp && python3 -c "import fastsafetensors.cpp as c; print(c.__file__)")
+SO=$(cd /tmp && python3 -c "import fastsafetensors._cpp as c; print(c.__file__)")
 cp "$SO" "$ROOT/fastsafetensors/"
 (cd /tmp && python3 - <<'PY') 2>&1 | tee "$OUT/env.txt"
 import fastsafetensors, fastsafetensors.device_engine as de
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 try:
     dev = de.cuda_device(0)
     print("device:", dev.name)
 except Exception as e:
     print("device: unavailable:", e)
-print("cuda runtime:", cpp.cuda_runtime_library() or cpp.cuda_runtime_error())
-print("gds:", cpp.gds_status())
+print("cuda runtime:", _cpp.testing.cuda_runtime_library() or _cpp.testing.cuda_runtime_error())
+print("gds:", _cpp.gds_status())
 PY
 
 log "GPU tests"

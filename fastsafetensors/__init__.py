@@ -11,9 +11,9 @@ import logging
 import os
 
 try:
-    from . import cpp
+    from . import _cpp
 except ImportError as _exc:  # a source tree that was never built
-    raise ImportError(f"fastsafetensors: the compiled engine (cpp*.so) is missing from {os.path.dirname(__file__)}: "
+    raise ImportError(f"fastsafetensors: the compiled engine (_cpp*.so) is missing from {os.path.dirname(__file__)}: "
                       "install the package (`pip install .`), or build it in place "
                       "(`python setup.py build_ext --inplace`)") from _exc
 from . import errors, host_cache, settings
@@ -52,7 +52,6 @@ __all__ = [
     "errors",
     "host_cache",
     "settings",
-    "cpp",
 ]
 
 logging.getLogger("fastsafetensors").addHandler(logging.NullHandler())

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from . import cpp, device_engine
+from . import _cpp, device_engine
 from .errors import CudaError
 from .files import PathLike, SafeTensorsFile, read_file_header
 from .st_types import DType
@@ -70,5 +70,5 @@ def get_device_numa_node(device: Optional[int]) -> Optional[int]:
     except CudaError as exc:
         logger.debug("get_device_numa_node(%s): no CUDA device: %s", device, exc)
         return None
-    node = cpp.pci_numa_node(bus, device_engine.SYSFS_ROOT) if bus else -1
+    node = _cpp.pci_numa_node(bus, device_engine.SYSFS_ROOT) if bus else -1
     return node if node >= 0 else None

@@ -3,7 +3,7 @@ engine's DeviceReader (pinned staging lanes + page-cache DMA lanes, or cuFile).
 
 Outputs are allocated by the framework (torch's caching allocator, CuPy's pool, one JAX array
 per load that every file's output views) or, without one, by the engine (DLPack capsules of
-``cpp.DeviceBuffer``), so every tensor is zero-copy and keeps its memory alive. The reader
+``_cpp.DeviceBuffer``), so every tensor is zero-copy and keeps its memory alive. The reader
 synchronizes before returning.
 """
 
@@ -18,7 +18,7 @@ import threading
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import cpp, settings
+from . import _cpp, settings
 from .engine import ReaderCache, check_threads, default_threads
 from .errors import GdsError
 from .frameworks import Framework
@@ -34,7 +34,7 @@ logger = logging.getLogger("fastsafetensors")
 SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests point it at a fake tree)
 
 _lock = threading.Lock()
-_devices: Dict[int, "cpp.Device"] = {}
+_devices: Dict[int, "_cpp.Device"] = {}
 _readers = ReaderCache(2)  # by (device, threads, staging, lanes, numa, sysfs root)
 _search_dirs_added = False
 
@@ -60,17 +60,17 @@ def _add_nvidia_lib_dirs() -> None:
             for d in sorted(glob.glob(os.path.join(entry or ".", pattern))):
                 if os.path.isdir(d) and d not in dirs:
                     dirs.append(d)
-    cpp.add_cuda_search_dirs(dirs)
+    _cpp.add_cuda_search_dirs(dirs)
     _search_dirs_added = True
 
 
-def cuda_device(index: int = 0) -> "cpp.Device":
+def cuda_device(index: int = 0) -> "_cpp.Device":
     """The engine's handle on CUDA device ``index``; raises CudaError saying what is missing."""
     with _lock:
         dev = _devices.get(index)
         if dev is None:
             _add_nvidia_lib_dirs()
-            dev = _devices[index] = cpp.cuda_device(index)
+            dev = _devices[index] = _cpp.cuda_device(index)
             logger.debug("GPU path: %s", dev.name)
         return dev
 
@@ -81,7 +81,7 @@ def numa_enabled(asked: bool = True) -> bool:
     return asked and settings.get("FASTSAFETENSORS_NUMA")
 
 
-def _log_placement(reader: "cpp.DeviceReader") -> None:
+def _log_placement(reader: "_cpp.DeviceReader") -> None:
     where = reader.placement
     if where["cpus"]:
         logger.debug("GPU reader for %s (PCI %s): lanes run on NUMA node %d, CPUs %s", reader.device.name,
@@ -90,9 +90,9 @@ def _log_placement(reader: "cpp.DeviceReader") -> None:
         logger.debug("GPU reader for %s: lanes left on the CPUs they had (%s)", reader.device.name, where["reason"])
 
 
-def get_device_reader(device: "cpp.Device", threads: Optional[int] = None,
+def get_device_reader(device: "_cpp.Device", threads: Optional[int] = None,
                       staging_bytes: Optional[int] = None, map_lanes: Optional[int] = None,
-                      numa: bool = True) -> "cpp.DeviceReader":
+                      numa: bool = True) -> "_cpp.DeviceReader":
     """The process-wide reader for these settings: its pinned slots are allocated once and reused.
 
     ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`)."""
@@ -101,8 +101,8 @@ def get_device_reader(device: "cpp.Device", threads: Optional[int] = None,
     lanes = settings.get("FASTSAFETENSORS_MAP_LANES") if map_lanes is None else map_lanes
     key = (device, threads, staging, lanes, numa_enabled(numa), SYSFS_ROOT)
 
-    def make() -> "cpp.DeviceReader":
-        reader = cpp.DeviceReader(device, threads, staging, lanes, numa=key[4], sysfs_root=key[5])
+    def make() -> "_cpp.DeviceReader":
+        reader = _cpp.DeviceReader(device, threads, staging, lanes, numa=key[4], sysfs_root=key[5])
         _log_placement(reader)
         return reader
 
@@ -130,7 +130,7 @@ def gds_mode(nogds: bool) -> str:
     mode = forced if forced in ("auto", "direct") else "auto"
     with _lock:
         _add_nvidia_lib_dirs()
-    status = cpp.gds_status()
+    status = _cpp.gds_status()
     if status["available"]:
         if status["compat_mode"]:
             logger.info("gds: cuFile runs in compatibility mode (no nvidia-fs driver): reads go through host memory")
@@ -142,12 +142,12 @@ def gds_mode(nogds: bool) -> str:
     return "off"
 
 
-def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "cpp.Device",
+def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "_cpp.Device",
                   raw: bool) -> Tuple[LoadPlan, List[Any]]:
     if framework is not None:
         outs = framework.device_outputs(plan.buffer_sizes, device, dev)
     else:
-        outs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+        outs = [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
     if framework is not None:
         framework.device_ready(outs)
     return plan, outs
@@ -156,12 +156,12 @@ def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device
 def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *, raw: bool = False,
                      threads: Optional[int] = None, staging_bytes: Optional[int] = None, gds: str = "off",
                      use_mapping: Optional[bool] = None, metrics: Optional[LoadMetrics] = None,
-                     engine_device: Optional["cpp.Device"] = None, numa: bool = True) -> Tuple[LoadPlan, List[Any]]:
+                     engine_device: Optional["_cpp.Device"] = None, numa: bool = True) -> Tuple[LoadPlan, List[Any]]:
     """Allocates the outputs on ``device`` and reads every planned byte into them.
 
     Returns the plan the outputs follow (per tensor for JAX) and the outputs, which
     ``framework.from_buffer`` turns into tensors; ``framework=None`` gives engine buffers.
-    ``engine_device`` replaces the CUDA device (tests pass a ``cpp.HostDevice``); ``numa=False``
+    ``engine_device`` replaces the CUDA device (tests pass the engine's ``HostDevice`` test double); ``numa=False``
     leaves the reader's threads on the CPUs they have (the 0.3 API's ``set_numa=False``).
     """
     if framework is not None and not framework.gpu_capable:

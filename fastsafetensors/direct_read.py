@@ -1,7 +1,7 @@
 """Direct reads: each rank reads its own piece of each tensor straight from the file.
 
 Used where every rank can open every file (local disk, shared filesystem): a rank reads only the
-bytes of its blocks (``cpp.plan_box`` turns a block into runs of contiguous bytes) instead of
+bytes of its blocks (``_cpp.plan_box`` turns a block into runs of contiguous bytes) instead of
 waiting for the owner rank to read the whole file and scatter it. No collective is involved.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import cpp
+from . import _cpp
 from .distributed import ALIGN, Piece
 from .engine import DEFAULT_CHUNK_BYTES, get_reader
 from .files import SafeTensorsFile
@@ -25,25 +25,25 @@ def readable_by_me(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> bo
 
 
 def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None,
-                chunk_bytes: int = DEFAULT_CHUNK_BYTES, base: int = 0) -> Tuple["cpp.HostBuffer", List[int]]:
+                chunk_bytes: int = DEFAULT_CHUNK_BYTES, base: int = 0) -> Tuple["_cpp.HostBuffer", List[int]]:
     """Reads every piece into one host buffer, the first at ``base`` (64-aligned), each 64-byte aligned;
     returns the buffer and each piece's byte offset in it."""
     file_index: Dict[str, int] = {}
-    sources: List["cpp.ReadSource"] = []
+    sources: List["_cpp.ReadSource"] = []
     offsets: List[int] = []
-    ranges = cpp.RangeList()
+    ranges = _cpp.RangeList()
     total = base
     for p in pieces:
         f = p.entry.file
         k = file_index.get(f.path)
         if k is None:
             k = file_index[f.path] = len(sources)
-            sources.append(cpp.ReadSource(f.path, f.header))
+            sources.append(_cpp.ReadSource(f.path, f.header))
         start, stop = p.box
         offsets.append(total)
-        ranges.extend(cpp.plan_box(f.header, p.entry.index, start, stop, k, 0, total))
+        ranges.extend(_cpp.plan_box(f.header, p.entry.index, start, stop, k, 0, total))
         total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
-    buffer = cpp.HostBuffer.allocate(max(total, ALIGN))
+    buffer = _cpp.HostBuffer.allocate(max(total, ALIGN))
     stats = get_reader(threads).read(sources, ranges, [buffer], chunk_bytes, False) if len(ranges) else None
     if metrics is not None and stats is not None:
         metrics.bytes_read += stats["bytes"]

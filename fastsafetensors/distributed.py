@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import cpp
+from . import _cpp
 from .dtypes import BITS
 from .errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
 from .files import SafeTensorsFile
@@ -59,7 +59,7 @@ class Entry:
     index: int  # position in the file's header
 
     @property
-    def info(self) -> "cpp.TensorInfo":
+    def info(self) -> "_cpp.TensorInfo":
         return self.file.infos[self.index]
 
     @property
@@ -119,7 +119,7 @@ class Piece:
 
     @property
     def box(self) -> Tuple[List[int], List[int]]:
-        """Element box ``(start, stop)`` of this piece within the tensor (for ``cpp.plan_box``)."""
+        """Element box ``(start, stop)`` of this piece within the tensor (for ``_cpp.plan_box``)."""
         start = [0] * len(self.entry.shape)
         stop = list(self.entry.shape)
         if self.dim >= 0:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Hashable, List, Optional
 
 import numpy as np
 
-from . import cpp, settings
+from . import _cpp, settings
 from .settings import MAX_THREADS
 from .metrics import LoadMetrics
 from .plan import LoadPlan
@@ -96,10 +96,10 @@ class ReaderCache:
 _readers = ReaderCache(2)
 
 
-def get_reader(threads: Optional[int] = None) -> "cpp.HostReader":
+def get_reader(threads: Optional[int] = None) -> "_cpp.HostReader":
     """A reader with this many threads (validated), reused by later loads with the same number."""
     n = check_threads(threads) or default_threads()
-    return _readers.get(n, lambda: cpp.HostReader(n))
+    return _readers.get(n, lambda: _cpp.HostReader(n))
 
 
 def _progress_bar(plan: LoadPlan, progress: Optional[bool]):
@@ -120,9 +120,9 @@ def _buffer_labels(plan: LoadPlan) -> List[str]:
     return [owner.get(i, f"buffer {i} of a load from {len(plan.files)} file(s)") for i in range(len(plan.buffer_sizes))]
 
 
-def _allocate(size: int, label: str) -> "cpp.HostBuffer":
+def _allocate(size: int, label: str) -> "_cpp.HostBuffer":
     try:
-        return cpp.HostBuffer.allocate(size)
+        return _cpp.HostBuffer.allocate(size)
     except MemoryError as exc:
         raise MemoryError(f"{label}: cannot allocate {size} bytes of host memory to load it") from exc
 
@@ -130,7 +130,7 @@ def _allocate(size: int, label: str) -> "cpp.HostBuffer":
 def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
                    metrics: Optional[LoadMetrics] = None,
-                   buffers: Optional[List["cpp.Buffer"]] = None) -> List["cpp.HostBuffer"]:
+                   buffers: Optional[List["_cpp.Buffer"]] = None) -> List["_cpp.HostBuffer"]:
     """Allocates one host buffer per planned file (unless ``buffers`` are given to reuse) and reads
     every range into its buffer."""
     metrics = metrics if metrics is not None else LoadMetrics()

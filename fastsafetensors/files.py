@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import cpp
+from . import _cpp
 from .errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError, SafeTensorsError,
                      TensorNotFound)
 
@@ -25,9 +25,9 @@ class SafeTensorsFile:
     """One file's validated header: its tensors by name, in header order."""
 
     path: str
-    header: "cpp.Header"
-    infos: List["cpp.TensorInfo"] = field(repr=False)  # header order
-    tensors: Dict[str, "cpp.TensorInfo"] = field(repr=False)
+    header: "_cpp.Header"
+    infos: List["_cpp.TensorInfo"] = field(repr=False)  # header order
+    tensors: Dict[str, "_cpp.TensorInfo"] = field(repr=False)
 
     @property
     def metadata(self) -> Optional[Dict[str, str]]:
@@ -46,7 +46,7 @@ def read_file_header(path: PathLike) -> SafeTensorsFile:
     """Reads and validates one file's header; errors carry the file name."""
     path = os.fspath(path)
     try:
-        header = cpp.read_header(path)
+        header = _cpp.read_header(path)
     except SafeTensorsError as exc:
         exc.filename = path
         raise

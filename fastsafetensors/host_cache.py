@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Union
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 
 
 def stats() -> Dict[str, Union[int, float]]:
     """``bytes`` and ``entries`` kept now, ``lazy_bytes`` of them already reclaimable by the kernel,
     ``hits`` / ``misses`` (buffers served from the cache or not), ``limit``, ``hold_seconds``."""
-    return cpp.host_cache_stats()
+    return _cpp.host_cache_stats()
 
 
 def clear() -> None:
     """Return every kept buffer to the operating system now."""
-    cpp.host_cache_clear()
+    _cpp.host_cache_clear()
 
 
 def configure(limit_bytes: Optional[int] = None, hold_seconds: Optional[float] = None) -> None:
@@ -31,5 +31,5 @@ def configure(limit_bytes: Optional[int] = None, hold_seconds: Optional[float] =
     if (limit_bytes is not None and limit_bytes < 0) or (hold_seconds is not None and hold_seconds < 0):
         raise ValueError(f"host cache bounds must be >= 0, got limit_bytes={limit_bytes}, hold_seconds={hold_seconds}")
     now = stats()
-    cpp.host_cache_configure(now["limit"] if limit_bytes is None else int(limit_bytes),
+    _cpp.host_cache_configure(now["limit"] if limit_bytes is None else int(limit_bytes),
                              now["hold_seconds"] if hold_seconds is None else float(hold_seconds))

@@ -20,7 +20,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
-from . import cpp
+from . import _cpp
 from .errors import IntegrityError
 from .files import PathLike
 
@@ -100,7 +100,7 @@ def expected_digests(paths: Sequence[PathLike], sha256: Optional[Mapping[PathLik
 
 def sha256_file(path: PathLike) -> str:
     """Hex SHA-256 of a file, streamed from disk by the engine."""
-    return cpp.sha256_file(os.fspath(path))
+    return _cpp.sha256_file(os.fspath(path))
 
 
 def _compare(path: str, expected: str, actual: str) -> None:
@@ -124,10 +124,10 @@ def verify_file(path: PathLike, expected: Optional[str] = None) -> str:
     return actual
 
 
-def check_loaded(plan: "LoadPlan", buffers: List["cpp.HostBuffer"], expected: Mapping[str, str]) -> None:
+def check_loaded(plan: "LoadPlan", buffers: List["_cpp.HostBuffer"], expected: Mapping[str, str]) -> None:
     """Compares each planned file, as just loaded into ``buffers``, with its expected digest."""
     def digest(i: int) -> str:
-        return cpp.sha256_loaded_file(plan.files[i].header, plan.files[i].path, i, plan.ranges, buffers)
+        return _cpp.sha256_loaded_file(plan.files[i].header, plan.files[i].path, i, plan.ranges, buffers)
 
     n = len(plan.files)
     with ThreadPoolExecutor(max_workers=max(1, min(8, n))) as pool:

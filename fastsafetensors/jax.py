@@ -6,7 +6,7 @@ shards its addressable devices hold. See docs/jax.md.
 
 Two strategies:
 
-* ``per_device``: each distinct shard index is planned with ``cpp.plan_boxes`` and read once per
+* ``per_device``: each distinct shard index is planned with ``_cpp.plan_boxes`` and read once per
   host into its own aligned slot of a host buffer; devices with the same index (replicas) share
   that slot. Each slot is handed to its devices with ``jax.device_put`` (zero-copy on the CPU)
   and the global array is assembled with ``jax.make_array_from_single_device_arrays``.

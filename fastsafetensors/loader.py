@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from . import cpp
+from . import _cpp
 from .direct_read import read_pieces, readable_by_me
 from .distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
                           resolve)
@@ -62,13 +62,13 @@ class FilesBufferOnDevice:
     ``LoaderClosedError`` (on every rank).
     """
 
-    def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["cpp.HostBuffer"],
+    def __init__(self, catalog: Dict[str, Entry], plan: LoadPlan, buffers: List["_cpp.HostBuffer"],
                  framework: Framework, device: Device, group: Group, dtype: DTypeLike = DType.AUTO, *,
                  mode: str = SCATTER, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None,
                  filtered: bool = False):
         self._catalog: Optional[Dict[str, Entry]] = catalog
         self._plan = plan
-        self._buffers: List[Optional["cpp.HostBuffer"]] = list(buffers)
+        self._buffers: List[Optional["_cpp.HostBuffer"]] = list(buffers)
         self._framework = framework
         self._device = device
         self._dtype = to_dtype(dtype)
@@ -449,7 +449,7 @@ class SafeTensorsFileLoader:
 
     def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
                    max_copy_block_size: int = 16 * 1024 ** 3,
-                   min_buffer_bytes: int = 0) -> Tuple[LoadPlan, List["cpp.HostBuffer"]]:
+                   min_buffer_bytes: int = 0) -> Tuple[LoadPlan, List["_cpp.HostBuffer"]]:
         """Reads the tensors of ``catalog`` this rank holds up front: those of its own files (scatter),
         none (direct, hybrid), or those of every file (``everything``, for loading whole files on
         every rank); each buffer at least ``min_buffer_bytes``. No collective."""
@@ -474,7 +474,7 @@ class SafeTensorsFileLoader:
                                              gds=gds_mode(self.nogds), numa=self.set_numa)
         return plan, buffers
 
-    def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
+    def make_buffer(self, plan: LoadPlan, buffers: List["_cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
                     dtype: DTypeLike = DType.AUTO) -> FilesBufferOnDevice:
         if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")

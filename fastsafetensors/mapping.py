@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional, Tuple
 
-from . import cpp
+from . import _cpp
 from .dtypes import BITS
 from .files import SafeTensorsFile
 from .metrics import LoadMetrics
@@ -26,11 +26,11 @@ __all__ = ["map_files"]
 logger = logging.getLogger("fastsafetensors")
 
 
-def _aligned(f: SafeTensorsFile, info: "cpp.TensorInfo") -> bool:
+def _aligned(f: SafeTensorsFile, info: "_cpp.TensorInfo") -> bool:
     return (f.header.data_start + info.begin) % max(1, BITS[info.dtype] // 8) == 0
 
 
-def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["cpp.FileMapping"], List[str]]:
+def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["_cpp.FileMapping"], List[str]]:
     """Maps the files holding the tensors of a read plan (``plan_load``: it selects, checks and
     orders them as for any load).
 
@@ -48,14 +48,14 @@ def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["
             mapped_of[loc.file] = mapped_of.get(loc.file, 0) + loc.info.nbytes
         else:
             misaligned.append(name)
-    mappings: List[Optional["cpp.FileMapping"]] = [None] * len(files)
+    mappings: List[Optional["_cpp.FileMapping"]] = [None] * len(files)
     for i, nbytes in sorted(mapped_of.items()):
         f = files[i]
-        mappings[i] = cpp.FileMapping.map(cpp.ReadSource(f.path, f.header))
+        mappings[i] = _cpp.FileMapping.map(_cpp.ReadSource(f.path, f.header))
         metrics.mapped_bytes += nbytes
         metrics.bytes_read += nbytes
         metrics.bytes_per_file[f.path] = metrics.bytes_per_file.get(f.path, 0) + nbytes
-    plan = LoadPlan(list(files), cpp.RangeList(), [f.size for f in files], tensors)
+    plan = LoadPlan(list(files), _cpp.RangeList(), [f.size for f in files], tensors)
     if misaligned:
         logger.debug("mmap: %d misaligned tensor(s) read into host memory instead", len(misaligned))
     return plan, mappings, misaligned

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import cpp
+from . import _cpp
 from .dtypes import BITS
 from .errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
@@ -24,7 +24,7 @@ class TensorLocation:
     file: int
     buffer: int
     offset: int
-    info: "cpp.TensorInfo"
+    info: "_cpp.TensorInfo"
 
     @property
     def dtype(self) -> str:
@@ -42,7 +42,7 @@ MAX_LOADABLE_RANK = 64
 _MAX_EXTENT = 2 ** 63 - 1
 
 
-def _check_loadable(f: SafeTensorsFile, info: "cpp.TensorInfo") -> None:
+def _check_loadable(f: SafeTensorsFile, info: "_cpp.TensorInfo") -> None:
     shape = info.shape
     extent = max(1, BITS[info.dtype] // 8)
     for d in shape:
@@ -56,16 +56,16 @@ def _check_loadable(f: SafeTensorsFile, info: "cpp.TensorInfo") -> None:
 @dataclass
 class LoadPlan:
     files: List[SafeTensorsFile]
-    ranges: "cpp.RangeList"
+    ranges: "_cpp.RangeList"
     buffer_sizes: List[int]
     tensors: Dict[str, TensorLocation]
 
     @property
     def total_bytes(self) -> int:
-        return sum(cpp.bytes_per_file(self.ranges, len(self.files)))
+        return sum(_cpp.bytes_per_file(self.ranges, len(self.files)))
 
-    def sources(self) -> List["cpp.ReadSource"]:
-        return [cpp.ReadSource(f.path, f.header) for f in self.files]
+    def sources(self) -> List["_cpp.ReadSource"]:
+        return [_cpp.ReadSource(f.path, f.header) for f in self.files]
 
 
 def _check_unique(files: Sequence[SafeTensorsFile]) -> None:
@@ -124,7 +124,7 @@ def plan_load(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str],
     wanted = None if names is None else set(name_list(names))
     for name in wanted or ():
         _file_of(files, name)
-    ranges = cpp.RangeList()
+    ranges = _cpp.RangeList()
     sizes: List[int] = []
     tensors: Dict[str, TensorLocation] = {}
     for i, f in enumerate(files):
@@ -132,7 +132,7 @@ def plan_load(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str],
         if not index:
             continue
         buffer = len(sizes)
-        fp = cpp.plan_file(f.header, i, buffer, index)
+        fp = _cpp.plan_file(f.header, i, buffer, index)
         ranges.extend(fp.ranges)
         sizes.append(fp.dst_size)
         for k, offset in zip(index, fp.tensor_offsets):
@@ -145,7 +145,7 @@ def plan_load(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str],
 def per_tensor_plan(plan: LoadPlan) -> LoadPlan:
     """The same tensors with one destination each, at offset 0 (for outputs a framework allocates
     one array at a time, as JAX does). Buffer k is the k-th tensor of ``plan.tensors``."""
-    ranges = cpp.RangeList()
+    ranges = _cpp.RangeList()
     sizes: List[int] = []
     tensors: Dict[str, TensorLocation] = {}
     for name, loc in plan.tensors.items():
@@ -153,7 +153,7 @@ def per_tensor_plan(plan: LoadPlan) -> LoadPlan:
         info = loc.info
         if info.nbytes:
             start = plan.files[loc.file].header.data_start + info.begin
-            ranges.append(cpp.ReadRange(loc.file, k, start, info.nbytes, 0))
+            ranges.append(_cpp.ReadRange(loc.file, k, start, info.nbytes, 0))
         sizes.append(info.nbytes)
         tensors[name] = TensorLocation(name, loc.file, k, 0, info)
     return LoadPlan(plan.files, ranges, sizes, tensors)

@@ -11,7 +11,7 @@ from typing import Dict, List
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 
 
 def make_checkpoint(directory, files: int = 2, seed: int = 0, scale: int = 1) -> List[str]:
@@ -60,7 +60,7 @@ class Resources:
     def now(cls) -> "Resources":
         # Garbage left by earlier tests (reference cycles holding arrays) must not count here.
         gc.collect()
-        return cls(len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), cpp.host_live_bytes())
+        return cls(len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), _cpp.testing.host_live_bytes())
 
 
 def assert_released(before: Resources, timeout: float = 5.0) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 
 import fastsafetensors
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors.api import instantiate
 from fastsafetensors.files import read_headers
 from fastsafetensors.frameworks import get_framework
@@ -33,7 +33,7 @@ def load_with(reader, paths):
     if reader is None:
         return fastsafetensors.load(paths, threads=4)
     plan = plan_load(read_headers(paths))
-    buffers = [cpp.HostBuffer.allocate(n) for n in plan.buffer_sizes]
+    buffers = [_cpp.HostBuffer.allocate(n) for n in plan.buffer_sizes]
     reader.read(plan.sources(), plan.ranges, buffers)
     return instantiate(plan, buffers, get_framework("numpy"))
 
@@ -52,7 +52,7 @@ def wait_child(pid: int) -> str:
 
 def main() -> int:
     mode, iterations, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    reader = cpp.HostReader(4) if mode == "reader" else None
+    reader = _cpp.HostReader(4) if mode == "reader" else None
     stop = threading.Event()
 
     def loop():

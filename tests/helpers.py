@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fastsafetensors
-from fastsafetensors import cpp, errors
+from fastsafetensors import _cpp, errors
 
 # Every safetensors dtype torch can write, with its torch type. F4 is two values per byte.
 TORCH_OF: Dict[str, torch.dtype] = {
@@ -131,5 +131,5 @@ def rss_bytes() -> int:
 
 __all__ = [
     "TORCH_OF", "ALL_DTYPES", "random_tensor", "tensor_bytes", "as_float64", "assert_same_values", "data_ptr", "reference_bytes",
-    "assert_exact", "write_raw", "entry", "save", "open_fds", "rss_bytes", "fastsafetensors", "cpp", "errors",
+    "assert_exact", "write_raw", "entry", "save", "open_fds", "rss_bytes", "fastsafetensors", "_cpp", "errors",
 ]

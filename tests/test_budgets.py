@@ -1,6 +1,6 @@
 """Memory budgets of ParallelLoader (upstream 0.4's max_batch_bytes, device_memory_budget,
 use_chunk_budget_as_allocation_size, accumulate_resident, resident_tensor, BudgetInfeasibleError):
-the engine's live host bytes (cpp.host_live_bytes) measured at every yield, and the device engine's
+the engine's live host bytes (_cpp.testing.host_live_bytes) measured at every yield, and the device engine's
 live device bytes on a HostDevice after every allocation, stay within the budget, every tensor equal
 to safetensors' bytes; infeasible budgets raise before anything is read."""
 
@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fastsafetensors import ParallelLoader, cpp, device_engine  # noqa: E402
+from fastsafetensors import ParallelLoader, _cpp, device_engine  # noqa: E402
 from fastsafetensors.budget import aligned, plan_units  # noqa: E402
 from fastsafetensors.dtypes import RAW_BYTES  # noqa: E402
 from fastsafetensors.errors import BudgetInfeasibleError, FastSafeTensorsError  # noqa: E402
@@ -32,11 +32,11 @@ def _load(keep=lambda name: True, **kwargs):
     files = ranks.checkpoint()
     ref = reference(tuple(files))
     gc.collect()
-    base = cpp.host_live_bytes()
+    base = _cpp.testing.host_live_bytes()
     pl = ParallelLoader(None, files, queue_size=kwargs.pop("queue_size", -1), use_tqdm_on_load=False, **kwargs)
     kept, peak, seen = {}, 0, set()
     for name, t in pl.iterate_weights():
-        peak = max(peak, cpp.host_live_bytes() - base)
+        peak = max(peak, _cpp.testing.host_live_bytes() - base)
         same(t, ref[name], name)
         seen.add(name)
         if keep(name):
@@ -148,7 +148,7 @@ class _HostDeviceTorch(TorchFramework):
 
     def device_bytes(self, nbytes, device, engine_device):
         n = max(nbytes, 1)
-        out = torch.from_dlpack(cpp.DeviceBuffer.allocate(engine_device, n).view(0, [n], *RAW_BYTES))
+        out = torch.from_dlpack(_cpp.DeviceBuffer.allocate(engine_device, n).view(0, [n], *RAW_BYTES))
         self.peak = max(self.peak, self.dev.live_device_bytes)
         return out
 
@@ -162,7 +162,7 @@ class _HostDeviceTorch(TorchFramework):
 def _device_load(monkeypatch, keep=lambda name: False, **kwargs):
     """A ParallelLoader to "cuda" through the device engine on a HostDevice, keeping the tensors ``keep``
     accepts: the most device bytes alive at once, every tensor compared with safetensors' bytes."""
-    dev = cpp.HostDevice(copy_delay_us=5)
+    dev = _cpp.testing.HostDevice(copy_delay_us=5)
     monkeypatch.setattr(device_engine, "cuda_device", lambda index=0: dev)
     fw = _HostDeviceTorch(dev)
     files = ranks.checkpoint()

@@ -139,7 +139,7 @@ def test_types_callers_import(files):
     frame = meta.tensors["a.weight"]
     assert isinstance(frame, TensorFrame) and frame.dtype == DType.BF16 and tuple(frame.shape) == (6, 4)
     assert meta.metadata == {"format": "pt"} and meta.src == files[0]
-    assert fastsafetensors.cpp is not None and hasattr(fastsafetensors.cpp, "read_header")
+    assert fastsafetensors._cpp is not None and hasattr(fastsafetensors._cpp, "read_header")
 
 
 def test_header_errors_are_named(tmp_path):

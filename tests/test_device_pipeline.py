@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from fastsafetensors import cpp, errors  # noqa: E402
+from fastsafetensors import _cpp, errors  # noqa: E402
 from fastsafetensors.api import instantiate  # noqa: E402
 from fastsafetensors.device_engine import read_into_device  # noqa: E402
 from fastsafetensors.files import read_headers  # noqa: E402
@@ -60,7 +60,7 @@ def _check(paths, plan, bufs):
 
 
 def _read(reader, plan, dev, **kw):
-    bufs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+    bufs = [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
     stats = reader.read(plan.sources(), plan.ranges, [b.data_ptr for b in bufs], list(plan.buffer_sizes), **kw)
     return bufs, stats
 
@@ -72,8 +72,8 @@ def ckpt(tmp_path):
 
 @pytest.mark.parametrize("staging,threads", [(2 * 4096, 1), (3 * 2 * 4096, 3), (4 * 2 * 8192, 4)])
 def test_bit_exact_over_many_slot_reuses(ckpt, staging, threads):
-    dev = cpp.HostDevice(copy_delay_us=30)
-    reader = cpp.DeviceReader(dev, threads, staging, 0)
+    dev = _cpp.testing.HostDevice(copy_delay_us=30)
+    reader = _cpp.DeviceReader(dev, threads, staging, 0)
     plan = plan_load(read_headers(ckpt))
     assert plan.total_bytes > 10 * reader.slot_bytes * reader.staging_lanes  # many reuses per slot
     bufs, stats = _read(reader, plan, dev)
@@ -84,8 +84,8 @@ def test_bit_exact_over_many_slot_reuses(ckpt, staging, threads):
 
 def test_more_ranges_than_slots_per_tensor_destinations(tmp_path):
     path = _checkpoint(tmp_path / "many.safetensors", n_tensors=300, max_elems=300)
-    dev = cpp.HostDevice(copy_delay_us=10)
-    reader = cpp.DeviceReader(dev, 2, 2 * 2 * 4096, 1)
+    dev = _cpp.testing.HostDevice(copy_delay_us=10)
+    reader = _cpp.DeviceReader(dev, 2, 2 * 2 * 4096, 1)
     plan = per_tensor_plan(plan_load(read_headers([path])))
     assert len(plan.ranges) > 100
     bufs, stats = _read(reader, plan, dev)
@@ -94,8 +94,8 @@ def test_more_ranges_than_slots_per_tensor_destinations(tmp_path):
 
 
 def test_page_cache_mapping_path_alone_and_with_staging(ckpt):
-    dev = cpp.HostDevice(copy_delay_us=20)
-    reader = cpp.DeviceReader(dev, 2, 2 * 2 * 8192, 2)
+    dev = _cpp.testing.HostDevice(copy_delay_us=20)
+    reader = _cpp.DeviceReader(dev, 2, 2 * 2 * 8192, 2)
     plan = plan_load(read_headers(ckpt))
     bufs, stats = _read(reader, plan, dev, stage_cached=False, map_group_bytes=64 << 10)
     _check(ckpt, plan, bufs)
@@ -110,8 +110,8 @@ def test_page_cache_mapping_path_alone_and_with_staging(ckpt):
 
 
 def test_uncached_files_are_not_mapped(ckpt):
-    dev = cpp.HostDevice()
-    reader = cpp.DeviceReader(dev, 2, 1 << 16, 2)
+    dev = _cpp.testing.HostDevice()
+    reader = _cpp.DeviceReader(dev, 2, 1 << 16, 2)
     plan = plan_load(read_headers(ckpt))
     bufs, stats = _read(reader, plan, dev, warm_fraction=1.5)  # nothing counts as cached
     _check(ckpt, plan, bufs)
@@ -120,8 +120,8 @@ def test_uncached_files_are_not_mapped(ckpt):
 
 @pytest.mark.parametrize("nth", [1, 7, 60])
 def test_copy_error_from_any_worker_propagates_and_reader_recovers(ckpt, nth):
-    dev = cpp.HostDevice(copy_delay_us=20)
-    reader = cpp.DeviceReader(dev, 3, 3 * 2 * 4096, 1)
+    dev = _cpp.testing.HostDevice(copy_delay_us=20)
+    reader = _cpp.DeviceReader(dev, 3, 3 * 2 * 4096, 1)
     plan = plan_load(read_headers(ckpt))
     dev.fail_copy_at(nth)
     with pytest.raises(errors.CudaError) as info:
@@ -134,8 +134,8 @@ def test_copy_error_from_any_worker_propagates_and_reader_recovers(ckpt, nth):
 
 
 def test_pinned_allocation_failure_then_success(ckpt):
-    dev = cpp.HostDevice()
-    reader = cpp.DeviceReader(dev, 3, 3 * 2 * 4096, 0)
+    dev = _cpp.testing.HostDevice()
+    reader = _cpp.DeviceReader(dev, 3, 3 * 2 * 4096, 0)
     dev.fail_pinned_alloc_at(4)
     plan = plan_load(read_headers(ckpt))
     with pytest.raises(errors.CudaError, match="pinned"):
@@ -147,14 +147,14 @@ def test_pinned_allocation_failure_then_success(ckpt):
 @pytest.mark.parametrize("stage_cached", [True, False])
 def test_short_read_names_file_and_offset(tmp_path, ckpt, stage_cached):
     """Also when the file is cached: bytes past its end are never DMA'd from the mapping."""
-    dev = cpp.HostDevice()
-    reader = cpp.DeviceReader(dev, 2, 1 << 16, 2)
+    dev = _cpp.testing.HostDevice()
+    reader = _cpp.DeviceReader(dev, 2, 1 << 16, 2)
     size = os.path.getsize(ckpt[0])
-    ranges = cpp.RangeList()
-    ranges.append(cpp.ReadRange(0, 0, size - 100, 4096, 0))  # runs past the end of the file
-    buf = cpp.DeviceBuffer.allocate(dev, 4096)
+    ranges = _cpp.RangeList()
+    ranges.append(_cpp.ReadRange(0, 0, size - 100, 4096, 0))  # runs past the end of the file
+    buf = _cpp.DeviceBuffer.allocate(dev, 4096)
     with pytest.raises(errors.TruncatedFileError) as info:
-        reader.read([cpp.ReadSource(ckpt[0], size)], ranges, [buf.data_ptr], [4096], stage_cached=stage_cached)
+        reader.read([_cpp.ReadSource(ckpt[0], size)], ranges, [buf.data_ptr], [4096], stage_cached=stage_cached)
     assert ckpt[0] in str(info.value) and info.value.offset == size
     plan = plan_load(read_headers(ckpt))
     bufs, _ = _read(reader, plan, dev)
@@ -165,25 +165,25 @@ def test_file_changed_after_header_is_refused(ckpt):
     plan = plan_load(read_headers(ckpt))
     with open(ckpt[1], "r+b") as f:
         f.truncate(os.path.getsize(ckpt[1]) - 10)
-    dev = cpp.HostDevice()
-    reader = cpp.DeviceReader(dev, 2, 1 << 16, 1)
+    dev = _cpp.testing.HostDevice()
+    reader = _cpp.DeviceReader(dev, 2, 1 << 16, 1)
     with pytest.raises(errors.TruncatedFileError, match="m1.safetensors"):
         _read(reader, plan, dev)
 
 
 def test_ranges_outside_destination_are_refused(ckpt):
-    dev = cpp.HostDevice()
-    reader = cpp.DeviceReader(dev, 1, 1 << 16, 0)
-    ranges = cpp.RangeList()
-    ranges.append(cpp.ReadRange(0, 0, 0, 128, 0))
-    buf = cpp.DeviceBuffer.allocate(dev, 64)
+    dev = _cpp.testing.HostDevice()
+    reader = _cpp.DeviceReader(dev, 1, 1 << 16, 0)
+    ranges = _cpp.RangeList()
+    ranges.append(_cpp.ReadRange(0, 0, 0, 128, 0))
+    buf = _cpp.DeviceBuffer.allocate(dev, 64)
     with pytest.raises(IndexError):
-        reader.read([cpp.ReadSource(ckpt[0], os.path.getsize(ckpt[0]))], ranges, [buf.data_ptr], [64])
+        reader.read([_cpp.ReadSource(ckpt[0], os.path.getsize(ckpt[0]))], ranges, [buf.data_ptr], [64])
 
 
 def test_engine_buffers_through_frameworks_and_freed_with_last_tensor(ckpt):
     """read_into_device with engine-owned buffers, instantiated by the torch backend."""
-    dev = cpp.HostDevice(copy_delay_us=5)
+    dev = _cpp.testing.HostDevice(copy_delay_us=5)
     plan = plan_load(read_headers(ckpt))
     fw = get_framework("torch")
     out_plan, bufs = read_into_device(plan, None, CUDA, engine_device=dev, threads=3, staging_bytes=1 << 16)
@@ -204,14 +204,14 @@ def test_engine_buffers_through_frameworks_and_freed_with_last_tensor(ckpt):
 def test_numpy_refuses_gpu(ckpt):
     plan = plan_load(read_headers(ckpt))
     with pytest.raises(ValueError, match="host"):
-        read_into_device(plan, get_framework("numpy"), CUDA, engine_device=cpp.HostDevice())
+        read_into_device(plan, get_framework("numpy"), CUDA, engine_device=_cpp.testing.HostDevice())
 
 
 def test_cuda_request_without_cuda_says_what_is_missing():
-    if cpp.cuda_device_count() > 0:
+    if _cpp.testing.cuda_device_count() > 0:
         pytest.skip("this machine has a GPU")
     with pytest.raises(errors.CudaError, match="cuda"):
-        cpp.cuda_device(0)
+        _cpp.cuda_device(0)
 
 
 def test_first_error_cancels_the_other_lanes(tmp_path):
@@ -220,24 +220,24 @@ def test_first_error_cancels_the_other_lanes(tmp_path):
     data = os.urandom(4 << 20)
     with open(path, "wb") as f:
         f.write(data)
-    dev = cpp.HostDevice(copy_delay_us=300)
-    reader = cpp.DeviceReader(dev, 4, 4 * 2 * 4096, 0)
-    ranges = cpp.RangeList()
-    ranges.append(cpp.ReadRange(0, 0, 0, len(data), 0))
-    buf = cpp.DeviceBuffer.allocate(dev, len(data))
+    dev = _cpp.testing.HostDevice(copy_delay_us=300)
+    reader = _cpp.DeviceReader(dev, 4, 4 * 2 * 4096, 0)
+    ranges = _cpp.RangeList()
+    ranges.append(_cpp.ReadRange(0, 0, 0, len(data), 0))
+    buf = _cpp.DeviceBuffer.allocate(dev, len(data))
     blocks = len(data) // reader.slot_bytes
     dev.fail_copy_at(1)
     before = dev.copies
     with pytest.raises(errors.CudaError):
-        reader.read([cpp.ReadSource(path, len(data))], ranges, [buf.data_ptr], [len(data)])
+        reader.read([_cpp.ReadSource(path, len(data))], ranges, [buf.data_ptr], [len(data)])
     assert dev.copies - before < blocks // 4
-    reader.read([cpp.ReadSource(path, len(data))], ranges, [buf.data_ptr], [len(data)])
+    reader.read([_cpp.ReadSource(path, len(data))], ranges, [buf.data_ptr], [len(data)])
     assert _buffer_bytes(buf, 0, len(data)) == data
 
 
 @pytest.mark.parametrize("framework", ["numpy", "torch"])
 def test_raw_gives_every_byte_of_every_dtype(ckpt, framework):
-    dev = cpp.HostDevice()
+    dev = _cpp.testing.HostDevice()
     plan = plan_load(read_headers(ckpt))
     out_plan, bufs = read_into_device(plan, None, CUDA, engine_device=dev, threads=2, staging_bytes=1 << 16)
     out = instantiate(out_plan, bufs, get_framework(framework), raw=True, device="cpu")

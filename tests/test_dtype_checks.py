@@ -8,7 +8,7 @@ import math
 import pytest
 
 import fastsafetensors
-from fastsafetensors import cpp, errors
+from fastsafetensors import _cpp, errors
 from fastsafetensors.dtypes import BITS
 from fastsafetensors.frameworks import get_framework
 
@@ -29,7 +29,7 @@ def _outcome(fn):
 @pytest.mark.parametrize("shape", [(2, 4), (3,), ()])
 def test_check_dtype_agrees_with_from_buffer(framework, shape):
     fw = get_framework(framework)
-    buf = cpp.HostBuffer.allocate(4096)
+    buf = _cpp.HostBuffer.allocate(4096)
     for dtype in BITS:
         if BITS[dtype] * math.prod(shape) % 8:
             continue  # no such tensor passes the header checks

@@ -17,7 +17,7 @@ import time
 import pytest
 
 import fastsafetensors
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors.engine import MAX_THREADS, get_reader
 from fastsafetensors.errors import ResourceError
 
@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def ckpt(tmp_path):
     paths = make_checkpoint(tmp_path, files=2)
     yield paths
-    cpp._testing.clear_faults()
+    _cpp.testing.clear_faults()
 
 
 def _run_child(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -53,18 +53,18 @@ def test_refused_thread_raises_and_next_load_works(ckpt):
     child = _run_child("""
         import sys
         import fastsafetensors
-        from fastsafetensors import cpp
+        from fastsafetensors import _cpp
         from fastsafetensors.errors import ResourceError
         from tests._hardening import assert_exact
         paths = sys.argv[1:]
-        cpp._testing.fail_thread_starts(3, 1)
+        _cpp.testing.fail_thread_starts(3, 1)
         try:
             fastsafetensors.load(paths, threads=7)
         except ResourceError as exc:
             assert "thread" in str(exc) and exc.errno, exc
         else:
             raise SystemExit("no ResourceError")
-        cpp._testing.clear_faults()
+        _cpp.testing.clear_faults()
         assert_exact(fastsafetensors.load(paths, threads=7), paths)
         print("ok")
     """, *ckpt)
@@ -74,9 +74,9 @@ def test_refused_thread_raises_and_next_load_works(ckpt):
 
 def test_refused_thread_leaves_no_thread_running(ckpt):
     before = _os_threads()
-    cpp._testing.fail_thread_starts(5, 1)
+    _cpp.testing.fail_thread_starts(5, 1)
     with pytest.raises(ResourceError):
-        cpp.HostReader(12)
+        _cpp.HostReader(12)
     assert _os_threads() == before
 
 
@@ -203,19 +203,19 @@ def test_ctrl_c_stops_endless_eintr(ckpt, stage):
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys
         import fastsafetensors
-        from fastsafetensors import cpp
+        from fastsafetensors import _cpp
         from fastsafetensors.api import load_files
         from fastsafetensors.files import read_headers
         from fastsafetensors.frameworks import get_framework
         stage, paths = sys.argv[1], sys.argv[2:]
         files = read_headers(paths) if stage == "data" else None
         get_framework("numpy")  # imported now: a slow import must not be what the SIGINT interrupts
-        cpp._testing.set_fault("eintr", 0, -1)
+        _cpp.testing.set_fault("eintr", 0, -1)
         print("reading", flush=True)
         try:
             load_files(files, threads=1) if files else read_headers(paths[:1])
         except KeyboardInterrupt:
-            print("interrupted", cpp._testing.faults_injected() > 0, flush=True)
+            print("interrupted", _cpp.testing.faults_injected() > 0, flush=True)
     """), stage, *ckpt], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "reading"
@@ -323,18 +323,18 @@ def test_ctrl_c_between_batches_without_progress_bar(tmp_path):
     save_file({f"t{i}": np.full((1 << 18,), i, dtype=np.float32) for i in range(16)}, str(path))
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from fastsafetensors import cpp, engine
+        from fastsafetensors import _cpp, engine
         from fastsafetensors.files import read_headers
         from fastsafetensors.plan import plan_load
         engine._BATCH_BYTES = 1 << 20
         plan = plan_load(read_headers([sys.argv[1]]))
-        cpp._testing.set_fault("slow", 0, -1)
+        _cpp.testing.set_fault("slow", 0, -1)
         print("reading", flush=True)
         start = time.monotonic()
         try:
             engine.read_into_host(plan, threads=1, chunk_bytes=1 << 20, progress=False)
         except KeyboardInterrupt:
-            print("interrupted", cpp._testing.pread_calls(), round(time.monotonic() - start, 2), flush=True)
+            print("interrupted", _cpp.testing.pread_calls(), round(time.monotonic() - start, 2), flush=True)
     """), str(path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "reading"

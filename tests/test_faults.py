@@ -1,6 +1,6 @@
 """Fault injection: every I/O or memory failure is a typed error naming file and offset, hands
 back nothing, leaks nothing, and the next load is exact. Faults enter through the engine's pread
-hook and allocation hook (fastsafetensors.cpp._testing)."""
+hook and allocation hook (fastsafetensors._cpp.testing)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 
 import fastsafetensors  # noqa: E402
-from fastsafetensors import cpp  # noqa: E402
+from fastsafetensors import _cpp  # noqa: E402
 from fastsafetensors.api import load_files  # noqa: E402
 from fastsafetensors.errors import FileChangedError, IntegrityError, ReadError, TruncatedFileError  # noqa: E402
 from fastsafetensors.files import read_headers  # noqa: E402
@@ -19,7 +19,7 @@ from fastsafetensors.integrity import sha256_file  # noqa: E402
 
 from ._hardening import Resources, assert_exact, assert_released, make_checkpoint  # noqa: E402
 
-faults = cpp._testing
+faults = _cpp.testing
 
 
 @pytest.fixture
@@ -177,11 +177,11 @@ def test_allocation_failure(ckpt):
 
 @pytest.mark.parametrize("huge_pages", [True, False])
 def test_impossible_allocation_sizes(huge_pages):
-    before = cpp.host_live_bytes()
+    before = _cpp.testing.host_live_bytes()
     for size in (2**62, 2**64 - 1, 2**64 - 4096):
         with pytest.raises(MemoryError):
-            cpp.HostBuffer.allocate(size, huge_pages=huge_pages)
-    assert cpp.host_live_bytes() == before
+            _cpp.HostBuffer.allocate(size, huge_pages=huge_pages)
+    assert _cpp.testing.host_live_bytes() == before
 
 
 def test_unknown_fault_kind():

@@ -6,14 +6,14 @@ import sys
 
 import numpy as np
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors.dtypes import NATIVE
 
 
 def test_views_keep_the_owner_alive_and_share_its_memory():
     owner = np.arange(64, dtype=np.float32)
     start = sys.getrefcount(owner)
-    buf = cpp.ForeignBuffer(owner.ctypes.data, owner.nbytes, 1, 0, owner)
+    buf = _cpp.ForeignBuffer(owner.ctypes.data, owner.nbytes, 1, 0, owner)
     assert sys.getrefcount(owner) == start + 1
     view = np.from_dlpack(buf.view(16 * 4, [4, 4], *NATIVE["F32"]))
     assert view.ctypes.data == owner.ctypes.data + 64
@@ -30,7 +30,7 @@ def test_views_keep_the_owner_alive_and_share_its_memory():
 
 def test_views_outside_the_buffer_are_refused():
     owner = np.zeros(8, dtype=np.uint8)
-    buf = cpp.ForeignBuffer(owner.ctypes.data, owner.nbytes, 1, 0, owner)
+    buf = _cpp.ForeignBuffer(owner.ctypes.data, owner.nbytes, 1, 0, owner)
     try:
         buf.view(4, [8], 1, 8)
     except ValueError as exc:

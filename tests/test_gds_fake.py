@@ -48,7 +48,7 @@ long fake_reads(void) { return reads; }
 CHILD = r"""
 import ctypes, os, sys
 sys.path.insert(0, os.getcwd())
-from fastsafetensors import cpp, errors
+from fastsafetensors import _cpp, errors
 # Loaded first, under a path the engine is not told about: it must find the copy in the process.
 lib = ctypes.CDLL(os.path.join(sys.argv[1], "libcufile.so.0"))
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
@@ -56,13 +56,13 @@ from test_device_pipeline import _check, _read, _checkpoint
 from fastsafetensors.files import read_headers
 from fastsafetensors.plan import plan_load, per_tensor_plan
 
-status = cpp.gds_status()
+status = _cpp.gds_status()
 assert status["available"] and status["compat_mode"], status
 assert sys.argv[1] in status["library"] and "already loaded" in status["library"], status
 paths = [_checkpoint(os.path.join(sys.argv[2], f"g{i}.safetensors"), seed=i, prefix=f"g{i}.") for i in range(2)]
 plan = plan_load(read_headers(paths))
-dev = cpp.HostDevice(copy_delay_us=5)
-reader = cpp.DeviceReader(dev, 3, 3 * 2 * 8192, 1)
+dev = _cpp.testing.HostDevice(copy_delay_us=5)
+reader = _cpp.DeviceReader(dev, 3, 3 * 2 * 8192, 1)
 for p in (plan, per_tensor_plan(plan)):
     bufs, stats = _read(reader, p, dev, gds="direct", gds_register_bytes=4096)
     _check(paths, p, bufs)

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import fastsafetensors  # noqa: E402
-from fastsafetensors import cpp, errors  # noqa: E402
+from fastsafetensors import _cpp, errors  # noqa: E402
 from fastsafetensors import device_engine  # noqa: E402
 from fastsafetensors.files import read_headers  # noqa: E402
 from fastsafetensors.plan import plan_load  # noqa: E402
@@ -97,9 +97,9 @@ def test_each_read_path_delivers_the_same_bytes(ckpt, ref, monkeypatch, mapping)
 
 def test_page_cache_dma_is_used_when_cached(ckpt):
     dev = device_engine.cuda_device(0)
-    reader = cpp.DeviceReader(dev, 4, 4 << 20, 2)
+    reader = _cpp.DeviceReader(dev, 4, 4 << 20, 2)
     plan = plan_load(read_headers(ckpt))
-    bufs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+    bufs = [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
     stats = reader.read(plan.sources(), plan.ranges, [b.data_ptr for b in bufs], list(plan.buffer_sizes),
                         stage_cached=False, map_group_bytes=1 << 20)
     print("mapping-only stats:", stats)
@@ -108,7 +108,7 @@ def test_page_cache_dma_is_used_when_cached(ckpt):
 
 
 def test_gds_paths_or_clean_fallback(ckpt, ref, monkeypatch):
-    status = cpp.gds_status()
+    status = _cpp.gds_status()
     print("gds:", status)
     monkeypatch.setenv("FASTSAFETENSORS_GDS", "direct")
     try:
@@ -122,9 +122,9 @@ def test_gds_paths_or_clean_fallback(ckpt, ref, monkeypatch):
         assert _bytes(fb.get_tensor(name)) == _bytes(ref[name]), name
     if status["available"]:
         dev = device_engine.cuda_device(0)
-        reader = cpp.DeviceReader(dev, 4, 4 << 20, 0)
+        reader = _cpp.DeviceReader(dev, 4, 4 << 20, 0)
         plan = plan_load(read_headers(ckpt))
-        bufs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+        bufs = [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
         stats = reader.read(plan.sources(), plan.ranges, [b.data_ptr for b in bufs], list(plan.buffer_sizes),
                             gds="direct", gds_register_bytes=1 << 20)
         assert stats["gds_bytes"] == plan.total_bytes
@@ -241,11 +241,11 @@ def test_truncated_file_raises(tmp_path):
         fastsafetensors.api.load_files(files, "torch", device="cuda:0")
     # A read running past the end of the file (it shrank after it was opened) names the offset.
     dev = device_engine.cuda_device(0)
-    reader = cpp.DeviceReader(dev, 2, 1 << 20, 0)
+    reader = _cpp.DeviceReader(dev, 2, 1 << 20, 0)
     size = os.path.getsize(p)
-    ranges = cpp.RangeList()
-    ranges.append(cpp.ReadRange(0, 0, size - 100, 8192, 0))
-    buf = cpp.DeviceBuffer.allocate(dev, 8192)
+    ranges = _cpp.RangeList()
+    ranges.append(_cpp.ReadRange(0, 0, size - 100, 8192, 0))
+    buf = _cpp.DeviceBuffer.allocate(dev, 8192)
     with pytest.raises(errors.TruncatedFileError) as info:
-        reader.read([cpp.ReadSource(p, size)], ranges, [buf.data_ptr], [8192])
+        reader.read([_cpp.ReadSource(p, size)], ranges, [buf.data_ptr], [8192])
     assert info.value.offset == size

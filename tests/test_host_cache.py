@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import fastsafetensors
-from fastsafetensors import cpp, host_cache
+from fastsafetensors import _cpp, host_cache
 
 from .helpers import assert_exact, random_tensor, save
 
@@ -50,12 +50,12 @@ def lazy_free_bytes() -> int:
 
 def test_a_freed_buffer_serves_the_next_one_from_the_same_pages():
     host_cache.configure(1 << 30, 60)
-    big = cpp.HostBuffer.allocate(64 * MiB)
+    big = _cpp.HostBuffer.allocate(64 * MiB)
     at = big.data_ptr
     del big
     kept = host_cache.stats()
     assert kept["entries"] == 1 and kept["bytes"] >= 64 * MiB
-    small = cpp.HostBuffer.allocate(8 * MiB)
+    small = _cpp.HostBuffer.allocate(8 * MiB)
     after = host_cache.stats()
     assert small.data_ptr == at  # taken from the front of the kept mapping
     assert after["hits"] == kept["hits"] + 1
@@ -66,7 +66,7 @@ def test_a_freed_buffer_serves_the_next_one_from_the_same_pages():
 def test_kept_pages_are_handed_to_the_kernel_as_reclaimable():
     host_cache.configure(1 << 30, 60)
     base = lazy_free_bytes()
-    buf = cpp.HostBuffer.allocate(32 * MiB)
+    buf = _cpp.HostBuffer.allocate(32 * MiB)
     fill(buf, 1)  # fault every page in
     del buf
     assert wait_for(lambda: host_cache.stats()["lazy_bytes"] == host_cache.stats()["bytes"] > 0)
@@ -76,19 +76,19 @@ def test_kept_pages_are_handed_to_the_kernel_as_reclaimable():
 def test_memory_reused_at_once_is_not_madvised_first():
     """A load right after the previous one's free takes its memory without waiting for MADV_FREE."""
     host_cache.configure(1 << 30, 60)
-    buf = cpp.HostBuffer.allocate(32 * MiB)
+    buf = _cpp.HostBuffer.allocate(32 * MiB)
     fill(buf, 1)
     del buf
     time.sleep(0.1)  # what the reclaimer would have madvised by now, had it started at once
     assert host_cache.stats()["lazy_bytes"] == 0 < host_cache.stats()["bytes"]
-    again = cpp.HostBuffer.allocate(32 * MiB)
+    again = _cpp.HostBuffer.allocate(32 * MiB)
     assert again.reused and host_cache.stats()["bytes"] == 0
 
 
 def test_kept_buffers_are_unmapped_after_the_hold_time():
     host_cache.configure(1 << 30, 0.2)
     del_at = time.monotonic()
-    cpp.HostBuffer.allocate(16 * MiB)  # freed at once
+    _cpp.HostBuffer.allocate(16 * MiB)  # freed at once
     assert host_cache.stats()["bytes"] > 0
     assert wait_for(lambda: host_cache.stats()["bytes"] == 0)
     assert time.monotonic() - del_at >= 0.2
@@ -96,11 +96,11 @@ def test_kept_buffers_are_unmapped_after_the_hold_time():
 
 def test_the_oldest_go_first_beyond_the_limit():
     host_cache.configure(25 * MiB, 60)
-    a, b, c = (cpp.HostBuffer.allocate(8 * MiB) for _ in range(3))  # 10 MiB mappings each
+    a, b, c = (_cpp.HostBuffer.allocate(8 * MiB) for _ in range(3))  # 10 MiB mappings each
     b_at, c_at = b.data_ptr, c.data_ptr
     del a, b, c
     assert host_cache.stats()["bytes"] == 20 * MiB  # `a`, the oldest, was unmapped
-    first, second = cpp.HostBuffer.allocate(8 * MiB), cpp.HostBuffer.allocate(8 * MiB)
+    first, second = _cpp.HostBuffer.allocate(8 * MiB), _cpp.HostBuffer.allocate(8 * MiB)
     assert {first.data_ptr, second.data_ptr} == {b_at, c_at}
     assert host_cache.stats()["bytes"] == 0
 
@@ -114,14 +114,14 @@ def test_a_first_load_reports_no_reused_memory(tmp_path):
 
 def test_limit_zero_turns_the_cache_off():
     host_cache.configure(1 << 30, 60)
-    del_buf = cpp.HostBuffer.allocate(8 * MiB)
+    del_buf = _cpp.HostBuffer.allocate(8 * MiB)
     del del_buf
     assert host_cache.stats()["bytes"] > 0
     host_cache.configure(limit_bytes=0)
     assert host_cache.stats()["bytes"] == 0
     hits = host_cache.stats()["hits"]
-    cpp.HostBuffer.allocate(8 * MiB)
-    cpp.HostBuffer.allocate(8 * MiB)
+    _cpp.HostBuffer.allocate(8 * MiB)
+    _cpp.HostBuffer.allocate(8 * MiB)
     assert host_cache.stats()["hits"] == hits and host_cache.stats()["bytes"] == 0
 
 
@@ -138,7 +138,7 @@ def test_loads_into_reused_memory_are_bit_exact(tmp_path):
     path = save(tmp_path / "m.safetensors", tensors)
     size = os.path.getsize(path)
     for byte in (0x00, 0xFF, 0xA5):  # stale bytes of every kind in the memory the load reuses
-        junk = cpp.HostBuffer.allocate(size + 4 * MiB)
+        junk = _cpp.HostBuffer.allocate(size + 4 * MiB)
         fill(junk, byte)
         del junk
         hits = host_cache.stats()["hits"]
@@ -153,7 +153,7 @@ def test_loads_into_reused_memory_are_bit_exact(tmp_path):
 _FORK_SCRIPT = """
 import os, sys, time
 import numpy as np
-from fastsafetensors import cpp, host_cache
+from fastsafetensors import _cpp, host_cache
 
 def settled(pred):
     end = time.monotonic() + 10
@@ -164,13 +164,13 @@ def settled(pred):
     return True
 
 host_cache.configure(1 << 30, 60)  # kept however long the fork takes on a busy machine
-del_buf = cpp.HostBuffer.allocate(8 << 20)
+del_buf = _cpp.HostBuffer.allocate(8 << 20)
 del del_buf
 pid = os.fork()
 if pid == 0:  # the parent's reclaimer thread is not in the child: the cache must start its own
     ok = False
     try:
-        buf = cpp.HostBuffer.allocate(8 << 20)
+        buf = _cpp.HostBuffer.allocate(8 << 20)
         np.from_dlpack(buf.view(0, (buf.size,), 1, 8))[:] = 3
         hits = host_cache.stats()["hits"]
         del buf
@@ -199,10 +199,10 @@ def test_reused_memory_is_not_populated_again(tmp_path):
     host_cache.configure(1 << 30, 60)
     path = save(tmp_path / "m.safetensors", {"w": random_tensor("BF16", (2048, 1024))})
     plan = plan_load(read_headers([path]), ["w"])
-    reader = cpp.HostReader(2)
+    reader = _cpp.HostReader(2)
 
     def read():
-        buf = cpp.HostBuffer.allocate(plan.buffer_sizes[0])
+        buf = _cpp.HostBuffer.allocate(plan.buffer_sizes[0])
         stats = reader.read(plan.sources(), plan.ranges, [buf])
         got = np.from_dlpack(buf.view(plan.tensors["w"].offset, (2048 * 1024 * 2,), 1, 8)).tobytes()
         return buf.reused, stats, got
@@ -227,7 +227,7 @@ def test_threads_never_share_a_buffer():
         rng = np.random.default_rng(tag)
         try:
             for _ in range(40):
-                buf = cpp.HostBuffer.allocate(int(rng.integers(2, 12)) * MiB + int(rng.integers(0, 4096)))
+                buf = _cpp.HostBuffer.allocate(int(rng.integers(2, 12)) * MiB + int(rng.integers(0, 4096)))
                 fill(buf, tag)
                 time.sleep(0.001)
                 if not (np.from_dlpack(buf.view(0, (buf.size,), 1, 8)) == tag).all():

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 import fastsafetensors  # noqa: E402
-from fastsafetensors import cpp  # noqa: E402
+from fastsafetensors import _cpp  # noqa: E402
 from fastsafetensors.engine import read_into_host  # noqa: E402
 from fastsafetensors.errors import IntegrityError  # noqa: E402
 from fastsafetensors.files import read_headers  # noqa: E402
@@ -30,16 +30,16 @@ def _hashlib_file(path) -> str:
 def test_sha256_matches_hashlib(length):
     """Both the SHA-NI path (where the CPU has it) and the portable FIPS 180-4 code."""
     data = os.urandom(length)
-    assert cpp.sha256_bytes(data) == hashlib.sha256(data).hexdigest()
-    assert cpp.sha256_bytes(data, portable=True) == hashlib.sha256(data).hexdigest()
-    assert cpp.SHA256_IMPLEMENTATION in ("sha-ni", "portable")
+    assert _cpp.testing.sha256_bytes(data) == hashlib.sha256(data).hexdigest()
+    assert _cpp.testing.sha256_bytes(data, portable=True) == hashlib.sha256(data).hexdigest()
+    assert _cpp.testing.SHA256_IMPLEMENTATION in ("sha-ni", "portable")
 
 
 def test_sha256_file_matches_hashlib(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(os.urandom(3 * (1 << 20) + 17))  # crosses the 1 MiB read chunks unevenly
     assert sha256_file(path) == _hashlib_file(path)
-    assert cpp.sha256_file(str(tmp_path / "blob")) == _hashlib_file(path)
+    assert _cpp.sha256_file(str(tmp_path / "blob")) == _hashlib_file(path)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_loaded_file_digest_equals_file_digest(ckpt):
         plan = plan_load(files, names)
         buffers = read_into_host(plan)
         for i, f in enumerate(files):
-            assert cpp.sha256_loaded_file(f.header, f.path, i, plan.ranges, buffers) == _hashlib_file(f.path)
+            assert _cpp.sha256_loaded_file(f.header, f.path, i, plan.ranges, buffers) == _hashlib_file(f.path)
 
 
 def test_verify_with_given_digests(ckpt):
@@ -71,12 +71,12 @@ def test_verify_with_given_digests(ckpt):
 def test_verify_mismatch_returns_nothing(ckpt):
     digests = {p: _hashlib_file(p) for p in ckpt}
     digests[ckpt[1]] = hashlib.sha256(b"something else").hexdigest()
-    before = cpp.host_live_bytes()
+    before = _cpp.testing.host_live_bytes()
     with pytest.raises(IntegrityError) as ei:
         fastsafetensors.load(ckpt, verify=True, sha256=digests)
     assert ei.value.filename == ckpt[1] and ckpt[1] in str(ei.value)
     assert ei.value.actual == _hashlib_file(ckpt[1])
-    assert cpp.host_live_bytes() == before
+    assert _cpp.testing.host_live_bytes() == before
 
 
 def test_verify_detects_a_flipped_data_byte(ckpt):

@@ -13,7 +13,7 @@ jax = pytest.importorskip("jax")
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from fastsafetensors import cpp  # noqa: E402
+from fastsafetensors import _cpp  # noqa: E402
 from fastsafetensors.api import instantiate  # noqa: E402
 from fastsafetensors.device_engine import read_into_device  # noqa: E402
 from fastsafetensors.dtypes import NATIVE, RAW_BYTES  # noqa: E402
@@ -62,7 +62,7 @@ def _host_device_allocator(dev, calls, arrays):
     engine's HostDevice copies may land in it and its live_device_bytes shows when it is freed."""
     def allocate(nbytes, jax_device):
         calls.append(nbytes)
-        buf = cpp.DeviceBuffer.allocate(dev, nbytes)
+        buf = _cpp.DeviceBuffer.allocate(dev, nbytes)
         arr = jax.dlpack.from_dlpack(buf.view(0, [nbytes], *RAW_BYTES))
         assert arr.unsafe_buffer_pointer() == buf.data_ptr
         arrays.append(weakref.ref(arr))
@@ -128,7 +128,7 @@ def test_size_classes_bound_the_waste_and_the_number_of_compiles():
 def test_load_through_the_engine_makes_one_allocation_bit_exact_and_freed_with_the_last_tensor(
         tmp_path, monkeypatch):
     paths = _checkpoints(tmp_path)
-    dev, calls, arrays = cpp.HostDevice(copy_delay_us=5), [], []
+    dev, calls, arrays = _cpp.testing.HostDevice(copy_delay_us=5), [], []
     monkeypatch.setattr(jax_backend, "zeros_on", _host_device_allocator(dev, calls, arrays))
     plan = plan_load(read_headers(paths))
     fw = get_framework("jax")
@@ -189,7 +189,7 @@ def test_default_hook_allocates_one_buffer_per_file(tmp_path):
     paths = _checkpoints(tmp_path, n_files=2)
     plan = plan_load(read_headers(paths))
     fw = _CountingFramework()
-    out_plan, outs = read_into_device(plan, fw, CUDA, engine_device=cpp.HostDevice(), threads=2,
+    out_plan, outs = read_into_device(plan, fw, CUDA, engine_device=_cpp.testing.HostDevice(), threads=2,
                                       staging_bytes=1 << 16)
     assert fw.calls == list(plan.buffer_sizes)
     ref = {}
@@ -203,4 +203,4 @@ def test_default_hook_allocates_one_buffer_per_file(tmp_path):
 def test_overlapping_outputs_are_refused(tmp_path):
     plan = plan_load(read_headers(_checkpoints(tmp_path, n_files=2)))
     with pytest.raises(RuntimeError, match="overlapping"):
-        read_into_device(plan, _CountingFramework(overlap=True), CUDA, engine_device=cpp.HostDevice())
+        read_into_device(plan, _CountingFramework(overlap=True), CUDA, engine_device=_cpp.testing.HostDevice())

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import fastsafetensors.jax as fj  # noqa: E402
-from fastsafetensors import cpp  # noqa: E402
+from fastsafetensors import _cpp  # noqa: E402
 from fastsafetensors._jax import gpu_reads  # noqa: E402
 from fastsafetensors.dtypes import NATIVE  # noqa: E402
 from fastsafetensors.frameworks import jax as jax_backend  # noqa: E402
@@ -31,7 +31,7 @@ ST_OF_TORCH_NAME = {"cols": "BF16", "scalar": "F32", "norm": "F16"}  # tensor na
 @pytest.fixture
 def engine(monkeypatch):
     """CPU devices take the GPU route through one HostDevice; returns (allocation sizes, device)."""
-    dev, calls, arrays = cpp.HostDevice(), [], []
+    dev, calls, arrays = _cpp.testing.HostDevice(), [], []
     monkeypatch.setattr(gpu_reads, "PLATFORMS", frozenset({"cpu"}))
     monkeypatch.setattr(gpu_reads, "engine_for", lambda d: (Device.from_str("cpu"), dev))
     monkeypatch.setattr(jax_backend, "zeros_on", _host_device_allocator(dev, calls, arrays))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 import fastsafetensors  # noqa: E402
 import fastsafetensors.jax as fj  # noqa: E402
-from fastsafetensors import cpp  # noqa: E402
+from fastsafetensors import _cpp  # noqa: E402
 from fastsafetensors._jax import placement  # noqa: E402
 from fastsafetensors._jax.shard_plan import plan_shards  # noqa: E402
 from fastsafetensors.errors import ShardingMismatch, TensorNotFound, UnsupportedDtype  # noqa: E402
@@ -142,10 +142,10 @@ def test_zero_copy_and_replicas_share_host_memory(ckpt):
     d, ref = ckpt
     mesh = jax.make_mesh((2, 4), ("a", "b"))
     gc.collect()  # arrays of earlier tests must not be freed while this one counts
-    before = cpp.host_live_bytes()
+    before = _cpp.testing.host_live_bytes()
     out = fj.load(d, mesh=mesh, rules=[(r"embed", P("a")), (r"lm_head", P(None, "b"))],
                   names=["model.embed.weight", "lm_head.weight"], strategy="per_device")
-    held = cpp.host_live_bytes() - before
+    held = _cpp.testing.host_live_bytes() - before
     # The arrays live in the engine's buffers (no copy): one slot per distinct shard.
     assert ref["model.embed.weight"].nbytes + ref["lm_head.weight"].nbytes <= held
     embed = out["model.embed.weight"]
@@ -158,7 +158,7 @@ def test_zero_copy_and_replicas_share_host_memory(ckpt):
     assert len(ptrs) == 2 and all(len(p) == 1 for p in ptrs.values())
     del out, embed, s
     gc.collect()
-    assert cpp.host_live_bytes() == before
+    assert _cpp.testing.host_live_bytes() == before
 
 
 def test_column_shards_are_few_vectored_reads(ckpt):

@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 import fastsafetensors
-from fastsafetensors import SafeTensorsFileLoader, SingleGroup, cpp, errors, fastsafe_open
+from fastsafetensors import SafeTensorsFileLoader, SingleGroup, _cpp, errors, fastsafe_open
 
 from .helpers import assert_exact, open_fds, rss_bytes, tensor_bytes
 
@@ -39,7 +39,7 @@ def _file_bytes(paths) -> int:
 
 def _settle() -> int:
     gc.collect()
-    return cpp.host_live_bytes()
+    return _cpp.testing.host_live_bytes()
 
 
 # --- tensors outlive their owners ----------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_load_drop_cycles_do_not_leak(multi_files):
         cycle(i)
     gc.collect()
     assert open_fds() <= fds
-    assert cpp.host_live_bytes() == start_live
+    assert _cpp.testing.host_live_bytes() == start_live
     # 180 more loads of ~10 KB each: growth beyond a few MiB would be a leak, not allocator noise.
     assert rss_bytes() - rss < 8 << 20
 

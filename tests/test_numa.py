@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from fastsafetensors import cpp, device_engine, loader as loader_mod  # noqa: E402
+from fastsafetensors import _cpp, device_engine, loader as loader_mod  # noqa: E402
 from fastsafetensors.device_engine import get_device_reader, read_into_device, release_device_readers  # noqa: E402
 from fastsafetensors.files import read_headers  # noqa: E402
 from fastsafetensors.loader import SafeTensorsFileLoader  # noqa: E402
@@ -56,7 +56,7 @@ def two_nodes(root):
     ("8191", [8191]),
 ])
 def test_cpulist_parses_kernel_lists(text, cpus):
-    assert cpp.parse_cpulist(text) == cpus
+    assert _cpp.testing.parse_cpulist(text) == cpus
 
 
 @pytest.mark.parametrize("text", [
@@ -64,7 +64,7 @@ def test_cpulist_parses_kernel_lists(text, cpus):
     "8192", "99999999999999999999", "1-99999999999", "0--3", "1.5",
 ])
 def test_cpulist_refuses_malformed(text):
-    assert cpp.parse_cpulist(text) is None
+    assert _cpp.testing.parse_cpulist(text) is None
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -77,29 +77,29 @@ def test_cpulist_refuses_malformed(text):
     ("../../x:00:00.0", None), ("0000:3b:00.0\n", None),
 ])
 def test_bus_id_in_the_form_sysfs_uses(given, expected):
-    assert cpp.normalize_pci_bus_id(given) == expected
+    assert _cpp.testing.normalize_pci_bus_id(given) == expected
 
 
 # -- lookups against fake sysfs trees --
 
 def test_lookup_finds_node_and_its_cpus(tmp_path):
     root = fake_sysfs(tmp_path, {0: "0-3,8-11", 1: "4-7,12-15"}, gpu_node="1")
-    assert cpp.pci_numa_node(BUS, root) == 1
-    assert cpp.pci_numa_node("0000:3B:00.0", root) == 1  # as CUDA spells it
-    assert cpp.numa_node_cpus(1, root) == [4, 5, 6, 7, 12, 13, 14, 15]
-    assert cpp.numa_node_cpus(2, root) is None
-    assert cpp.numa_node_cpus(-1, root) is None
-    where = cpp.numa_placement(BUS, list(range(16)), root)
+    assert _cpp.pci_numa_node(BUS, root) == 1
+    assert _cpp.pci_numa_node("0000:3B:00.0", root) == 1  # as CUDA spells it
+    assert _cpp.testing.numa_node_cpus(1, root) == [4, 5, 6, 7, 12, 13, 14, 15]
+    assert _cpp.testing.numa_node_cpus(2, root) is None
+    assert _cpp.testing.numa_node_cpus(-1, root) is None
+    where = _cpp.testing.numa_placement(BUS, list(range(16)), root)
     assert where == {"bus_id": BUS, "node": 1, "cpus": [4, 5, 6, 7, 12, 13, 14, 15], "reason": ""}
     # only the CPUs the process may use
-    assert cpp.numa_placement(BUS, [0, 5, 13, 20], root)["cpus"] == [5, 13]
+    assert _cpp.testing.numa_placement(BUS, [0, 5, 13, 20], root)["cpus"] == [5, 13]
 
 
 @pytest.mark.parametrize("text", ["-1", "abc", "", "1 ", "99999999999"])
 def test_unknown_or_malformed_node_means_unknown(tmp_path, text):
     root = fake_sysfs(tmp_path, {0: "0", 1: "1"}, gpu_node=text)
-    assert cpp.pci_numa_node(BUS, root) == -1
-    where = cpp.numa_placement(BUS, [0, 1], root)
+    assert _cpp.pci_numa_node(BUS, root) == -1
+    where = _cpp.testing.numa_placement(BUS, [0, 1], root)
     assert where["cpus"] == [] and where["node"] == -1 and "unknown" in where["reason"]
 
 
@@ -114,11 +114,11 @@ def test_reasons_for_leaving_threads_alone(tmp_path):
         "no sysfs": (str(tmp_path / "nothing"), [0, 1], "nodes are unknown"),
     }
     for case, (root, allowed, reason) in cases.items():
-        where = cpp.numa_placement(BUS, allowed, root)
+        where = _cpp.testing.numa_placement(BUS, allowed, root)
         assert where["cpus"] == [], case
         assert reason in where["reason"], (case, where)
-    assert "no PCI bus id" in cpp.numa_placement("", [0, 1], str(tmp_path))["reason"]
-    assert "not a PCI bus id" in cpp.numa_placement("junk", [0, 1], str(tmp_path))["reason"]
+    assert "no PCI bus id" in _cpp.testing.numa_placement("", [0, 1], str(tmp_path))["reason"]
+    assert "not a PCI bus id" in _cpp.testing.numa_placement("junk", [0, 1], str(tmp_path))["reason"]
 
 
 # -- the reader --
@@ -140,14 +140,14 @@ def readers():
 
 
 def _device(bus=BUS, delay_us=20):
-    dev = cpp.HostDevice(copy_delay_us=delay_us)
+    dev = _cpp.testing.HostDevice(copy_delay_us=delay_us)
     dev.set_pci_bus_id(bus)
     return dev
 
 
 def _read_exact(reader, dev, path):
     plan = plan_load(read_headers([path]))
-    bufs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+    bufs = [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
     stats = reader.read(plan.sources(), plan.ranges, [b.data_ptr for b in bufs], list(plan.buffer_sizes))
     ref = load_file(path)
     for name, loc in plan.tensors.items():
@@ -160,7 +160,7 @@ def _read_exact(reader, dev, path):
 def test_reader_lanes_run_on_the_gpu_node(tmp_path, ckpt):
     root = two_nodes(tmp_path / "sys")
     dev = _device()
-    reader = cpp.DeviceReader(dev, 2, 4 * 8192, 1, sysfs_root=root)
+    reader = _cpp.DeviceReader(dev, 2, 4 * 8192, 1, sysfs_root=root)
     assert reader.placement == {"bus_id": BUS, "node": 1, "cpus": [ALLOWED[-1]], "reason": ""}
     reader_stats = _read_exact(reader, dev, ckpt)
     assert reader.worker_cpus[:2] == [[ALLOWED[-1]]] * 2  # read inside each staging lane's thread
@@ -175,9 +175,9 @@ def test_reader_lanes_run_on_the_gpu_node(tmp_path, ckpt):
 def test_mapping_lanes_are_placed_too(tmp_path, ckpt):
     root = two_nodes(tmp_path / "sys")
     dev = _device()
-    reader = cpp.DeviceReader(dev, 1, 2 * 8192, 2, sysfs_root=root)
+    reader = _cpp.DeviceReader(dev, 1, 2 * 8192, 2, sysfs_root=root)
     plan = plan_load(read_headers([ckpt]))
-    bufs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+    bufs = [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
     stats = reader.read(plan.sources(), plan.ranges, [b.data_ptr for b in bufs], list(plan.buffer_sizes),
                         stage_cached=False, warm_fraction=0.0)
     assert stats["mapped_bytes"] > 0
@@ -188,7 +188,7 @@ def test_mapping_lanes_are_placed_too(tmp_path, ckpt):
 def test_turned_off_or_no_bus_id_leaves_lanes_alone(tmp_path, ckpt):
     root = two_nodes(tmp_path / "sys")
     for dev, numa, reason in [(_device(), False, "turned off"), (_device(bus=""), True, "no PCI bus id")]:
-        reader = cpp.DeviceReader(dev, 2, 4 * 8192, 0, numa=numa, sysfs_root=root)
+        reader = _cpp.DeviceReader(dev, 2, 4 * 8192, 0, numa=numa, sysfs_root=root)
         assert reader.placement["cpus"] == [] and reason in reader.placement["reason"]
         stats = _read_exact(reader, dev, ckpt)
         assert reader.worker_cpus == [ALLOWED] * 2

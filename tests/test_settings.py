@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import fastsafetensors
-from fastsafetensors import cpp, settings
+from fastsafetensors import _cpp, settings
 from fastsafetensors.api import _direct_io_default
 from fastsafetensors.cli import main
 from fastsafetensors.device_engine import gds_mode, numa_enabled
@@ -40,25 +40,25 @@ def _outcome(parse, *args):
 
 @pytest.mark.parametrize("value", BOOLS)
 def test_bool_parsers_agree(value):
-    assert _outcome(settings.parse_bool, NAME, value) == _outcome(cpp._testing.parse_bool, NAME, value)
+    assert _outcome(settings.parse_bool, NAME, value) == _outcome(_cpp.testing.parse_bool, NAME, value)
 
 
 @pytest.mark.parametrize("value", UINTS)
 @pytest.mark.parametrize("maximum", [5, 1024, (1 << 64) - 1])
 def test_uint_parsers_agree(value, maximum):
     assert (_outcome(settings.parse_uint, NAME, value, maximum)
-            == _outcome(cpp._testing.parse_uint, NAME, value, maximum))
+            == _outcome(_cpp.testing.parse_uint, NAME, value, maximum))
 
 
 @pytest.mark.parametrize("value", FLOATS)
 def test_float_parsers_agree(value):
-    assert _outcome(settings.parse_float, NAME, value, 1e6) == _outcome(cpp._testing.parse_float, NAME, value, 1e6)
+    assert _outcome(settings.parse_float, NAME, value, 1e6) == _outcome(_cpp.testing.parse_float, NAME, value, 1e6)
 
 
 @pytest.mark.parametrize("value", CHOICES)
 def test_choice_parsers_agree(value):
     choices = ["auto", "direct", "buffered", "off"]
-    assert _outcome(settings.parse_choice, NAME, value, choices) == _outcome(cpp._testing.parse_choice, NAME, value,
+    assert _outcome(settings.parse_choice, NAME, value, choices) == _outcome(_cpp.testing.parse_choice, NAME, value,
                                                                               choices)
 
 
@@ -162,7 +162,7 @@ def test_gds_off_never_asks_for_cufile(monkeypatch, value):
         raise AssertionError("GDS=off must not look for cuFile")
 
     monkeypatch.setenv("FASTSAFETENSORS_GDS", value)
-    monkeypatch.setattr(cpp, "gds_status", no_cufile)
+    monkeypatch.setattr(_cpp, "gds_status", no_cufile)
     assert gds_mode(nogds=False) == "off"
 
 
@@ -187,7 +187,7 @@ def test_malformed_python_variables_raise_naming_them(monkeypatch, name, value):
 def test_engine_huge_pages_malformed_raises_settings_error(monkeypatch, value):
     monkeypatch.setenv("FASTSAFETENSORS_HUGE_PAGES", value)
     with pytest.raises(SettingsError, match='FASTSAFETENSORS_HUGE_PAGES=".*" is not valid') as info:
-        cpp.HostBuffer.allocate(4 << 20)
+        _cpp.HostBuffer.allocate(4 << 20)
     assert info.value.variable == "FASTSAFETENSORS_HUGE_PAGES"
 
 
@@ -197,7 +197,7 @@ def test_engine_huge_pages_malformed_raises_settings_error(monkeypatch, value):
 @pytest.mark.parametrize("value, want", [("true", True), ("ON", True), ("no", False)])
 def test_engine_huge_pages_words(monkeypatch, value, want):
     monkeypatch.setenv("FASTSAFETENSORS_HUGE_PAGES", value)
-    assert cpp.HostBuffer.allocate(4 << 20).huge_pages is want
+    assert _cpp.HostBuffer.allocate(4 << 20).huge_pages is want
 
 
 def _run(code, env, timeout=60):
@@ -213,17 +213,17 @@ def _run(code, env, timeout=60):
                                          ("FASTSAFETENSORS_HOST_CACHE_SECONDS", "1e7")])
 def test_engine_host_cache_malformed_raises_on_first_use(name, value):
     # The cache reads its variables once per process: a fresh one sees them.
-    code = ("from fastsafetensors import cpp\n"
+    code = ("from fastsafetensors import _cpp\n"
             "from fastsafetensors.errors import SettingsError\n"
-            "try:\n    cpp.host_cache_stats()\nexcept SettingsError as e:\n    print('raised', e.variable)\n"
-            "try:\n    cpp.HostBuffer.allocate(4 << 20)\nexcept SettingsError as e:\n    print('raised', e.variable)\n")
+            "try:\n    _cpp.host_cache_stats()\nexcept SettingsError as e:\n    print('raised', e.variable)\n"
+            "try:\n    _cpp.HostBuffer.allocate(4 << 20)\nexcept SettingsError as e:\n    print('raised', e.variable)\n")
     done = _run(code, {name: value})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n") == [f"raised {name}", f"raised {name}", ""]
 
 
 def test_engine_host_cache_reads_its_bounds():
-    done = _run("from fastsafetensors import cpp; s = cpp.host_cache_stats(); print(s['limit'], s['hold_seconds'])",
+    done = _run("from fastsafetensors import _cpp; s = _cpp.host_cache_stats(); print(s['limit'], s['hold_seconds'])",
                 {"FASTSAFETENSORS_HOST_CACHE_MB": " 3 ", "FASTSAFETENSORS_HOST_CACHE_SECONDS": "2.5"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(3 << 20), "2.5"]

@@ -32,4 +32,4 @@ def test_an_unbuilt_source_tree_says_how_to_build(tmp_path):
     proc = subprocess.run([sys.executable, "-S", "-c", "import fastsafetensors"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, env={"PATH": os.environ.get("PATH", "")})
     assert proc.returncode != 0
-    assert "compiled engine (cpp*.so) is missing" in proc.stderr and "pip install ." in proc.stderr
+    assert "compiled engine (_cpp*.so) is missing" in proc.stderr and "pip install ." in proc.stderr

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastsafetensors  # noqa: E402
-from fastsafetensors import SafeTensorsFileLoader, cpp, fastsafe_open  # noqa: E402
+from fastsafetensors import SafeTensorsFileLoader, _cpp, fastsafe_open  # noqa: E402
 from fastsafetensors.errors import LoaderClosedError  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -95,4 +95,4 @@ def test_loader_after_close(tmp_path):
     with pytest.raises(LoaderClosedError):
         f.get_tensor("layer0.idx")
     assert torch.equal(t, load_file(paths[0])["layer0.idx"])
-    assert cpp.host_live_bytes() > 0  # `kept` and `t` still own their buffers
+    assert _cpp.testing.host_live_bytes() > 0  # `kept` and `t` still own their buffers

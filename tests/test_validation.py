@@ -1,7 +1,7 @@
 """Every validation rule of the format (docs: shared/reference/format.md), one malformed image each.
 
 Each image is checked three ways: through ``read_file_header`` (the message names the file),
-through ``load`` (same error before any data is read) and through ``cpp.parse_file_image``
+through ``load`` (same error before any data is read) and through ``_cpp.testing.parse_file_image``
 (the in-memory parser). The reference reader must reject the same image, except where our
 reader is stricter on purpose (duplicate names).
 """
@@ -18,7 +18,7 @@ import torch
 from safetensors import deserialize, safe_open
 from safetensors.torch import save
 
-from fastsafetensors import cpp, errors, load, read_file_header
+from fastsafetensors import _cpp, errors, load, read_file_header
 
 from .helpers import entry, write_raw
 
@@ -138,7 +138,7 @@ def test_parse_file_image_rejects(tmp_path, case_id):
     cls, tensor = CASES[case_id][3:5]
     image = open(_image_file(tmp_path, case_id), "rb").read()
     with pytest.raises(cls) as exc_info:
-        cpp.parse_file_image(image)
+        _cpp.testing.parse_file_image(image)
     _check(exc_info, cls, tensor)
 
 
@@ -164,7 +164,7 @@ def test_whitespace_around_json_is_valid(tmp_path, text):
     path = write_raw(tmp_path / "ws.safetensors", text)
     assert read_file_header(path).tensors == {}
     assert load(path, framework="numpy") == {}
-    assert len(cpp.parse_file_image(open(path, "rb").read()).tensors) == 0
+    assert len(_cpp.testing.parse_file_image(open(path, "rb").read()).tensors) == 0
 
 
 def test_whitespace_inside_json_with_tensor(tmp_path):
@@ -250,7 +250,7 @@ def test_agrees_with_reference_parser_on_random_headers():
         except Exception:
             ref = None
         try:
-            ours = cpp.parse_file_image(image)
+            ours = _cpp.testing.parse_file_image(image)
         except E.SafeTensorsError:
             ours = None
         assert (ref is None) == (ours is None), image[8:]
@@ -288,7 +288,7 @@ def test_agrees_with_reference_parser_on_mutated_bytes():
         except Exception:
             ref_ok = False
         try:
-            cpp.parse_file_image(mutated)
+            _cpp.testing.parse_file_image(mutated)
             ours_ok = True
         except E.SafeTensorsError:
             ours_ok = False

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors.errors import TruncatedFileError
 from fastsafetensors.files import read_headers
 from fastsafetensors.frameworks import get_framework
 
 IOV_MAX = 1024  # Linux: the most pieces one preadv takes
-ALIGN = cpp.TENSOR_ALIGNMENT
-faults = cpp._testing
+ALIGN = _cpp.TENSOR_ALIGNMENT
+faults = _cpp.testing
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +50,14 @@ def _index(f, name: str) -> int:
 def _plan(path, cols, ways=8, rows=256, columns=96):
     f = read_headers([path])[0]
     targets, size = _column_targets(cols, ways, rows, columns)
-    ranges = cpp.RangeList()
-    cpp.plan_boxes(f.header, _index(f, "w"), 0, targets, ranges)
+    ranges = _cpp.RangeList()
+    _cpp.plan_boxes(f.header, _index(f, "w"), 0, targets, ranges)
     return f, targets, ranges, size
 
 
 def _read(path, ranges, size, buffers=None, **kw):
-    buffers = buffers or [cpp.HostBuffer.allocate(size)]
-    stats = cpp.HostReader(2).read([cpp.ReadSource(path, os.path.getsize(path))], ranges, buffers, **kw)
+    buffers = buffers or [_cpp.HostBuffer.allocate(size)]
+    stats = _cpp.HostReader(2).read([_cpp.ReadSource(path, os.path.getsize(path))], ranges, buffers, **kw)
     return buffers, stats
 
 
@@ -84,7 +84,7 @@ def test_plan_boxes_is_every_run_in_file_order(weight):
     one_by_one = set()
     for start, stop, dst, at in targets:
         one_by_one |= {(r.file_offset, r.length, r.dst_offset)
-                       for r in cpp.plan_box(f.header, _index(f, "w"), start, stop, 0, dst, at)}
+                       for r in _cpp.plan_box(f.header, _index(f, "w"), start, stop, 0, dst, at)}
     assert {(r.file_offset, r.length, r.dst_offset) for r in ranges} == one_by_one
     assert len(ranges) == 8 * 256
 
@@ -129,12 +129,12 @@ def test_gaps_are_read_and_dropped_up_to_max_gap(weight):
 def test_any_order_overlaps_and_empty_ranges(weight):
     path, ref = weight
     _, targets, ranges, size = _plan(path, range(8))
-    shuffled = cpp.RangeList(list(ranges)[::-1])
+    shuffled = _cpp.RangeList(list(ranges)[::-1])
     # The same bytes again, into a second buffer, and empty ranges in between.
     for r in list(ranges)[:40]:
-        shuffled.append(cpp.ReadRange(r.file, 1, r.file_offset, r.length, r.dst_offset))
-        shuffled.append(cpp.ReadRange(r.file, 1, r.file_offset + 1, 0, 0))
-    bufs, stats = _read(path, shuffled, size, buffers=[cpp.HostBuffer.allocate(size), cpp.HostBuffer.allocate(size)])
+        shuffled.append(_cpp.ReadRange(r.file, 1, r.file_offset, r.length, r.dst_offset))
+        shuffled.append(_cpp.ReadRange(r.file, 1, r.file_offset + 1, 0, 0))
+    bufs, stats = _read(path, shuffled, size, buffers=[_cpp.HostBuffer.allocate(size), _cpp.HostBuffer.allocate(size)])
     _assert_columns(bufs[0], targets, ref)
     _assert_columns(bufs[1], targets, ref, rows=5)  # the first 40 runs: 5 rows of the 8 shards
     assert stats["bytes"] == ref.nbytes + sum(r.length for r in list(ranges)[:40])

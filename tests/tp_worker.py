@@ -20,7 +20,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 import fastsafetensors
-from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, cpp
+from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, _cpp
 from fastsafetensors.errors import (LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound,
                                     TruncatedFileError)
 from fastsafetensors.st_types import DType
@@ -240,7 +240,7 @@ def scenario_parallel_loader():
 
 def scenario_parallel_loader_close_frees_batches():
     gc.collect()
-    before = cpp.host_live_bytes()
+    before = _cpp.testing.host_live_bytes()
     loader = ParallelLoader(dist.group.WORLD, FILES, queue_size=2, max_concurrent_producers=2,
                             use_tqdm_on_load=False, device=DEVICE, nogds=True, direct_read=False)
     it = loader.iterate_weights()
@@ -250,7 +250,7 @@ def scenario_parallel_loader_close_frees_batches():
     loader.close()
     it.close()
     gc.collect()
-    assert cpp.host_live_bytes() == before, f"{cpp.host_live_bytes() - before} bytes still held after close()"
+    assert _cpp.testing.host_live_bytes() == before, f"{_cpp.testing.host_live_bytes() - before} bytes still held after close()"
 
 
 def scenario_direct_read_bytes():

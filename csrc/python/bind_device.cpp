@@ -68,7 +68,7 @@ py::dict stats_dict(const DeviceReadStats& s) {
 
 }  // namespace
 
-void fst::python::bind_device(py::module_& m) {
+void fst::python::bind_device(py::module_& m, py::module_& testing) {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -81,10 +81,10 @@ void fst::python::bind_device(py::module_& m) {
 
   m.def("add_cuda_search_dirs", &shim::add_search_dirs, py::arg("dirs"),
         "Folders to look for libcudart/libcufile in, after the copies already loaded.");
-  m.def("cuda_device_count", &cuda_device_count, py::call_guard<py::gil_scoped_release>(),
+  testing.def("cuda_device_count", &cuda_device_count, py::call_guard<py::gil_scoped_release>(),
         "CUDA devices visible through the run-time loaded CUDA runtime (0 without one).");
-  m.def("cuda_runtime_error", &shim::cuda_runtime_error, "Why no CUDA runtime loaded ('' when one did).");
-  m.def("cuda_runtime_library", []() -> std::string {
+  testing.def("cuda_runtime_error", &shim::cuda_runtime_error, "Why no CUDA runtime loaded ('' when one did).");
+  testing.def("cuda_runtime_library", []() -> std::string {
     const shim::CudaRuntime* rt = shim::cuda_runtime();
     return rt ? rt->library : "";
   });
@@ -120,7 +120,7 @@ void fst::python::bind_device(py::module_& m) {
   m.def("cuda_device", &cuda_device, py::arg("ordinal") = 0, py::call_guard<py::gil_scoped_release>(),
         "The CUDA device `ordinal` (raises CudaError saying what is missing).");
 
-  py::class_<HostDevice, Device, std::shared_ptr<HostDevice>>(m, "HostDevice")
+  py::class_<HostDevice, Device, std::shared_ptr<HostDevice>>(testing, "HostDevice")
       .def(py::init<unsigned>(), py::arg("copy_delay_us") = 0)
       .def("set_pci_bus_id", &HostDevice::set_pci_bus_id, py::arg("bus_id"),
            "Report this bus id, so a reader places its lanes as for a GPU on it.")

@@ -10,8 +10,8 @@
 namespace py = pybind11;
 
 
-void fst::python::bind_integrity(py::module_& m) {
-  m.def(
+void fst::python::bind_integrity(py::module_& m, py::module_& testing) {
+  testing.def(
       "sha256_bytes",
       [](py::bytes data, bool portable) {
         std::string_view s = data;
@@ -21,7 +21,7 @@ void fst::python::bind_integrity(py::module_& m) {
       },
       py::arg("data"), py::arg("portable") = false,
       "Hex SHA-256 of bytes with the engine's own code (`portable`: without the CPU's SHA extensions).");
-  m.attr("SHA256_IMPLEMENTATION") = Sha256::implementation();
+  testing.attr("SHA256_IMPLEMENTATION") = Sha256::implementation();
   m.def("sha256_file", &sha256_of_file, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
         "Hex SHA-256 of a whole file, streamed from disk.");
   m.def(

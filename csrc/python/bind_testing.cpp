@@ -1,4 +1,4 @@
-// fastsafetensors.cpp._testing: fault injection for the test suite (see fault_injection.hpp), and the
+// fastsafetensors._cpp.testing: fault injection for the test suite (see fault_injection.hpp), and the
 // engine's settings parsers, which tests compare with fastsafetensors/settings.py.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,8 +9,7 @@
 
 namespace py = pybind11;
 
-void fst::python::bind_testing(py::module_& m) {
-  py::module_ t = m.def_submodule("_testing", "Fault injection for tests; never needed in normal use.");
+void fst::python::bind_testing(py::module_& t) {
   t.def(
       "set_fault",
       [](const std::string& kind, uint64_t after_calls, int64_t count) {

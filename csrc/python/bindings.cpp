@@ -1,5 +1,7 @@
-// Python bindings of the engine: fastsafetensors.cpp. The engine knows no framework; tensors
-// leave it as DLPack capsules that the Python backends import.
+// Python bindings of the engine: fastsafetensors._cpp (private; the package wraps it). The engine
+// knows no framework; tensors leave it as DLPack capsules that the Python backends import.
+// Bindings only tests and benchmarks use go into its `testing` submodule, which the library never
+// imports (tests/test_surface.py checks that).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <pybind11/stl_bind.h>
@@ -112,8 +114,9 @@ std::vector<uint32_t> selection_from(const py::object& selection) {
 
 }  // namespace
 
-PYBIND11_MODULE(cpp, m) {
+PYBIND11_MODULE(_cpp, m) {
   m.doc() = "fastsafetensors engine: header parsing, read planning, parallel reads, DLPack export";
+  py::module_ testing = m.def_submodule("testing", "Bindings for tests and benchmarks; never needed in normal use.");
   py::register_exception_translator(translate_errors);
   g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   io_hooks::set_interrupt_check(&check_python_signals);
@@ -142,7 +145,7 @@ PYBIND11_MODULE(cpp, m) {
 
   m.def("read_header", &read_header, py::arg("path"), py::call_guard<py::gil_scoped_release>(),
         "Read and validate the header of a safetensors file.");
-  m.def(
+  testing.def(
       "parse_file_image",
       [](py::bytes image) {
         std::string_view s = image;
@@ -151,7 +154,7 @@ PYBIND11_MODULE(cpp, m) {
         return parse_header(s.substr(8, n), s.size());
       },
       py::arg("image"), "Validate a whole safetensors file held in memory (fuzzing, tests).");
-  m.def("dtype_bits", [](const std::string& name) {
+  testing.def("dtype_bits", [](const std::string& name) {
     auto d = parse_dtype(name);
     if (!d) throw py::value_error("unknown safetensors dtype " + name);
     return dtype_bits(*d);
@@ -255,7 +258,7 @@ PYBIND11_MODULE(cpp, m) {
           "Host memory for `size` bytes; huge_pages=None follows FASTSAFETENSORS_HUGE_PAGES (off).")
       .def_property_readonly("huge_pages", &HostBuffer::huge_pages)
       .def_property_readonly("reused", &HostBuffer::reused, "Whether the memory came from the host cache.");
-  m.def("host_live_bytes", &HostBuffer::live_bytes, "Bytes of engine host buffers still alive.");
+  testing.def("host_live_bytes", &HostBuffer::live_bytes, "Bytes of engine host buffers still alive.");
 
   py::class_<FileMapping, Buffer, std::shared_ptr<FileMapping>>(m, "FileMapping")
       .def_static(
@@ -336,12 +339,12 @@ PYBIND11_MODULE(cpp, m) {
           "between them pending signals are raised (Ctrl-C) and on_batch(bytes delivered) is called. Returns {'bytes', 'reads', 'gap_bytes', 'populated' (destination "
           "bytes faulted in before the copy), 'bytes_per_file' (a list indexed by source)}.");
 
-  m.def(
+  testing.def(
       "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),
       "Drop a file's pages from the page cache (posix_fadvise DONTNEED).");
-  fst::python::bind_integrity(m);
-  fst::python::bind_testing(m);
-  fst::python::bind_device(m);
-  fst::python::bind_numa(m);
+  fst::python::bind_integrity(m, testing);
+  fst::python::bind_testing(testing);
+  fst::python::bind_device(m, testing);
+  fst::python::bind_numa(m, testing);
   fst::python::bind_host_cache(m);
 }

@@ -21,13 +21,15 @@ namespace fst::python {
 // Raises the fastsafetensors.errors class `name`(message, **extra) as the current Python error.
 void raise_python(const char* name, const std::string& message, const pybind11::dict& extra);
 
-void bind_integrity(pybind11::module_& m);
+// `testing` is the engine's testing submodule: bindings only tests and benchmarks use go there.
+void bind_integrity(pybind11::module_& m, pybind11::module_& testing);
 void bind_host_cache(pybind11::module_& m);
-void bind_testing(pybind11::module_& m);
+// Fault injection and the settings parsers, into the testing submodule `t`.
+void bind_testing(pybind11::module_& t);
 // The GPU path: devices, device buffers, the device reader (bind_device.cpp).
-void bind_device(pybind11::module_& m);
+void bind_device(pybind11::module_& m, pybind11::module_& testing);
 // NUMA lookups (bind_numa.cpp); placement_dict is how a placement reaches Python.
-void bind_numa(pybind11::module_& m);
+void bind_numa(pybind11::module_& m, pybind11::module_& testing);
 pybind11::dict placement_dict(const NumaPlacement& p);
 
 }  // namespace fst::python

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import jax
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors._jax.placement import WIDE, BoxKey, Target
 from fastsafetensors._jax.shard_plan import aligned, box_bytes, box_shape
 from fastsafetensors.device_engine import gds_mode, read_into_device
@@ -25,7 +25,7 @@ from fastsafetensors.st_types import Device, DeviceType
 PLATFORMS = frozenset({"gpu"})
 
 
-def engine_for(device: "jax.Device") -> Tuple[Device, Optional["cpp.Device"]]:
+def engine_for(device: "jax.Device") -> Tuple[Device, Optional["_cpp.Device"]]:
     """The engine's device for a JAX device: its CUDA ordinal (None: the CUDA engine device)."""
     return Device(DeviceType.CUDA, device.local_hardware_id), None
 
@@ -52,7 +52,7 @@ def takes(t: Target, boxes: Dict[BoxKey, List["jax.Device"]]) -> bool:
 
 def _plans(files, targets: List[Target], boxes_of) -> Dict["jax.Device", Tuple[LoadPlan, list]]:
     """Per device: a plan reading all its shards into one buffer, and (target, box, offset) each."""
-    ranges: Dict["jax.Device", "cpp.RangeList"] = {}
+    ranges: Dict["jax.Device", "_cpp.RangeList"] = {}
     slots: Dict["jax.Device", list] = {}
     sizes: Dict["jax.Device", int] = {}
     for t in targets:
@@ -60,8 +60,8 @@ def _plans(files, targets: List[Target], boxes_of) -> Dict["jax.Device", Tuple[L
             start, stop = [a for a, _ in box], [b for _, b in box]
             for d in devices:
                 at = sizes.get(d, 0)
-                cpp.plan_boxes(files[t.file].header, t.index, t.file, [(start, stop, 0, at)],
-                               ranges.setdefault(d, cpp.RangeList()))
+                _cpp.plan_boxes(files[t.file].header, t.index, t.file, [(start, stop, 0, at)],
+                               ranges.setdefault(d, _cpp.RangeList()))
                 slots.setdefault(d, []).append((t, box, at))
                 sizes[d] = aligned(at + box_bytes(box, t.info.dtype))
     return {d: (LoadPlan(files, ranges[d], [sizes[d]], {}), slots[d]) for d in slots}

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors.dtypes import FLOAT_DTYPES
 from fastsafetensors.errors import ShardingMismatch, UnsupportedDtype
 from fastsafetensors.files import SafeTensorsFile
@@ -36,7 +36,7 @@ class Target:
     name: str
     file: int
     index: int  # in its file's header
-    info: "cpp.TensorInfo"
+    info: "_cpp.TensorInfo"
     sharding: Sharding
     dtype: Optional[np.dtype]  # the dtype to convert to on the device; None keeps the file's
 

@@ -1,7 +1,7 @@
 """Which bytes this host reads for its shards, and reading them into host buffers.
 
 Each distinct shard index of a tensor gets its own aligned slot in the host buffer of its file;
-devices with the same index share the slot. ``cpp.plan_boxes`` lists the runs of all of a
+devices with the same index share the slot. ``_cpp.plan_boxes`` lists the runs of all of a
 tensor's shards in file order, so the engine reads neighbouring runs bound for different shards
 (the rows of column shards) with one vectored read, straight into their slots.
 """
@@ -14,14 +14,14 @@ from typing import Dict, List, Tuple
 import jax
 import numpy as np
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors._jax.placement import WIDE, BoxKey, Target
 from fastsafetensors.dtypes import BITS
 from fastsafetensors.files import SafeTensorsFile
 from fastsafetensors.frameworks import get_framework
 from fastsafetensors.plan import LoadPlan
 
-_ALIGN = cpp.TENSOR_ALIGNMENT
+_ALIGN = _cpp.TENSOR_ALIGNMENT
 
 
 def box_shape(box: BoxKey) -> Tuple[int, ...]:
@@ -57,7 +57,7 @@ class ShardPlan:
 def plan_shards(files: List[SafeTensorsFile], targets: List[Target],
                 boxes_of: Dict[str, Dict[BoxKey, List["jax.Device"]]]) -> ShardPlan:
     """``boxes_of``: each target's ``placement.shard_boxes``."""
-    ranges = cpp.RangeList()
+    ranges = _cpp.RangeList()
     sizes: List[int] = [0] * len(files)  # buffer i holds the shards of file i
     slots: List[Slot] = []
     for t in targets:
@@ -66,7 +66,7 @@ def plan_shards(files: List[SafeTensorsFile], targets: List[Target],
             mine.append(Slot(t, box, devices, t.file, sizes[t.file]))
             sizes[t.file] = aligned(mine[-1].offset + box_bytes(box, t.info.dtype))
         boxes = [([a for a, _ in s.box], [b for _, b in s.box], s.buffer, s.offset) for s in mine]
-        cpp.plan_boxes(files[t.file].header, t.index, t.file, boxes, ranges)
+        _cpp.plan_boxes(files[t.file].header, t.index, t.file, boxes, ranges)
         slots.extend(mine)
     return ShardPlan(LoadPlan(files, ranges, sizes, {}), slots)
 

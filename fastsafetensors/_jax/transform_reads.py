@@ -6,7 +6,7 @@ source bytes of its own shards. Every check and every box mapping happens before
 
 The shards get one aligned slot each in one host buffer. Their jobs are taken in groups of at
 most ``BATCH_ELEMENTS`` source elements: a group's source boxes, deduplicated, are planned with
-``cpp.plan_boxes`` into aligned host slots (:func:`.shard_plan.plan_shards`), read, and copied
+``_cpp.plan_boxes`` into aligned host slots (:func:`.shard_plan.plan_shards`), read, and copied
 into their shards with NumPy (on up to one thread per core); then the group's read buffers are
 dropped. The shards go to their devices with ``jax.device_put`` (zero-copy on the CPU).
 """
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Sharding
 
-from fastsafetensors import cpp
+from fastsafetensors import _cpp
 from fastsafetensors._jax import placement
 from fastsafetensors._jax.placement import BoxKey, Placer, Target
 from fastsafetensors._jax.shard_plan import aligned, host_view, plan_shards
@@ -139,7 +139,7 @@ def _shard_memory(leaves_: List[Leaf]) -> Dict[Tuple[str, BoxKey], np.ndarray]:
             shape = tuple(b - a for a, b in box)
             slots.append(((leaf.name, box), at, shape, leaf.dtype))
             at = aligned(at + int(np.prod(shape, dtype=np.int64)) * leaf.dtype.itemsize)
-    buffer = cpp.HostBuffer.allocate(max(at, 1))
+    buffer = _cpp.HostBuffer.allocate(max(at, 1))
     raw = get_framework("numpy").from_buffer(buffer, 0, "U8", (max(at, 1),))
     return {key: raw[o:o + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape)
             for key, o, shape, dtype in slots}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, List, Mapping, Sequence, Tuple
 
-from .. import cpp
+from .. import _cpp
 from ..dtypes import BITS, NATIVE, RAW_BYTES, packed_shape
 from ..errors import UnsupportedDtype
 from ..st_types import Device, DType
@@ -15,19 +15,19 @@ __all__ = ["Framework", "TensorBase", "native_view", "raw_view", "uint_view"]
 _UINT_OF_BITS = {8: "U8", 16: "U16", 32: "U32", 64: "U64"}
 
 
-def native_view(buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "cpp.DLPackTensor":
+def native_view(buffer: "_cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "_cpp.DLPackTensor":
     """A DLPack view typed as the dtype itself (only for dtypes in dtypes.NATIVE)."""
     code, bits = NATIVE[dtype]
     return buffer.view(offset, list(shape), code, bits)
 
 
-def raw_view(buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "cpp.DLPackTensor":
+def raw_view(buffer: "_cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "_cpp.DLPackTensor":
     """A DLPack view of a tensor's bytes as uint8, shaped by dtypes.packed_shape."""
     code, bits = RAW_BYTES
     return buffer.view(offset, list(packed_shape(dtype, shape)), code, bits)
 
 
-def uint_view(buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "cpp.DLPackTensor":
+def uint_view(buffer: "_cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...]) -> "_cpp.DLPackTensor":
     """A DLPack view typed as unsigned ints of the dtype's width (for byte-wide and wider dtypes),
     which a framework then reinterprets as its own type of that width without copying."""
     return native_view(buffer, offset, _UINT_OF_BITS[BITS[dtype]], shape)
@@ -41,7 +41,7 @@ class Framework(ABC):
     dtypes: Mapping[str, Any] = {}
 
     @abstractmethod
-    def from_buffer(self, buffer: "cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...],
+    def from_buffer(self, buffer: "_cpp.Buffer", offset: int, dtype: str, shape: Tuple[int, ...],
                     raw: bool = False) -> Any:
         """The tensor stored at ``offset`` of ``buffer``; ``raw`` returns its bytes as uint8."""
 
@@ -74,12 +74,12 @@ class Framework(ABC):
         """Why this framework cannot place arrays on a GPU here ("" when it can, or cannot tell)."""
         return ""
 
-    def device_bytes(self, nbytes: int, device: Device, engine_device: "cpp.Device") -> Any:
+    def device_bytes(self, nbytes: int, device: Device, engine_device: "_cpp.Device") -> Any:
         """A buffer of ``nbytes`` on ``device`` for one file's tensors. By default engine-owned
         memory, exported through DLPack and freed with the last tensor viewing it."""
-        return cpp.DeviceBuffer.allocate(engine_device, nbytes)
+        return _cpp.DeviceBuffer.allocate(engine_device, nbytes)
 
-    def device_outputs(self, sizes: Sequence[int], device: Device, engine_device: "cpp.Device") -> List[Any]:
+    def device_outputs(self, sizes: Sequence[int], device: Device, engine_device: "_cpp.Device") -> List[Any]:
         """The outputs of one load, one per planned buffer (``sizes[i]`` bytes each). By default
         one device_bytes call per buffer; a framework whose allocations are costly (JAX compiles
         each one) makes one allocation for all of them and hands out disjoint views."""

@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from .. import cpp
+from .. import _cpp
 from ..dtypes import NATIVE
 from ..errors import UnsupportedDtype
 from ..st_types import Device
@@ -60,7 +60,7 @@ class JaxFramework(Framework):
             return jax.lax.bitcast_convert_type(raw_bytes, _BITCAST_TYPES[dtype])
         raise self.unsupported(dtype)
 
-    def device_outputs(self, sizes: Sequence[int], device: Device, engine_device: "cpp.Device") -> List[Any]:
+    def device_outputs(self, sizes: Sequence[int], device: Device, engine_device: "_cpp.Device") -> List[Any]:
         """All of a load's outputs from one array of JAX's own allocator (JAX reserves most of the
         GPU, so memory the engine allocated itself would compete with it): each allocation is an
         XLA computation compiled per size, which cost a new process more than the read itself
@@ -126,7 +126,7 @@ def part_offsets(sizes: Sequence[int]) -> Tuple[List[int], int]:
 
 
 def carve_outputs(sizes: Sequence[int], dev: "jax.Device",
-                  allocate: Callable[[int, "jax.Device"], "jax.Array"]) -> List["cpp.ForeignBuffer"]:
+                  allocate: Callable[[int, "jax.Device"], "jax.Array"]) -> List["_cpp.ForeignBuffer"]:
     """One ``allocate`` call on ``dev`` for all ``sizes``; output i views ``sizes[i]`` bytes of it
     at its own aligned offset, and each holds the array, so it lives as long as any tensor."""
     if not sizes:
@@ -136,7 +136,7 @@ def carve_outputs(sizes: Sequence[int], dev: "jax.Device",
     arr.block_until_ready()  # the zero fill must finish before the engine's copies land
     base = arr.unsafe_buffer_pointer()
     kind = _KDLCPU if dev.platform == "cpu" else _KDLCUDA
-    return [cpp.ForeignBuffer(base + off, n, kind, dev.local_hardware_id or 0, arr)
+    return [_cpp.ForeignBuffer(base + off, n, kind, dev.local_hardware_id or 0, arr)
             for off, n in zip(offsets, sizes)]
 
 

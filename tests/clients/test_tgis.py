@@ -157,11 +157,11 @@ def seq_wrapped_getters(pg, files):
 
 def test_device_numa_node(monkeypatch, tmp_path):
     """get_device_numa_node(index): the node sysfs gives for the device's PCI bus id, else None."""
-    from fastsafetensors import cpp, device_engine
+    from fastsafetensors import _cpp, device_engine
     from fastsafetensors.common import get_device_numa_node
 
     bus = "0000:3b:00.0"
-    dev = cpp.HostDevice()
+    dev = _cpp.testing.HostDevice()
     dev.set_pci_bus_id(bus)
     monkeypatch.setattr(device_engine, "cuda_device", lambda index=0: dev)
     node_file = tmp_path / "bus" / "pci" / "devices" / bus / "numa_node"

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from fastsafetensors import SafeTensorsFileLoader, SingleGroup, cpp, fastsafe_open  # noqa: E402
+from fastsafetensors import SafeTensorsFileLoader, SingleGroup, _cpp, fastsafe_open  # noqa: E402
 from fastsafetensors.st_types import Device, DeviceType, DType  # noqa: E402
 
 from . import ranks  # noqa: E402
@@ -35,7 +35,7 @@ def _bytes_block(t, pg, dim):
 
 def _live_bytes() -> int:
     gc.collect()
-    return cpp.host_live_bytes()
+    return _cpp.testing.host_live_bytes()
 
 
 def _load(pg, files):

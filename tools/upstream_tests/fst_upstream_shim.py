@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import pytest
 
-from fastsafetensors import cpp, frameworks
+from fastsafetensors import _cpp, frameworks
 from fastsafetensors.frameworks import TensorBase, get_framework
 from fastsafetensors.st_types import Device, DType
 
@@ -61,7 +61,7 @@ def internal_class(name: str) -> type:
 
 def is_gpu_found() -> bool:
     """upstream common.is_gpu_found: whether a CUDA device is visible (our engine's device count)."""
-    return cpp.cuda_device_count() > 0
+    return _cpp.testing.cuda_device_count() > 0
 
 
 def resolve_cudart_lib_name() -> str:
@@ -106,7 +106,7 @@ def pytest_runtest_setup(item: Any) -> None:
         if hasattr(sys, name):
             delattr(sys, name)
     gc.collect()
-    _baseline["host_live_bytes"] = cpp.host_live_bytes()
+    _baseline["host_live_bytes"] = _cpp.testing.host_live_bytes()
 
 
 _UPSTREAM_NAMES = {"torch": "pytorch"}
@@ -165,12 +165,12 @@ class FrameworkOpBase:
 
     def get_mem_used(self) -> int:
         """upstream: device bytes its loaders allocated and did not free, 0 at each test's start.
-        Here: engine host bytes (``cpp.host_live_bytes``) allocated since this test began and still
+        Here: engine host bytes (``_cpp.testing.host_live_bytes``) allocated since this test began and still
         alive; a tensor keeps its buffer alive after close(), and cycles free at collection."""
         if is_gpu_found():
             raise UpstreamInternal("FrameworkOpBase.get_mem_used on a GPU")
         gc.collect()
-        return cpp.host_live_bytes() - _baseline["host_live_bytes"]
+        return _cpp.testing.host_live_bytes() - _baseline["host_live_bytes"]
 
 
 for _name in ("get_process_group", "get_cuda_ver", "get_device_name", "alloc_tensor_memory",
@@ -282,10 +282,24 @@ class OwnTreeOnly:
         return None  # found in the tree: the usual finders load it
 
 
+def _module(modname: str) -> types.ModuleType:
+    """Our module of that name, or a placeholder for an upstream-only one (``fastsafetensors.cpp``:
+    upstream's engine module; ours is the private ``_cpp``)."""
+    try:
+        return importlib.import_module(modname)
+    except ImportError:
+        module = types.ModuleType(modname, f"upstream internal module {modname} (shim placeholder)")
+        module.__path__ = []  # a package, so its submodules can be placeholders too
+        sys.modules[modname] = module
+        parent, _, child = modname.rpartition(".")
+        setattr(sys.modules[parent], child, module)
+        return module
+
+
 def install() -> None:
     sys.meta_path.insert(0, OwnTreeOnly())
     for modname, names in MAPPED.items():
-        module = importlib.import_module(modname)
+        module = _module(modname)
         for name, value in names.items():
             _set_missing(module, name, value)
     for modname, name, kind in INTERNAL_NAMES:
@@ -295,14 +309,7 @@ def install() -> None:
             continue
         _set_missing(module, name, _placeholder(f"{modname}.{name}", kind))
     for modname, names in INTERNAL_MODULES.items():
-        try:
-            module = importlib.import_module(modname)
-        except ImportError:
-            module = types.ModuleType(modname, f"upstream internal module {modname} (shim placeholder)")
-            module.__path__ = []  # a package, so its submodules can be placeholders too
-            sys.modules[modname] = module
-            parent, _, child = modname.rpartition(".")
-            setattr(sys.modules[parent], child, module)
+        module = _module(modname)
         for name, kind in names.items():
             _set_missing(module, name, _placeholder(f"{modname}.{name}", kind))
 
