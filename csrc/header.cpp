@@ -289,7 +289,7 @@ Header read_header(const std::string& path) {
     h.identity = identity;
     return h;
   } catch (const FormatError& e) {
-    throw FormatError(e.kind(), path + ": " + e.what(), e.tensor());
+    throw FormatError(e.kind(), path + ": " + e.what(), e.tensor(), path);
   }
 }
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _cpp
-from .errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError, SafeTensorsError,
+from .errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError,
                      TensorNotFound)
 
 __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]
@@ -43,13 +43,9 @@ class SafeTensorsFile:
 
 
 def read_file_header(path: PathLike) -> SafeTensorsFile:
-    """Reads and validates one file's header; errors carry the file name."""
+    """Reads and validates one file's header; its errors carry the file name (set by the engine)."""
     path = os.fspath(path)
-    try:
-        header = _cpp.read_header(path)
-    except SafeTensorsError as exc:
-        exc.filename = path
-        raise
+    header = _cpp.read_header(path)
     infos = list(header.tensors)  # views of the C++ entries, which the header keeps alive
     return SafeTensorsFile(path, header, infos, {t.name: t for t in infos})
 

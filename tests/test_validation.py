@@ -125,6 +125,17 @@ def test_read_file_header_rejects(tmp_path, case_id):
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
+def test_engine_error_carries_the_path(tmp_path, case_id):
+    """The engine itself sets ``filename`` (nothing in Python patches it in), with the same message."""
+    cls, tensor = CASES[case_id][3:5]
+    path = _image_file(tmp_path, case_id)
+    with pytest.raises(cls) as exc_info:
+        _cpp.read_header(path)
+    _check(exc_info, cls, tensor, filename=path)
+    assert str(exc_info.value) == str(pytest.raises(cls, read_file_header, path).value)
+
+
+@pytest.mark.parametrize("case_id", sorted(CASES))
 def test_load_rejects(tmp_path, case_id):
     cls, tensor = CASES[case_id][3:5]
     path = _image_file(tmp_path, case_id)

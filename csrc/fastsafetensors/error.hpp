@@ -25,16 +25,20 @@ enum class FormatErrorKind {
 
 const char* format_error_name(FormatErrorKind kind) noexcept;
 
+// `path` is empty while the parser sees bytes only; read_header sets it, so the error reaches
+// Python with the file it is about.
 class FormatError : public std::runtime_error {
  public:
-  FormatError(FormatErrorKind kind, const std::string& message, std::string tensor = {})
-      : std::runtime_error(message), kind_(kind), tensor_(std::move(tensor)) {}
+  FormatError(FormatErrorKind kind, const std::string& message, std::string tensor = {}, std::string path = {})
+      : std::runtime_error(message), kind_(kind), tensor_(std::move(tensor)), path_(std::move(path)) {}
   FormatErrorKind kind() const noexcept { return kind_; }
   const std::string& tensor() const noexcept { return tensor_; }
+  const std::string& path() const noexcept { return path_; }
 
  private:
   FormatErrorKind kind_;
   std::string tensor_;
+  std::string path_;
 };
 
 // A failed or short read. `truncated` marks a file that ended before the bytes its header

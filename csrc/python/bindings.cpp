@@ -48,6 +48,7 @@ void translate_errors(std::exception_ptr p) {
   } catch (const FormatError& e) {
     py::dict extra;
     if (!e.tensor().empty()) extra["tensor"] = e.tensor();
+    if (!e.path().empty()) extra["filename"] = e.path();
     raise_python(format_error_name(e.kind()), e.what(), extra);
   } catch (const ReadError& e) {
     py::dict extra;
