@@ -99,8 +99,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     sys.path.insert(0, REPO)
-    from fastsafetensors.budget import aligned
-    from fastsafetensors.files import read_headers
+    from fastsafetensors._src.budget import aligned
+    from fastsafetensors._src.files import read_headers
 
     paths = write_checkpoint(args.cache, args.files, args.mb)
     sizes = [aligned(t.nbytes) for f in read_headers(paths) for t in f.infos]

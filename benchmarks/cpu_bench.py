@@ -63,7 +63,7 @@ CASES = [
     CaseDef("fst05-default", "fastsafetensors 0.5.0, default (O_DIRECT)", True),
     CaseDef("readinto", "upper bound: threaded readinto, huge-page memory"),
 ]
-# Our in-process cases (fastsafetensors/_bench.py) behind the keys above.
+# Our in-process cases (fastsafetensors/_src/bench.py) behind the keys above.
 SHARED_CASES = {
     "ours-numpy": "fastsafetensors numpy",
     "ours-numpy-huge": "fastsafetensors numpy",  # the same case, with the huge-page policy in its env
@@ -166,7 +166,7 @@ def make_case(key: str, helpers) -> Callable[[Sequence[str]], Loaded]:
     if key.startswith("fst05"):
         return _load_fst05
     if key == "readinto":
-        from fastsafetensors.engine import default_threads  # as many threads as our loader uses
+        from fastsafetensors._src.engine import default_threads  # as many threads as our loader uses
 
         threads = default_threads()
         return lambda paths: _load_readinto(paths, threads)
@@ -237,7 +237,7 @@ def _ours():
     if REPO not in sys.path:
         sys.path.insert(0, REPO)  # benchmark the build in this checkout
     import fastsafetensors
-    from fastsafetensors import _bench, _synthetic
+    from fastsafetensors._src import bench as _bench, synthetic as _synthetic
 
     return fastsafetensors, _bench, _synthetic
 

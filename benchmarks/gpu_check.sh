@@ -24,7 +24,7 @@ fi
 SO=$(cd /tmp && python3 -c "import fastsafetensors._cpp as c; print(c.__file__)")
 cp "$SO" "$ROOT/fastsafetensors/"
 (cd /tmp && python3 - <<'PY') 2>&1 | tee "$OUT/env.txt"
-import fastsafetensors, fastsafetensors.device_engine as de
+import fastsafetensors, fastsafetensors._src.device_engine as de
 from fastsafetensors import _cpp
 try:
     dev = de.cuda_device(0)

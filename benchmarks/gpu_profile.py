@@ -15,7 +15,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import torch  # noqa: E402
 
 import fastsafetensors  # noqa: E402
-from fastsafetensors import device_engine  # noqa: E402
+from fastsafetensors._src import device_engine  # noqa: E402
 
 
 def run(label: str, files, framework: str = "torch", env=None, **kw) -> None:

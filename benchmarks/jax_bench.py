@@ -76,7 +76,7 @@ def write_checkpoint(path: str, layers: int, hidden: int = 2048, inter: int = 56
 
 
 def shardings_for(names, mesh, rules):
-    from fastsafetensors._jax.placement import rule_sharding
+    from fastsafetensors._src.jax.placement import rule_sharding
 
     place = rule_sharding(mesh, rules)
     return {n: place(n) for n in names}
@@ -256,7 +256,7 @@ def transform_load(case, path, layers):
     """Child of transform_loads: one load in a fresh process; prints seconds and peak memory."""
     import resource
 
-    from fastsafetensors._jax.placement import rule_sharding
+    from fastsafetensors._src.jax.placement import rule_sharding
     import fastsafetensors.jax as fj
     import jax.numpy as jnp
     from orbax.checkpoint import v1 as ocp

@@ -17,12 +17,12 @@ except ImportError as _exc:  # a source tree that was never built
                       "install the package (`pip install .`), or build it in place "
                       "(`python setup.py build_ext --inplace`)") from _exc
 from . import errors, host_cache, settings
-from .api import load
+from ._src.api import load
 from .auto_loader import AutoLoader
 from .config import LoaderConfig, load_config
 from .common import SafeTensorsMetadata, SingleGroup, TensorFrame, get_device_numa_node
 from .errors import *  # noqa: F401,F403
-from .files import SafeTensorsFile, read_file_header
+from ._src.files import SafeTensorsFile, read_file_header
 from .loader import FilesBufferOnDevice, SafeTensorsFileLoader, fastsafe_open
 from .metrics import LoadMetrics
 from .parallel_loader import ParallelLoader

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Generator, Mapping, Optional, Sequence, 
 
 from .config import LoaderConfig, load_config
 from .errors import ShardRequestError
-from .files import PathLike
+from ._src.files import PathLike
 from .parallel_loader import ParallelLoader
 
 __all__ = ["AutoLoader"]

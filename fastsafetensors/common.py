@@ -6,9 +6,10 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from . import _cpp, device_engine
+from . import _cpp
+from ._src import device_engine
 from .errors import CudaError
-from .files import PathLike, SafeTensorsFile, read_file_header
+from ._src.files import PathLike, SafeTensorsFile, read_file_header
 from .st_types import DType
 
 __all__ = ["SingleGroup", "TensorFrame", "SafeTensorsMetadata", "get_device_numa_node"]

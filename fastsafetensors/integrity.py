@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
 from . import _cpp
 from .errors import IntegrityError
-from .files import PathLike
+from ._src.files import PathLike
 
 if TYPE_CHECKING:
-    from .plan import LoadPlan
+    from ._src.plan import LoadPlan
 
 __all__ = ["is_sha256", "hf_cache_digest", "expected_digest", "expected_digests", "sha256_file", "verify_file",
            "check_loaded"]

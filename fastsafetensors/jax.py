@@ -22,14 +22,14 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 import jax
 
-from fastsafetensors._jax import placement, strategies, transform_reads
-from fastsafetensors._jax.placement import Placement, Rules
-from fastsafetensors._jax.strategies import STRATEGIES
-from fastsafetensors._jax.transforms import (Transforms, astype, concat, rename, reshape, slice_, src, stack,
+from fastsafetensors._src.jax import placement, strategies, transform_reads
+from fastsafetensors._src.jax.placement import Placement, Rules
+from fastsafetensors._src.jax.strategies import STRATEGIES
+from fastsafetensors._src.jax.transforms import (Transforms, astype, concat, rename, reshape, slice_, src, stack,
                                              transpose)
-from fastsafetensors.api import _direct_io_default
-from fastsafetensors.engine import check_flag, check_threads
-from fastsafetensors.files import PathLike, open_checkpoint
+from fastsafetensors._src.api import _direct_io_default
+from fastsafetensors._src.engine import check_flag, check_threads
+from fastsafetensors._src.files import PathLike, open_checkpoint
 from fastsafetensors.metrics import LoadMetrics
 
 __all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES", "src", "rename", "transpose", "reshape", "concat",

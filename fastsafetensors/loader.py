@@ -13,17 +13,17 @@ from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _cpp
-from .direct_read import read_pieces, readable_by_me
-from .distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
+from ._src.direct_read import read_pieces, readable_by_me
+from ._src.distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
                           resolve)
-from .dtypes import FLOAT_DTYPES, RAW_BYTES
-from .device_engine import gds_mode, read_into_device
-from .engine import check_flag, check_threads, default_threads, read_into_host
+from ._src.dtypes import FLOAT_DTYPES, RAW_BYTES
+from ._src.device_engine import gds_mode, read_into_device
+from ._src.engine import check_flag, check_threads, default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
-from .files import PathLike, SafeTensorsFile, read_headers
+from ._src.files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
-from .plan import LoadPlan, name_list, plan_load
+from ._src.plan import LoadPlan, name_list, plan_load
 from .st_types import Device, DType, to_dtype
 
 __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]

@@ -15,7 +15,7 @@ thread, in the same order on every rank.
 keeps; ``all_local=True`` makes each rank read every file itself with no collective at all (as the
 0.4 package does for expert-parallel loading).
 
-Memory budgets (upstream 0.4's keywords, fastsafetensors/budget.py): ``max_batch_bytes`` and
+Memory budgets (upstream 0.4's keywords, fastsafetensors/_src/budget.py): ``max_batch_bytes`` and
 ``device_memory_budget`` cut each batch into units read and yielded one after another, so that the
 buffers alive at once fit; ``resident_tensor`` (or ``accumulate_resident``) says which yielded
 tensors the caller keeps. Every rank must pass the same budgets.
@@ -30,13 +30,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Deque, Dict, FrozenSet, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .budget import Tensor, Unit, plan_units
+from ._src.budget import Tensor, Unit, plan_units
 from .common import SingleGroup
-from .distributed import Entry
+from ._src.distributed import Entry
 from .errors import BudgetInfeasibleError, LoaderClosedError
-from .files import PathLike
+from ._src.files import PathLike
 from .loader import DIRECT, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
-from .plan import LoadPlan
+from ._src.plan import LoadPlan
 from .st_types import DType, to_dtype
 
 __all__ = ["ParallelLoader"]

@@ -17,10 +17,10 @@ import time
 
 import fastsafetensors
 from fastsafetensors import _cpp
-from fastsafetensors.api import instantiate
-from fastsafetensors.files import read_headers
+from fastsafetensors._src.api import instantiate
+from fastsafetensors._src.files import read_headers
 from fastsafetensors.frameworks import get_framework
-from fastsafetensors.plan import plan_load
+from fastsafetensors._src.plan import plan_load
 
 from ._hardening import assert_exact
 

@@ -13,8 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 import fastsafetensors
 from fastsafetensors import SafeTensorsFileLoader, SingleGroup
-from fastsafetensors.api import load_files
-from fastsafetensors.cli import main
+from fastsafetensors._src.api import load_files
+from fastsafetensors._src.cli import main
 from fastsafetensors.errors import FastSafeTensorsError
 
 
@@ -157,7 +157,7 @@ def test_rewrite_in_place_with_reset_mtime_is_refused(ckpt, tmp_path):
     old header, with no error. utime() sets the status-change time, which the identity now checks."""
     other = str(tmp_path / "other.safetensors")
     save_file({"a": np.full((3, 4), 7, np.float32), "b": np.arange(5, dtype=np.int64)[::-1].copy()}, other)
-    files = fastsafetensors.files.open_checkpoint(ckpt)
+    files = fastsafetensors._src.files.open_checkpoint(ckpt)
     st = os.stat(ckpt)
     with open(other, "rb") as src, open(ckpt, "r+b") as dst:
         dst.write(src.read())
@@ -189,8 +189,8 @@ def test_index_entries_are_resolved_once_per_shard(ckpt, tmp_path, monkeypatch):
     it json.load)."""
     index = _index(tmp_path, json.dumps({"weight_map": {f"t{i}": "m.safetensors" for i in range(100_000)}}))
     checks, realpaths = [], []
-    entry_path, realpath = fastsafetensors.files._index_entry_path, os.path.realpath
-    monkeypatch.setattr(fastsafetensors.files, "_index_entry_path", lambda *a: checks.append(a) or entry_path(*a))
+    entry_path, realpath = fastsafetensors._src.files._index_entry_path, os.path.realpath
+    monkeypatch.setattr(fastsafetensors._src.files, "_index_entry_path", lambda *a: checks.append(a) or entry_path(*a))
     monkeypatch.setattr(os.path, "realpath", lambda *a, **k: realpaths.append(a) or realpath(*a, **k))
     with pytest.raises(fastsafetensors.errors.TensorNotFound, match="`t0`"):
         fastsafetensors.load(index)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from fastsafetensors import FilesBufferOnDevice, _cpp, SafeTensorsFileLoader, SingleGroup, errors, fastsafe_open
 from fastsafetensors.common import SafeTensorsMetadata, TensorFrame
-from fastsafetensors.dtypes import BITS
+from fastsafetensors._src.dtypes import BITS
 from fastsafetensors.st_types import Device, DeviceType, DType
 
 from .helpers import assert_exact, assert_same_values, random_tensor, save, tensor_bytes

@@ -13,11 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fastsafetensors import ParallelLoader, _cpp, device_engine  # noqa: E402
-from fastsafetensors.budget import aligned, plan_units  # noqa: E402
-from fastsafetensors.dtypes import RAW_BYTES  # noqa: E402
+from fastsafetensors import ParallelLoader, _cpp  # noqa: E402
+from fastsafetensors._src import device_engine  # noqa: E402
+from fastsafetensors._src.budget import aligned, plan_units  # noqa: E402
+from fastsafetensors._src.dtypes import RAW_BYTES  # noqa: E402
 from fastsafetensors.errors import BudgetInfeasibleError, FastSafeTensorsError  # noqa: E402
-from fastsafetensors.frameworks.torch import TorchFramework  # noqa: E402
+from fastsafetensors._src.frameworks.torch import TorchFramework  # noqa: E402
 
 from .clients import ranks  # noqa: E402
 from .clients.ranks import reference, same  # noqa: E402

@@ -15,8 +15,8 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import fastsafetensors  # noqa: E402
-from fastsafetensors._synthetic import INDEX_NAME, llama_specs  # noqa: E402
-from fastsafetensors.cli import main  # noqa: E402
+from fastsafetensors._src.synthetic import INDEX_NAME, llama_specs  # noqa: E402
+from fastsafetensors._src.cli import main  # noqa: E402
 
 # Subprocesses import the same fastsafetensors as this test (the source tree or an install).
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastsafetensors.__file__)))
@@ -310,7 +310,7 @@ def test_bench_compares_with_safetensors(sharded, capsys):
 
 
 def test_bench_catches_a_loader_returning_wrong_bytes(sharded):
-    from fastsafetensors import _bench
+    from fastsafetensors._src import bench as _bench
 
     paths = _shards(sharded)
     reference = _bench.reference_digests(paths)
@@ -333,7 +333,7 @@ def test_module_entry_point_lists_the_commands():
 
 
 def test_verify_reads_large_files_in_batches(sharded, capsys, monkeypatch):
-    import fastsafetensors.cli as cli
+    import fastsafetensors._src.cli as cli
 
     monkeypatch.setattr(cli, "VERIFY_BATCH_BYTES", 100)  # one batch per tensor or two
     assert main(["verify", str(sharded)]) == 0
@@ -361,7 +361,7 @@ def test_bad_arguments_are_usage_errors(args, message, capsys):
 def _run_without(module, *args):
     """The CLI in a process where ``module`` cannot be imported."""
     code = (f"import sys; sys.modules[{module!r}] = None\n"
-            "from fastsafetensors.cli import main\n"
+            "from fastsafetensors._src.cli import main\n"
             f"sys.exit(main({list(args)!r}))")
     env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)

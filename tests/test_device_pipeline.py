@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from fastsafetensors import _cpp, errors  # noqa: E402
-from fastsafetensors.api import instantiate  # noqa: E402
-from fastsafetensors.device_engine import read_into_device  # noqa: E402
-from fastsafetensors.files import read_headers  # noqa: E402
+from fastsafetensors._src.api import instantiate  # noqa: E402
+from fastsafetensors._src.device_engine import read_into_device  # noqa: E402
+from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.frameworks import get_framework  # noqa: E402
-from fastsafetensors.plan import per_tensor_plan, plan_load  # noqa: E402
+from fastsafetensors._src.plan import per_tensor_plan, plan_load  # noqa: E402
 from fastsafetensors.st_types import Device  # noqa: E402
 
 CUDA = Device.from_str("cuda")

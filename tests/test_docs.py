@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("jax")
 from fastsafetensors import host_cache  # noqa: E402
-from fastsafetensors._synthetic import save_with_safetensors, write_checkpoint  # noqa: E402
+from fastsafetensors._src.synthetic import save_with_safetensors, write_checkpoint  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))

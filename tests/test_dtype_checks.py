@@ -9,7 +9,7 @@ import pytest
 
 import fastsafetensors
 from fastsafetensors import _cpp, errors
-from fastsafetensors.dtypes import BITS
+from fastsafetensors._src.dtypes import BITS
 from fastsafetensors.frameworks import get_framework
 
 from .helpers import random_tensor, save

@@ -18,7 +18,7 @@ import pytest
 
 import fastsafetensors
 from fastsafetensors import _cpp
-from fastsafetensors.engine import MAX_THREADS, get_reader
+from fastsafetensors._src.engine import MAX_THREADS, get_reader
 from fastsafetensors.errors import ResourceError
 
 from ._hardening import assert_exact, make_checkpoint
@@ -204,8 +204,8 @@ def test_ctrl_c_stops_endless_eintr(ckpt, stage):
         import sys
         import fastsafetensors
         from fastsafetensors import _cpp
-        from fastsafetensors.api import load_files
-        from fastsafetensors.files import read_headers
+        from fastsafetensors._src.api import load_files
+        from fastsafetensors._src.files import read_headers
         from fastsafetensors.frameworks import get_framework
         stage, paths = sys.argv[1], sys.argv[2:]
         files = read_headers(paths) if stage == "data" else None
@@ -249,9 +249,9 @@ def _twin_files(tmp_path):
 def test_file_swapped_after_header_is_refused(tmp_path):
     # On main the data of the swapped-in file was read with the first file's layout, and its digest
     # (hashed from a fresh read of the file) matched: tensor `x` came back holding `y`'s bytes.
-    from fastsafetensors.api import load_files
+    from fastsafetensors._src.api import load_files
     from fastsafetensors.errors import FileChangedError
-    from fastsafetensors.files import read_headers
+    from fastsafetensors._src.files import read_headers
     from fastsafetensors.integrity import sha256_file
 
     a, b = _twin_files(tmp_path)
@@ -323,9 +323,10 @@ def test_ctrl_c_between_batches_without_progress_bar(tmp_path):
     save_file({f"t{i}": np.full((1 << 18,), i, dtype=np.float32) for i in range(16)}, str(path))
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from fastsafetensors import _cpp, engine
-        from fastsafetensors.files import read_headers
-        from fastsafetensors.plan import plan_load
+        from fastsafetensors import _cpp
+        from fastsafetensors._src import engine
+        from fastsafetensors._src.files import read_headers
+        from fastsafetensors._src.plan import plan_load
         engine._BATCH_BYTES = 1 << 20
         plan = plan_load(read_headers([sys.argv[1]]))
         _cpp.testing.set_fault("slow", 0, -1)

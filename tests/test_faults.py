@@ -12,9 +12,9 @@ pytest.importorskip("torch")
 
 import fastsafetensors  # noqa: E402
 from fastsafetensors import _cpp  # noqa: E402
-from fastsafetensors.api import load_files  # noqa: E402
+from fastsafetensors._src.api import load_files  # noqa: E402
 from fastsafetensors.errors import FileChangedError, IntegrityError, ReadError, TruncatedFileError  # noqa: E402
-from fastsafetensors.files import read_headers  # noqa: E402
+from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.integrity import sha256_file  # noqa: E402
 
 from ._hardening import Resources, assert_exact, assert_released, make_checkpoint  # noqa: E402

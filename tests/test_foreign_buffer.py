@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from fastsafetensors import _cpp
-from fastsafetensors.dtypes import NATIVE
+from fastsafetensors._src.dtypes import NATIVE
 
 
 def test_views_keep_the_owner_alive_and_share_its_memory():

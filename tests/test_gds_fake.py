@@ -53,8 +53,8 @@ from fastsafetensors import _cpp, errors
 lib = ctypes.CDLL(os.path.join(sys.argv[1], "libcufile.so.0"))
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
 from test_device_pipeline import _check, _read, _checkpoint
-from fastsafetensors.files import read_headers
-from fastsafetensors.plan import plan_load, per_tensor_plan
+from fastsafetensors._src.files import read_headers
+from fastsafetensors._src.plan import plan_load, per_tensor_plan
 
 status = _cpp.gds_status()
 assert status["available"] and status["compat_mode"], status

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 import fastsafetensors  # noqa: E402
 from fastsafetensors import _cpp, errors  # noqa: E402
-from fastsafetensors import device_engine  # noqa: E402
-from fastsafetensors.files import read_headers  # noqa: E402
-from fastsafetensors.plan import plan_load  # noqa: E402
+from fastsafetensors._src import device_engine  # noqa: E402
+from fastsafetensors._src.files import read_headers  # noqa: E402
+from fastsafetensors._src.plan import plan_load  # noqa: E402
 
 
 def _gpu_available() -> bool:
@@ -136,8 +136,8 @@ def test_gds_paths_or_clean_fallback(ckpt, ref, monkeypatch):
 def test_jax_every_dtype_bit_exact_from_one_allocation(ckpt, ref, monkeypatch):
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
-    from fastsafetensors.dtypes import NATIVE
-    from fastsafetensors.frameworks import jax as jax_backend
+    from fastsafetensors._src.dtypes import NATIVE
+    from fastsafetensors._src.frameworks import jax as jax_backend
 
     allocs = []
 
@@ -167,7 +167,7 @@ def test_jax_sharded_api_reads_straight_into_the_gpu(ckpt, ref):
     copy of the data, no device_put), bit-exact, on the GPU."""
     jax = pytest.importorskip("jax")
     import fastsafetensors.jax as fj
-    from fastsafetensors.frameworks import jax as jax_backend
+    from fastsafetensors._src.frameworks import jax as jax_backend
 
     gpu = jax.local_devices(backend="gpu")[0]
     m = fj.JaxLoadMetrics()
@@ -184,7 +184,7 @@ def test_jax_sharded_api_reads_straight_into_the_gpu(ckpt, ref):
 
 def test_cupy_bit_exact_and_raw_bytes(ckpt, ref):
     cupy = pytest.importorskip("cupy")
-    from fastsafetensors.frameworks.cupy import CUPY_DTYPES
+    from fastsafetensors._src.frameworks.cupy import CUPY_DTYPES
 
     headers = read_headers(ckpt)
     names = [i.name for h in headers for i in h.infos if i.dtype in CUPY_DTYPES]
@@ -238,7 +238,7 @@ def test_truncated_file_raises(tmp_path):
     with open(p, "r+b") as f:
         f.truncate(os.path.getsize(p) - 4096)
     with pytest.raises(errors.TruncatedFileError, match="t.safetensors"):
-        fastsafetensors.api.load_files(files, "torch", device="cuda:0")
+        fastsafetensors._src.api.load_files(files, "torch", device="cuda:0")
     # A read running past the end of the file (it shrank after it was opened) names the offset.
     dev = device_engine.cuda_device(0)
     reader = _cpp.DeviceReader(dev, 2, 1 << 20, 0)

@@ -193,8 +193,8 @@ def test_a_forked_child_allocates_and_frees_through_the_cache():
 
 
 def test_reused_memory_is_not_populated_again(tmp_path):
-    from fastsafetensors.files import read_headers
-    from fastsafetensors.plan import plan_load
+    from fastsafetensors._src.files import read_headers
+    from fastsafetensors._src.plan import plan_load
 
     host_cache.configure(1 << 30, 60)
     path = save(tmp_path / "m.safetensors", {"w": random_tensor("BF16", (2048, 1024))})

@@ -11,7 +11,8 @@ import pytest
 from safetensors.numpy import load_file
 
 import fastsafetensors
-from fastsafetensors import errors, files
+from fastsafetensors import errors
+from fastsafetensors._src import files
 
 from .helpers import random_tensor
 from .helpers import save as save_in

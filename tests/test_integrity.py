@@ -11,12 +11,12 @@ pytest.importorskip("torch")
 
 import fastsafetensors  # noqa: E402
 from fastsafetensors import _cpp  # noqa: E402
-from fastsafetensors.engine import read_into_host  # noqa: E402
+from fastsafetensors._src.engine import read_into_host  # noqa: E402
 from fastsafetensors.errors import IntegrityError  # noqa: E402
-from fastsafetensors.files import read_headers  # noqa: E402
+from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.integrity import hf_cache_digest, sha256_file, verify_file  # noqa: E402
 from fastsafetensors.metrics import LoadMetrics  # noqa: E402
-from fastsafetensors.plan import plan_load  # noqa: E402
+from fastsafetensors._src.plan import plan_load  # noqa: E402
 
 from ._hardening import assert_exact, make_checkpoint  # noqa: E402
 

@@ -14,13 +14,13 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from fastsafetensors import _cpp  # noqa: E402
-from fastsafetensors.api import instantiate  # noqa: E402
-from fastsafetensors.device_engine import read_into_device  # noqa: E402
-from fastsafetensors.dtypes import NATIVE, RAW_BYTES  # noqa: E402
-from fastsafetensors.files import read_headers  # noqa: E402
+from fastsafetensors._src.api import instantiate  # noqa: E402
+from fastsafetensors._src.device_engine import read_into_device  # noqa: E402
+from fastsafetensors._src.dtypes import NATIVE, RAW_BYTES  # noqa: E402
+from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.frameworks import Framework, get_framework  # noqa: E402
-from fastsafetensors.frameworks import jax as jax_backend  # noqa: E402
-from fastsafetensors.plan import plan_load  # noqa: E402
+from fastsafetensors._src.frameworks import jax as jax_backend  # noqa: E402
+from fastsafetensors._src.plan import plan_load  # noqa: E402
 from fastsafetensors.st_types import Device  # noqa: E402
 
 CPU, CUDA = Device.from_str("cpu"), Device.from_str("cuda")

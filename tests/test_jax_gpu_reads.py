@@ -16,9 +16,9 @@ from safetensors.torch import save_file  # noqa: E402
 
 import fastsafetensors.jax as fj  # noqa: E402
 from fastsafetensors import _cpp  # noqa: E402
-from fastsafetensors._jax import gpu_reads  # noqa: E402
-from fastsafetensors.dtypes import NATIVE  # noqa: E402
-from fastsafetensors.frameworks import jax as jax_backend  # noqa: E402
+from fastsafetensors._src.jax import gpu_reads  # noqa: E402
+from fastsafetensors._src.dtypes import NATIVE  # noqa: E402
+from fastsafetensors._src.frameworks import jax as jax_backend  # noqa: E402
 from fastsafetensors.st_types import Device  # noqa: E402
 
 from .test_jax_device_outputs import _host_device_allocator  # noqa: E402

@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import fastsafetensors  # noqa: E402
 import fastsafetensors.jax as fj  # noqa: E402
 from fastsafetensors import _cpp  # noqa: E402
-from fastsafetensors._jax import placement  # noqa: E402
-from fastsafetensors._jax.shard_plan import plan_shards  # noqa: E402
+from fastsafetensors._src.jax import placement  # noqa: E402
+from fastsafetensors._src.jax.shard_plan import plan_shards  # noqa: E402
 from fastsafetensors.errors import ShardingMismatch, TensorNotFound, UnsupportedDtype  # noqa: E402
-from fastsafetensors.frameworks.numpy import NUMPY_DTYPES  # noqa: E402
+from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES  # noqa: E402
 
 ST_OF_TORCH = {
     torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.uint16: "U16",
@@ -163,7 +163,7 @@ def test_zero_copy_and_replicas_share_host_memory(ckpt):
 
 def test_column_shards_are_few_vectored_reads(ckpt):
     d, ref = ckpt
-    files = fastsafetensors.files.open_checkpoint(d)
+    files = fastsafetensors._src.files.open_checkpoint(d)
     mesh = jax.make_mesh((1, 8), ("a", "b"))
     rules = [(r"embed", P(None, "b")), (r"lm_head", P("b"))]
     names = ["model.embed.weight", "lm_head.weight"]

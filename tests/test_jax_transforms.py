@@ -176,7 +176,7 @@ def test_missing_source_is_not_tensor_not_found(ckpt):
 
 @pytest.mark.parametrize("shape", [(520, 200), (128, 128), (300, 7, 129), (1, 70000), (3, 4)])
 def test_transposing_copy_matches_numpy(shape):
-    from fastsafetensors._jax.transforms import copy
+    from fastsafetensors._src.jax.transforms import copy
 
     src = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     out = np.empty(shape[::-1], np.float32).T  # laid out transposed to src: tiled when large enough
@@ -189,7 +189,7 @@ def test_transposing_copy_matches_numpy(shape):
 
 def test_sources_read_in_bounded_groups(ckpt, ref, monkeypatch):
     """With a small group bound, every shard still comes out bit-exact, from several reads."""
-    from fastsafetensors._jax import transform_reads
+    from fastsafetensors._src.jax import transform_reads
 
     calls = []
     real = transform_reads.read_into_host

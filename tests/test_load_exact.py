@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 import fastsafetensors
 from fastsafetensors import errors, read_file_header
-from fastsafetensors.api import instantiate
-from fastsafetensors.engine import read_into_host
+from fastsafetensors._src.api import instantiate
+from fastsafetensors._src.engine import read_into_host
 from fastsafetensors.frameworks import get_framework
 from fastsafetensors.metrics import LoadMetrics
-from fastsafetensors.plan import plan_load
+from fastsafetensors._src.plan import plan_load
 
 from .helpers import ALL_DTYPES, TORCH_OF, assert_exact, assert_same_values, data_ptr, entry, random_tensor, save, tensor_bytes
 

@@ -12,7 +12,7 @@ import torch
 
 import fastsafetensors
 from fastsafetensors import errors, read_file_header
-from fastsafetensors.api import load_files
+from fastsafetensors._src.api import load_files
 
 from .helpers import assert_exact, data_ptr, entry, random_tensor, reference_bytes, save, tensor_bytes, write_raw
 

@@ -9,11 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from fastsafetensors import _cpp, device_engine, loader as loader_mod  # noqa: E402
-from fastsafetensors.device_engine import get_device_reader, read_into_device, release_device_readers  # noqa: E402
-from fastsafetensors.files import read_headers  # noqa: E402
+from fastsafetensors import _cpp, loader as loader_mod  # noqa: E402
+from fastsafetensors._src import device_engine  # noqa: E402
+from fastsafetensors._src.device_engine import get_device_reader, read_into_device, release_device_readers  # noqa: E402
+from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.loader import SafeTensorsFileLoader  # noqa: E402
-from fastsafetensors.plan import plan_load  # noqa: E402
+from fastsafetensors._src.plan import plan_load  # noqa: E402
 
 BUS = "0000:3b:00.0"
 ALLOWED = sorted(os.sched_getaffinity(0))

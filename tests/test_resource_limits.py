@@ -28,13 +28,13 @@ _CHILD = textwrap.dedent("""
     def peak():
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
-    import fastsafetensors, fastsafetensors.api
+    import fastsafetensors, fastsafetensors._src.api
     base, start = peak(), time.perf_counter()
     try:
         f = fastsafetensors.read_file_header(sys.argv[1])
         outcome = {"ok": len(f.infos), "metadata": len(f.metadata or {})}
         names = [t.name for t in f.infos[-1:]]  # then plan and load one tensor of it
-        outcome["loaded"] = len(fastsafetensors.api.load_files([f], names=names))
+        outcome["loaded"] = len(fastsafetensors._src.api.load_files([f], names=names))
     except fastsafetensors.errors.SafeTensorsError as e:
         outcome = {"error": type(e).__name__, "message": str(e)[-200:]}
     print(json.dumps({**outcome, "seconds": time.perf_counter() - start, "growth": peak() - base}))

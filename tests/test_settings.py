@@ -11,10 +11,10 @@ import pytest
 
 import fastsafetensors
 from fastsafetensors import _cpp, settings
-from fastsafetensors.api import _direct_io_default
-from fastsafetensors.cli import main
-from fastsafetensors.device_engine import gds_mode, numa_enabled
-from fastsafetensors.engine import default_threads
+from fastsafetensors._src.api import _direct_io_default
+from fastsafetensors._src.cli import main
+from fastsafetensors._src.device_engine import gds_mode, numa_enabled
+from fastsafetensors._src.engine import default_threads
 from fastsafetensors.errors import SettingsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from fastsafetensors import _cpp
 from fastsafetensors.errors import TruncatedFileError
-from fastsafetensors.files import read_headers
+from fastsafetensors._src.files import read_headers
 from fastsafetensors.frameworks import get_framework
 
 IOV_MAX = 1024  # Linux: the most pieces one preadv takes

@@ -95,7 +95,7 @@ def scenario_as_dict():
 
 def scenario_as_dict_unpacked():
     """Every tensor in its own collective (the path large tensors take), blocks sent as views where they can be."""
-    from fastsafetensors import distributed
+    from fastsafetensors._src import distributed
 
     saved = distributed.PACK_BELOW
     distributed.PACK_BELOW = 0

@@ -1,7 +1,7 @@
 """Framework backends: turn engine buffers into NumPy, PyTorch, JAX, CuPy or Paddle arrays.
 
-Each backend lives in its own module and is imported only when asked for, so importing
-fastsafetensors imports no framework.
+Each backend lives in its own (private) module under ``fastsafetensors/_src/frameworks/`` and is
+imported only when asked for, so importing fastsafetensors imports no framework.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Dict
 
-from ._base import Framework, TensorBase
+from .._src.frameworks.base import Framework, TensorBase
 
 __all__ = ["Framework", "TensorBase", "get_framework", "canonical_name"]
 
@@ -41,6 +41,6 @@ def get_framework(name) -> Framework:
     key = canonical_name(name)
     fw = _loaded.get(key)
     if fw is None:
-        module = importlib.import_module(f".{key}", __name__)
+        module = importlib.import_module(f"fastsafetensors._src.frameworks.{key}")
         fw = _loaded[key] = module.make_framework()
     return fw

@@ -157,7 +157,8 @@ def seq_wrapped_getters(pg, files):
 
 def test_device_numa_node(monkeypatch, tmp_path):
     """get_device_numa_node(index): the node sysfs gives for the device's PCI bus id, else None."""
-    from fastsafetensors import _cpp, device_engine
+    from fastsafetensors import _cpp
+    from fastsafetensors._src import device_engine
     from fastsafetensors.common import get_device_numa_node
 
     bus = "0000:3b:00.0"

@@ -198,7 +198,7 @@ class ShimTensor(TensorBase):
 
 
 def torch_dtype(dtype: DType):
-    from fastsafetensors.frameworks.torch import TORCH_DTYPES
+    from fastsafetensors._src.frameworks.torch import TORCH_DTYPES
 
     return TORCH_DTYPES[DType(dtype).value]
 

@@ -12,9 +12,9 @@ from typing import Any, Callable, Hashable, List, Optional
 
 import numpy as np
 
-from . import _cpp, settings
-from .settings import MAX_THREADS
-from .metrics import LoadMetrics
+from .. import _cpp, settings
+from ..settings import MAX_THREADS
+from ..metrics import LoadMetrics
 from .plan import LoadPlan
 
 __all__ = ["MAX_THREADS", "check_flag", "check_threads", "default_threads", "get_reader", "read_into_host",

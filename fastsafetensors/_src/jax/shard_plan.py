@@ -15,11 +15,11 @@ import jax
 import numpy as np
 
 from fastsafetensors import _cpp
-from fastsafetensors._jax.placement import WIDE, BoxKey, Target
-from fastsafetensors.dtypes import BITS
-from fastsafetensors.files import SafeTensorsFile
+from fastsafetensors._src.jax.placement import WIDE, BoxKey, Target
+from fastsafetensors._src.dtypes import BITS
+from fastsafetensors._src.files import SafeTensorsFile
 from fastsafetensors.frameworks import get_framework
-from fastsafetensors.plan import LoadPlan
+from fastsafetensors._src.plan import LoadPlan
 
 _ALIGN = _cpp.TENSOR_ALIGNMENT
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, List, Mapping, Sequence, Tuple
 
-from .. import _cpp
+from ... import _cpp
 from ..dtypes import BITS, NATIVE, RAW_BYTES, packed_shape
-from ..errors import UnsupportedDtype
-from ..st_types import Device, DType
+from ...errors import UnsupportedDtype
+from ...st_types import Device, DType
 
 __all__ = ["Framework", "TensorBase", "native_view", "raw_view", "uint_view"]
 

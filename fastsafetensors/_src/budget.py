@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
-from .errors import BudgetInfeasibleError
+from ..errors import BudgetInfeasibleError
 
 __all__ = ["Unit", "Tensor", "plan_units", "aligned"]
 

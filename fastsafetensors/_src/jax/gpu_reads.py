@@ -14,11 +14,11 @@ from typing import Dict, List, Optional, Tuple
 import jax
 
 from fastsafetensors import _cpp
-from fastsafetensors._jax.placement import WIDE, BoxKey, Target
-from fastsafetensors._jax.shard_plan import aligned, box_bytes, box_shape
-from fastsafetensors.device_engine import gds_mode, read_into_device
+from fastsafetensors._src.jax.placement import WIDE, BoxKey, Target
+from fastsafetensors._src.jax.shard_plan import aligned, box_bytes, box_shape
+from fastsafetensors._src.device_engine import gds_mode, read_into_device
 from fastsafetensors.frameworks import get_framework
-from fastsafetensors.plan import LoadPlan
+from fastsafetensors._src.plan import LoadPlan
 from fastsafetensors.st_types import Device, DeviceType
 
 # Platforms whose devices the engine writes to directly (tests add "cpu" with a HostDevice).

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _cpp
-from .errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError,
+from .. import _cpp
+from ..errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError,
                      TensorNotFound)
 
 __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]

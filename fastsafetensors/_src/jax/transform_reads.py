@@ -23,16 +23,16 @@ import numpy as np
 from jax.sharding import Sharding
 
 from fastsafetensors import _cpp
-from fastsafetensors._jax import placement
-from fastsafetensors._jax.placement import BoxKey, Placer, Target
-from fastsafetensors._jax.shard_plan import aligned, host_view, plan_shards
-from fastsafetensors._jax.transforms import AsType, Context, Expr, Fill, Read, Transforms, bind, leaves
-from fastsafetensors.dtypes import FLOAT_DTYPES
-from fastsafetensors.engine import read_into_host
+from fastsafetensors._src.jax import placement
+from fastsafetensors._src.jax.placement import BoxKey, Placer, Target
+from fastsafetensors._src.jax.shard_plan import aligned, host_view, plan_shards
+from fastsafetensors._src.jax.transforms import AsType, Context, Expr, Fill, Read, Transforms, bind, leaves
+from fastsafetensors._src.dtypes import FLOAT_DTYPES
+from fastsafetensors._src.engine import read_into_host
 from fastsafetensors.errors import TransformError, UnsupportedDtype
 from fastsafetensors.frameworks import get_framework
-from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
-from fastsafetensors.plan import locate_tensors
+from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
+from fastsafetensors._src.plan import locate_tensors
 
 BATCH_ELEMENTS = 32 << 20  # source elements read per group (64 MiB of bf16)
 _FLOATS = frozenset(np.dtype(NUMPY_DTYPES[d]) for d in FLOAT_DTYPES if d in NUMPY_DTYPES)

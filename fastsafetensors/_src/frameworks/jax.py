@@ -12,11 +12,11 @@ from typing import Any, Callable, List, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from .. import _cpp
+from ... import _cpp
 from ..dtypes import NATIVE
-from ..errors import UnsupportedDtype
-from ..st_types import Device
-from ._base import Framework, native_view, raw_view, uint_view
+from ...errors import UnsupportedDtype
+from ...st_types import Device
+from .base import Framework, native_view, raw_view, uint_view
 
 _OPTIONAL = {
     "F8_E5M2": "float8_e5m2",

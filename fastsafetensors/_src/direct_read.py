@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import _cpp
+from .. import _cpp
 from .distributed import ALIGN, Piece
 from .engine import DEFAULT_CHUNK_BYTES, get_reader
 from .files import SafeTensorsFile
-from .metrics import LoadMetrics
+from ..metrics import LoadMetrics
 
 __all__ = ["readable_by_me", "read_pieces"]
 

@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 
 from ..dtypes import NATIVE
-from ._base import Framework, native_view, raw_view, uint_view
+from .base import Framework, native_view, raw_view, uint_view
 
 _VIEW_TYPES = {
     "BF16": ml_dtypes.bfloat16,

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from . import _cpp, integrity, mapping, settings
+from .. import _cpp, integrity, settings
+from . import mapping
 from .dtypes import FLOAT_DTYPES
 from .device_engine import gds_mode, read_into_device
 from .engine import check_flag, check_threads, read_into_host
-from .errors import UnsupportedDtype
+from ..errors import UnsupportedDtype
 from .files import PathLike, SafeTensorsFile, open_checkpoint
-from .frameworks import Framework, get_framework
-from .metrics import LoadMetrics
+from ..frameworks import Framework, get_framework
+from ..metrics import LoadMetrics
 from .plan import LoadPlan, plan_load
-from .st_types import Device, DType, to_dtype
+from ..st_types import Device, DType, to_dtype
 
 __all__ = ["load", "load_files", "instantiate"]
 
@@ -188,7 +189,7 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
             files). Loads from the page cache cost almost nothing, but a file truncated or
             rewritten while its tensors live changes them or makes touching them fault (SIGBUS).
             Misaligned tensors are read as usual. Nothing is read up front, so no progress bar
-            shows, and ``direct_io=True`` (no page cache) is refused. See :mod:`fastsafetensors.mapping`.
+            shows, and ``direct_io=True`` (no page cache) is refused. See :mod:`fastsafetensors._src.mapping`.
 
     Tensors own their memory: they stay valid however long they are kept.
 

@@ -16,11 +16,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from fastsafetensors import _cpp
-from fastsafetensors.dtypes import FLOAT_DTYPES
+from fastsafetensors._src.dtypes import FLOAT_DTYPES
 from fastsafetensors.errors import ShardingMismatch, UnsupportedDtype
-from fastsafetensors.files import SafeTensorsFile
-from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
-from fastsafetensors.plan import locate_tensors, name_list
+from fastsafetensors._src.files import SafeTensorsFile
+from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
+from fastsafetensors._src.plan import locate_tensors, name_list
 
 WIDE = frozenset({"I64", "U64", "F64"})  # the dtypes JAX narrows without jax_enable_x64
 

@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastsafetensors._jax.placement import np_dtype
+from fastsafetensors._src.jax.placement import np_dtype
 from fastsafetensors.errors import TransformError
-from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
+from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
 
 Box = Tuple[Tuple[int, int], ...]  # (start, stop) per dimension
 Read = Tuple[str, Box]  # a source tensor and the box of it to read

@@ -10,8 +10,8 @@ from typing import Any, List, Tuple
 import cupy
 
 from ..dtypes import packed_shape
-from ..st_types import Device
-from ._base import Framework, native_view
+from ...st_types import Device
+from .base import Framework, native_view
 from .numpy import NUMPY_DTYPES, NumpyFramework
 
 # Types CuPy computes with (NumPy's own; not ml_dtypes' bfloat16/fp8).

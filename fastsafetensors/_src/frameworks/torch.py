@@ -9,9 +9,9 @@ from typing import Any, List, Tuple
 import torch
 
 from ..dtypes import NATIVE, packed_shape
-from ..errors import UnsupportedDtype
-from ..st_types import Device
-from ._base import Framework, native_view, raw_view, uint_view
+from ...errors import UnsupportedDtype
+from ...st_types import Device
+from .base import Framework, native_view, raw_view, uint_view
 
 _OPTIONAL = {
     "F8_E5M2": "float8_e5m2",

@@ -18,13 +18,13 @@ import threading
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import _cpp, settings
+from .. import _cpp, settings
 from .engine import ReaderCache, check_threads, default_threads
-from .errors import GdsError
-from .frameworks import Framework
-from .metrics import LoadMetrics
+from ..errors import GdsError
+from ..frameworks import Framework
+from ..metrics import LoadMetrics
 from .plan import LoadPlan
-from .st_types import Device
+from ..st_types import Device
 
 __all__ = ["cuda_device", "get_device_reader", "gds_mode", "numa_enabled", "read_into_device",
            "release_device_readers"]

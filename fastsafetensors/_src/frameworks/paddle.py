@@ -10,8 +10,8 @@ from typing import Any, Tuple
 import paddle
 
 from ..dtypes import NATIVE
-from ..st_types import Device
-from ._base import Framework, native_view, raw_view
+from ...st_types import Device
+from .base import Framework, native_view, raw_view
 
 _VIEW_TYPES = {st: getattr(paddle, name) for st, name in (("F8_E5M2", "float8_e5m2"), ("F8_E4M3", "float8_e4m3fn"))
                if hasattr(paddle, name)}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import _cpp
+from .. import _cpp
 from .dtypes import BITS
-from .errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
+from ..errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
 __all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors", "per_tensor_plan"]

@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import _cpp
+from .. import _cpp
 from .dtypes import BITS
-from .errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
+from ..errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
 from .files import SafeTensorsFile
 
 __all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "exchange", "push", "fingerprint",
@@ -199,7 +199,7 @@ class Group:
 
     def __init__(self, pg: Any, device: Any = None):
         if pg is None:
-            from .common import SingleGroup
+            from ..common import SingleGroup
 
             pg = SingleGroup()
         self.pg = pg

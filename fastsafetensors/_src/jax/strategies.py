@@ -17,11 +17,11 @@ import jax
 import numpy as np
 from jax.sharding import Sharding
 
-from fastsafetensors._jax import gpu_reads
-from fastsafetensors._jax.placement import Target
-from fastsafetensors._jax.shard_plan import box_bytes, box_shape, host_view, plan_shards
-from fastsafetensors.engine import read_into_host
-from fastsafetensors.plan import plan_load
+from fastsafetensors._src.jax import gpu_reads
+from fastsafetensors._src.jax.placement import Target
+from fastsafetensors._src.jax.shard_plan import box_bytes, box_shape, host_view, plan_shards
+from fastsafetensors._src.engine import read_into_host
+from fastsafetensors._src.plan import plan_load
 
 STRATEGIES = ("auto", "per_device", "scatter")
 

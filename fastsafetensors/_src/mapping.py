@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional, Tuple
 
-from . import _cpp
+from .. import _cpp
 from .dtypes import BITS
 from .files import SafeTensorsFile
-from .metrics import LoadMetrics
+from ..metrics import LoadMetrics
 from .plan import LoadPlan, TensorLocation
 
 __all__ = ["map_files"]

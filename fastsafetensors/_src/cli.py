@@ -15,12 +15,13 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, api, integrity, settings
+from .. import __version__, integrity, settings
+from . import api
 from .engine import MAX_THREADS, check_threads
-from .errors import SafeTensorsError, SettingsError
+from ..errors import SafeTensorsError, SettingsError
 from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
-from .frameworks import canonical_name
-from .metrics import LoadMetrics
+from ..frameworks import canonical_name
+from ..metrics import LoadMetrics
 from .plan import plan_load
 
 __all__ = ["main"]
@@ -200,7 +201,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import safetensors  # noqa: F401  (the reference every case is checked against: missing, main says so)
 
-    from . import _bench
+    from . import bench as _bench
 
     paths, _ = _resolve(args.path)
     nbytes = sum(read_file_header(p).data_bytes for p in paths)
@@ -229,8 +230,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _check_demo(tensors: Dict[str, object], size_bytes: int) -> int:
     """Compares every loaded tensor with what the demo wrote (regenerated); returns the count."""
-    from ._bench import flat_bytes
-    from ._synthetic import expected_tensors
+    from .bench import flat_bytes
+    from .synthetic import expected_tensors
 
     n = 0
     for spec, want in expected_tensors(size_bytes):
@@ -244,7 +245,7 @@ def _check_demo(tensors: Dict[str, object], size_bytes: int) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ._synthetic import INDEX_NAME, write_checkpoint
+    from .synthetic import INDEX_NAME, write_checkpoint
 
     size = int(args.size_mb * 1e6)
     directory = args.keep or tempfile.mkdtemp(prefix="fastsafetensors-demo-")
