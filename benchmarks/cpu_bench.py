@@ -237,6 +237,7 @@ def _ours():
     if REPO not in sys.path:
         sys.path.insert(0, REPO)  # benchmark the build in this checkout
     import fastsafetensors
+    import fastsafetensors._src.files  # noqa: F401  (header sizes)
     from fastsafetensors._src import bench as _bench, synthetic as _synthetic
 
     return fastsafetensors, _bench, _synthetic
@@ -275,7 +276,7 @@ def prepare_checkpoint(cache: str, label: str, size: int, shards: int) -> Checkp
         print("  reference digests (safetensors.safe_open, one tensor at a time) ...", flush=True)
         with open(stamp, "w") as f:
             json.dump({"spec": want, "reference": bench.reference_digests(paths)}, f)
-    data = sum(fst.read_file_header(p).data_bytes for p in paths)
+    data = sum(fst._src.files.read_file_header(p).data_bytes for p in paths)
     return Checkpoint(label, directory, paths, data, _read_json(stamp)["reference"])
 
 
@@ -291,7 +292,7 @@ def resident_bytes(paths: Sequence[str]) -> Optional[int]:
 def evict(paths: Sequence[str]) -> Optional[int]:
     fst, _, _ = _ours()
     for p in paths:
-        fst.cpp.evict_page_cache(p)
+        fst._cpp.testing.evict_page_cache(p)
     return resident_bytes(paths)
 
 

@@ -3,26 +3,28 @@
 ``fastsafetensors.load`` is the one-call entry point; the fastsafetensors 0.3 API
 (``SafeTensorsFileLoader``, ``fastsafe_open``, ``SingleGroup``, ...) keeps working unchanged.
 Importing this package imports no framework.
+
+Public: the names in ``__all__`` and the modules without an underscore (``jax``, ``errors``,
+``settings``, ``metrics``, ...). ``_src`` and ``_cpp`` (the compiled engine) are private.
 """
 
-from __future__ import annotations
-
-import logging
-import os
+import logging as _logging
+import os as _os
 
 try:
     from . import _cpp
+    if getattr(_cpp, "__file__", None) is None:  # only the stub folder _cpp/ was found (a namespace package)
+        raise ImportError("fastsafetensors._cpp is not built")
 except ImportError as _exc:  # a source tree that was never built
-    raise ImportError(f"fastsafetensors: the compiled engine (_cpp*.so) is missing from {os.path.dirname(__file__)}: "
+    raise ImportError(f"fastsafetensors: the compiled engine (_cpp*.so) is missing from {_os.path.dirname(__file__)}: "
                       "install the package (`pip install .`), or build it in place "
                       "(`python setup.py build_ext --inplace`)") from _exc
-from . import errors, host_cache, settings
+from . import errors, host_cache, metrics, settings
 from ._src.api import load
 from .auto_loader import AutoLoader
-from .config import LoaderConfig, load_config
 from .common import SafeTensorsMetadata, SingleGroup, TensorFrame, get_device_numa_node
-from .errors import *  # noqa: F401,F403
-from ._src.files import SafeTensorsFile, read_file_header
+from .config import LoaderConfig, load_config
+from .errors import FastSafeTensorsError
 from .loader import FilesBufferOnDevice, SafeTensorsFileLoader, fastsafe_open
 from .metrics import LoadMetrics
 from .parallel_loader import ParallelLoader
@@ -31,30 +33,33 @@ from .st_types import Device, DeviceType, DType
 __version__ = "0.6.0"
 
 __all__ = [
+    # loaders
     "load",
-    "LoadMetrics",
     "SafeTensorsFileLoader",
     "FilesBufferOnDevice",
     "fastsafe_open",
     "ParallelLoader",
     "AutoLoader",
+    # the rest of the 0.3 API
     "LoaderConfig",
     "load_config",
     "SingleGroup",
     "SafeTensorsMetadata",
     "TensorFrame",
     "get_device_numa_node",
-    "SafeTensorsFile",
-    "read_file_header",
     "Device",
     "DeviceType",
     "DType",
+    # errors: the root here, every class in the module
+    "FastSafeTensorsError",
     "errors",
-    "host_cache",
+    "LoadMetrics",
+    "metrics",
     "settings",
+    "host_cache",
 ]
 
-logging.getLogger("fastsafetensors").addHandler(logging.NullHandler())
+_logging.getLogger("fastsafetensors").addHandler(_logging.NullHandler())
 if settings.get("FASTSAFETENSORS_DEBUG"):
-    logging.basicConfig()
-    logging.getLogger("fastsafetensors").setLevel(logging.DEBUG)
+    _logging.basicConfig()
+    _logging.getLogger("fastsafetensors").setLevel(_logging.DEBUG)

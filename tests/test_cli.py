@@ -15,6 +15,7 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import fastsafetensors  # noqa: E402
+from fastsafetensors._src.files import read_file_header  # noqa: E402
 from fastsafetensors._src.synthetic import INDEX_NAME, llama_specs  # noqa: E402
 from fastsafetensors._src.cli import main  # noqa: E402
 
@@ -206,7 +207,7 @@ def test_verify_fails_on_a_damaged_file_and_checks_the_others(sharded, capsys, d
     bad, good = _shards(sharded)
     damage(bad)
     with pytest.raises(Exception) as exc_info:
-        fastsafetensors.read_file_header(bad)
+        read_file_header(bad)
     assert type(exc_info.value).__name__ == error  # the library agrees on what is wrong
     assert main(["verify", str(sharded)]) == 1
     out = capsys.readouterr().out

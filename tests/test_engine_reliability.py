@@ -17,6 +17,7 @@ import time
 import pytest
 
 import fastsafetensors
+from fastsafetensors._src.files import read_file_header
 from fastsafetensors import _cpp
 from fastsafetensors._src.engine import MAX_THREADS, get_reader
 from fastsafetensors.errors import ResourceError
@@ -144,7 +145,8 @@ _FIFO_CHILD = """
     import fastsafetensors
     from fastsafetensors import integrity
     from fastsafetensors.errors import NotRegularFileError
-    call = {"load": fastsafetensors.load, "header": fastsafetensors.read_file_header,
+    from fastsafetensors._src.files import read_file_header
+    call = {"load": fastsafetensors.load, "header": read_file_header,
             "verify": integrity.verify_file}[sys.argv[1]]
     try:
         call(sys.argv[2])
@@ -193,7 +195,7 @@ def test_directory_is_refused(tmp_path):
     from fastsafetensors.errors import NotRegularFileError
 
     with pytest.raises(NotRegularFileError, match=r"not a regular file \(a directory\)"):
-        fastsafetensors.read_file_header(tmp_path)
+        read_file_header(tmp_path)
 
 
 @pytest.mark.parametrize("stage", ["header", "data"])

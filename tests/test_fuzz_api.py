@@ -22,6 +22,7 @@ from hypothesis import strategies as st  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import fastsafetensors  # noqa: E402
+from fastsafetensors._src.files import read_file_header  # noqa: E402
 from fastsafetensors import _cpp  # noqa: E402
 from fastsafetensors.errors import ReadError, SafeTensorsError  # noqa: E402
 
@@ -90,7 +91,7 @@ def check_image(image: bytes, workdir: str) -> None:
     assert set(out) == set(ref)
     for name, arr in out.items():
         assert arr.tobytes() == bytes(ref[name]["data"]), name
-        assert list(ref[name]["shape"]) == list(fastsafetensors.read_file_header(path).tensors[name].shape)
+        assert list(ref[name]["shape"]) == list(read_file_header(path).tensors[name].shape)
 
 
 @FUZZ

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import fastsafetensors
-from fastsafetensors import errors, read_file_header
+from fastsafetensors import errors
+from fastsafetensors._src.files import read_file_header
 from fastsafetensors._src.api import instantiate
 from fastsafetensors._src.engine import read_into_host
 from fastsafetensors.frameworks import get_framework

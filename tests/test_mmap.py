@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import fastsafetensors
-from fastsafetensors import errors, read_file_header
+from fastsafetensors import errors
+from fastsafetensors._src.files import read_file_header
 from fastsafetensors._src.api import load_files
 
 from .helpers import assert_exact, data_ptr, entry, random_tensor, reference_bytes, save, tensor_bytes, write_raw

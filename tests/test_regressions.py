@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import fastsafetensors  # noqa: E402
+from fastsafetensors._src.files import read_file_header  # noqa: E402
 from fastsafetensors.errors import InvalidHeaderDeserialization, TensorInvalidInfo  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def test_shapes_no_framework_can_hold(tmp_path, shape):
     path = tmp_path / "m.safetensors"
     nbytes = 4 if 0 not in shape else 0
     path.write_bytes(_image({"t": {"dtype": "F32", "shape": shape, "data_offsets": [0, nbytes]}}, b"\0" * nbytes))
-    assert fastsafetensors.read_file_header(path).tensors["t"].shape == tuple(shape)  # the header is valid
+    assert read_file_header(path).tensors["t"].shape == tuple(shape)  # the header is valid
     with pytest.raises(TensorInvalidInfo, match="no framework can hold"):
         fastsafetensors.load(path)
 
@@ -49,6 +50,6 @@ def test_rank_is_bounded_while_parsing(tmp_path):
     path = tmp_path / "m.safetensors"
     path.write_bytes(_image({"t": {"dtype": "U8", "shape": [1] * 1025, "data_offsets": [0, 1]}}, b"x"))
     with pytest.raises(InvalidHeaderDeserialization, match="more than 1024 dimensions"):
-        fastsafetensors.read_file_header(path)
+        read_file_header(path)
     path.write_bytes(_image({"t": {"dtype": "U8", "shape": [1] * 1024, "data_offsets": [0, 1]}}, b"x"))
-    assert len(fastsafetensors.read_file_header(path).tensors["t"].shape) == 1024
+    assert len(read_file_header(path).tensors["t"].shape) == 1024

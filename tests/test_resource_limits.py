@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 import fastsafetensors
+from fastsafetensors._src.files import read_file_header
 from fastsafetensors.errors import HeaderTooLarge, InvalidHeaderLength, TensorInvalidInfo, ValidationOverflow
 
 HEADER_BYTES = 100_000_000 - 64  # just under the 100,000,000-byte limit
@@ -28,10 +29,10 @@ _CHILD = textwrap.dedent("""
     def peak():
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
-    import fastsafetensors, fastsafetensors._src.api
+    import fastsafetensors, fastsafetensors._src.api, fastsafetensors._src.files
     base, start = peak(), time.perf_counter()
     try:
-        f = fastsafetensors.read_file_header(sys.argv[1])
+        f = fastsafetensors._src.files.read_file_header(sys.argv[1])
         outcome = {"ok": len(f.infos), "metadata": len(f.metadata or {})}
         names = [t.name for t in f.infos[-1:]]  # then plan and load one tensor of it
         outcome["loaded"] = len(fastsafetensors._src.api.load_files([f], names=names))
@@ -131,7 +132,7 @@ def test_header_length_limits_are_checked_before_allocating(tmp_path):
                             (99_999_999, InvalidHeaderLength)):
         path.write_bytes(struct.pack("<Q", declared) + b"{}")
         with pytest.raises(error):
-            fastsafetensors.read_file_header(path)
+            read_file_header(path)
 
 
 def test_huge_shape_product_overflows(tmp_path):

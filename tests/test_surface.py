@@ -1,10 +1,13 @@
-"""The package's public surface: the private engine and its test-only bindings (issue 13)."""
+"""The package's public surface (issue 13): the top level's ``__all__``, which modules are public,
+the private engine and its test-only bindings."""
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 import re
 
+import fastsafetensors
 from fastsafetensors import _cpp
 
 PACKAGE = pathlib.Path(_cpp.__file__).parent
@@ -27,3 +30,38 @@ def test_the_library_never_uses_the_testing_submodule():
     reach = re.compile(r"\btesting\b")
     users = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py")) if reach.search(p.read_text())]
     assert users == []
+
+
+# Modules clients, the 0.3 API or our docs import (docs/architecture.md); everything else is in _src/.
+PUBLIC_MODULES = {"auto_loader", "common", "config", "errors", "frameworks", "host_cache", "integrity", "jax", "loader",
+                  "metrics", "parallel_loader", "settings", "st_types"}
+
+ALL = ["load", "SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open", "ParallelLoader", "AutoLoader",
+       "LoaderConfig", "load_config", "SingleGroup", "SafeTensorsMetadata", "TensorFrame", "get_device_numa_node",
+       "Device", "DeviceType", "DType", "FastSafeTensorsError", "errors", "LoadMetrics", "metrics", "settings",
+       "host_cache"]
+
+
+def test_top_level_all_is_pinned():
+    assert fastsafetensors.__all__ == ALL
+    for name in ALL:
+        assert getattr(fastsafetensors, name) is not None
+
+
+def test_top_level_names_are_public_or_underscored():
+    # Names dir() shows: __all__, the public modules (imported as a side effect), or underscored.
+    extra = {n for n in dir(fastsafetensors) if not n.startswith("_")} - set(ALL) - PUBLIC_MODULES
+    assert extra == set()
+
+
+def test_error_classes_are_not_top_level_names():
+    assert not hasattr(fastsafetensors, "HeaderTooLarge") and not hasattr(fastsafetensors, "ReadError")
+    assert issubclass(fastsafetensors.errors.HeaderTooLarge, fastsafetensors.FastSafeTensorsError)
+
+
+def test_modules_are_public_or_under_src():
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert modules - {"__init__", "__main__"} == PUBLIC_MODULES | {"_src"}
+    for name in PUBLIC_MODULES:
+        importlib.import_module(f"fastsafetensors.{name}")
+

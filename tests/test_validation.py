@@ -18,7 +18,8 @@ import torch
 from safetensors import deserialize, safe_open
 from safetensors.torch import save
 
-from fastsafetensors import _cpp, errors, load, read_file_header
+from fastsafetensors import _cpp, errors, load
+from fastsafetensors._src.files import read_file_header
 
 from .helpers import entry, write_raw
 
