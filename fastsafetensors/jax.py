@@ -126,7 +126,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
     per_device, scatter = strategies.split(strategy, targets)
     metrics.strategy = strategy
     metrics.tensors_per_strategy = {"per_device": len(per_device), "scatter": len(scatter)}
-    out: Dict[str, jax.Array] = {}
+    out = {}
     if per_device:
         out.update(strategies.load_per_device(files, per_device, boxes_of, metrics, read_options))
     if scatter:

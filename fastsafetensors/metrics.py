@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Type, TypeVar
 
 __all__ = ["LoadMetrics"]
+
+_M = TypeVar("_M", bound="LoadMetrics")
 
 
 @dataclass
@@ -31,7 +33,7 @@ class LoadMetrics:
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def given(cls, metrics: Optional["LoadMetrics"]) -> "LoadMetrics":
+    def given(cls: Type[_M], metrics: Optional[_M]) -> _M:
         """The caller's ``metrics=`` (which must be one of these), or a new one to fill in."""
         if metrics is None:
             return cls()

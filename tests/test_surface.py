@@ -65,3 +65,37 @@ def test_modules_are_public_or_under_src():
     for name in PUBLIC_MODULES:
         importlib.import_module(f"fastsafetensors.{name}")
 
+
+def _stub_names(path: pathlib.Path):
+    """Module-level names of a stub, and each class's own public members."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names, members = set(), {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            names.add(node.name)
+            defs = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            fields = {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}  # read-write attributes
+            members[node.name] = {n for n in defs | fields if not n.startswith("_")}
+        elif isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign):
+            names.add(node.target.id)
+        elif isinstance(node, ast.ImportFrom) and node.module is None:  # from . import testing as testing
+            names.update(a.asname or a.name for a in node.names)
+    return names, members
+
+
+def _runtime_names(module):
+    names = {n for n in dir(module) if not n.startswith("__")}
+    members = {n: {m for m in vars(getattr(module, n)) if not m.startswith("_")}
+               for n in names if isinstance(getattr(module, n), type)}
+    return names, members
+
+
+def test_engine_stubs_match_the_built_module():
+    # tools/engine_stubs.py regenerates them after a change to csrc/python/.
+    stubs = PACKAGE / "_cpp"
+    assert _stub_names(stubs / "__init__.pyi") == _runtime_names(_cpp)
+    assert _stub_names(stubs / "testing.pyi") == _runtime_names(_cpp.testing)
