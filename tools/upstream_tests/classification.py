@@ -42,7 +42,7 @@ REASONS: Dict[str, Tuple[str, str]] = {
         "difference", AFTER_CLOSE.format(what="the last tensor its loop bound")),
     "test_fastsafetensors.py::test_float8_e4m3fn_to_int8": (
         "internal", "frameworks._torch.dtype_convert (upstream's DType-to-torch table; ours is "
-        "frameworks.torch.TORCH_DTYPES), used by the test's reference loader"),
+        "_src.frameworks.torch.TORCH_DTYPES, private), used by the test's reference loader"),
     "test_fastsafetensors.py::test_tensor_frame_getitem": (
         "difference", "TensorFrame is our frozen header entry (dtype, shape, data_offsets); upstream's view "
         "fields (strides, offsets, sliced) and its slicing are not provided: no client uses them"),
@@ -54,7 +54,7 @@ REASONS: Dict[str, Tuple[str, str]] = {
         "freeing every byte is covered by tests/clients/test_upstream_behaviour.py"),
     "test_fastsafetensors.py::test_no_module_level_torch_import_outside_frameworks": (
         "difference", "upstream's file layout (it allows frameworks/_torch.py); our torch backend is "
-        "frameworks/torch.py, the only module the test finds, so the rule itself holds"),
+        "_src/frameworks/torch.py, the only module the test finds, so the rule itself holds"),
     "threefs/test_parallel_threefs.py::*": (
         "skip", "upstream skips these too: the test looks for examples/ under tests/"),
     "test_multi.py::test_shuffle": (
