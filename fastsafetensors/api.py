@@ -6,7 +6,7 @@ import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import cpp, integrity, mapping, settings
-from .dtypes import FLOAT_DTYPES
+from .dtypes import float_cast
 from .device_engine import gds_mode, read_into_device
 from .engine import check_flag, check_threads, read_into_host
 from .errors import UnsupportedDtype
@@ -63,9 +63,10 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     out: Dict[str, Any] = {}
     for name, loc in plan.tensors.items():
         t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
-        if cast is not None and not raw and loc.dtype in FLOAT_DTYPES and loc.dtype != cast:
+        to = None if raw else float_cast(loc.dtype, cast)
+        if to is not None and to != loc.dtype:
             try:
-                t = framework.convert(t, cast)
+                t = framework.convert(t, to)
             except UnsupportedDtype as exc:
                 raise _named(exc, plan, name) from None
         out[name] = framework.to_device(t, target)

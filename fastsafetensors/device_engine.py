@@ -185,11 +185,8 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
         stats = reader.read(plan.sources(), plan.ranges, ptrs, list(plan.buffer_sizes), use_mapping=use_mapping,
                             stage_cached=mapping != "only", gds=gds)
     metrics.files += len(plan.files)
-    metrics.bytes_read += stats["bytes"]
+    metrics.count_files([f.path for f in plan.files], cpp.bytes_per_file(plan.ranges, len(plan.files)))
     for path in ("staged", "mapped", "gds"):
         metrics.bytes_per_path[path] = metrics.bytes_per_path.get(path, 0) + stats[f"{path}_bytes"]
-    for r in plan.ranges:
-        path = plan.files[r.file].path
-        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
     logger.debug("GPU read: %s", stats)
     return plan, outs

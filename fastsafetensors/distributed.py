@@ -22,6 +22,7 @@ from . import cpp
 from .dtypes import BITS
 from .errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
 from .files import SafeTensorsFile
+from .plan import align_up
 
 __all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "exchange", "push", "fingerprint",
            "names_fingerprint"]
@@ -42,10 +43,6 @@ def split_bounds(size: int, world: int) -> List[Tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 @dataclass(frozen=True)
@@ -298,7 +295,7 @@ def _chunks(items: List[Tuple[List[Piece], Piece]], limit: int) -> Iterable[List
     cur: List[Tuple[List[Piece], Piece]] = []
     size = 0
     for item in items:
-        n = max(_align(p.nbytes) for p in item[0])
+        n = max(align_up(p.nbytes, ALIGN) for p in item[0])
         if n >= PACK_BELOW:
             yield [item]
             continue
@@ -330,7 +327,7 @@ def _broadcast(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]],
     offsets, total = [], 0
     for p in pieces:
         offsets.append(total)
-        total += _align(p.nbytes)
+        total += align_up(p.nbytes, ALIGN)
     buf = group.empty(total)
     if group.rank == owner:
         for p, off in zip(pieces, offsets):
@@ -370,7 +367,7 @@ def _scatter(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], l
     for k, (pieces, _) in enumerate(items):
         for r in range(world):
             offsets[r][k] = sizes[r]
-            sizes[r] += _align(pieces[r].nbytes)
+            sizes[r] += align_up(pieces[r].nbytes, ALIGN)
     width = max(sizes)  # uneven blocks: every rank's chunk is padded to the widest
     recv = group.empty(width)
     chunks = None

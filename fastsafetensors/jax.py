@@ -58,6 +58,10 @@ class JaxLoadMetrics(LoadMetrics):
     def bytes_per_process(self) -> Dict[int, int]:
         return {self.process_index: self.bytes_read}
 
+    def count_device(self, device: "jax.Device", nbytes: int) -> None:
+        """Adds ``nbytes`` of shards delivered to ``device``."""
+        self.bytes_per_device[str(device)] = self.bytes_per_device.get(str(device), 0) + nbytes
+
 
 def nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
     """``{"a.b.0.c": x}`` -> ``{"a": {"b": {"0": {"c": x}}}}``."""

@@ -16,14 +16,14 @@ from . import cpp
 from .direct_read import read_pieces, readable_by_me
 from .distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
                           resolve)
-from .dtypes import FLOAT_DTYPES, RAW_BYTES
+from .dtypes import RAW_BYTES, float_cast
 from .device_engine import gds_mode, read_into_device
 from .engine import check_flag, check_threads, default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from .files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
-from .plan import LoadPlan, name_list, plan_load
+from .plan import LoadPlan, align_up, name_list, plan_load
 from .st_types import Device, DType, to_dtype
 
 __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]
@@ -168,7 +168,7 @@ class FilesBufferOnDevice:
             offsets, total = [], ALIGN
             for p in mine:
                 offsets.append(total)
-                total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
+                total += align_up(p.nbytes, ALIGN)
             if group.rank == owner:
                 buf, error = self._read_for_broadcast(mine, total)
             else:
@@ -218,9 +218,10 @@ class FilesBufferOnDevice:
     def _finish(self, t: Any, entry: Entry, device: Any, dtype: DType) -> TensorBase:
         """The tensor as handed out: floating tensors cast to ``dtype`` (or to the buffer's), on ``device``."""
         cast = self._dtype if dtype is DType.AUTO else dtype
+        target = float_cast(entry.dtype, None if cast is DType.AUTO else cast)
         kind = DType(entry.dtype)
-        if cast is not DType.AUTO and entry.dtype in FLOAT_DTYPES and kind is not cast:
-            t, kind = self._framework.convert(t, cast.value), cast
+        if target is not None and target is not kind:
+            t, kind = self._framework.convert(t, target.value), target
         target = Device.from_str(device) if device is not None else self._device
         return TensorBase(self._framework.to_device(t, target), target, kind)
 

@@ -10,7 +10,12 @@ from .dtypes import BITS
 from .errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
-__all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors", "per_tensor_plan"]
+__all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors", "per_tensor_plan", "align_up"]
+
+
+def align_up(n: int, to: int = cpp.TENSOR_ALIGNMENT) -> int:
+    """``n`` rounded up to a multiple of ``to`` (by default where the read plan starts each tensor in a buffer)."""
+    return -(-n // to) * to
 
 
 @dataclass(frozen=True)

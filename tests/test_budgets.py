@@ -14,7 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fastsafetensors import ParallelLoader, cpp, device_engine  # noqa: E402
-from fastsafetensors.budget import aligned, plan_units  # noqa: E402
+from fastsafetensors.budget import plan_units  # noqa: E402
+from fastsafetensors.plan import align_up  # noqa: E402
 from fastsafetensors.dtypes import RAW_BYTES  # noqa: E402
 from fastsafetensors.errors import BudgetInfeasibleError, FastSafeTensorsError  # noqa: E402
 from fastsafetensors.frameworks.torch import TorchFramework  # noqa: E402
@@ -23,7 +24,7 @@ from .clients import ranks  # noqa: E402
 from .clients.ranks import reference, same  # noqa: E402
 
 EXPERT = 256 * 512 * 2  # bytes of each experts.N.w, the largest tensors
-TOTAL = sum(aligned(t.numel() * t.element_size()) for t in reference(tuple(ranks.checkpoint())).values())
+TOTAL = sum(align_up(t.numel() * t.element_size()) for t in reference(tuple(ranks.checkpoint())).values())
 
 
 def _load(keep=lambda name: True, **kwargs):

@@ -63,7 +63,7 @@ def _load_through_host(files, targets, boxes_of, metrics, read_options) -> Dict[
                 views.append(view)
                 devices.append(d)
                 owners.append(s.target.name)
-                metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + nbytes
+                metrics.count_device(d, nbytes)
         placed = jax.device_put(views, devices)
     by_name: Dict[str, List[jax.Array]] = {}
     for name, arr in zip(owners, placed):
@@ -97,7 +97,7 @@ def load_scatter(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
             out[t.name] = _identity_to(t.sharding)(host)
             for d in t.sharding.addressable_devices:
                 size = box_bytes(tuple((0, n) for n in t.sharding.shard_shape(t.shape)), t.info.dtype)
-                metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + size
+                metrics.count_device(d, size)
         jax.block_until_ready(out)
     return out
 
