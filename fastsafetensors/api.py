@@ -124,16 +124,13 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     return out
 
 
-_MAPPABLE = ("numpy", "torch")
-
-
 def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *, names: Optional[Iterable[str]],
                  dtype: Any, raw: bool, threads: Optional[int], direct_io: Optional[bool],
                  verify: bool, metrics: LoadMetrics) -> Dict[str, Any]:
     """mmap=True: mapped views for aligned tensors, the rest read into host memory."""
-    if not target.is_cpu or fw.name not in _MAPPABLE:
-        raise ValueError(f"mmap=True maps files for {' and '.join(_MAPPABLE)} on the CPU, not {fw.name} on "
-                         f"{target}: load without mmap")
+    if not target.is_cpu or not fw.maps_files:
+        raise ValueError(f"mmap=True maps files for numpy and torch on the CPU, not {fw.name} on {target}: "
+                         "load without mmap")
     if verify:
         raise ValueError("verify=/sha256= check the bytes a load reads; mmap=True reads none: load without "
                          "mmap, or run `fastsafetensors verify --sha256` first")

@@ -444,7 +444,7 @@ class SafeTensorsFileLoader:
             return DIRECT
         if not self.group.distributed or not everyone:
             return SCATTER
-        if self.direct_read or self.framework.name != "torch":
+        if self.direct_read or not self.framework.group_shareable:
             return DIRECT
         return HYBRID
 
@@ -477,7 +477,7 @@ class SafeTensorsFileLoader:
 
     def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
                     dtype: DTypeLike = DType.AUTO) -> FilesBufferOnDevice:
-        if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
+        if self.group.distributed and mode != DIRECT and not self.framework.group_shareable:
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
         return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
                                    mode=mode, threads=self.max_threads, metrics=self.metrics,

@@ -27,6 +27,7 @@ _VIEW_TYPES = {st: t for st, t in NUMPY_DTYPES.items() if st not in NATIVE or st
 class NumpyFramework(Framework):
     name = "numpy"
     gpu_capable = False
+    maps_files = True
     dtypes = NUMPY_DTYPES
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:

@@ -22,6 +22,8 @@ _BYTE_TYPES = frozenset(_VIEW_TYPES.values())  # all one byte per element
 class TorchFramework(Framework):
     name = "torch"
     dtypes = TORCH_DTYPES
+    group_shareable = True
+    maps_files = True
 
     def check_dtype(self, dtype: str, shape: Tuple[int, ...]) -> None:
         self.view_type(dtype, shape)  # F4 also needs whole pairs of values in the last dimension
@@ -40,7 +42,6 @@ class TorchFramework(Framework):
         raise self.unsupported(dtype)
 
     def view_type(self, dtype: str, shape: Tuple[int, ...]) -> Tuple["torch.dtype", Tuple[int, ...]]:
-        """The torch dtype and shape that a tensor's bytes are viewed as (raises for dtypes torch lacks)."""
         if dtype == "F4":
             if "F4" in _VIEW_TYPES and shape and shape[-1] % 2 == 0:
                 return _VIEW_TYPES["F4"], (*shape[:-1], shape[-1] // 2)
@@ -49,7 +50,6 @@ class TorchFramework(Framework):
         raise self.unsupported(dtype)
 
     def from_bytes(self, data: "torch.Tensor", dtype: str, shape: Tuple[int, ...]) -> Any:
-        """A contiguous uint8 tensor (any device) holding exactly a tensor's bytes, viewed as that tensor."""
         view_dtype, view_shape = self.view_type(dtype, shape)
         return data.view(view_dtype).view(view_shape)
 
