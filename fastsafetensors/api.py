@@ -115,8 +115,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
         if verify or sha256 is not None:
             raise ValueError("verify=/sha256= check files while loading them to the CPU; load to the CPU, or "
                              "run `fastsafetensors verify --sha256` first")
-        plan, buffers = read_into_device(plan, fw, target, raw=raw, threads=threads, metrics=metrics,
-                                         gds=gds_mode(nogds=True))
+        buffers = read_into_device(plan, fw, target, threads=threads, metrics=metrics, gds=gds_mode(nogds=True))
     with metrics.phase("instantiate"):
         out = instantiate(plan, buffers, fw, dtype=dtype, raw=raw, device=device)
     metrics.tensors += len(out)

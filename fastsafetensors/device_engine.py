@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from . import cpp, settings
 from .engine import ReaderCache, check_threads, default_threads
@@ -142,25 +142,21 @@ def gds_mode(nogds: bool) -> str:
     return "off"
 
 
-def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "cpp.Device",
-                  raw: bool) -> Tuple[LoadPlan, List[Any]]:
-    if framework is not None:
-        outs = framework.device_outputs(plan.buffer_sizes, device, dev)
-    else:
-        outs = [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
-    if framework is not None:
-        framework.device_ready(outs)
-    return plan, outs
+def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "cpp.Device") -> List[Any]:
+    if framework is None:
+        return [cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+    outs = framework.device_outputs(plan.buffer_sizes, device, dev)
+    framework.device_ready(outs)
+    return outs
 
 
-def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *, raw: bool = False,
+def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *,
                      threads: Optional[int] = None, staging_bytes: Optional[int] = None, gds: str = "off",
                      use_mapping: Optional[bool] = None, metrics: Optional[LoadMetrics] = None,
-                     engine_device: Optional["cpp.Device"] = None, numa: bool = True) -> Tuple[LoadPlan, List[Any]]:
-    """Allocates the outputs on ``device`` and reads every planned byte into them.
-
-    Returns the plan the outputs follow (per tensor for JAX) and the outputs, which
-    ``framework.from_buffer`` turns into tensors; ``framework=None`` gives engine buffers.
+                     engine_device: Optional["cpp.Device"] = None, numa: bool = True) -> List[Any]:
+    """Allocates the outputs on ``device``, one per planned buffer, and reads every planned byte into
+    them. Returns the outputs, which ``framework.from_buffer`` turns into tensors at the plan's
+    offsets; ``framework=None`` gives engine buffers.
     ``engine_device`` replaces the CUDA device (tests pass a ``cpp.HostDevice``); ``numa=False``
     leaves the reader's threads on the CPUs they have (the 0.3 API's ``set_numa=False``).
     """
@@ -170,7 +166,7 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
     dev = engine_device if engine_device is not None else cuda_device(device.index or 0)
     reader = get_device_reader(dev, threads, staging_bytes, numa=numa)
     with metrics.phase("allocate"):
-        plan, outs = _destinations(plan, framework, device, dev, raw)
+        outs = _destinations(plan, framework, device, dev)
         ptrs = [framework.device_ptr(o) if framework is not None else o.data_ptr for o in outs]
     live = [p for p, n in zip(ptrs, plan.buffer_sizes) if n]
     if len(set(live)) != len(live):  # two outputs sharing memory would get each other's bytes
@@ -189,4 +185,4 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
     for path in ("staged", "mapped", "gds"):
         metrics.bytes_per_path[path] = metrics.bytes_per_path.get(path, 0) + stats[f"{path}_bytes"]
     logger.debug("GPU read: %s", stats)
-    return plan, outs
+    return outs

@@ -470,9 +470,9 @@ class SafeTensorsFileLoader:
                                      chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
         else:
             # bbuf_size_kb bounds the pinned staging memory, as it did in the 0.3 package.
-            plan, buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
-                                             staging_bytes=self.bbuf_size_kb * 1024, metrics=self.metrics,
-                                             gds=gds_mode(self.nogds), numa=self.set_numa)
+            buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
+                                       staging_bytes=self.bbuf_size_kb * 1024, metrics=self.metrics,
+                                       gds=gds_mode(self.nogds), numa=self.set_numa)
         return plan, buffers
 
     def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],

@@ -76,8 +76,8 @@ def load_on_gpus(files, targets: List[Target], boxes_of, metrics, threads: Optio
     shards: Dict[str, List[jax.Array]] = {}
     for d, (plan, slots) in plans.items():
         device, engine_device = engine_for(d)
-        _, (out,) = read_into_device(plan, fw, device, threads=threads, gds=gds, metrics=metrics,
-                                     engine_device=engine_device)
+        (out,) = read_into_device(plan, fw, device, threads=threads, gds=gds, metrics=metrics,
+                                  engine_device=engine_device)
         with metrics.phase("transfer"):
             for t, box, at in slots:
                 view = fw.from_buffer(out, at, t.info.dtype, box_shape(box))
