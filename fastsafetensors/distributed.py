@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import cpp
-from .dtypes import BITS
+from .dtypes import BITS, packed_shape
 from .errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
 from .files import SafeTensorsFile
 from .plan import align_up
@@ -81,23 +81,6 @@ def build_catalog(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> Dic
     return catalog
 
 
-def _byte_shape(dtype: str, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    """Shape of a tensor's bytes as a uint8 array whose leading axes are the tensor's axes.
-
-    Byte-wide dtypes get a trailing axis of ``itemsize``; packed dtypes (F4, F6) pack the last
-    axis when it fills whole bytes, else they are a flat run of bytes that cannot be split.
-    """
-    bits = BITS[dtype]
-    if bits % 8 == 0:
-        return (*shape, bits // 8)
-    if shape and (shape[-1] * bits) % 8 == 0:
-        return (*shape[:-1], shape[-1] * bits // 8)
-    numel = 1
-    for d in shape:
-        numel *= d
-    return ((numel * bits + 7) // 8,)
-
-
 @dataclass(frozen=True)
 class Piece:
     """What one rank receives of one tensor: rows ``[start, stop)`` along ``dim`` (-1: all of it)."""
@@ -125,7 +108,7 @@ class Piece:
 
     @property
     def byte_shape(self) -> Tuple[int, ...]:
-        return _byte_shape(self.entry.dtype, self.shape)
+        return packed_shape(self.entry.dtype, self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -135,7 +118,7 @@ class Piece:
         return n
 
     def bytes_of(self, whole: Any) -> Any:
-        """This piece of ``whole``, the tensor's bytes shaped by ``_byte_shape`` (a torch view)."""
+        """This piece of ``whole``, the tensor's bytes shaped by ``packed_shape`` (a torch view)."""
         if self.dim < 0:
             return whole
         if self.dim == len(self.entry.shape) - 1 and BITS[self.entry.dtype] % 8:
@@ -308,7 +291,7 @@ def _chunks(items: List[Tuple[List[Piece], Piece]], limit: int) -> Iterable[List
         yield cur
 
 
-LocalBytes = Callable[[Entry], Any]  # a tensor the owner holds -> its bytes (torch uint8, _byte_shape)
+LocalBytes = Callable[[Entry], Any]  # a tensor the owner holds -> its bytes (torch uint8, packed_shape)
 
 
 def _to_comm(group: Group, t: Any) -> Any:

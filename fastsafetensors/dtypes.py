@@ -8,6 +8,7 @@ the others (fp8, fp4, fp6) travel as raw bytes that each framework views as its 
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple, TypeVar
 
 from . import cpp
@@ -47,20 +48,17 @@ def float_cast(stored: str, cast: Optional[_Cast]) -> Optional[_Cast]:
 
 
 def packed_shape(dtype: str, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    """Shape of the raw bytes (uint8) of a tensor.
+    """Shape of the raw bytes (uint8) of a tensor, whose leading axes are the tensor's axes.
 
     Byte-wide dtypes keep their shape; wider ones gain a last axis of their byte width (so
-    scalars and zero-size tensors have a shape too); F4 halves its last axis (two values per
-    byte); F6 has no byte-wise shape and is exported as a flat run of bytes.
+    scalars and zero-size tensors have a shape too); packed dtypes (F4, F6) pack their last axis
+    when it fills whole bytes (F4: two values a byte), else they are one flat run of bytes.
     """
     bits = BITS[dtype]
     if bits == 8:
         return tuple(shape)
     if bits > 8:
         return (*shape, bits // 8)
-    if dtype == "F4" and shape and shape[-1] % 2 == 0:
-        return (*shape[:-1], shape[-1] // 2)
-    numel = 1
-    for d in shape:
-        numel *= d
-    return (numel * bits // 8,)
+    if shape and shape[-1] * bits % 8 == 0:
+        return (*shape[:-1], shape[-1] * bits // 8)
+    return (math.prod(shape) * bits // 8,)  # whole bytes: the header refuses any other size
