@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from . import cpp, integrity, mapping, settings
+from . import integrity, mapping, settings
 from .dtypes import float_cast
 from .device_engine import gds_mode, read_into_device
 from .engine import check_flag, check_threads, read_into_host

@@ -15,12 +15,14 @@ namespace fst {
 // (cpp.dtype_table(), fastsafetensors/dtypes.py); adding a dtype is a row here and a member of
 // st_types.DType (a test checks that the two agree).
 constexpr int kRawBytes = -1;
+// clang-format off: a table, laid out by hand
 #define FST_DTYPES(X)                                                                                          \
   X(BOOL, 8, kDLBool) X(U8, 8, kDLUInt) X(I8, 8, kDLInt) X(F8_E5M2, 8, kRawBytes) X(F8_E4M3, 8, kRawBytes)  \
   X(F8_E8M0, 8, kRawBytes) X(F8_E4M3FNUZ, 8, kRawBytes) X(F8_E5M2FNUZ, 8, kRawBytes) X(I16, 16, kDLInt)      \
   X(U16, 16, kDLUInt) X(F16, 16, kDLFloat) X(BF16, 16, kDLBfloat) X(I32, 32, kDLInt) X(U32, 32, kDLUInt)     \
   X(F32, 32, kDLFloat) X(I64, 64, kDLInt) X(U64, 64, kDLUInt) X(F64, 64, kDLFloat) X(C64, 64, kDLComplex)   \
   X(F4, 4, kRawBytes) X(F6_E2M3, 6, kRawBytes) X(F6_E3M2, 6, kRawBytes)
+// clang-format on
 
 #define FST_DTYPE_ENUM(name, bits, code) name,
 enum class Dtype : uint8_t { FST_DTYPES(FST_DTYPE_ENUM) };

@@ -93,7 +93,7 @@ class Framework(ABC):
         """The device address of an output of device_outputs."""
         return out.data_ptr
 
-    def device_ready(self, outs: List[Any]) -> None:
+    def device_ready(self, outs: List[Any]) -> None:  # noqa: B027 (a hook: most backends need no wait)
         """Waits until the framework's own work on fresh outputs (zero fills, reuse of cached
         memory still read by queued kernels) is done, so the engine's copies cannot race it."""
 
