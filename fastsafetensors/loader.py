@@ -35,7 +35,7 @@ DTypeLike = Any
 
 # How the bytes of a multi-rank request reach each rank (docs/torch.md, "Two ways the bytes reach a rank").
 SCATTER = "scatter"  # each rank reads its files; owners broadcast whole tensors and scatter blocks
-DIRECT = "direct"  # each rank reads what it returns straight from the files; no data crosses the group
+OWN_READS = "direct"  # each rank reads what it returns straight from the files; no data crosses the group
 HYBRID = "hybrid"  # blocks of split tensors read directly; whole tensors read by their owner and broadcast
 
 
@@ -142,16 +142,16 @@ class FilesBufferOnDevice:
         group = self._group
         if not group.distributed:
             return {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved}
-        if self._mode == DIRECT:
+        if self._mode == OWN_READS:
             out = {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved
                    if p.dim < 0 and p.entry.name in self._plan.tensors}
-            out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
+            out.update(self._read_own([p for _, p in resolved if p.entry.name not in out]))
             return out
         if self._mode == SCATTER:
             return self._exchange(resolved)
         whole = [p for _, p in resolved if p.dim < 0]  # HYBRID: whole tensors from their owner, blocks read here
         out = self._owners_read_and_broadcast(whole) if whole else {}
-        out.update(self._read_directly([p for _, p in resolved if p.dim >= 0]))
+        out.update(self._read_own([p for _, p in resolved if p.dim >= 0]))
         return out
 
     def _owners_read_and_broadcast(self, pieces: List[Piece]) -> Dict[str, Any]:
@@ -207,7 +207,7 @@ class FilesBufferOnDevice:
         return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
                 for _, p in resolved}
 
-    def _read_directly(self, pieces: List[Piece]) -> Dict[str, Any]:
+    def _read_own(self, pieces: List[Piece]) -> Dict[str, Any]:
         """This rank reads the pieces itself, straight from the files (no collective)."""
         if not pieces:
             return {}
@@ -289,7 +289,7 @@ class FilesBufferOnDevice:
         if not group.distributed:
             t = self._fetch(resolved)[tensor_name]
         elif self._mode != SCATTER:  # only the destination takes part: it reads the tensor itself
-            t = self._read_directly([piece])[tensor_name] if group.rank == dst_rank else None
+            t = self._read_own([piece])[tensor_name] if group.rank == dst_rank else None
         else:
             self._check_viewable(resolved)
             raw = push(group, piece.entry, dst_rank, self._local_bytes)
@@ -441,11 +441,11 @@ class SafeTensorsFileLoader:
                 raise ShardRequestError("the tensor filter keeps different tensors on different ranks, so each rank "
                                         "must read its own from the files, but some rank cannot open every file "
                                         "(or direct_read=False was given)")
-            return DIRECT
+            return OWN_READS
         if not self.group.distributed or not everyone:
             return SCATTER
         if self.direct_read or not self.framework.group_shareable:
-            return DIRECT
+            return OWN_READS
         return HYBRID
 
     def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
@@ -477,7 +477,7 @@ class SafeTensorsFileLoader:
 
     def make_buffer(self, plan: LoadPlan, buffers: List["cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
                     dtype: DTypeLike = DType.AUTO) -> FilesBufferOnDevice:
-        if self.group.distributed and mode != DIRECT and not self.framework.group_shareable:
+        if self.group.distributed and mode != OWN_READS and not self.framework.group_shareable:
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
         return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
                                    mode=mode, threads=self.max_threads, metrics=self.metrics,
