@@ -31,7 +31,7 @@ __all__ = ["cuda_device", "get_device_reader", "gds_mode", "numa_enabled", "read
 
 logger = logging.getLogger("fastsafetensors")
 
-SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests point it at a fake tree)
+SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests pass sysfs_root= a fake tree)
 
 _lock = threading.Lock()
 _devices: Dict[int, "cpp.Device"] = {}
@@ -92,14 +92,15 @@ def _log_placement(reader: "cpp.DeviceReader") -> None:
 
 def get_device_reader(device: "cpp.Device", threads: Optional[int] = None,
                       staging_bytes: Optional[int] = None, map_lanes: Optional[int] = None,
-                      numa: bool = True) -> "cpp.DeviceReader":
+                      numa: bool = True, *, sysfs_root: str = SYSFS_ROOT) -> "cpp.DeviceReader":
     """The process-wide reader for these settings: its pinned slots are allocated once and reused.
 
-    ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`)."""
+    ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`), which
+    ``sysfs_root`` tells."""
     threads = check_threads(threads) or default_threads()
     staging = staging_bytes or settings.get("FASTSAFETENSORS_STAGING_MB") << 20
     lanes = settings.get("FASTSAFETENSORS_MAP_LANES") if map_lanes is None else map_lanes
-    key = (device, threads, staging, lanes, numa_enabled(numa), SYSFS_ROOT)
+    key = (device, threads, staging, lanes, numa_enabled(numa), sysfs_root)
 
     def make() -> "cpp.DeviceReader":
         reader = cpp.DeviceReader(device, threads, staging, lanes, numa=key[4], sysfs_root=key[5])
@@ -153,18 +154,20 @@ def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device
 def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *,
                      threads: Optional[int] = None, staging_bytes: Optional[int] = None, gds: str = "off",
                      use_mapping: Optional[bool] = None, metrics: Optional[LoadMetrics] = None,
-                     engine_device: Optional["cpp.Device"] = None, numa: bool = True) -> List[Any]:
+                     engine_device: Optional["cpp.Device"] = None, numa: bool = True,
+                     sysfs_root: str = SYSFS_ROOT) -> List[Any]:
     """Allocates the outputs on ``device``, one per planned buffer, and reads every planned byte into
     them. Returns the outputs, which ``framework.from_buffer`` turns into tensors at the plan's
     offsets; ``framework=None`` gives engine buffers.
     ``engine_device`` replaces the CUDA device (tests pass a ``cpp.HostDevice``); ``numa=False``
-    leaves the reader's threads on the CPUs they have (the 0.3 API's ``set_numa=False``).
+    leaves the reader's threads on the CPUs they have (the 0.3 API's ``set_numa=False``); ``sysfs_root``
+    is where the GPU's NUMA node is looked up.
     """
     if framework is not None and not framework.gpu_capable:
         raise ValueError(f"{framework.name} arrays live on the host: load to {device} with torch, jax or cupy")
     metrics = metrics if metrics is not None else LoadMetrics()
     dev = engine_device if engine_device is not None else cuda_device(device.index or 0)
-    reader = get_device_reader(dev, threads, staging_bytes, numa=numa)
+    reader = get_device_reader(dev, threads, staging_bytes, numa=numa, sysfs_root=sysfs_root)
     with metrics.phase("allocate"):
         outs = _destinations(plan, framework, device, dev)
         ptrs = [framework.device_ptr(o) if framework is not None else o.data_ptr for o in outs]
