@@ -140,7 +140,7 @@ def _load_readinto(paths: Sequence[str], threads: int) -> Loaded:
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(read, jobs))
-    for (fd, mm, view), p in zip(maps, paths):
+    for (fd, _mm, view), _path in zip(maps, paths):
         n = int.from_bytes(view[:8], "little")
         header = json.loads(bytes(view[8:8 + n]))
         header.pop("__metadata__", None)

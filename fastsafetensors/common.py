@@ -61,9 +61,9 @@ class SafeTensorsMetadata:
         return cls(f.path, f.header.data_start, f.size, tensors, f.metadata)
 
 
-def get_device_numa_node(device: Optional[int]) -> Optional[int]:
+def get_device_numa_node(device: Optional[int], *, sysfs_root: str = device_engine.SYSFS_ROOT) -> Optional[int]:
     """The NUMA node of CUDA device ``device`` (an index), as the upstream package's helper of this
-    name gives it; None for ``device=None``, without CUDA, or where sysfs does not say."""
+    name gives it; None for ``device=None``, without CUDA, or where sysfs (at ``sysfs_root``) does not say."""
     if device is None:
         return None
     try:
@@ -71,5 +71,5 @@ def get_device_numa_node(device: Optional[int]) -> Optional[int]:
     except CudaError as exc:
         logger.debug("get_device_numa_node(%s): no CUDA device: %s", device, exc)
         return None
-    node = _cpp.pci_numa_node(bus, device_engine.SYSFS_ROOT) if bus else -1
+    node = _cpp.pci_numa_node(bus, sysfs_root) if bus else -1
     return node if node >= 0 else None

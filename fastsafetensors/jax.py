@@ -31,6 +31,7 @@ from fastsafetensors._src.api import _direct_io_default
 from fastsafetensors._src.engine import check_flag, check_threads
 from fastsafetensors._src.files import PathLike, open_checkpoint
 from fastsafetensors.metrics import LoadMetrics
+from fastsafetensors.st_types import is_auto
 
 __all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES", "src", "rename", "transpose", "reshape", "concat",
            "stack", "slice_", "astype"]
@@ -54,9 +55,18 @@ class JaxLoadMetrics(LoadMetrics):
     process_index: int = 0
     bytes_per_device: Dict[str, int] = field(default_factory=dict)
 
-    @property
-    def bytes_per_process(self) -> Dict[int, int]:
-        return {self.process_index: self.bytes_read}
+    # Bytes read from disk per process: a load sets this process's entry (its bytes_read); a caller
+    # that gathers other processes' metrics adds theirs, and the sum is the checkpoint's reads.
+    bytes_per_process: Dict[int, int] = field(default_factory=dict)
+
+    def count_load(self) -> None:
+        """After a load's reads: the files they touched and this process's bytes."""
+        self.files = len(self.bytes_per_file)  # each read call counted its files again
+        self.bytes_per_process[self.process_index] = self.bytes_read
+
+    def count_device(self, device: "jax.Device", nbytes: int) -> None:
+        """Adds ``nbytes`` of shards delivered to ``device``."""
+        self.bytes_per_device[str(device)] = self.bytes_per_device.get(str(device), 0) + nbytes
 
 
 def nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
@@ -131,7 +141,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         out.update(strategies.load_per_device(files, per_device, boxes_of, metrics, read_options))
     if scatter:
         out.update(strategies.load_scatter(files, scatter, metrics, read_options))
-    metrics.files = len(metrics.bytes_per_file)  # each read call counted its files again
+    metrics.count_load()
     out = {t.name: out[t.name] for t in targets}
     with metrics.phase("convert"):
         out = strategies.convert(out, targets)
@@ -148,13 +158,13 @@ def _load_transformed(files, transforms, placer, names, dtype, strategy, metrics
                          "tree) say which leaves to load")
     if strategy not in ("auto", "per_device"):
         raise ValueError(f"transforms= reads per device; strategy={strategy!r} does not apply")
-    cast = None if dtype in (None, "auto", "AUTO") else placement.np_dtype(dtype)
+    cast = None if is_auto(dtype) else placement.np_dtype(dtype)
     with metrics.phase("plan"):
         leaves = transform_reads.plan_leaves(files, transforms, placer, cast)
     metrics.strategy = "per_device"
     metrics.tensors_per_strategy = {"per_device": len(leaves), "scatter": 0}
     out = transform_reads.load(files, leaves, metrics, read_options)
-    metrics.files = len(metrics.bytes_per_file)
+    metrics.count_load()
     metrics.tensors += len(out)
     logger.debug("jax load with transforms (process %d): %s; bytes per device %s", metrics.process_index,
                  metrics.summary(), metrics.bytes_per_device)

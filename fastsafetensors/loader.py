@@ -16,14 +16,14 @@ from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
 from ._src.distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
                           resolve)
-from ._src.dtypes import FLOAT_DTYPES, RAW_BYTES
+from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
 from ._src.files import PathLike, SafeTensorsFile, read_headers
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
-from ._src.plan import LoadPlan, name_list, plan_load
+from ._src.plan import LoadPlan, align_up, name_list, plan_load
 from .st_types import Device, DType, to_dtype
 
 __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]
@@ -35,7 +35,7 @@ DTypeLike = Any
 
 # How the bytes of a multi-rank request reach each rank (docs/torch.md, "Two ways the bytes reach a rank").
 SCATTER = "scatter"  # each rank reads its files; owners broadcast whole tensors and scatter blocks
-DIRECT = "direct"  # each rank reads what it returns straight from the files; no data crosses the group
+OWN_READS = "direct"  # each rank reads what it returns straight from the files; no data crosses the group
 HYBRID = "hybrid"  # blocks of split tensors read directly; whole tensors read by their owner and broadcast
 
 
@@ -142,16 +142,16 @@ class FilesBufferOnDevice:
         group = self._group
         if not group.distributed:
             return {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved}
-        if self._mode == DIRECT:
+        if self._mode == OWN_READS:
             out = {p.entry.name: self._local_tensor(p.entry.name) for _, p in resolved
                    if p.dim < 0 and p.entry.name in self._plan.tensors}
-            out.update(self._read_directly([p for _, p in resolved if p.entry.name not in out]))
+            out.update(self._read_own([p for _, p in resolved if p.entry.name not in out]))
             return out
         if self._mode == SCATTER:
             return self._exchange(resolved)
         whole = [p for _, p in resolved if p.dim < 0]  # HYBRID: whole tensors from their owner, blocks read here
         out = self._owners_read_and_broadcast(whole) if whole else {}
-        out.update(self._read_directly([p for _, p in resolved if p.dim >= 0]))
+        out.update(self._read_own([p for _, p in resolved if p.dim >= 0]))
         return out
 
     def _owners_read_and_broadcast(self, pieces: List[Piece]) -> Dict[str, Any]:
@@ -168,7 +168,7 @@ class FilesBufferOnDevice:
             offsets, total = [], ALIGN
             for p in mine:
                 offsets.append(total)
-                total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
+                total += align_up(p.nbytes, ALIGN)
             if group.rank == owner:
                 buf, error = self._read_for_broadcast(mine, total)
             else:
@@ -207,7 +207,7 @@ class FilesBufferOnDevice:
         return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
                 for _, p in resolved}
 
-    def _read_directly(self, pieces: List[Piece]) -> Dict[str, Any]:
+    def _read_own(self, pieces: List[Piece]) -> Dict[str, Any]:
         """This rank reads the pieces itself, straight from the files (no collective)."""
         if not pieces:
             return {}
@@ -218,9 +218,10 @@ class FilesBufferOnDevice:
     def _finish(self, t: Any, entry: Entry, device: Any, dtype: DType) -> TensorBase:
         """The tensor as handed out: floating tensors cast to ``dtype`` (or to the buffer's), on ``device``."""
         cast = self._dtype if dtype is DType.AUTO else dtype
+        target = float_cast(entry.dtype, None if cast is DType.AUTO else cast)
         kind = DType(entry.dtype)
-        if cast is not DType.AUTO and entry.dtype in FLOAT_DTYPES and kind is not cast:
-            t, kind = self._framework.convert(t, cast.value), cast
+        if target is not None and target is not kind:
+            t, kind = self._framework.convert(t, target.value), target
         target = Device.from_str(device) if device is not None else self._device
         return TensorBase(self._framework.to_device(t, target), target, kind)
 
@@ -288,7 +289,7 @@ class FilesBufferOnDevice:
         if not group.distributed:
             t = self._fetch(resolved)[tensor_name]
         elif self._mode != SCATTER:  # only the destination takes part: it reads the tensor itself
-            t = self._read_directly([piece])[tensor_name] if group.rank == dst_rank else None
+            t = self._read_own([piece])[tensor_name] if group.rank == dst_rank else None
         else:
             self._check_viewable(resolved)
             raw = push(group, piece.entry, dst_rank, self._local_bytes)
@@ -440,11 +441,11 @@ class SafeTensorsFileLoader:
                 raise ShardRequestError("the tensor filter keeps different tensors on different ranks, so each rank "
                                         "must read its own from the files, but some rank cannot open every file "
                                         "(or direct_read=False was given)")
-            return DIRECT
+            return OWN_READS
         if not self.group.distributed or not everyone:
             return SCATTER
-        if self.direct_read or self.framework.name != "torch":
-            return DIRECT
+        if self.direct_read or not self.framework.group_shareable:
+            return OWN_READS
         return HYBRID
 
     def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
@@ -469,14 +470,14 @@ class SafeTensorsFileLoader:
                                      chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
         else:
             # bbuf_size_kb bounds the pinned staging memory, as it did in the 0.3 package.
-            plan, buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
-                                             staging_bytes=self.bbuf_size_kb * 1024, metrics=self.metrics,
-                                             gds=gds_mode(self.nogds), numa=self.set_numa)
+            buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
+                                       staging_bytes=self.bbuf_size_kb * 1024, metrics=self.metrics,
+                                       gds=gds_mode(self.nogds), numa=self.set_numa)
         return plan, buffers
 
     def make_buffer(self, plan: LoadPlan, buffers: List["_cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
                     dtype: DTypeLike = DType.AUTO) -> FilesBufferOnDevice:
-        if self.group.distributed and mode != DIRECT and self.framework.name != "torch":
+        if self.group.distributed and mode != OWN_READS and not self.framework.group_shareable:
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
         return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
                                    mode=mode, threads=self.max_threads, metrics=self.metrics,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Type, TypeVar
+from typing import Dict, Iterator, Optional, Sequence, Type, TypeVar
 
 __all__ = ["LoadMetrics"]
 
@@ -49,6 +49,14 @@ class LoadMetrics:
     def gb_per_s(self) -> float:
         t = self.total_seconds
         return self.bytes_read / t / 1e9 if t > 0 else 0.0
+
+    def count_files(self, paths: Sequence[str], per_file: Sequence[int]) -> None:
+        """Adds the bytes a load read (or mapped) from each file: ``per_file[i]`` from ``paths[i]``,
+        as the readers report them (one number per file, never a walk over the ranges)."""
+        for path, n in zip(paths, per_file):
+            if n:
+                self.bytes_per_file[path] = self.bytes_per_file.get(path, 0) + n
+        self.bytes_read += sum(per_file)
 
     def count_host_reads(self, stats: Dict[str, int]) -> None:
         """Adds what one ``HostReader.read`` reports beyond the bytes (callers count those)."""

@@ -35,7 +35,7 @@ from .common import SingleGroup
 from ._src.distributed import Entry
 from .errors import BudgetInfeasibleError, LoaderClosedError
 from ._src.files import PathLike
-from .loader import DIRECT, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
+from .loader import OWN_READS, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
 from ._src.plan import LoadPlan
 from .st_types import DType, to_dtype
 
@@ -149,7 +149,7 @@ class ParallelLoader:
         mode = self.loader.decide_mode(self.loader.kept_catalog())
         # Every tensor is wanted whole on every rank: unless direct reads are asked for (or a filter
         # keeps different tensors per rank), each file is read once, by its rank, and broadcast.
-        self._mode = DIRECT if mode == DIRECT and (self.loader.direct_read or tensor_filter) else SCATTER
+        self._mode = OWN_READS if mode == OWN_READS and (self.loader.direct_read or tensor_filter) else SCATTER
         self._ahead = 0 if queue_size < 0 else queue_size + 1
         self._work = self._plan_work(batches)
         self.loader.reset()
@@ -215,7 +215,7 @@ class ParallelLoader:
 
         def read(dtype: DType, max_copy_block_size: int) -> _Batch:
             catalog = loader.kept_catalog()
-            plan, buffers = loader.read_local(self._mode, catalog, everything=self._mode == DIRECT,
+            plan, buffers = loader.read_local(self._mode, catalog, everything=self._mode == OWN_READS,
                                               max_copy_block_size=max_copy_block_size, min_buffer_bytes=work.alloc)
             return loader, catalog, plan, buffers, dtype
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, Union
 
+from ._src.dtypes import FLOAT_DTYPES, TYPE_NAMES
+
 __all__ = ["DeviceType", "Device", "DType", "to_dtype"]
 
 
@@ -53,7 +55,10 @@ class Device:
 
 
 class DType(str, Enum):
-    """safetensors dtypes, valued by their header spelling, plus ``AUTO`` (keep the file's)."""
+    """safetensors dtypes, valued by their header spelling, plus ``AUTO`` (keep the file's).
+
+    Spelled out (not built from the engine's table) so that type checkers and editors know the
+    members; tests/test_dtype_table.py checks them against the engine's ``FST_DTYPES``."""
 
     AUTO = "auto"
     BOOL = "BOOL"
@@ -81,7 +86,7 @@ class DType(str, Enum):
 
     @property
     def is_float(self) -> bool:
-        return self.value.startswith(("F", "BF"))
+        return self.value in FLOAT_DTYPES
 
     def __str__(self) -> str:
         return self.value
@@ -89,13 +94,12 @@ class DType(str, Enum):
 
 _BY_NAME = {d.value.upper(): d for d in DType}
 # torch, NumPy and ml_dtypes names of the types that are a safetensors dtype (F4: torch's packed pair)
-_FRAMEWORK_NAMES = {
-    "bool": DType.BOOL, "uint8": DType.U8, "int8": DType.I8, "int16": DType.I16, "uint16": DType.U16,
-    "float16": DType.F16, "bfloat16": DType.BF16, "int32": DType.I32, "uint32": DType.U32, "float32": DType.F32,
-    "int64": DType.I64, "uint64": DType.U64, "float64": DType.F64, "complex64": DType.C64,
-    "float8_e5m2": DType.F8_E5M2, "float8_e4m3fn": DType.F8_E4M3, "float8_e8m0fnu": DType.F8_E8M0,
-    "float8_e4m3fnuz": DType.F8_E4M3FNUZ, "float8_e5m2fnuz": DType.F8_E5M2FNUZ, "float4_e2m1fn_x2": DType.F4,
-}
+_FRAMEWORK_NAMES = {name: DType(st) for st, name in TYPE_NAMES.items()}
+
+
+def is_auto(dtype: Any) -> bool:
+    """Whether ``dtype=`` asks for no conversion: None, DType.AUTO or "auto" in any case."""
+    return dtype is None or (isinstance(dtype, str) and dtype.strip().upper() == "AUTO")
 
 
 def _framework_name(value: Any) -> Optional[str]:
@@ -115,7 +119,7 @@ def to_dtype(value: Any) -> DType:
     NumPy, ml_dtypes or JAX dtype of a safetensors type (``torch.float16``, ``np.float16``,
     ``jnp.bfloat16``, or their names such as "float16"). Anything else raises ValueError naming
     the valid names."""
-    if value is None:
+    if is_auto(value):
         return DType.AUTO
     if isinstance(value, DType):
         return value

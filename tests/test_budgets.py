@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 from fastsafetensors import ParallelLoader, _cpp  # noqa: E402
 from fastsafetensors._src import device_engine  # noqa: E402
-from fastsafetensors._src.budget import aligned, plan_units  # noqa: E402
+from fastsafetensors._src.budget import plan_units  # noqa: E402
+from fastsafetensors._src.plan import align_up  # noqa: E402
 from fastsafetensors._src.dtypes import RAW_BYTES  # noqa: E402
 from fastsafetensors.errors import BudgetInfeasibleError, FastSafeTensorsError  # noqa: E402
 from fastsafetensors._src.frameworks.torch import TorchFramework  # noqa: E402
@@ -24,7 +25,7 @@ from .clients import ranks  # noqa: E402
 from .clients.ranks import reference, same  # noqa: E402
 
 EXPERT = 256 * 512 * 2  # bytes of each experts.N.w, the largest tensors
-TOTAL = sum(aligned(t.numel() * t.element_size()) for t in reference(tuple(ranks.checkpoint())).values())
+TOTAL = sum(align_up(t.numel() * t.element_size()) for t in reference(tuple(ranks.checkpoint())).values())
 
 
 def _load(keep=lambda name: True, **kwargs):

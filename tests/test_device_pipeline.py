@@ -16,10 +16,27 @@ from fastsafetensors._src.api import instantiate  # noqa: E402
 from fastsafetensors._src.device_engine import read_into_device  # noqa: E402
 from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.frameworks import get_framework  # noqa: E402
-from fastsafetensors._src.plan import per_tensor_plan, plan_load  # noqa: E402
+from fastsafetensors._src.plan import LoadPlan, TensorLocation, plan_load  # noqa: E402
 from fastsafetensors.st_types import Device  # noqa: E402
 
 CUDA = Device.from_str("cuda")
+
+
+def per_tensor_plan(plan: LoadPlan) -> LoadPlan:
+    """The same tensors with one destination each, at offset 0: many more, smaller destinations than
+    a plan's one per file, to drive the reader's slots. Buffer k is the k-th tensor of ``plan.tensors``."""
+    ranges = _cpp.RangeList()
+    sizes = []
+    tensors = {}
+    for name, loc in plan.tensors.items():
+        k = len(sizes)
+        info = loc.info
+        if info.nbytes:
+            start = plan.files[loc.file].header.data_start + info.begin
+            ranges.append(_cpp.ReadRange(loc.file, k, start, info.nbytes, 0))
+        sizes.append(info.nbytes)
+        tensors[name] = TensorLocation(name, loc.file, k, 0, info)
+    return LoadPlan(plan.files, ranges, sizes, tensors)
 
 
 def _checkpoint(path, n_tensors=40, seed=0, max_elems=5000, prefix="t"):
@@ -186,16 +203,16 @@ def test_engine_buffers_through_frameworks_and_freed_with_last_tensor(ckpt):
     dev = _cpp.testing.HostDevice(copy_delay_us=5)
     plan = plan_load(read_headers(ckpt))
     fw = get_framework("torch")
-    out_plan, bufs = read_into_device(plan, None, CUDA, engine_device=dev, threads=3, staging_bytes=1 << 16)
+    bufs = read_into_device(plan, None, CUDA, engine_device=dev, threads=3, staging_bytes=1 << 16)
     assert dev.live_device_bytes >= plan.total_bytes
-    out = instantiate(out_plan, bufs, fw, device="cpu")
+    out = instantiate(plan, bufs, fw, device="cpu")
     ref = {}
     for p in ckpt:
         ref.update(load_file(p))
     for name, t in out.items():
         assert t.dtype == ref[name].dtype and t.shape == ref[name].shape
         assert _bytes_of(t) == _bytes_of(ref[name]), name
-    del bufs, out_plan
+    del bufs, plan
     assert dev.live_device_bytes > 0  # the tensors keep their memory
     del out, t
     assert dev.live_device_bytes == 0
@@ -239,8 +256,8 @@ def test_first_error_cancels_the_other_lanes(tmp_path):
 def test_raw_gives_every_byte_of_every_dtype(ckpt, framework):
     dev = _cpp.testing.HostDevice()
     plan = plan_load(read_headers(ckpt))
-    out_plan, bufs = read_into_device(plan, None, CUDA, engine_device=dev, threads=2, staging_bytes=1 << 16)
-    out = instantiate(out_plan, bufs, get_framework(framework), raw=True, device="cpu")
+    bufs = read_into_device(plan, None, CUDA, engine_device=dev, threads=2, staging_bytes=1 << 16)
+    out = instantiate(plan, bufs, get_framework(framework), raw=True, device="cpu")
     ref = {}
     for p in ckpt:
         ref.update(load_file(p))

@@ -52,9 +52,9 @@ from fastsafetensors import _cpp, errors
 # Loaded first, under a path the engine is not told about: it must find the copy in the process.
 lib = ctypes.CDLL(os.path.join(sys.argv[1], "libcufile.so.0"))
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-from test_device_pipeline import _check, _read, _checkpoint
+from test_device_pipeline import _check, _read, _checkpoint, per_tensor_plan
 from fastsafetensors._src.files import read_headers
-from fastsafetensors._src.plan import plan_load, per_tensor_plan
+from fastsafetensors._src.plan import plan_load
 
 status = _cpp.gds_status()
 assert status["available"] and status["compat_mode"], status

@@ -211,8 +211,8 @@ def test_device_dtype_conversion(ckpt, ref):
 def test_engine_buffers_export_zero_copy_and_free(ckpt, ref):
     dev = device_engine.cuda_device(0)
     plan = plan_load(read_headers(ckpt))
-    out_plan, bufs = device_engine.read_into_device(plan, None, fastsafetensors.Device.from_str("cuda:0"))
-    loc = out_plan.tensors["f0.big"]
+    bufs = device_engine.read_into_device(plan, None, fastsafetensors.Device.from_str("cuda:0"))
+    loc = plan.tensors["f0.big"]
     t = torch.from_dlpack(bufs[loc.buffer].view(loc.offset, [1 << 20], 2, 32))
     assert t.is_cuda and t.data_ptr() == bufs[loc.buffer].data_ptr + loc.offset
     assert _bytes(t) == _bytes(ref["f0.big"])

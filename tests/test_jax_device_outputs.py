@@ -132,14 +132,14 @@ def test_load_through_the_engine_makes_one_allocation_bit_exact_and_freed_with_t
     monkeypatch.setattr(jax_backend, "zeros_on", _host_device_allocator(dev, calls, arrays))
     plan = plan_load(read_headers(paths))
     fw = get_framework("jax")
-    out_plan, outs = read_into_device(plan, fw, CPU, engine_device=dev, threads=3, staging_bytes=1 << 16)
+    outs = read_into_device(plan, fw, CPU, engine_device=dev, threads=3, staging_bytes=1 << 16)
     assert len(calls) == 1 and len(outs) == len(paths) == len(plan.buffer_sizes)
     assert dev.live_device_bytes == calls[0] >= sum(plan.buffer_sizes)
     assert all(o.data_ptr % 256 == outs[0].data_ptr % 256 for o in outs)
     spans = _spans(outs, plan.buffer_sizes)
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
 
-    out = instantiate(out_plan, outs, fw, device="cpu")
+    out = instantiate(plan, outs, fw, device="cpu")
     ref = {}
     for p in paths:
         ref.update(load_file(p))
@@ -147,11 +147,11 @@ def test_load_through_the_engine_makes_one_allocation_bit_exact_and_freed_with_t
     for name, t in out.items():
         assert tuple(t.shape) == tuple(ref[name].shape), name
         assert np.asarray(t).tobytes() == _bytes_of(ref[name]), name
-        loc = out_plan.tensors[name]
+        loc = plan.tensors[name]
         if loc.dtype in NATIVE:
             assert t.unsafe_buffer_pointer() == outs[loc.buffer].data_ptr + loc.offset, name
 
-    keep = next(n for n in out if out_plan.tensors[n].dtype == "F32")
+    keep = next(n for n in out if plan.tensors[n].dtype == "F32")
     last = out.pop(keep)
     del outs, out, t
     gc.collect()
@@ -189,13 +189,12 @@ def test_default_hook_allocates_one_buffer_per_file(tmp_path):
     paths = _checkpoints(tmp_path, n_files=2)
     plan = plan_load(read_headers(paths))
     fw = _CountingFramework()
-    out_plan, outs = read_into_device(plan, fw, CUDA, engine_device=_cpp.testing.HostDevice(), threads=2,
-                                      staging_bytes=1 << 16)
+    outs = read_into_device(plan, fw, CUDA, engine_device=_cpp.testing.HostDevice(), threads=2, staging_bytes=1 << 16)
     assert fw.calls == list(plan.buffer_sizes)
     ref = {}
     for p in paths:
         ref.update(load_file(p))
-    for name, loc in out_plan.tensors.items():
+    for name, loc in plan.tensors.items():
         got = np.from_dlpack(outs[loc.buffer].view(loc.offset, [loc.info.nbytes], *RAW_BYTES)).tobytes()
         assert got == _bytes_of(ref[name]), name
 

@@ -85,7 +85,7 @@ def test_two_processes_read_half_each(tmp_path):
                 p.kill()
             p.wait()
     outputs = []
-    for i, log in enumerate(logs):
+    for log in logs:
         log.seek(0)
         outputs.append(log.read()[-3000:])
         log.close()

@@ -288,3 +288,15 @@ def test_v03_api_framework_jax_returns_jax_arrays(ckpt):
             t = f.get_tensor(name)
             assert isinstance(t, jax.Array)
             assert np.asarray(t).tobytes() == ref[name].tobytes()
+
+
+def test_bytes_per_process_is_kept_and_merged(tmp_path):
+    """A load sets this process's entry; entries a caller adds for other processes stay."""
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.arange(64, dtype=torch.float32).reshape(8, 8)}, str(path))
+    m = fj.JaxLoadMetrics()
+    fj.load(path, jax.devices()[0], metrics=m)
+    assert m.bytes_per_process == {0: m.bytes_read} and m.bytes_read == 256
+    m.bytes_per_process[1] = 7  # another process's count, gathered by the caller
+    fj.load(path, jax.devices()[0], metrics=m)
+    assert m.bytes_per_process == {0: 512, 1: 7}

@@ -10,7 +10,6 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from fastsafetensors import _cpp, loader as loader_mod  # noqa: E402
-from fastsafetensors._src import device_engine  # noqa: E402
 from fastsafetensors._src.device_engine import get_device_reader, read_into_device, release_device_readers  # noqa: E402
 from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.loader import SafeTensorsFileLoader  # noqa: E402
@@ -198,11 +197,11 @@ def test_turned_off_or_no_bus_id_leaves_lanes_alone(tmp_path, ckpt):
 
 @needs_two_cpus
 def test_environment_turns_placement_off(tmp_path, ckpt, monkeypatch, readers):
-    monkeypatch.setattr(device_engine, "SYSFS_ROOT", two_nodes(tmp_path / "sys"))
+    root = two_nodes(tmp_path / "sys")
     dev = _device()
-    assert get_device_reader(dev, 2, 4 * 8192).placement["cpus"] == [ALLOWED[-1]]
+    assert get_device_reader(dev, 2, 4 * 8192, sysfs_root=root).placement["cpus"] == [ALLOWED[-1]]
     monkeypatch.setenv("FASTSAFETENSORS_NUMA", "0")
-    off = get_device_reader(dev, 2, 4 * 8192)
+    off = get_device_reader(dev, 2, 4 * 8192, sysfs_root=root)
     assert off.placement["reason"] == "turned off"
     _read_exact(off, dev, ckpt)
     assert off.worker_cpus[:off.staging_lanes] == [ALLOWED] * 2
@@ -215,14 +214,14 @@ def test_set_numa_of_the_03_loader_reaches_the_reader(tmp_path, ckpt, monkeypatc
     """The 0.3 loader to "cuda", with the CUDA device replaced by a HostDevice on a fake two-node
     machine (and torch's CUDA allocator by engine buffers): set_numa decides where the lanes run,
     and every tensor is bit-exact."""
-    monkeypatch.setattr(device_engine, "SYSFS_ROOT", two_nodes(tmp_path / "sys"))
+    root = two_nodes(tmp_path / "sys")
     monkeypatch.setattr(loader_mod, "check_device", lambda *a: None)
     dev = _device()
     seen = {}
 
     def on_host_device(plan, framework, device, **kw):
         seen.update(kw)
-        return read_into_device(plan, None, device, engine_device=dev, **kw)
+        return read_into_device(plan, None, device, engine_device=dev, sysfs_root=root, **kw)
 
     monkeypatch.setattr(loader_mod, "read_into_device", on_host_device)
     caplog.set_level("DEBUG", logger="fastsafetensors")
@@ -234,7 +233,7 @@ def test_set_numa_of_the_03_loader_reaches_the_reader(tmp_path, ckpt, monkeypatc
         t = fb.get_tensor(name, device="cpu")  # the HostDevice's memory is host memory
         assert t.dtype == ref[name].dtype and torch.equal(t.view(torch.uint8), ref[name].view(torch.uint8)), name
     assert seen["numa"] is set_numa
-    reader = get_device_reader(dev, ld.max_threads, 64 * 1024, numa=set_numa)  # the loader's, from the cache
+    reader = get_device_reader(dev, ld.max_threads, 64 * 1024, numa=set_numa, sysfs_root=root)  # the loader's
     lanes = reader.worker_cpus[:reader.staging_lanes]
     assert lanes == [[ALLOWED[-1]] if set_numa else ALLOWED] * reader.staging_lanes
     logged = [r.getMessage() for r in caplog.records if "GPU reader for host" in r.getMessage()]

@@ -52,7 +52,7 @@ def test_eight_threads_same_and_different_files(tmp_path):
     def work(k):
         try:
             start.wait()
-            for r in range(5):
+            for _ in range(5):
                 # Half the threads share the default reader, half use their own thread count.
                 results[k].append(fastsafetensors.load(jobs[k], threads=None if k % 2 else 3))
         except BaseException as exc:  # reported from the main thread

@@ -5,12 +5,34 @@
 #include <optional>
 #include <string_view>
 
+#include "fastsafetensors/dlpack.hpp"
+
 namespace fst {
 
-enum class Dtype : uint8_t {
-  BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ,
-  I16, U16, F16, BF16, I32, U32, F32, I64, U64, F64, C64,
-  F4, F6_E2M3, F6_E3M2,
+// The one table of dtypes: X(header spelling, bits per element, DLPack type code of a native
+// export). kRawBytes: no code every consumer shares (fp8, fp4, fp6), so the bytes travel as
+// uint8 and each framework views them as its own type. Python builds its tables from this one
+// (cpp.dtype_table(), fastsafetensors/dtypes.py); adding a dtype is a row here and a member of
+// st_types.DType (a test checks that the two agree).
+constexpr int kRawBytes = -1;
+// clang-format off: a table, laid out by hand
+#define FST_DTYPES(X)                                                                                          \
+  X(BOOL, 8, kDLBool) X(U8, 8, kDLUInt) X(I8, 8, kDLInt) X(F8_E5M2, 8, kRawBytes) X(F8_E4M3, 8, kRawBytes)  \
+  X(F8_E8M0, 8, kRawBytes) X(F8_E4M3FNUZ, 8, kRawBytes) X(F8_E5M2FNUZ, 8, kRawBytes) X(I16, 16, kDLInt)      \
+  X(U16, 16, kDLUInt) X(F16, 16, kDLFloat) X(BF16, 16, kDLBfloat) X(I32, 32, kDLInt) X(U32, 32, kDLUInt)     \
+  X(F32, 32, kDLFloat) X(I64, 64, kDLInt) X(U64, 64, kDLUInt) X(F64, 64, kDLFloat) X(C64, 64, kDLComplex)   \
+  X(F4, 4, kRawBytes) X(F6_E2M3, 6, kRawBytes) X(F6_E3M2, 6, kRawBytes)
+// clang-format on
+
+#define FST_DTYPE_ENUM(name, bits, code) name,
+enum class Dtype : uint8_t { FST_DTYPES(FST_DTYPE_ENUM) };
+#undef FST_DTYPE_ENUM
+
+struct DtypeInfo {
+  Dtype dtype;
+  std::string_view name;
+  unsigned bits;
+  int dlpack_code;  // kRawBytes where the dtype travels as bytes
 };
 
 // Exact spelling used in headers; nullopt for anything else.
@@ -18,5 +40,8 @@ std::optional<Dtype> parse_dtype(std::string_view name) noexcept;
 std::string_view dtype_name(Dtype dtype) noexcept;
 // Bits per element; packed types (F4, F6_*) are below 8.
 unsigned dtype_bits(Dtype dtype) noexcept;
+// Every dtype, in enum order.
+const DtypeInfo* dtypes_begin() noexcept;
+const DtypeInfo* dtypes_end() noexcept;
 
 }  // namespace fst

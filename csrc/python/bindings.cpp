@@ -155,11 +155,17 @@ PYBIND11_MODULE(_cpp, m) {
         return parse_header(s.substr(8, n), s.size());
       },
       py::arg("image"), "Validate a whole safetensors file held in memory (fuzzing, tests).");
-  testing.def("dtype_bits", [](const std::string& name) {
-    auto d = parse_dtype(name);
-    if (!d) throw py::value_error("unknown safetensors dtype " + name);
-    return dtype_bits(*d);
-  });
+  m.def(
+      "dtype_table",
+      [] {
+        py::list rows;
+        for (const DtypeInfo* d = dtypes_begin(); d != dtypes_end(); ++d) {
+          py::object code = d->dlpack_code == kRawBytes ? py::object(py::none()) : py::int_(d->dlpack_code);
+          rows.append(py::make_tuple(std::string(d->name), d->bits, code));
+        }
+        return rows;
+      },
+      "Every safetensors dtype as (name, bits, DLPack type code or None where it travels as bytes).");
 
   py::class_<ReadRange>(m, "ReadRange")
       .def(py::init([](uint32_t file, uint32_t dst, uint64_t file_offset, uint64_t length, uint64_t dst_offset) {

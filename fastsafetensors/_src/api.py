@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-from .. import _cpp, integrity, settings
+from .. import integrity, settings
 from . import mapping
-from .dtypes import FLOAT_DTYPES
+from .dtypes import float_cast
 from .device_engine import gds_mode, read_into_device
 from .engine import check_flag, check_threads, read_into_host
 from ..errors import UnsupportedDtype
@@ -64,9 +64,10 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     out: Dict[str, Any] = {}
     for name, loc in plan.tensors.items():
         t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
-        if cast is not None and not raw and loc.dtype in FLOAT_DTYPES and loc.dtype != cast:
+        to = None if raw else float_cast(loc.dtype, cast)
+        if to is not None and to != loc.dtype:
             try:
-                t = framework.convert(t, cast)
+                t = framework.convert(t, to)
             except UnsupportedDtype as exc:
                 raise _named(exc, plan, name) from None
         out[name] = framework.to_device(t, target)
@@ -115,8 +116,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
         if verify or sha256 is not None:
             raise ValueError("verify=/sha256= check files while loading them to the CPU; load to the CPU, or "
                              "run `fastsafetensors verify --sha256` first")
-        plan, buffers = read_into_device(plan, fw, target, raw=raw, threads=threads, metrics=metrics,
-                                         gds=gds_mode(nogds=True))
+        buffers = read_into_device(plan, fw, target, threads=threads, metrics=metrics, gds=gds_mode(nogds=True))
     with metrics.phase("instantiate"):
         out = instantiate(plan, buffers, fw, dtype=dtype, raw=raw, device=device)
     metrics.tensors += len(out)
@@ -124,16 +124,13 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     return out
 
 
-_MAPPABLE = ("numpy", "torch")
-
-
 def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *, names: Optional[Iterable[str]],
                  dtype: Any, raw: bool, threads: Optional[int], direct_io: Optional[bool],
                  verify: bool, metrics: LoadMetrics) -> Dict[str, Any]:
     """mmap=True: mapped views for aligned tensors, the rest read into host memory."""
-    if not target.is_cpu or fw.name not in _MAPPABLE:
-        raise ValueError(f"mmap=True maps files for {' and '.join(_MAPPABLE)} on the CPU, not {fw.name} on "
-                         f"{target}: load without mmap")
+    if not target.is_cpu or not fw.maps_files:
+        raise ValueError(f"mmap=True maps files for numpy and torch on the CPU, not {fw.name} on {target}: "
+                         "load without mmap")
     if verify:
         raise ValueError("verify=/sha256= check the bytes a load reads; mmap=True reads none: load without "
                          "mmap, or run `fastsafetensors verify --sha256` first")

@@ -23,16 +23,12 @@ from dataclasses import dataclass
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from ..errors import BudgetInfeasibleError
+from .plan import align_up
 
-__all__ = ["Unit", "Tensor", "plan_units", "aligned"]
+__all__ = ["Unit", "Tensor", "plan_units"]
 
-ALIGN = 64
 # (name, bytes, file path) of a tensor in reading order
 Tensor = Tuple[str, int, str]
-
-
-def aligned(nbytes: int) -> int:
-    return (nbytes + ALIGN - 1) // ALIGN * ALIGN
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ def plan_units(batches: Sequence[Sequence[Tensor]], depth: int, *, max_batch_byt
         names: List[str] = []
         size, kind = 0, None
         for name, nbytes, path in tensors:
-            need, keep = aligned(nbytes), bool(resident(name))
+            need, keep = align_up(nbytes), bool(resident(name))
             if names and (size + need > cap() or keep != kind):
                 units.append(Unit(b, frozenset(names), size, bool(kind), int(min(cap(), 1 << 62))))
                 held += size if kind else 0

@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from .. import _cpp, settings
 from .engine import ReaderCache, check_threads, default_threads
@@ -31,7 +31,7 @@ __all__ = ["cuda_device", "get_device_reader", "gds_mode", "numa_enabled", "read
 
 logger = logging.getLogger("fastsafetensors")
 
-SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests point it at a fake tree)
+SYSFS_ROOT = "/sys"  # where the GPU's NUMA node is looked up (tests pass sysfs_root= a fake tree)
 
 _lock = threading.Lock()
 _devices: Dict[int, "_cpp.Device"] = {}
@@ -92,14 +92,15 @@ def _log_placement(reader: "_cpp.DeviceReader") -> None:
 
 def get_device_reader(device: "_cpp.Device", threads: Optional[int] = None,
                       staging_bytes: Optional[int] = None, map_lanes: Optional[int] = None,
-                      numa: bool = True) -> "_cpp.DeviceReader":
+                      numa: bool = True, *, sysfs_root: str = SYSFS_ROOT) -> "_cpp.DeviceReader":
     """The process-wide reader for these settings: its pinned slots are allocated once and reused.
 
-    ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`)."""
+    ``numa``: run its lanes on the CPUs of the GPU's NUMA node (see :func:`numa_enabled`), which
+    ``sysfs_root`` tells."""
     threads = check_threads(threads) or default_threads()
     staging = staging_bytes or settings.get("FASTSAFETENSORS_STAGING_MB") << 20
     lanes = settings.get("FASTSAFETENSORS_MAP_LANES") if map_lanes is None else map_lanes
-    key = (device, threads, staging, lanes, numa_enabled(numa), SYSFS_ROOT)
+    key = (device, threads, staging, lanes, numa_enabled(numa), sysfs_root)
 
     def make() -> "_cpp.DeviceReader":
         reader = _cpp.DeviceReader(device, threads, staging, lanes, numa=key[4], sysfs_root=key[5])
@@ -142,35 +143,33 @@ def gds_mode(nogds: bool) -> str:
     return "off"
 
 
-def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "_cpp.Device",
-                  raw: bool) -> Tuple[LoadPlan, List[Any]]:
-    if framework is not None:
-        outs = framework.device_outputs(plan.buffer_sizes, device, dev)
-    else:
-        outs = [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
-    if framework is not None:
-        framework.device_ready(outs)
-    return plan, outs
+def _destinations(plan: LoadPlan, framework: Optional[Framework], device: Device, dev: "_cpp.Device") -> List[Any]:
+    if framework is None:
+        return [_cpp.DeviceBuffer.allocate(dev, n) for n in plan.buffer_sizes]
+    outs = framework.device_outputs(plan.buffer_sizes, device, dev)
+    framework.device_ready(outs)
+    return outs
 
 
-def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *, raw: bool = False,
+def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Device, *,
                      threads: Optional[int] = None, staging_bytes: Optional[int] = None, gds: str = "off",
                      use_mapping: Optional[bool] = None, metrics: Optional[LoadMetrics] = None,
-                     engine_device: Optional["_cpp.Device"] = None, numa: bool = True) -> Tuple[LoadPlan, List[Any]]:
-    """Allocates the outputs on ``device`` and reads every planned byte into them.
-
-    Returns the plan the outputs follow (per tensor for JAX) and the outputs, which
-    ``framework.from_buffer`` turns into tensors; ``framework=None`` gives engine buffers.
+                     engine_device: Optional["_cpp.Device"] = None, numa: bool = True,
+                     sysfs_root: str = SYSFS_ROOT) -> List[Any]:
+    """Allocates the outputs on ``device``, one per planned buffer, and reads every planned byte into
+    them. Returns the outputs, which ``framework.from_buffer`` turns into tensors at the plan's
+    offsets; ``framework=None`` gives engine buffers.
     ``engine_device`` replaces the CUDA device (tests pass the engine's ``HostDevice`` test double); ``numa=False``
-    leaves the reader's threads on the CPUs they have (the 0.3 API's ``set_numa=False``).
+    leaves the reader's threads on the CPUs they have (the 0.3 API's ``set_numa=False``); ``sysfs_root``
+    is where the GPU's NUMA node is looked up.
     """
     if framework is not None and not framework.gpu_capable:
         raise ValueError(f"{framework.name} arrays live on the host: load to {device} with torch, jax or cupy")
     metrics = metrics if metrics is not None else LoadMetrics()
     dev = engine_device if engine_device is not None else cuda_device(device.index or 0)
-    reader = get_device_reader(dev, threads, staging_bytes, numa=numa)
+    reader = get_device_reader(dev, threads, staging_bytes, numa=numa, sysfs_root=sysfs_root)
     with metrics.phase("allocate"):
-        plan, outs = _destinations(plan, framework, device, dev, raw)
+        outs = _destinations(plan, framework, device, dev)
         ptrs = [framework.device_ptr(o) if framework is not None else o.data_ptr for o in outs]
     live = [p for p, n in zip(ptrs, plan.buffer_sizes) if n]
     if len(set(live)) != len(live):  # two outputs sharing memory would get each other's bytes
@@ -185,11 +184,8 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
         stats = reader.read(plan.sources(), plan.ranges, ptrs, list(plan.buffer_sizes), use_mapping=use_mapping,
                             stage_cached=mapping != "only", gds=gds)
     metrics.files += len(plan.files)
-    metrics.bytes_read += stats["bytes"]
+    metrics.count_files([f.path for f in plan.files], _cpp.bytes_per_file(plan.ranges, len(plan.files)))
     for path in ("staged", "mapped", "gds"):
         metrics.bytes_per_path[path] = metrics.bytes_per_path.get(path, 0) + stats[f"{path}_bytes"]
-    for r in plan.ranges:
-        path = plan.files[r.file].path
-        metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
     logger.debug("GPU read: %s", stats)
-    return plan, outs
+    return outs

@@ -15,6 +15,7 @@ from .distributed import ALIGN, Piece
 from .engine import DEFAULT_CHUNK_BYTES, get_reader
 from .files import SafeTensorsFile
 from ..metrics import LoadMetrics
+from .plan import align_up
 
 __all__ = ["readable_by_me", "read_pieces"]
 
@@ -42,13 +43,10 @@ def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metri
         start, stop = p.box
         offsets.append(total)
         ranges.extend(_cpp.plan_box(f.header, p.entry.index, start, stop, k, 0, total))
-        total += (p.nbytes + ALIGN - 1) // ALIGN * ALIGN
+        total += align_up(p.nbytes, ALIGN)
     buffer = _cpp.HostBuffer.allocate(max(total, ALIGN))
     stats = get_reader(threads).read(sources, ranges, [buffer], chunk_bytes, False) if len(ranges) else None
     if metrics is not None and stats is not None:
-        metrics.bytes_read += stats["bytes"]
+        metrics.count_files([s.path for s in sources], stats["bytes_per_file"])
         metrics.count_host_reads(stats)
-        for r in ranges:
-            path = sources[r.file].path
-            metrics.bytes_per_file[path] = metrics.bytes_per_file.get(path, 0) + r.length
     return buffer, offsets

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .. import _cpp
-from .dtypes import BITS
+from .dtypes import BITS, packed_shape
 from ..errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
 from .files import SafeTensorsFile
+from .plan import align_up
 
 __all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "exchange", "push", "fingerprint",
            "names_fingerprint"]
@@ -42,10 +43,6 @@ def split_bounds(size: int, world: int) -> List[Tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 @dataclass(frozen=True)
@@ -84,23 +81,6 @@ def build_catalog(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> Dic
     return catalog
 
 
-def _byte_shape(dtype: str, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    """Shape of a tensor's bytes as a uint8 array whose leading axes are the tensor's axes.
-
-    Byte-wide dtypes get a trailing axis of ``itemsize``; packed dtypes (F4, F6) pack the last
-    axis when it fills whole bytes, else they are a flat run of bytes that cannot be split.
-    """
-    bits = BITS[dtype]
-    if bits % 8 == 0:
-        return (*shape, bits // 8)
-    if shape and (shape[-1] * bits) % 8 == 0:
-        return (*shape[:-1], shape[-1] * bits // 8)
-    numel = 1
-    for d in shape:
-        numel *= d
-    return ((numel * bits + 7) // 8,)
-
-
 @dataclass(frozen=True)
 class Piece:
     """What one rank receives of one tensor: rows ``[start, stop)`` along ``dim`` (-1: all of it)."""
@@ -128,7 +108,7 @@ class Piece:
 
     @property
     def byte_shape(self) -> Tuple[int, ...]:
-        return _byte_shape(self.entry.dtype, self.shape)
+        return packed_shape(self.entry.dtype, self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -138,7 +118,7 @@ class Piece:
         return n
 
     def bytes_of(self, whole: Any) -> Any:
-        """This piece of ``whole``, the tensor's bytes shaped by ``_byte_shape`` (a torch view)."""
+        """This piece of ``whole``, the tensor's bytes shaped by ``packed_shape`` (a torch view)."""
         if self.dim < 0:
             return whole
         if self.dim == len(self.entry.shape) - 1 and BITS[self.entry.dtype] % 8:
@@ -298,7 +278,7 @@ def _chunks(items: List[Tuple[List[Piece], Piece]], limit: int) -> Iterable[List
     cur: List[Tuple[List[Piece], Piece]] = []
     size = 0
     for item in items:
-        n = max(_align(p.nbytes) for p in item[0])
+        n = max(align_up(p.nbytes, ALIGN) for p in item[0])
         if n >= PACK_BELOW:
             yield [item]
             continue
@@ -311,7 +291,7 @@ def _chunks(items: List[Tuple[List[Piece], Piece]], limit: int) -> Iterable[List
         yield cur
 
 
-LocalBytes = Callable[[Entry], Any]  # a tensor the owner holds -> its bytes (torch uint8, _byte_shape)
+LocalBytes = Callable[[Entry], Any]  # a tensor the owner holds -> its bytes (torch uint8, packed_shape)
 
 
 def _to_comm(group: Group, t: Any) -> Any:
@@ -330,7 +310,7 @@ def _broadcast(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]],
     offsets, total = [], 0
     for p in pieces:
         offsets.append(total)
-        total += _align(p.nbytes)
+        total += align_up(p.nbytes, ALIGN)
     buf = group.empty(total)
     if group.rank == owner:
         for p, off in zip(pieces, offsets):
@@ -370,7 +350,7 @@ def _scatter(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], l
     for k, (pieces, _) in enumerate(items):
         for r in range(world):
             offsets[r][k] = sizes[r]
-            sizes[r] += _align(pieces[r].nbytes)
+            sizes[r] += align_up(pieces[r].nbytes, ALIGN)
     width = max(sizes)  # uneven blocks: every rank's chunk is padded to the widest
     recv = group.empty(width)
     chunks = None

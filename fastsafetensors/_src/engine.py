@@ -162,10 +162,7 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
             bar.close()
     metrics.files += len(plan.files)
     total = sum(per_file)
-    metrics.bytes_read += total
-    for f, n in zip(plan.files, per_file):
-        if n:
-            metrics.bytes_per_file[f.path] = metrics.bytes_per_file.get(f.path, 0) + n
+    metrics.count_files([f.path for f in plan.files], per_file)
     logger.debug("read %d bytes from %d file(s) with %d threads (%d bytes into reused memory)", total,
                  len(plan.files), reader.threads, metrics.reused_bytes)
     return buffers

@@ -53,8 +53,7 @@ def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["
         f = files[i]
         mappings[i] = _cpp.FileMapping.map(_cpp.ReadSource(f.path, f.header))
         metrics.mapped_bytes += nbytes
-        metrics.bytes_read += nbytes
-        metrics.bytes_per_file[f.path] = metrics.bytes_per_file.get(f.path, 0) + nbytes
+        metrics.count_files([f.path], [nbytes])
     plan = LoadPlan(list(files), _cpp.RangeList(), [f.size for f in files], tensors)
     if misaligned:
         logger.debug("mmap: %d misaligned tensor(s) read into host memory instead", len(misaligned))

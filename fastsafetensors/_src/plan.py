@@ -10,7 +10,12 @@ from .dtypes import BITS
 from ..errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
-__all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors", "per_tensor_plan"]
+__all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors", "align_up"]
+
+
+def align_up(n: int, to: int = _cpp.TENSOR_ALIGNMENT) -> int:
+    """``n`` rounded up to a multiple of ``to`` (by default where the read plan starts each tensor in a buffer)."""
+    return -(-n // to) * to
 
 
 @dataclass(frozen=True)
@@ -141,19 +146,3 @@ def plan_load(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str],
             tensors[info.name] = TensorLocation(info.name, i, buffer, offset, info)
     return LoadPlan(list(files), ranges, sizes, tensors)
 
-
-def per_tensor_plan(plan: LoadPlan) -> LoadPlan:
-    """The same tensors with one destination each, at offset 0 (for outputs a framework allocates
-    one array at a time, as JAX does). Buffer k is the k-th tensor of ``plan.tensors``."""
-    ranges = _cpp.RangeList()
-    sizes: List[int] = []
-    tensors: Dict[str, TensorLocation] = {}
-    for name, loc in plan.tensors.items():
-        k = len(sizes)
-        info = loc.info
-        if info.nbytes:
-            start = plan.files[loc.file].header.data_start + info.begin
-            ranges.append(_cpp.ReadRange(loc.file, k, start, info.nbytes, 0))
-        sizes.append(info.nbytes)
-        tensors[name] = TensorLocation(name, loc.file, k, 0, info)
-    return LoadPlan(plan.files, ranges, sizes, tensors)

@@ -64,6 +64,10 @@ class Framework(ABC):
             return tensor
         raise NotImplementedError(f"{self.name}: loading to {device} is not supported")
 
+    # Whether mmap=True loads (mapping.py) may hand out this framework's arrays viewing a file's
+    # private mapping (numpy and torch keep the DLPack owner, and with it the mapping, alive).
+    maps_files: bool = False
+
     # --- outputs on a GPU (device_engine.py) ---
     # Whether the device engine can write this framework's arrays on a CUDA device.
     gpu_capable: bool = True
@@ -89,9 +93,22 @@ class Framework(ABC):
         """The device address of an output of device_outputs."""
         return out.data_ptr
 
-    def device_ready(self, outs: List[Any]) -> None:
+    def device_ready(self, outs: List[Any]) -> None:  # noqa: B027 (a hook: most backends need no wait)
         """Waits until the framework's own work on fresh outputs (zero fills, reuse of cached
         memory still read by queued kernels) is done, so the engine's copies cannot race it."""
+
+    # --- tensors shared over a process group (loader.py): collectives move torch uint8 tensors ---
+    # Whether from_bytes takes those, so that ranks can broadcast and scatter this framework's tensors.
+    group_shareable: bool = False
+
+    def view_type(self, dtype: str, shape: Tuple[int, ...]) -> Tuple[Any, Tuple[int, ...]]:
+        """This framework's type and the shape that a tensor's bytes are viewed as; raises
+        UnsupportedDtype for a dtype it has no type for."""
+        raise NotImplementedError(f"{self.name}: tensors cannot be shared over a process group")
+
+    def from_bytes(self, data: Any, dtype: str, shape: Tuple[int, ...]) -> Any:
+        """A contiguous uint8 tensor (any device) holding exactly a tensor's bytes, viewed as that tensor."""
+        raise NotImplementedError(f"{self.name}: tensors cannot be shared over a process group")
 
     def unsupported(self, dtype: str) -> UnsupportedDtype:
         return UnsupportedDtype(f"{self.name} has no type for safetensors dtype {dtype}; "

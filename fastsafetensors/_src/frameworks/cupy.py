@@ -9,7 +9,7 @@ from typing import Any, List, Tuple
 
 import cupy
 
-from ..dtypes import packed_shape
+from ..dtypes import RAW_BYTES, packed_shape
 from ...st_types import Device
 from .base import Framework, native_view
 from .numpy import NUMPY_DTYPES, NumpyFramework
@@ -30,7 +30,7 @@ class CupyFramework(Framework):
             return self._view_bytes(buffer, offset, dtype, shape, raw)
         if buffer.device[0] != 1:  # engine memory on the GPU
             if raw:
-                return cupy.from_dlpack(buffer.view(offset, list(packed_shape(dtype, shape)), 1, 8))
+                return cupy.from_dlpack(buffer.view(offset, list(packed_shape(dtype, shape)), *RAW_BYTES))
             if dtype not in CUPY_DTYPES:
                 raise self.unsupported(dtype)
             return cupy.from_dlpack(native_view(buffer, offset, dtype, shape))

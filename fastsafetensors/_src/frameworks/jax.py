@@ -13,32 +13,18 @@ import jax
 import jax.numpy as jnp
 
 from ... import _cpp
-from ..dtypes import NATIVE
+from ..dtypes import NATIVE, NEEDS_X64, TYPE_NAMES
 from ...errors import UnsupportedDtype
+from ..plan import align_up
 from ...st_types import Device
 from .base import Framework, native_view, raw_view, uint_view
 
-_OPTIONAL = {
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E8M0": "float8_e8m0fnu",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz",
-    "F8_E5M2FNUZ": "float8_e5m2fnuz",
-}
+JAX_DTYPES = {st: getattr(jnp, name) for st, name in TYPE_NAMES.items() if hasattr(jnp, name)}
 # JAX's DLPack import refuses fp8: these come in as uint8 and are bitcast on the device.
-_BITCAST_TYPES = {st: getattr(jnp, name) for st, name in _OPTIONAL.items() if hasattr(jnp, name)}
-
-JAX_DTYPES = {
-    "BOOL": jnp.bool_, "U8": jnp.uint8, "I8": jnp.int8, "I16": jnp.int16, "U16": jnp.uint16,
-    "F16": jnp.float16, "BF16": jnp.bfloat16, "I32": jnp.int32, "U32": jnp.uint32, "F32": jnp.float32,
-    "I64": jnp.int64, "U64": jnp.uint64, "F64": jnp.float64, "C64": jnp.complex64, **_BITCAST_TYPES,
-}
+_BITCAST_TYPES = {st: t for st, t in JAX_DTYPES.items() if st not in NATIVE}
 _KDLCPU, _KDLCUDA = 1, 2  # DLPack's device types of host and CUDA memory
 _PART_ALIGN = 256  # each file's part of a load's allocation starts on this boundary, as XLA's buffers do
 _MAX_GRANULE = 64 << 20  # size classes past 1 GiB step by this: waste well under a GB of GPU memory
-
-# Without jax_enable_x64, JAX narrows these to 32 bits on import: values would change silently.
-_NEEDS_X64 = frozenset({"I64", "U64", "F64"})
 
 
 class JaxFramework(Framework):
@@ -74,7 +60,7 @@ class JaxFramework(Framework):
         return tensor.astype(JAX_DTYPES[dtype])
 
     def _check_x64(self, dtype: str) -> None:
-        if dtype in _NEEDS_X64 and not jax.config.jax_enable_x64:
+        if dtype in NEEDS_X64 and not jax.config.jax_enable_x64:
             raise UnsupportedDtype(
                 f"jax: safetensors dtype {dtype} needs 64-bit types, which JAX would silently narrow to "
                 "32 bits: enable x64 (JAX_ENABLE_X64=1 in the environment, "
@@ -113,7 +99,7 @@ def size_class(nbytes: int) -> int:
     steps of 1/16 of the next power of two, at most 64 MiB and at least 256 bytes, so the
     rounding wastes at most max(256 bytes, min(nbytes / 8, 64 MiB))."""
     granule = min(_MAX_GRANULE, max(_PART_ALIGN, (1 << max(nbytes - 1, 0).bit_length()) >> 4))
-    return max(granule, -(-nbytes // granule) * granule)
+    return max(granule, align_up(nbytes, granule))
 
 
 def part_offsets(sizes: Sequence[int]) -> Tuple[List[int], int]:
@@ -121,7 +107,7 @@ def part_offsets(sizes: Sequence[int]) -> Tuple[List[int], int]:
     offsets, end = [], 0
     for n in sizes:
         offsets.append(end)
-        end += -(-n // _PART_ALIGN) * _PART_ALIGN
+        end += align_up(n, _PART_ALIGN)
     return offsets, end
 
 

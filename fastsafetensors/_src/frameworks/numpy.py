@@ -7,38 +7,35 @@ from typing import Any, Tuple
 import ml_dtypes
 import numpy as np
 
-from ..dtypes import NATIVE
+from ..dtypes import NATIVE, TYPE_NAMES
 from .base import Framework, native_view, raw_view, uint_view
 
-_VIEW_TYPES = {
-    "BF16": ml_dtypes.bfloat16,
-    "F8_E5M2": ml_dtypes.float8_e5m2,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn,
-    "F8_E4M3FNUZ": ml_dtypes.float8_e4m3fnuz,
-    "F8_E5M2FNUZ": ml_dtypes.float8_e5m2fnuz,
-}
-if hasattr(ml_dtypes, "float8_e8m0fnu"):
-    _VIEW_TYPES["F8_E8M0"] = ml_dtypes.float8_e8m0fnu
 
-NUMPY_DTYPES = {
-    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
-    "F16": np.float16, "I32": np.int32, "U32": np.uint32, "F32": np.float32, "I64": np.int64,
-    "U64": np.uint64, "F64": np.float64, "C64": np.complex64, **_VIEW_TYPES,
-}
+def _numpy_type(name: str):
+    """NumPy's type of this name, or ml_dtypes' (bfloat16, fp8); None where neither has one."""
+    try:
+        return getattr(ml_dtypes, name, None) or np.dtype(name).type
+    except TypeError:
+        return None
+
+
+NUMPY_DTYPES = {st: t for st, t in ((st, _numpy_type(name)) for st, name in TYPE_NAMES.items()) if t is not None}
+# NumPy has no DLPack code for these (bf16 included): their bytes come in as unsigned ints, viewed as the type.
+_VIEW_TYPES = {st: t for st, t in NUMPY_DTYPES.items() if st not in NATIVE or st == "BF16"}
 
 
 class NumpyFramework(Framework):
     name = "numpy"
     gpu_capable = False
+    maps_files = True
     dtypes = NUMPY_DTYPES
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if raw:
             return np.from_dlpack(raw_view(buffer, offset, dtype, shape))
-        if dtype in NATIVE and dtype != "BF16":
+        if dtype in NATIVE and dtype not in _VIEW_TYPES:
             return np.from_dlpack(native_view(buffer, offset, dtype, shape))
         if dtype in _VIEW_TYPES:
-            # NumPy has no DLPack code for these: import the bytes and view them as the type.
             return np.from_dlpack(uint_view(buffer, offset, dtype, shape)).view(_VIEW_TYPES[dtype])
         raise self.unsupported(dtype)
 

@@ -8,36 +8,22 @@ from typing import Any, List, Tuple
 
 import torch
 
-from ..dtypes import NATIVE, packed_shape
+from ..dtypes import NATIVE, TYPE_NAMES, packed_shape
 from ...errors import UnsupportedDtype
 from ...st_types import Device
 from .base import Framework, native_view, raw_view, uint_view
 
-_OPTIONAL = {
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E8M0": "float8_e8m0fnu",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz",
-    "F8_E5M2FNUZ": "float8_e5m2fnuz",
-    "F4": "float4_e2m1fn_x2",
-}
+TORCH_DTYPES = {st: getattr(torch, name) for st, name in TYPE_NAMES.items() if hasattr(torch, name)}
 # Types torch imports from DLPack under their own code; the rest travel as bytes.
-_VIEW_TYPES = {st: getattr(torch, name) for st, name in _OPTIONAL.items() if hasattr(torch, name)}
+_VIEW_TYPES = {st: t for st, t in TORCH_DTYPES.items() if st not in NATIVE}
 _BYTE_TYPES = frozenset(_VIEW_TYPES.values())  # all one byte per element
-
-TORCH_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "F16": torch.float16,
-    "BF16": torch.bfloat16, "I32": torch.int32, "F32": torch.float32, "I64": torch.int64,
-    "F64": torch.float64, "C64": torch.complex64, **_VIEW_TYPES,
-}
-for _st, _name in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
-    if hasattr(torch, _name):
-        TORCH_DTYPES[_st] = getattr(torch, _name)
 
 
 class TorchFramework(Framework):
     name = "torch"
     dtypes = TORCH_DTYPES
+    group_shareable = True
+    maps_files = True
 
     def check_dtype(self, dtype: str, shape: Tuple[int, ...]) -> None:
         self.view_type(dtype, shape)  # F4 also needs whole pairs of values in the last dimension
@@ -56,7 +42,6 @@ class TorchFramework(Framework):
         raise self.unsupported(dtype)
 
     def view_type(self, dtype: str, shape: Tuple[int, ...]) -> Tuple["torch.dtype", Tuple[int, ...]]:
-        """The torch dtype and shape that a tensor's bytes are viewed as (raises for dtypes torch lacks)."""
         if dtype == "F4":
             if "F4" in _VIEW_TYPES and shape and shape[-1] % 2 == 0:
                 return _VIEW_TYPES["F4"], (*shape[:-1], shape[-1] // 2)
@@ -65,7 +50,6 @@ class TorchFramework(Framework):
         raise self.unsupported(dtype)
 
     def from_bytes(self, data: "torch.Tensor", dtype: str, shape: Tuple[int, ...]) -> Any:
-        """A contiguous uint8 tensor (any device) holding exactly a tensor's bytes, viewed as that tensor."""
         view_dtype, view_shape = self.view_type(dtype, shape)
         return data.view(view_dtype).view(view_shape)
 

@@ -14,11 +14,12 @@ from typing import Dict, List, Optional, Tuple
 import jax
 
 from fastsafetensors import _cpp
-from fastsafetensors._src.jax.placement import WIDE, BoxKey, Target
-from fastsafetensors._src.jax.shard_plan import aligned, box_bytes, box_shape
+from fastsafetensors._src.jax.placement import BoxKey, Target
+from fastsafetensors._src.jax.shard_plan import box_bytes, box_shape
 from fastsafetensors._src.device_engine import gds_mode, read_into_device
+from fastsafetensors._src.dtypes import NEEDS_X64
 from fastsafetensors.frameworks import get_framework
-from fastsafetensors._src.plan import LoadPlan
+from fastsafetensors._src.plan import LoadPlan, align_up
 from fastsafetensors.st_types import Device, DeviceType
 
 # Platforms whose devices the engine writes to directly (tests add "cpu" with a HostDevice).
@@ -45,7 +46,7 @@ def takes(t: Target, boxes: Dict[BoxKey, List["jax.Device"]]) -> bool:
     devices = [d for ds in boxes.values() for d in ds]
     if not devices or any(d.platform not in PLATFORMS for d in devices):
         return False
-    if t.info.dtype in WIDE and not jax.config.jax_enable_x64:
+    if t.info.dtype in NEEDS_X64 and not jax.config.jax_enable_x64:
         return False  # narrowed on the host instead (placement checked a 32-bit target was asked)
     return all(_contiguous(box, t.shape) for box in boxes)
 
@@ -63,7 +64,7 @@ def _plans(files, targets: List[Target], boxes_of) -> Dict["jax.Device", Tuple[L
                 _cpp.plan_boxes(files[t.file].header, t.index, t.file, [(start, stop, 0, at)],
                                ranges.setdefault(d, _cpp.RangeList()))
                 slots.setdefault(d, []).append((t, box, at))
-                sizes[d] = aligned(at + box_bytes(box, t.info.dtype))
+                sizes[d] = align_up(at + box_bytes(box, t.info.dtype))
     return {d: (LoadPlan(files, ranges[d], [sizes[d]], {}), slots[d]) for d in slots}
 
 
@@ -75,14 +76,13 @@ def load_on_gpus(files, targets: List[Target], boxes_of, metrics, threads: Optio
     shards: Dict[str, List[jax.Array]] = {}
     for d, (plan, slots) in plans.items():
         device, engine_device = engine_for(d)
-        _, (out,) = read_into_device(plan, fw, device, threads=threads, gds=gds, metrics=metrics,
-                                     engine_device=engine_device)
+        (out,) = read_into_device(plan, fw, device, threads=threads, gds=gds, metrics=metrics,
+                                  engine_device=engine_device)
         with metrics.phase("transfer"):
             for t, box, at in slots:
                 view = fw.from_buffer(out, at, t.info.dtype, box_shape(box))
                 shards.setdefault(t.name, []).append(jax.device_put(view, d))  # already there: no copy
-                metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + box_bytes(
-                    box, t.info.dtype)
+                metrics.count_device(d, box_bytes(box, t.info.dtype))
     with metrics.phase("assemble"):
         return {t.name: jax.make_array_from_single_device_arrays(t.shape, t.sharding, shards[t.name])
                 for t in targets}

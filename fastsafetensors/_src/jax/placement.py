@@ -16,13 +16,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from fastsafetensors import _cpp
-from fastsafetensors._src.dtypes import FLOAT_DTYPES
+from fastsafetensors._src.dtypes import NEEDS_X64, float_cast
 from fastsafetensors.errors import ShardingMismatch, UnsupportedDtype
 from fastsafetensors._src.files import SafeTensorsFile
 from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
 from fastsafetensors._src.plan import locate_tensors, name_list
+from fastsafetensors.st_types import is_auto
 
-WIDE = frozenset({"I64", "U64", "F64"})  # the dtypes JAX narrows without jax_enable_x64
 
 Placement = Union[Sharding, "jax.Device", Mapping[str, Any], Any]
 Rules = Sequence[Tuple[str, Any]]
@@ -170,7 +170,7 @@ def _check_dtype(t: Target, f: SafeTensorsFile) -> None:
         raise UnsupportedDtype(f"{f.path}: tensor `{t.name}` has dtype {st}, which JAX has no type for",
                                filename=f.path, tensor=t.name)
     # JAX without x64 would narrow 64-bit values silently: refuse unless a conversion was asked for.
-    if st in WIDE and not jax.config.jax_enable_x64 and (t.dtype is None or t.dtype.itemsize == 8):
+    if st in NEEDS_X64 and not jax.config.jax_enable_x64 and (t.dtype is None or t.dtype.itemsize == 8):
         raise UnsupportedDtype(
             f"{f.path}: tensor `{t.name}` is {st} but jax_enable_x64 is off, so JAX would narrow it; "
             "enable x64 (jax.config.update('jax_enable_x64', True)) or ask for a 32-bit dtype",
@@ -228,12 +228,12 @@ def shard_boxes(t: Target, f: SafeTensorsFile) -> Dict[BoxKey, List["jax.Device"
 def targets(files: List[SafeTensorsFile], placer: Placer, names: Union[str, Iterable[str], None],
             dtype: Any) -> List[Target]:
     wanted = name_list(names) if names is not None else placer.declared
-    cast = None if dtype in (None, "auto", "AUTO") else np_dtype(dtype)
+    cast = None if is_auto(dtype) else np_dtype(dtype)
     out = []
     for name, (fi, k) in locate_tensors(files, wanted).items():
         info = files[fi].infos[k]
         declared = placer.declared_dtype(name)
-        target = declared if declared is not None else (cast if info.dtype in FLOAT_DTYPES else None)
+        target = declared if declared is not None else float_cast(info.dtype, cast)
         t = Target(name, fi, k, info, placer.sharding(name), target)
         _check_dtype(t, files[fi])
         want_shape = placer.declared_shape(name)

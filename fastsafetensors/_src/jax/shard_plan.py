@@ -15,13 +15,11 @@ import jax
 import numpy as np
 
 from fastsafetensors import _cpp
-from fastsafetensors._src.jax.placement import WIDE, BoxKey, Target
-from fastsafetensors._src.dtypes import BITS
+from fastsafetensors._src.jax.placement import BoxKey, Target
+from fastsafetensors._src.dtypes import BITS, NEEDS_X64
 from fastsafetensors._src.files import SafeTensorsFile
 from fastsafetensors.frameworks import get_framework
-from fastsafetensors._src.plan import LoadPlan
-
-_ALIGN = _cpp.TENSOR_ALIGNMENT
+from fastsafetensors._src.plan import LoadPlan, align_up
 
 
 def box_shape(box: BoxKey) -> Tuple[int, ...]:
@@ -30,11 +28,6 @@ def box_shape(box: BoxKey) -> Tuple[int, ...]:
 
 def box_bytes(box: BoxKey, dtype: str) -> int:
     return int(np.prod(box_shape(box), dtype=np.int64)) * BITS[dtype] // 8
-
-
-def aligned(n: int) -> int:
-    """`n` rounded up to the tensor alignment (where the next shard in a buffer starts)."""
-    return -(-n // _ALIGN) * _ALIGN
 
 
 @dataclass
@@ -64,7 +57,7 @@ def plan_shards(files: List[SafeTensorsFile], targets: List[Target],
         mine = []
         for box, devices in boxes_of[t.name].items():
             mine.append(Slot(t, box, devices, t.file, sizes[t.file]))
-            sizes[t.file] = aligned(mine[-1].offset + box_bytes(box, t.info.dtype))
+            sizes[t.file] = align_up(mine[-1].offset + box_bytes(box, t.info.dtype))
         boxes = [([a for a, _ in s.box], [b for _, b in s.box], s.buffer, s.offset) for s in mine]
         _cpp.plan_boxes(files[t.file].header, t.index, t.file, boxes, ranges)
         slots.extend(mine)
@@ -73,6 +66,6 @@ def plan_shards(files: List[SafeTensorsFile], targets: List[Target],
 
 def host_view(buffers, buffer: int, offset: int, t: Target, shape: Tuple[int, ...]) -> np.ndarray:
     view = get_framework("numpy").from_buffer(buffers[buffer], offset, t.info.dtype, shape)
-    if t.info.dtype in WIDE and not jax.config.jax_enable_x64:
+    if t.info.dtype in NEEDS_X64 and not jax.config.jax_enable_x64:
         view = view.astype(t.dtype)  # 64-bit data JAX cannot hold: narrowed on the host, as asked
     return view

@@ -42,8 +42,8 @@ def load_per_device(files, targets, boxes_of, metrics, read_options) -> Dict[str
     """Shards that are one run each, bound for GPUs, go straight to GPU memory (gpu_reads); the
     rest are read into host memory and handed to their devices. ``boxes_of`` maps each name to
     its ``placement.shard_boxes``."""
-    direct = [t for t in targets if gpu_reads.takes(t, boxes_of[t.name])]
-    out = gpu_reads.load_on_gpus(files, direct, boxes_of, metrics, read_options["threads"]) if direct else {}
+    on_gpus = [t for t in targets if gpu_reads.takes(t, boxes_of[t.name])]
+    out = gpu_reads.load_on_gpus(files, on_gpus, boxes_of, metrics, read_options["threads"]) if on_gpus else {}
     rest = [t for t in targets if t.name not in out]
     if rest:
         out.update(_load_through_host(files, rest, boxes_of, metrics, read_options))
@@ -63,7 +63,7 @@ def _load_through_host(files, targets, boxes_of, metrics, read_options) -> Dict[
                 views.append(view)
                 devices.append(d)
                 owners.append(s.target.name)
-                metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + nbytes
+                metrics.count_device(d, nbytes)
         placed = jax.device_put(views, devices)
     by_name: Dict[str, List[jax.Array]] = {}
     for name, arr in zip(owners, placed):
@@ -97,7 +97,7 @@ def load_scatter(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
             out[t.name] = _identity_to(t.sharding)(host)
             for d in t.sharding.addressable_devices:
                 size = box_bytes(tuple((0, n) for n in t.sharding.shard_shape(t.shape)), t.info.dtype)
-                metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + size
+                metrics.count_device(d, size)
         jax.block_until_ready(out)
     return out
 

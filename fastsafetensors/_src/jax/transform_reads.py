@@ -25,14 +25,14 @@ from jax.sharding import Sharding
 from fastsafetensors import _cpp
 from fastsafetensors._src.jax import placement
 from fastsafetensors._src.jax.placement import BoxKey, Placer, Target
-from fastsafetensors._src.jax.shard_plan import aligned, host_view, plan_shards
+from fastsafetensors._src.jax.shard_plan import host_view, plan_shards
 from fastsafetensors._src.jax.transforms import AsType, Context, Expr, Fill, Read, Transforms, bind, leaves
 from fastsafetensors._src.dtypes import FLOAT_DTYPES
 from fastsafetensors._src.engine import read_into_host
 from fastsafetensors.errors import TransformError, UnsupportedDtype
 from fastsafetensors.frameworks import get_framework
 from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
-from fastsafetensors._src.plan import locate_tensors
+from fastsafetensors._src.plan import align_up, locate_tensors
 
 BATCH_ELEMENTS = 32 << 20  # source elements read per group (64 MiB of bf16)
 _FLOATS = frozenset(np.dtype(NUMPY_DTYPES[d]) for d in FLOAT_DTYPES if d in NUMPY_DTYPES)
@@ -103,7 +103,7 @@ def _source_targets(files, reads: List[Read]) -> Tuple[List[Target], Dict[str, D
     out = []
     for name, (fi, k) in locate_tensors(files, list(boxes_of)).items():
         info = files[fi].infos[k]
-        keep = np.dtype(NUMPY_DTYPES[info.dtype])  # host_view narrows WIDE dtypes to Target.dtype: keep them
+        keep = np.dtype(NUMPY_DTYPES[info.dtype])  # host_view narrows NEEDS_X64 dtypes to Target.dtype: keep them
         out.append(Target(name, fi, k, info, None, keep))
     return out, boxes_of
 
@@ -123,7 +123,7 @@ def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> D
                     views.append(shards[leaf.name, box])
                     devices.append(d)
                     nbytes = shards[leaf.name, box].nbytes
-                    metrics.bytes_per_device[str(d)] = metrics.bytes_per_device.get(str(d), 0) + nbytes
+                    metrics.count_device(d, nbytes)
             placed = jax.device_put(views, devices)  # zero-copy on the CPU: the shards are aligned
         with metrics.phase("assemble"):
             out[leaf.name] = jax.make_array_from_single_device_arrays(leaf.shape, leaf.sharding, placed)
@@ -138,7 +138,7 @@ def _shard_memory(leaves_: List[Leaf]) -> Dict[Tuple[str, BoxKey], np.ndarray]:
         for box in leaf.plans:
             shape = tuple(b - a for a, b in box)
             slots.append(((leaf.name, box), at, shape, leaf.dtype))
-            at = aligned(at + int(np.prod(shape, dtype=np.int64)) * leaf.dtype.itemsize)
+            at = align_up(at + int(np.prod(shape, dtype=np.int64)) * leaf.dtype.itemsize)
     buffer = _cpp.HostBuffer.allocate(max(at, 1))
     raw = get_framework("numpy").from_buffer(buffer, 0, "U8", (max(at, 1),))
     return {key: raw[o:o + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape)
