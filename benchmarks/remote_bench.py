@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -41,6 +42,9 @@ BUCKET = "bench"
 # Any credentials work with both servers; every case gets the same ones from the environment.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIABENCH00000000000", "AWS_SECRET_ACCESS_KEY": "bench-secret",
                "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+# The endpoint is plain HTTP; our loader builds its store's HTTP client from storage_options,
+# where AWS_ALLOW_HTTP from the environment does not reach it.
+STORAGE_OPTIONS = {"allow_http": True}
 START_TIMEOUT = 60.0
 CHILD_TIMEOUT = 900.0
 RAW_CHUNK = 8 << 20
@@ -89,10 +93,12 @@ def _metric_counters(metrics: Any) -> Dict[str, Any]:
 
 def _load_ours(framework: str, url: str, endpoint: str):
     fst = _ours_import()
+    importlib.import_module(framework)  # outside the timing, as the peers import torch
     metrics = fst.LoadMetrics()
 
     def load():
-        return fst.load(url, framework=framework, metrics=metrics), _metric_counters(metrics)
+        tensors = fst.load(url, framework=framework, metrics=metrics, storage_options=STORAGE_OPTIONS)
+        return tensors, _metric_counters(metrics)
 
     return load
 
@@ -223,7 +229,7 @@ def jax_child(url: str, endpoint: str, local_dir: str, port: int, procs: int, ra
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("model",)), P("model"))
     metrics = fj.JaxLoadMetrics()
     start = time.perf_counter()
-    arrays = jax.block_until_ready(fj.load(url, sharding=sharding, metrics=metrics))
+    arrays = jax.block_until_ready(fj.load(url, sharding=sharding, metrics=metrics, storage_options=STORAGE_OPTIONS))
     seconds = time.perf_counter() - start
     wrong = _wrong_shards(arrays, local_dir, fst, _bench)
     _send(rank=rank, seconds=seconds, counters=_metric_counters(metrics), tensors=len(arrays), wrong=wrong)
