@@ -476,6 +476,19 @@ def _counter(counters: Dict[str, Any], *names: str) -> Optional[int]:
     return next((counters[n] for n in names if n in counters), None)
 
 
+def _row(key: str, r: CaseResult, gbs: Dict[str, float], peers: Sequence[str], data_bytes: int) -> List[Any]:
+    if not r.seconds:
+        return [key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", "-", f"error: {r.error[:200]}"]
+    from fastsafetensors import _bench
+
+    peak = max(r.peak_above_kb) * 1024
+    requests = _counter(r.counters, "requests", "remote_requests")
+    return [key, f"{_bench.median(r.seconds):.2f}", f"{gbs[key]:.3f}", f"{min(r.seconds):.2f}-{max(r.seconds):.2f}",
+            *[f"{gbs[key] / gbs[p]:.2f}" for p in peers], f"{peak / data_bytes:.2f}",
+            f"{(peak - data_bytes) / 2**20:.0f}", "-" if requests is None else requests,
+            {None: "not checked", True: "yes", False: "NO"}[r.same]]
+
+
 def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, List[Dict[str, Any]]],
            ck: Checkpoint, weed: str) -> str:
     from fastsafetensors import _bench
@@ -486,17 +499,8 @@ def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, 
         gbs = {k: ck.data_bytes / _bench.median(r.seconds) / 1e9 for k, r in results.items() if r.seconds}
         peers = [k for k in results if k in PEER_CASES and k in gbs]
         headers = ["case", "median s", "GB/s", "min-max s"] + [f"x {p}" for p in peers] + \
-                  ["peak RSS above start / data", "requests", "same bytes"]
-        rows = []
-        for key, r in results.items():
-            if not r.seconds:
-                rows.append([key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", f"error: {r.error}"])
-                continue
-            requests = _counter(r.counters, "requests", "remote_requests", "get_requests")
-            rows.append([key, f"{_bench.median(r.seconds):.2f}", f"{gbs[key]:.3f}",
-                         f"{min(r.seconds):.2f}-{max(r.seconds):.2f}", *[f"{gbs[key] / gbs[p]:.2f}" for p in peers],
-                         f"{max(r.peak_above_kb) * 1024 / ck.data_bytes:.2f}", "-" if requests is None else requests,
-                         {None: "not checked", True: "yes", False: "NO"}[r.same]])
+                  ["peak RSS above start / data", "beyond data MiB", "requests", "same bytes"]
+        rows = [_row(key, r, gbs, peers, ck.data_bytes) for key, r in results.items()]
         lines += ["", f"Server: {kind}", "", _bench.markdown_table(headers, rows)]
     for kind, outs in sharded.items():
         lines += ["", f"Sharded JAX over {kind}: {len(outs)} jax.distributed processes, one CPU device each, "
@@ -506,10 +510,9 @@ def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, 
                 lines.append(f"- process: error: {o['error']}")
                 continue
             c = o["counters"]
-            fetched = _counter(c, "remote_bytes", "bytes_requested", "bytes_fetched", "bytes_read")
-            share = "-" if fetched is None else f"{fetched / ck.data_bytes:.3f}"
+            share = f"{c['remote_bytes'] / ck.data_bytes:.3f}"
             lines.append(f"- process {o['rank']}: {o['seconds']:.2f} s, {o['tensors']} arrays, "
-                         f"bytes fetched / checkpoint = {share} (1/{len(outs)} = {1 / len(outs):.3f}), "
+                         f"bytes received / checkpoint's tensor bytes = {share} (1/{len(outs)} = {1 / len(outs):.3f}), "
                          f"shards that differ from safetensors: {len(o['wrong'])}; counters {json.dumps(c)}")
     lines += ["", "Cases:"] + [f"- `{k}`: {v}" for k, v in CASES.items()]
     lines += ["", f"Machine: {machine()}", f"Versions: {_versions(weed)}"]
