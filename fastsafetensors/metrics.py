@@ -28,6 +28,11 @@ class LoadMetrics:
     reused_bytes: int = 0
     # mmap=True: bytes of bytes_read that are views of the files' mappings (nothing copied).
     mapped_bytes: int = 0
+    # URLs: bytes received (headers, wanted ranges and the gaps fetched between them), ranged GETs
+    # and HEADs sent (retries included), and retries of failed requests.
+    remote_bytes: int = 0
+    remote_requests: int = 0
+    remote_retries: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod

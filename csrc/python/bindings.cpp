@@ -151,6 +151,19 @@ PYBIND11_MODULE(cpp, m) {
         return parse_header(s.substr(8, n), s.size());
       },
       py::arg("image"), "Validate a whole safetensors file held in memory (fuzzing, tests).");
+  m.def(
+      "parse_header_bytes",
+      [](py::bytes prefix, uint64_t file_size) {
+        std::string_view s = prefix;
+        auto* p = reinterpret_cast<const uint8_t*>(s.data());
+        uint64_t n = parse_header_length(p, s.size(), file_size);
+        if (s.size() < 8 + n) throw py::value_error("parse_header_bytes: the prefix ends before the header does");
+        py::gil_scoped_release nogil;
+        return parse_header(s.substr(8, n), file_size);
+      },
+      py::arg("prefix"), py::arg("file_size"),
+      "Validate the header of a file of `file_size` bytes from its first bytes (at least 8 + the "
+      "header length; remote objects fetch these with a ranged GET). The same checks as read_header.");
   m.def("dtype_bits", [](const std::string& name) {
     auto d = parse_dtype(name);
     if (!d) throw py::value_error("unknown safetensors dtype " + name);
@@ -218,6 +231,7 @@ PYBIND11_MODULE(cpp, m) {
   m.def("bytes_per_file", &bytes_per_file, py::arg("ranges"), py::arg("files"),
         "Bytes the ranges read from each of `files` file indices, as a list indexed by file.");
   m.attr("TENSOR_ALIGNMENT") = kTensorAlignment;
+  m.attr("MAX_HEADER_LENGTH") = kMaxHeaderLength;
 
   py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer")
       .def_property_readonly("data_ptr", [](Buffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
