@@ -20,8 +20,8 @@ import importlib
 import json
 import os
 import platform
+import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # pip install --no-deps --target /work/.peers/remote ... (benchmarks/README.md lists the packages)
@@ -39,9 +39,6 @@ WEED = "/work/.peers/seaweedfs/bin/weed"
 MARK = "@@"  # prefixes the child's protocol line; anything else a library prints is passed through
 HOST = "127.0.0.1"
 BUCKET = "bench"
-# Any credentials work with both servers; every case gets the same ones from the environment.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIABENCH00000000000", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-               "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
 # The endpoint is plain HTTP; our loader builds its store's HTTP client from storage_options,
 # where AWS_ALLOW_HTTP from the environment does not reach it.
 STORAGE_OPTIONS = {"allow_http": True}
@@ -76,6 +73,13 @@ def _reset_peak() -> None:
     """Resets VmHWM to the current RSS (Linux 4.0+), so the peak measured is the load's own."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of every thread of this process: on a machine shared with other
+    work (and with the server), the client's CPU per byte moves less than its wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _ours_import():
@@ -202,13 +206,14 @@ def child_main(key: str, url: str, endpoint: str) -> None:
 
     rss = _memory_kb("VmRSS")
     _reset_peak()
-    start = time.perf_counter()
+    cpu, start = _cpu_seconds(), time.perf_counter()
     tensors, counters = load()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     peak = _memory_kb("VmHWM")
     nbytes = sum(int(_bench.flat_bytes(t).size) for t in tensors.values())
     digests = None if key == "raw-get" else _bench.digests(tensors)
-    _send(seconds=seconds, bytes=nbytes, rss_before_kb=rss, peak_kb=peak, counters=counters, digests=digests)
+    _send(seconds=seconds, cpu=cpu, bytes=nbytes, rss_before_kb=rss, peak_kb=peak, counters=counters,
+          digests=digests)
 
 
 # ---------------------------------------------------------------- sharded JAX (one child per process)
@@ -258,53 +263,32 @@ def _wrong_shards(arrays: Dict[str, Any], local_dir: str, fst, bench) -> List[st
 # ============================================================== servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def _servers():
+    _ours_import()
+    from tests import remote_servers  # the servers of the remote tests: moto, ports, stopping
+
+    return remote_servers
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Ends the process group the server started, by its id."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait(timeout=15)
-
-
-def _wait_ready(endpoint: str, proc: subprocess.Popen, what: str, log: str) -> None:
-    """Waits until the server answers S3 (creating the bucket), within START_TIMEOUT."""
-    client = s3_client(endpoint)
+def _wait_bucket(endpoint: str, proc: subprocess.Popen, log: str) -> None:
+    """Waits until SeaweedFS creates the bucket: its S3 port listens before its filer serves."""
+    servers = _servers()
+    client = servers.s3_client(endpoint)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} before serving; see {log}")
+            raise RuntimeError(f"SeaweedFS exited with status {proc.returncode} before serving; see {log}")
         try:
             with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
                 client.create_bucket(Bucket=BUCKET)
             return
-        except Exception as e:  # not listening yet, or still starting its parts
+        except Exception as e:  # still starting its parts
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not serve S3 within {START_TIMEOUT:.0f}s ({e}); see {log}") from e
+                raise TimeoutError(f"SeaweedFS did not serve S3 within {START_TIMEOUT:.0f}s ({e}); see {log}") from e
         time.sleep(0.5)
 
 
-def s3_client(endpoint: str):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"],
-                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                        config=Config(retries={"max_attempts": 1}, connect_timeout=2))
-
-
-def _seaweedfs_command(weed: str, data_dir: str, s3_port: int) -> List[str]:
+def _seaweedfs_command(weed: str, data_dir: str, s3_port: int, free_port: Callable[[], int]) -> List[str]:
     ports = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
              "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc", "webdav.port"]
     return ([weed, "mini", f"-dir={data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}", "-webdav=false",
@@ -313,32 +297,32 @@ def _seaweedfs_command(weed: str, data_dir: str, s3_port: int) -> List[str]:
 
 
 @contextlib.contextmanager
-def server(kind: str, weed: str, workdir: str) -> Iterator[str]:
-    """SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one Go process) or moto's
-    standalone server on a free loopback port; yields the endpoint and always stops it."""
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
-    log = os.path.join(workdir, f"{kind}.log")
-    if kind == "seaweedfs":
-        cmd = _seaweedfs_command(weed, data_dir, port)
-    else:
-        cmd = [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
+def seaweedfs_server(weed: str, workdir: str) -> Iterator[str]:
+    """SeaweedFS' `weed mini` (master, volume server, filer and S3 gateway in one Go process) on
+    free loopback ports, its data under ``workdir``; yields the S3 endpoint and always stops it."""
+    servers = _servers()
+    port = servers.free_port()
+    log = os.path.join(workdir, "seaweedfs.log")
+    data_dir = tempfile.mkdtemp(prefix="seaweedfs-", dir=workdir)
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True)
-    endpoint = f"http://{HOST}:{port}"
+        proc = subprocess.Popen(_seaweedfs_command(weed, data_dir, port, servers.free_port), stdout=out,
+                                stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True)
     try:
-        _wait_ready(endpoint, proc, kind, log)
+        endpoint = f"http://{HOST}:{port}"
+        _wait_bucket(endpoint, proc, log)
         yield endpoint
     finally:
-        _stop(proc)
+        servers._stop(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def server(kind: str, weed: str, workdir: str):
+    return seaweedfs_server(weed, workdir) if kind == "seaweedfs" else _servers().moto_server()
 
 
 def upload(endpoint: str, prefix: str, paths: Sequence[str]) -> float:
     start = time.perf_counter()
-    client = s3_client(endpoint)
-    for p in paths:
-        client.upload_file(p, BUCKET, prefix + os.path.basename(p))
+    _servers().upload(endpoint, BUCKET, {prefix + os.path.basename(p): p for p in paths})
     return time.perf_counter() - start
 
 
@@ -379,9 +363,13 @@ def _read_json(path: str) -> Dict[str, Any]:
 
 
 def child_env(endpoint: str) -> Dict[str, str]:
-    """The same endpoint and credentials for every case, through each client's standard variables."""
+    """The same endpoint and credentials (the tests' own) for every case, through each client's
+    standard variables."""
+    creds = _servers().TEST_CREDENTIALS
     return dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true", AWS_EC2_METADATA_DISABLED="true",
-                RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0", **CREDENTIALS)
+                RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0", AWS_ACCESS_KEY_ID=creds["aws_access_key_id"],
+                AWS_SECRET_ACCESS_KEY=creds["aws_secret_access_key"], AWS_REGION=creds["aws_region"],
+                AWS_DEFAULT_REGION=creds["aws_region"])
 
 
 def _run_child(args: List[str], env: Dict[str, str]) -> Dict[str, Any]:
@@ -401,6 +389,7 @@ def _run_child(args: List[str], env: Dict[str, str]) -> Dict[str, Any]:
 @dataclass
 class CaseResult:
     seconds: List[float] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)
     peak_above_kb: List[int] = field(default_factory=list)
     counters: Dict[str, Any] = field(default_factory=dict)
     bytes: int = 0
@@ -424,6 +413,7 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
                 print(f"  {key}: {res.error}", flush=True)
                 continue
             res.seconds.append(out["seconds"])
+            res.cpu.append(out["cpu"])
             res.peak_above_kb.append(out["peak_kb"] - out["rss_before_kb"])
             res.counters, res.bytes = out["counters"], out["bytes"]
             if out["digests"] is not None:
@@ -431,7 +421,8 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
                 res.same = (res.same is not False) and not bad
                 if bad:
                     print(f"  {key}: {len(bad)} tensors differ from safetensors, e.g. {bad[:3]}", flush=True)
-            print(f"  {key} #{r + 1}: {out['seconds']:.2f} s, {out['bytes'] / out['seconds'] / 1e9:.3f} GB/s, "
+            print(f"  {key} #{r + 1}: {out['seconds']:.2f} s ({out['cpu']:.2f} s CPU), "
+                  f"{out['bytes'] / out['seconds'] / 1e9:.3f} GB/s, "
                   f"peak +{(out['peak_kb'] - out['rss_before_kb']) / 2**20:.2f} GiB", flush=True)
     return results
 
@@ -439,7 +430,7 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
 def run_sharded(url: str, endpoint: str, ck: Checkpoint, procs: int) -> List[Dict[str, Any]]:
     """``procs`` jax.distributed processes on 127.0.0.1, one CPU device each, ``procs``-way sharding."""
     env = dict(child_env(endpoint), XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-    port = free_port()
+    port = _servers().free_port()
     with ThreadPoolExecutor(procs) as pool:
         args = [["--jax-child", str(i), "--jax-procs", str(procs), "--jax-port", str(port), "--url", url,
                  "--endpoint", endpoint, "--local-dir", ck.directory] for i in range(procs)]
@@ -478,13 +469,13 @@ def _counter(counters: Dict[str, Any], *names: str) -> Optional[int]:
 
 def _row(key: str, r: CaseResult, gbs: Dict[str, float], peers: Sequence[str], data_bytes: int) -> List[Any]:
     if not r.seconds:
-        return [key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", "-", f"error: {r.error[:200]}"]
+        return [key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", "-", "-", f"error: {r.error[:200]}"]
     from fastsafetensors import _bench
 
     peak = max(r.peak_above_kb) * 1024
     requests = _counter(r.counters, "requests", "remote_requests")
     return [key, f"{_bench.median(r.seconds):.2f}", f"{gbs[key]:.3f}", f"{min(r.seconds):.2f}-{max(r.seconds):.2f}",
-            *[f"{gbs[key] / gbs[p]:.2f}" for p in peers], f"{peak / data_bytes:.2f}",
+            *[f"{gbs[key] / gbs[p]:.2f}" for p in peers], f"{_bench.median(r.cpu):.2f}", f"{peak / data_bytes:.2f}",
             f"{(peak - data_bytes) / 2**20:.0f}", "-" if requests is None else requests,
             {None: "not checked", True: "yes", False: "NO"}[r.same]]
 
@@ -499,7 +490,7 @@ def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, 
         gbs = {k: ck.data_bytes / _bench.median(r.seconds) / 1e9 for k, r in results.items() if r.seconds}
         peers = [k for k in results if k in PEER_CASES and k in gbs]
         headers = ["case", "median s", "GB/s", "min-max s"] + [f"x {p}" for p in peers] + \
-                  ["peak RSS above start / data", "beyond data MiB", "requests", "same bytes"]
+                  ["CPU s", "peak RSS above start / data", "beyond data MiB", "requests", "same bytes"]
         rows = [_row(key, r, gbs, peers, ck.data_bytes) for key, r in results.items()]
         lines += ["", f"Server: {kind}", "", _bench.markdown_table(headers, rows)]
     for kind, outs in sharded.items():
