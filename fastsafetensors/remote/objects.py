@@ -7,7 +7,7 @@ import io
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .. import cpp, settings
 from ..errors import RemoteNotFoundError, SafeTensorsError, UnsupportedURLError
@@ -17,7 +17,7 @@ from .requests import Counters, ShortBody, call
 from .store import obstore_module, store_for
 from .urls import ObjectURL, is_url, parse_url
 
-__all__ = ["RemoteObject", "open_object", "open_remote_checkpoint", "get_range", "add_counters"]
+__all__ = ["RemoteObject", "open_object", "open_remote_checkpoint", "get_range", "stream_range", "add_counters"]
 
 # The object a prefix names when the server cannot list (https://): an index, else one file.
 _DEFAULT_INDEX = "model.safetensors" + INDEX_SUFFIX
@@ -25,6 +25,9 @@ _DEFAULT_FILE = "model.safetensors"
 # An index is JSON naming shards: larger than this is not one (and is not read into memory).
 _MAX_INDEX_BYTES = 256 << 20
 _LISTABLE = ("s3", "gs", "az")
+# stream_range's pieces: large enough that handing one to Python costs little, small enough that
+# the responses in flight hold little memory.
+_PIECE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,26 @@ def get_range(obj: RemoteObject, start: int, end: int, counters: Counters) -> An
     data = call(request, obj.url.url, start, counters)
     counters.add(nbytes=len(data))
     return data
+
+
+def stream_range(obj: RemoteObject, start: int, end: int, counters: Counters,
+                 deliver: Callable[[int, Any], None]) -> None:
+    """Bytes [start, end) of the pinned object, handed to ``deliver(object_offset, piece)`` as they
+    arrive, in pieces of at least _PIECE bytes: a GET holds one piece instead of its whole body,
+    and copying a piece overlaps receiving the next. A retry hands the range over again."""
+    obstore = obstore_module()
+
+    def request():
+        offset = start
+        result = obstore.get(obj.store, obj.url.key, options=obj.get_options(start, end))
+        for piece in result.stream(min_chunk_size=_PIECE):
+            deliver(offset, piece)
+            offset += len(piece)
+        if offset != end:
+            raise ShortBody(f"{offset - start} of {end - start} bytes")
+
+    call(request, obj.url.url, start, counters)
+    counters.add(nbytes=end - start)
 
 
 def _first_get(url: ObjectURL, store: Any, counters: Counters) -> Tuple[RemoteObject, bytes]:

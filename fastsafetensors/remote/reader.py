@@ -2,8 +2,9 @@
 
 Ranges are cut at FASTSAFETENSORS_REMOTE_CHUNK_MB and neighbours in one object share a GET when
 the bytes between them are at most FASTSAFETENSORS_REMOTE_GAP_KB; each response is copied once,
-straight into its destinations in the host buffers. At most ``concurrency`` GETs are in flight,
-so at most concurrency x chunk bytes of responses are held at once.
+piece by piece as it arrives, straight into its destinations in the host buffers. At most
+``concurrency`` GETs are in flight, each holding about one piece (objects.stream_range), so the
+responses held at once stay near concurrency x 1 MiB whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from .. import settings
 from ..plan import LoadPlan
-from .objects import RemoteObject, get_range
+from .objects import RemoteObject, stream_range
 from .requests import Counters
 
 __all__ = ["Get", "plan_gets", "read_ranges"]
@@ -57,11 +58,14 @@ def plan_gets(ranges: Sequence[Any], chunk: int, gap: int) -> List[Get]:
     return gets
 
 
-def _deliver(get: Get, data: Any, addresses: Sequence[int]) -> None:
-    """Copies each part of a response to its destination (ctypes.memmove lets go of the GIL)."""
-    src = np.frombuffer(data, dtype=np.uint8).ctypes.data
-    for offset, n, dst, dst_offset in get.parts:
-        ctypes.memmove(addresses[dst] + dst_offset, src + offset - get.start, n)
+def _deliver(get: Get, offset: int, piece: Any, addresses: Sequence[int]) -> None:
+    """Copies the piece of a response that starts at object ``offset`` to the parts it overlaps
+    (ctypes.memmove lets go of the GIL)."""
+    src, end = np.frombuffer(piece, dtype=np.uint8).ctypes.data, offset + len(piece)
+    for part_offset, n, dst, dst_offset in get.parts:
+        lo, hi = max(offset, part_offset), min(end, part_offset + n)
+        if lo < hi:
+            ctypes.memmove(addresses[dst] + dst_offset + lo - part_offset, src + lo - offset, hi - lo)
 
 
 def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concurrency: Optional[int] = None,
@@ -76,8 +80,8 @@ def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concu
     addresses = [b.data_ptr for b in targets]
 
     def fetch(get: Get) -> int:
-        data = get_range(objects[get.file], get.start, get.end, counters)
-        _deliver(get, data, addresses)
+        stream_range(objects[get.file], get.start, get.end, counters,
+                     lambda offset, piece: _deliver(get, offset, piece, addresses))
         return get.wanted
 
     per_file = [0] * len(plan.files)
