@@ -54,8 +54,8 @@ CASES = {
              "every tensor of `get_tensors()` kept (CPU, its defaults)",
     "s3fs-st": "`s3fs.S3FileSystem.glob(prefix + \"*.safetensors\")`, then per file `fs.open(path).read()` and "
                "`safetensors.torch.load(data)`",
-    "raw-get": "the ceiling, not a loader: every object read by 16 threads as 8 MiB unsigned ranged GETs "
-               "(`http.client`, `readinto` a preallocated buffer); its bytes are not checked",
+    "raw-get": "not a loader, a plain client for scale: every object read by 16 threads as 8 MiB unsigned "
+               "ranged GETs (`http.client`, `readinto` a fresh NumPy buffer); its bytes are not checked",
 }
 PEER_CASES = ("runai", "s3fs-st")
 
