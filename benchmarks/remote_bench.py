@@ -97,7 +97,8 @@ def _metric_counters(metrics: Any) -> Dict[str, Any]:
 
 def _load_ours(framework: str, url: str, endpoint: str):
     fst = _ours_import()
-    importlib.import_module(framework)  # outside the timing, as the peers import torch
+    for module in (framework, "obstore"):  # outside the timing, as the peers import torch and their clients
+        importlib.import_module(module)
     metrics = fst.LoadMetrics()
 
     def load():
