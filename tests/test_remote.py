@@ -49,7 +49,8 @@ def local(tmp_path_factory):
                                            for i in range(300)})
     for k in range(3):
         files[f"multi/part-{k}.safetensors"] = save(d / f"part-{k}.safetensors", {
-            f"layer{k}.w": random_tensor("F32", (16, 8 + k), 20 + k), f"layer{k}.b": random_tensor("BF16", (9,), 30 + k)})
+            f"layer{k}.w": random_tensor("F32", (16, 8 + k), 20 + k),
+            f"layer{k}.b": random_tensor("BF16", (9,), 30 + k)})
     weight_map = {}
     for k in range(2):
         name = f"model-0000{k + 1}-of-00002.safetensors"
@@ -109,6 +110,13 @@ def test_one_object_bit_for_bit_and_metrics(local, proxy):
     # The first GET (1 MiB by default) holds the header; the data follows once, nothing else.
     assert metrics.remote_bytes == proxy.body_bytes()
     assert size <= metrics.remote_bytes <= size + (1 << 20)
+    assert f"{metrics.remote_requests} requests, 0 retries" in metrics.summary()
+
+
+def test_progress_bar_counts_the_bytes(local, proxy, capsys):
+    fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=_options(proxy.url), progress=True)
+    err = capsys.readouterr().err
+    assert "fastsafetensors" in err and "3.69M/3.69M" in err  # every byte counted
 
 
 def test_prefix_list_and_index(local, proxy):
@@ -235,7 +243,7 @@ def test_fault_mid_load_returns_nothing(local, proxy, monkeypatch):
 
 def test_missing_objects_and_buckets(proxy):
     opts = _options(proxy.url)
-    for url in (f"s3://{BUCKET}/one/nothing.safetensors", f"s3://no-such-bucket/x.safetensors"):
+    for url in (f"s3://{BUCKET}/one/nothing.safetensors", "s3://no-such-bucket/x.safetensors"):
         with pytest.raises(errors.RemoteNotFoundError, match=url) as info:
             fastsafetensors.load(url, storage_options=opts)
         assert isinstance(info.value, FileNotFoundError)

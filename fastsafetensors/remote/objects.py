@@ -162,7 +162,8 @@ def _resolve(spec: Union[str, Iterable[str]], storage_options: Optional[Mapping[
 
 
 def open_remote_checkpoint(spec: Union[str, Iterable[str]], storage_options: Optional[Mapping[str, Any]] = None,
-                           metrics: Optional[LoadMetrics] = None) -> Tuple[List[SafeTensorsFile], Optional[Dict[str, str]]]:
+                           metrics: Optional[LoadMetrics] = None
+                           ) -> Tuple[List[SafeTensorsFile], Optional[Dict[str, str]]]:
     """Headers of every object a URL (an object, a prefix, an index) or a list of object URLs names,
     and the index's weight map (tensor -> URL) when there is one."""
     counters = Counters()
