@@ -300,11 +300,16 @@ def test_secrets_never_in_errors_or_logs(proxy, caplog):
 
 
 def test_03_loaders_refuse_urls():
-    from fastsafetensors import SafeTensorsFileLoader
+    from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, fastsafe_open
 
+    url = f"s3://{BUCKET}/one/model.safetensors"
     loader = SafeTensorsFileLoader(None, "cpu", framework="pytorch")
     with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
-        loader.add_filenames({0: [f"s3://{BUCKET}/one/model.safetensors"]})
+        loader.add_filenames({0: [url]})
+    with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
+        fastsafe_open([url])
+    with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
+        ParallelLoader(None, [url])
 
 
 def test_no_obstore_import_until_a_url_and_a_typed_error_without_it():
@@ -333,3 +338,22 @@ def test_jax_sharded_load_reads_each_device_shard(local, proxy):
     for shard in out["big"].addressable_shards:
         assert shard.data.tobytes() == ref[shard.index].tobytes()
     assert metrics.remote_bytes <= ref.nbytes + (1 << 20)  # the header GET plus `big` once
+
+
+def test_plan_gets_split_merge_and_gaps():
+    from fastsafetensors.cpp import ReadRange
+    from fastsafetensors.remote.reader import plan_gets
+
+    ranges = [ReadRange(0, 0, 100, 10, 0), ReadRange(0, 1, 0, 50, 0),  # out of order: sorted by offset
+              ReadRange(0, 0, 115, 30, 10),  # 5 bytes after the first: shares its GET (gap 8)
+              ReadRange(0, 0, 200, 10, 40),  # 55 bytes on: a GET of its own
+              ReadRange(1, 0, 0, 25, 0)]  # another object: another GET, split at the chunk of 16
+    gets = plan_gets(ranges, chunk=16 * 10, gap=8)
+    assert [(g.file, g.start, g.end) for g in gets] == [(0, 0, 50), (0, 100, 145), (0, 200, 210), (1, 0, 25)]
+    assert gets[1].parts == [(100, 10, 0, 0), (115, 30, 0, 10)]
+    small = plan_gets(ranges, chunk=16, gap=8)
+    assert max(g.end - g.start for g in small) == 16
+    assert sum(g.wanted for g in small) == sum(r.length for r in ranges)
+    # A range cut across GETs lands contiguously in its destination.
+    big = [p for g in small for p in g.parts if p[2] == 1 and g.file == 0]
+    assert [(p[0], p[3]) for p in big] == [(0, 0), (16, 16), (32, 32), (48, 48)]
