@@ -178,6 +178,9 @@ def test_https_style_urls_against_nginx(local, tmp_path_factory):
         _same(fastsafetensors.load(f"{endpoint}/sharded/", "torch"), _expect(local, *shards))
         with pytest.raises(errors.RemoteNotFoundError, match="cannot be listed"):
             fastsafetensors.load(f"{endpoint}/multi/")
+        cli = subprocess.run([sys.executable, "-m", "fastsafetensors", "load", f"{endpoint}/sharded/", "-q"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0 and "4 tensors from 2 file(s)" in cli.stdout, cli.stdout + cli.stderr
         # Rewritten after its header was read: another ETag, so the GETs are refused (412).
         files = open_checkpoint(f"{endpoint}/one/model.safetensors")
         with open(root / "one" / "model.safetensors", "r+b") as f:
