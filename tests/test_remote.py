@@ -20,18 +20,14 @@ from fastsafetensors import errors
 from fastsafetensors.files import open_checkpoint
 
 from .helpers import assert_same_tensor, random_tensor, save
-from .remote_servers import TEST_CREDENTIALS, Fault, FaultProxy, moto_server, nginx_missing, nginx_server, upload
+from .remote_servers import (TEST_CREDENTIALS, Fault, FaultProxy, moto_server, nginx_missing, nginx_server,
+                             storage_options, upload)
 
 pytest.importorskip("obstore", reason="the remote tests need obstore (pip install fastsafetensors[remote])")
 pytestmark = pytest.mark.timeout(120)
 
 BUCKET = "ckpt"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _options(endpoint: str) -> dict:
-    return {"endpoint": endpoint, "allow_http": True, "access_key_id": TEST_CREDENTIALS["aws_access_key_id"],
-            "secret_access_key": TEST_CREDENTIALS["aws_secret_access_key"], "region": TEST_CREDENTIALS["aws_region"]}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +97,8 @@ def _same(got, want):
 
 def test_one_object_bit_for_bit_and_metrics(local, proxy):
     metrics = fastsafetensors.LoadMetrics()
-    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch", storage_options=_options(proxy.url),
+    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch",
+                               storage_options=storage_options(proxy.url),
                                metrics=metrics)
     _same(got, _expect(local, "one/model.safetensors"))
     size = os.path.getsize(local["one/model.safetensors"])
@@ -114,13 +111,14 @@ def test_one_object_bit_for_bit_and_metrics(local, proxy):
 
 
 def test_progress_bar_counts_the_bytes(local, proxy, capsys):
-    fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=_options(proxy.url), progress=True)
+    fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors",
+                         storage_options=storage_options(proxy.url), progress=True)
     err = capsys.readouterr().err
     assert "fastsafetensors" in err and "3.69M/3.69M" in err  # every byte counted
 
 
 def test_prefix_list_and_index(local, proxy):
-    opts = _options(proxy.url)
+    opts = storage_options(proxy.url)
     multi = [f"multi/part-{k}.safetensors" for k in range(3)]
     _same(fastsafetensors.load(f"s3://{BUCKET}/multi/", "torch", storage_options=opts), _expect(local, *multi))
     _same(fastsafetensors.load(f"s3://{BUCKET}/multi", "torch", storage_options=opts), _expect(local, *multi))
@@ -136,26 +134,27 @@ def test_prefix_list_and_index(local, proxy):
 def test_names_fetch_only_their_bytes(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "4")
     got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch", names="ids",
-                               storage_options=_options(proxy.url))
+                               storage_options=storage_options(proxy.url))
     _same(got, {"ids": load_file(local["one/model.safetensors"])["ids"]})
     assert proxy.body_bytes() == 4096 + 40  # the first GET, then the 5 int64 of `ids` alone
 
 
 def test_header_larger_than_first_get_takes_a_second(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "1")
-    files = open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=_options(proxy.url))
+    files = open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=storage_options(proxy.url))
     assert files[0].header.header_length > 1024
     assert [r for _, r in proxy.ranges()] == ["bytes=0-1023", f"bytes=1024-{files[0].header.data_start - 1}"]
     proxy.clear()
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "64")
-    open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=_options(proxy.url))
+    open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=storage_options(proxy.url))
     assert len(proxy.ranges()) == 1
 
 
 def test_big_ranges_split_small_ones_share_a_get(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_CHUNK_MB", "1")
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "1")
-    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch", storage_options=_options(proxy.url))
+    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch",
+                               storage_options=storage_options(proxy.url))
     _same(got, _expect(local, "one/model.safetensors"))
     data = proxy.ranges()[1:]  # after the header's GET
     sizes = [int(r.split("-")[1]) - int(r.split("=")[1].split("-")[0]) + 1 for _, r in data]
@@ -196,7 +195,7 @@ def test_object_replaced_after_its_header_was_read(local, proxy):
 
     url = f"s3://{BUCKET}/replaced/model.safetensors"
     upload(proxy.url, BUCKET, {"replaced/model.safetensors": local["one/model.safetensors"]})
-    files = open_checkpoint(url, storage_options=_options(proxy.url))
+    files = open_checkpoint(url, storage_options=storage_options(proxy.url))
     s3_client(proxy.url).upload_file(local["multi/part-0.safetensors"], BUCKET, "replaced/model.safetensors")
     with pytest.raises(errors.RemoteObjectChangedError, match=url) as info:
         fastsafetensors.api.load_files(files, "torch")
@@ -210,7 +209,8 @@ def test_transient_faults_are_retried(local, proxy, fault):
     metrics = fastsafetensors.LoadMetrics()
     expected_retries = 0 if fault.kind == "delay" else fault.times
     proxy.inject(fault)
-    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-1.safetensors", "torch", storage_options=_options(proxy.url),
+    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-1.safetensors", "torch",
+                               storage_options=storage_options(proxy.url),
                                metrics=metrics)
     _same(got, _expect(local, "multi/part-1.safetensors"))
     assert metrics.remote_retries == expected_retries
@@ -226,7 +226,7 @@ def test_persistent_faults_raise_typed_errors(proxy, monkeypatch, kind, status, 
     proxy.inject(Fault(kind, status=status, times=1000))
     metrics = fastsafetensors.LoadMetrics()
     with pytest.raises(error, match=url) as info:
-        fastsafetensors.load(url, "torch", storage_options=_options(proxy.url), metrics=metrics)
+        fastsafetensors.load(url, "torch", storage_options=storage_options(proxy.url), metrics=metrics)
     assert info.value.filename == url
     retried = error in (errors.RemoteReadError, errors.ReadError)
     assert metrics.remote_retries == (2 if retried else 0)
@@ -240,12 +240,12 @@ def test_fault_mid_load_returns_nothing(local, proxy, monkeypatch):
     live = fastsafetensors.cpp.host_live_bytes()
     proxy.inject(Fault("truncate", times=1000, match=lambda m, p, h: "bytes=0-" not in h.get("Range", "")))
     with pytest.raises(errors.ReadError, match=f"s3://{BUCKET}/one/model.safetensors"):
-        fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=_options(proxy.url))
+        fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url))
     assert fastsafetensors.cpp.host_live_bytes() <= live
 
 
 def test_missing_objects_and_buckets(proxy):
-    opts = _options(proxy.url)
+    opts = storage_options(proxy.url)
     for url in (f"s3://{BUCKET}/one/nothing.safetensors", "s3://no-such-bucket/x.safetensors"):
         with pytest.raises(errors.RemoteNotFoundError, match=url) as info:
             fastsafetensors.load(url, storage_options=opts)
@@ -257,12 +257,12 @@ def test_missing_objects_and_buckets(proxy):
 def test_truncated_object_is_a_format_error(proxy):
     url = f"s3://{BUCKET}/cut/cut.safetensors"
     with pytest.raises(errors.SafeTensorsError, match=url):
-        fastsafetensors.load(url, storage_options=_options(proxy.url))
+        fastsafetensors.load(url, storage_options=storage_options(proxy.url))
 
 
 def test_index_entries_stay_under_the_prefix(proxy):
     with pytest.raises(errors.IndexPathError, match="not inside"):
-        fastsafetensors.load(f"s3://{BUCKET}/sharded-bad/", storage_options=_options(proxy.url))
+        fastsafetensors.load(f"s3://{BUCKET}/sharded-bad/", storage_options=storage_options(proxy.url))
 
 
 @pytest.mark.parametrize("url,match", [
@@ -289,13 +289,14 @@ def test_secrets_never_in_errors_or_logs(proxy, caplog):
     caplog.set_level(logging.DEBUG)
     proxy.inject(Fault("status", status=403, times=10))
     with pytest.raises(errors.RemoteAccessDeniedError) as denied:
-        fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", storage_options=_options(proxy.url))
+        fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", storage_options=storage_options(proxy.url))
     with pytest.raises(errors.UnsupportedURLError) as bad_option:
         fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors",
-                             storage_options={**_options(proxy.url), "no_such_option": secret})
+                             storage_options={**storage_options(proxy.url), "no_such_option": secret})
     ok = fastsafetensors.LoadMetrics()
     proxy.clear()
-    fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", storage_options=_options(proxy.url), metrics=ok)
+    fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors",
+                         storage_options=storage_options(proxy.url), metrics=ok)
     for exc in (denied.value, bad_option.value):
         shown = f"{exc} {exc!r} {exc.__cause__!r}"
         assert secret not in shown and TEST_CREDENTIALS["aws_access_key_id"] not in shown
@@ -335,7 +336,7 @@ def test_jax_sharded_load_reads_each_device_shard(local, proxy):
     mesh = Mesh(devices, ("d",))
     url = f"s3://{BUCKET}/one/model.safetensors"
     metrics = fj.JaxLoadMetrics()
-    out = fj.load(url, {"big": NamedSharding(mesh, P("d", None))}, storage_options=_options(proxy.url),
+    out = fj.load(url, {"big": NamedSharding(mesh, P("d", None))}, storage_options=storage_options(proxy.url),
                   metrics=metrics)
     ref = load_file(local["one/model.safetensors"])["big"].numpy()
     for shard in out["big"].addressable_shards:
