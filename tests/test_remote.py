@@ -63,6 +63,8 @@ def local(tmp_path_factory):
         cut = d / "cut.safetensors"
         cut.write_bytes(f.read()[:-100])
     files["cut/cut.safetensors"] = str(cut)
+    (d / "empty.safetensors").write_bytes(b"")
+    files["cut/empty.safetensors"] = str(d / "empty.safetensors")
     return files
 
 
@@ -110,11 +112,28 @@ def test_one_object_bit_for_bit_and_metrics(local, proxy):
     assert f"{metrics.remote_requests} requests, 0 retries" in metrics.summary()
 
 
-def test_progress_bar_counts_the_bytes(local, proxy, capsys):
-    fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors",
-                         storage_options=storage_options(proxy.url), progress=True)
-    err = capsys.readouterr().err
-    assert "fastsafetensors" in err and "3.69M/3.69M" in err  # every byte counted
+class _Bar:
+    """Stands in for the engine's tqdm bar (which draws at most every 0.1 s): counts what it is told."""
+
+    def __init__(self, total):
+        self.total, self.n, self.closed = total, 0, False
+
+    def update(self, n):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_bar_counts_the_bytes(local, proxy, monkeypatch):
+    from fastsafetensors import engine
+
+    bars = []
+    monkeypatch.setattr(engine, "_progress_bar", lambda plan, progress: bars.append(_Bar(plan.total_bytes)) or bars[-1])
+    metrics = fastsafetensors.LoadMetrics()
+    fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url),
+                         progress=True, metrics=metrics)
+    assert len(bars) == 1 and bars[0].closed and bars[0].n == bars[0].total == metrics.bytes_read > 0
 
 
 def test_prefix_list_and_index(local, proxy):
@@ -177,6 +196,8 @@ def test_https_style_urls_against_nginx(local, tmp_path_factory):
         _same(fastsafetensors.load(f"{endpoint}/sharded/", "torch"), _expect(local, *shards))
         with pytest.raises(errors.RemoteNotFoundError, match="cannot be listed"):
             fastsafetensors.load(f"{endpoint}/multi/")
+        with pytest.raises(errors.HeaderTooSmall, match="has 0 bytes"):  # nginx answers 416 to its range
+            fastsafetensors.load(f"{endpoint}/cut/empty.safetensors")
         cli = subprocess.run([sys.executable, "-m", "fastsafetensors", "load", f"{endpoint}/sharded/", "-q"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0 and "4 tensors from 2 file(s)" in cli.stdout, cli.stdout + cli.stderr
@@ -254,9 +275,10 @@ def test_missing_objects_and_buckets(proxy):
         fastsafetensors.load(f"s3://{BUCKET}/nothing-here/", storage_options=opts)
 
 
-def test_truncated_object_is_a_format_error(proxy):
-    url = f"s3://{BUCKET}/cut/cut.safetensors"
-    with pytest.raises(errors.SafeTensorsError, match=url):
+@pytest.mark.parametrize("name,error", [("cut", errors.SafeTensorsError), ("empty", errors.HeaderTooSmall)])
+def test_truncated_or_empty_object_is_a_format_error(proxy, name, error):
+    url = f"s3://{BUCKET}/cut/{name}.safetensors"
+    with pytest.raises(error, match=url):
         fastsafetensors.load(url, storage_options=storage_options(proxy.url))
 
 
