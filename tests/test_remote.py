@@ -237,6 +237,16 @@ def test_transient_faults_are_retried(local, proxy, fault):
     assert metrics.remote_retries == expected_retries
 
 
+def test_a_request_past_the_timeout_is_retried(local, proxy, monkeypatch):
+    monkeypatch.setenv("FASTSAFETENSORS_REMOTE_TIMEOUT", "0.5")
+    proxy.inject(Fault("delay", seconds=2.0, times=1))
+    metrics = fastsafetensors.LoadMetrics()
+    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", "torch",
+                               storage_options=storage_options(proxy.url), metrics=metrics)
+    _same(got, _expect(local, "multi/part-0.safetensors"))
+    assert metrics.remote_retries == 1
+
+
 @pytest.mark.parametrize("kind,status,error", [
     ("status", 503, errors.RemoteReadError), ("status", 500, errors.RemoteReadError),
     ("drop", 0, errors.RemoteReadError), ("truncate", 0, errors.ReadError),
