@@ -224,6 +224,7 @@ def test_object_replaced_after_its_header_was_read(local, proxy):
 
 
 @pytest.mark.parametrize("fault", [Fault("status", status=503, times=2), Fault("status", status=500, times=1),
+                                   Fault("status", status=429, times=2),
                                    Fault("drop", times=2), Fault("truncate", times=1),
                                    Fault("delay", seconds=0.2, times=3)], ids=lambda f: f"{f.kind}{f.status}")
 def test_transient_faults_are_retried(local, proxy, fault):
