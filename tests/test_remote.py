@@ -394,3 +394,13 @@ def test_plan_gets_split_merge_and_gaps():
     # A range cut across GETs lands contiguously in its destination.
     big = [p for g in small for p in g.parts if p[2] == 1 and g.file == 0]
     assert [(p[0], p[3]) for p in big] == [(0, 0), (16, 16), (32, 32), (48, 48)]
+
+
+@pytest.mark.parametrize("argv,match", [(["inspect", "s3://bucket/x.safetensors"], "read local files"),
+                                        (["verify", "s3://bucket/x.safetensors"], "read local files"),
+                                        (["load", "ftp://bucket/x.safetensors"], "unsupported URL scheme")])
+def test_command_line_says_what_it_does_with_urls(argv, match, capsys):
+    from fastsafetensors.cli import main
+
+    assert main(argv) == 1
+    assert match in capsys.readouterr().err
