@@ -188,8 +188,8 @@ def _read_remote(plan: LoadPlan, buffers: List["cpp.Buffer"], threads: Optional[
                  metrics: LoadMetrics) -> List[int]:
     """The plan's ranges as ranged GETs (fastsafetensors.remote.reader); ``threads`` GETs at once."""
     if direct_io:
-        raise ValueError("direct_io=True reads files outside the page cache; a URL has no page cache: "
-                         "load it without direct_io")
+        raise ValueError("direct_io=True (or FASTSAFETENSORS_ODIRECT=1) reads files outside the page cache; a "
+                         "URL has no page cache: load it with direct_io=False")
     from .remote.objects import add_counters
     from .remote.reader import read_ranges
     from .remote.requests import Counters

@@ -68,5 +68,7 @@ class LoadMetrics:
 
     def summary(self) -> str:
         phases = ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items())
+        remote = (f"; {self.remote_requests} requests, {self.remote_retries} retries, "
+                  f"{self.remote_bytes / 1e9:.3f} GB received" if self.remote_requests else "")
         return (f"{self.tensors} tensors from {self.files} file(s), {self.bytes_read / 1e9:.3f} GB "
-                f"in {self.total_seconds:.3f}s ({self.gb_per_s:.2f} GB/s; {phases})")
+                f"in {self.total_seconds:.3f}s ({self.gb_per_s:.2f} GB/s; {phases}{remote})")

@@ -181,7 +181,7 @@ SETTINGS: Dict[str, Setting] = {s.name: s for s in [
             "exponential backoff from 0.1 s up to 5 s", maximum=100),
     Setting("FASTSAFETENSORS_REMOTE_TIMEOUT", "float", 60.0,
             "URLs: seconds one request may take (connecting and reading its body) before it counts as "
-            "failed and is retried", maximum=1e5),
+            "failed and is retried (0: no limit)", maximum=1e5),
     Setting("FASTSAFETENSORS_CONFIG_JSON", "text", None,
             "AutoLoader: its configuration as JSON text (docs/torch.md, AutoLoader); set together with "
             "FASTSAFETENSORS_CONFIG it is an error"),

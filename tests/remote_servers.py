@@ -3,7 +3,8 @@
 Each is a context manager that yields an endpoint URL and always stops what it started:
 
 - ``moto_server()``: moto's standalone S3 server (``python -m moto.server``), yields
-  ``http://127.0.0.1:PORT``; ``s3_client(endpoint)`` and ``upload(endpoint, bucket, files)`` fill it.
+  ``http://127.0.0.1:PORT``; ``s3_client(endpoint)`` and ``upload(endpoint, bucket, files)`` fill it,
+  ``storage_options(endpoint)`` is what ``fastsafetensors.load(..., storage_options=)`` needs for it.
 - ``nginx_server(root)``: nginx serving the directory ``root`` with Range and ETag (plain HTTP),
   yields ``http://127.0.0.1:PORT``; ``nginx_missing()`` says why it cannot run (None when it can).
 - ``FaultProxy(upstream)``: an HTTP proxy in front of either that records every request and injects
@@ -25,12 +26,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-__all__ = ["START_TIMEOUT", "free_port", "moto_server", "s3_client", "upload", "nginx_server", "nginx_missing",
-           "FaultProxy", "Fault", "TEST_CREDENTIALS"]
+__all__ = ["START_TIMEOUT", "free_port", "moto_server", "storage_options", "s3_client", "upload", "nginx_server",
+           "nginx_missing", "FaultProxy", "Fault", "TEST_CREDENTIALS"]
 
 START_TIMEOUT = 30.0
 HOST = "127.0.0.1"
@@ -82,6 +83,12 @@ def moto_server() -> Iterator[str]:
         yield f"http://{HOST}:{port}"
     finally:
         _stop(proc)
+
+
+def storage_options(endpoint: str) -> Dict[str, object]:
+    """``storage_options=`` for fastsafetensors (obstore's keys) reaching moto at ``endpoint``."""
+    return {"endpoint": endpoint, "allow_http": True, "access_key_id": TEST_CREDENTIALS["aws_access_key_id"],
+            "secret_access_key": TEST_CREDENTIALS["aws_secret_access_key"], "region": TEST_CREDENTIALS["aws_region"]}
 
 
 def s3_client(endpoint: str):

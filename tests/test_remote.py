@@ -20,18 +20,14 @@ from fastsafetensors import errors
 from fastsafetensors.files import open_checkpoint
 
 from .helpers import assert_same_tensor, random_tensor, save
-from .remote_servers import TEST_CREDENTIALS, Fault, FaultProxy, moto_server, nginx_missing, nginx_server, upload
+from .remote_servers import (TEST_CREDENTIALS, Fault, FaultProxy, moto_server, nginx_missing, nginx_server,
+                             storage_options, upload)
 
 pytest.importorskip("obstore", reason="the remote tests need obstore (pip install fastsafetensors[remote])")
 pytestmark = pytest.mark.timeout(120)
 
 BUCKET = "ckpt"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _options(endpoint: str) -> dict:
-    return {"endpoint": endpoint, "allow_http": True, "access_key_id": TEST_CREDENTIALS["aws_access_key_id"],
-            "secret_access_key": TEST_CREDENTIALS["aws_secret_access_key"], "region": TEST_CREDENTIALS["aws_region"]}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,8 @@ def local(tmp_path_factory):
                                            for i in range(300)})
     for k in range(3):
         files[f"multi/part-{k}.safetensors"] = save(d / f"part-{k}.safetensors", {
-            f"layer{k}.w": random_tensor("F32", (16, 8 + k), 20 + k), f"layer{k}.b": random_tensor("BF16", (9,), 30 + k)})
+            f"layer{k}.w": random_tensor("F32", (16, 8 + k), 20 + k),
+            f"layer{k}.b": random_tensor("BF16", (9,), 30 + k)})
     weight_map = {}
     for k in range(2):
         name = f"model-0000{k + 1}-of-00002.safetensors"
@@ -66,6 +63,8 @@ def local(tmp_path_factory):
         cut = d / "cut.safetensors"
         cut.write_bytes(f.read()[:-100])
     files["cut/cut.safetensors"] = str(cut)
+    (d / "empty.safetensors").write_bytes(b"")
+    files["cut/empty.safetensors"] = str(d / "empty.safetensors")
     return files
 
 
@@ -100,7 +99,8 @@ def _same(got, want):
 
 def test_one_object_bit_for_bit_and_metrics(local, proxy):
     metrics = fastsafetensors.LoadMetrics()
-    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch", storage_options=_options(proxy.url),
+    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch",
+                               storage_options=storage_options(proxy.url),
                                metrics=metrics)
     _same(got, _expect(local, "one/model.safetensors"))
     size = os.path.getsize(local["one/model.safetensors"])
@@ -109,10 +109,35 @@ def test_one_object_bit_for_bit_and_metrics(local, proxy):
     # The first GET (1 MiB by default) holds the header; the data follows once, nothing else.
     assert metrics.remote_bytes == proxy.body_bytes()
     assert size <= metrics.remote_bytes <= size + (1 << 20)
+    assert f"{metrics.remote_requests} requests, 0 retries" in metrics.summary()
+
+
+class _Bar:
+    """Stands in for the engine's tqdm bar (which draws at most every 0.1 s): counts what it is told."""
+
+    def __init__(self, total):
+        self.total, self.n, self.closed = total, 0, False
+
+    def update(self, n):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_bar_counts_the_bytes(local, proxy, monkeypatch):
+    from fastsafetensors import engine
+
+    bars = []
+    monkeypatch.setattr(engine, "_progress_bar", lambda plan, progress: bars.append(_Bar(plan.total_bytes)) or bars[-1])
+    metrics = fastsafetensors.LoadMetrics()
+    fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url),
+                         progress=True, metrics=metrics)
+    assert len(bars) == 1 and bars[0].closed and bars[0].n == bars[0].total == metrics.bytes_read > 0
 
 
 def test_prefix_list_and_index(local, proxy):
-    opts = _options(proxy.url)
+    opts = storage_options(proxy.url)
     multi = [f"multi/part-{k}.safetensors" for k in range(3)]
     _same(fastsafetensors.load(f"s3://{BUCKET}/multi/", "torch", storage_options=opts), _expect(local, *multi))
     _same(fastsafetensors.load(f"s3://{BUCKET}/multi", "torch", storage_options=opts), _expect(local, *multi))
@@ -128,26 +153,27 @@ def test_prefix_list_and_index(local, proxy):
 def test_names_fetch_only_their_bytes(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "4")
     got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch", names="ids",
-                               storage_options=_options(proxy.url))
+                               storage_options=storage_options(proxy.url))
     _same(got, {"ids": load_file(local["one/model.safetensors"])["ids"]})
     assert proxy.body_bytes() == 4096 + 40  # the first GET, then the 5 int64 of `ids` alone
 
 
 def test_header_larger_than_first_get_takes_a_second(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "1")
-    files = open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=_options(proxy.url))
+    files = open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=storage_options(proxy.url))
     assert files[0].header.header_length > 1024
     assert [r for _, r in proxy.ranges()] == ["bytes=0-1023", f"bytes=1024-{files[0].header.data_start - 1}"]
     proxy.clear()
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "64")
-    open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=_options(proxy.url))
+    open_checkpoint(f"s3://{BUCKET}/wide/wide.safetensors", storage_options=storage_options(proxy.url))
     assert len(proxy.ranges()) == 1
 
 
 def test_big_ranges_split_small_ones_share_a_get(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_CHUNK_MB", "1")
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "1")
-    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch", storage_options=_options(proxy.url))
+    got = fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", "torch",
+                               storage_options=storage_options(proxy.url))
     _same(got, _expect(local, "one/model.safetensors"))
     data = proxy.ranges()[1:]  # after the header's GET
     sizes = [int(r.split("-")[1]) - int(r.split("=")[1].split("-")[0]) + 1 for _, r in data]
@@ -170,6 +196,11 @@ def test_https_style_urls_against_nginx(local, tmp_path_factory):
         _same(fastsafetensors.load(f"{endpoint}/sharded/", "torch"), _expect(local, *shards))
         with pytest.raises(errors.RemoteNotFoundError, match="cannot be listed"):
             fastsafetensors.load(f"{endpoint}/multi/")
+        with pytest.raises(errors.HeaderTooSmall, match="has 0 bytes"):  # nginx answers 416 to its range
+            fastsafetensors.load(f"{endpoint}/cut/empty.safetensors")
+        cli = subprocess.run([sys.executable, "-m", "fastsafetensors", "load", f"{endpoint}/sharded/", "-q"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0 and "4 tensors from 2 file(s)" in cli.stdout, cli.stdout + cli.stderr
         # Rewritten after its header was read: another ETag, so the GETs are refused (412).
         files = open_checkpoint(f"{endpoint}/one/model.safetensors")
         with open(root / "one" / "model.safetensors", "r+b") as f:
@@ -185,7 +216,7 @@ def test_object_replaced_after_its_header_was_read(local, proxy):
 
     url = f"s3://{BUCKET}/replaced/model.safetensors"
     upload(proxy.url, BUCKET, {"replaced/model.safetensors": local["one/model.safetensors"]})
-    files = open_checkpoint(url, storage_options=_options(proxy.url))
+    files = open_checkpoint(url, storage_options=storage_options(proxy.url))
     s3_client(proxy.url).upload_file(local["multi/part-0.safetensors"], BUCKET, "replaced/model.safetensors")
     with pytest.raises(errors.RemoteObjectChangedError, match=url) as info:
         fastsafetensors.api.load_files(files, "torch")
@@ -193,16 +224,28 @@ def test_object_replaced_after_its_header_was_read(local, proxy):
 
 
 @pytest.mark.parametrize("fault", [Fault("status", status=503, times=2), Fault("status", status=500, times=1),
+                                   Fault("status", status=429, times=2),
                                    Fault("drop", times=2), Fault("truncate", times=1),
                                    Fault("delay", seconds=0.2, times=3)], ids=lambda f: f"{f.kind}{f.status}")
 def test_transient_faults_are_retried(local, proxy, fault):
     metrics = fastsafetensors.LoadMetrics()
     expected_retries = 0 if fault.kind == "delay" else fault.times
     proxy.inject(fault)
-    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-1.safetensors", "torch", storage_options=_options(proxy.url),
+    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-1.safetensors", "torch",
+                               storage_options=storage_options(proxy.url),
                                metrics=metrics)
     _same(got, _expect(local, "multi/part-1.safetensors"))
     assert metrics.remote_retries == expected_retries
+
+
+def test_a_request_past_the_timeout_is_retried(local, proxy, monkeypatch):
+    monkeypatch.setenv("FASTSAFETENSORS_REMOTE_TIMEOUT", "0.5")
+    proxy.inject(Fault("delay", seconds=2.0, times=1))
+    metrics = fastsafetensors.LoadMetrics()
+    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", "torch",
+                               storage_options=storage_options(proxy.url), metrics=metrics)
+    _same(got, _expect(local, "multi/part-0.safetensors"))
+    assert metrics.remote_retries == 1
 
 
 @pytest.mark.parametrize("kind,status,error", [
@@ -215,7 +258,7 @@ def test_persistent_faults_raise_typed_errors(proxy, monkeypatch, kind, status, 
     proxy.inject(Fault(kind, status=status, times=1000))
     metrics = fastsafetensors.LoadMetrics()
     with pytest.raises(error, match=url) as info:
-        fastsafetensors.load(url, "torch", storage_options=_options(proxy.url), metrics=metrics)
+        fastsafetensors.load(url, "torch", storage_options=storage_options(proxy.url), metrics=metrics)
     assert info.value.filename == url
     retried = error in (errors.RemoteReadError, errors.ReadError)
     assert metrics.remote_retries == (2 if retried else 0)
@@ -229,13 +272,13 @@ def test_fault_mid_load_returns_nothing(local, proxy, monkeypatch):
     live = fastsafetensors.cpp.host_live_bytes()
     proxy.inject(Fault("truncate", times=1000, match=lambda m, p, h: "bytes=0-" not in h.get("Range", "")))
     with pytest.raises(errors.ReadError, match=f"s3://{BUCKET}/one/model.safetensors"):
-        fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=_options(proxy.url))
+        fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url))
     assert fastsafetensors.cpp.host_live_bytes() <= live
 
 
 def test_missing_objects_and_buckets(proxy):
-    opts = _options(proxy.url)
-    for url in (f"s3://{BUCKET}/one/nothing.safetensors", f"s3://no-such-bucket/x.safetensors"):
+    opts = storage_options(proxy.url)
+    for url in (f"s3://{BUCKET}/one/nothing.safetensors", "s3://no-such-bucket/x.safetensors"):
         with pytest.raises(errors.RemoteNotFoundError, match=url) as info:
             fastsafetensors.load(url, storage_options=opts)
         assert isinstance(info.value, FileNotFoundError)
@@ -243,15 +286,16 @@ def test_missing_objects_and_buckets(proxy):
         fastsafetensors.load(f"s3://{BUCKET}/nothing-here/", storage_options=opts)
 
 
-def test_truncated_object_is_a_format_error(proxy):
-    url = f"s3://{BUCKET}/cut/cut.safetensors"
-    with pytest.raises(errors.SafeTensorsError, match=url):
-        fastsafetensors.load(url, storage_options=_options(proxy.url))
+@pytest.mark.parametrize("name,error", [("cut", errors.SafeTensorsError), ("empty", errors.HeaderTooSmall)])
+def test_truncated_or_empty_object_is_a_format_error(proxy, name, error):
+    url = f"s3://{BUCKET}/cut/{name}.safetensors"
+    with pytest.raises(error, match=url):
+        fastsafetensors.load(url, storage_options=storage_options(proxy.url))
 
 
 def test_index_entries_stay_under_the_prefix(proxy):
     with pytest.raises(errors.IndexPathError, match="not inside"):
-        fastsafetensors.load(f"s3://{BUCKET}/sharded-bad/", storage_options=_options(proxy.url))
+        fastsafetensors.load(f"s3://{BUCKET}/sharded-bad/", storage_options=storage_options(proxy.url))
 
 
 @pytest.mark.parametrize("url,match", [
@@ -278,13 +322,14 @@ def test_secrets_never_in_errors_or_logs(proxy, caplog):
     caplog.set_level(logging.DEBUG)
     proxy.inject(Fault("status", status=403, times=10))
     with pytest.raises(errors.RemoteAccessDeniedError) as denied:
-        fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", storage_options=_options(proxy.url))
+        fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", storage_options=storage_options(proxy.url))
     with pytest.raises(errors.UnsupportedURLError) as bad_option:
         fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors",
-                             storage_options={**_options(proxy.url), "no_such_option": secret})
+                             storage_options={**storage_options(proxy.url), "no_such_option": secret})
     ok = fastsafetensors.LoadMetrics()
     proxy.clear()
-    fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", storage_options=_options(proxy.url), metrics=ok)
+    fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors",
+                         storage_options=storage_options(proxy.url), metrics=ok)
     for exc in (denied.value, bad_option.value):
         shown = f"{exc} {exc!r} {exc.__cause__!r}"
         assert secret not in shown and TEST_CREDENTIALS["aws_access_key_id"] not in shown
@@ -292,11 +337,16 @@ def test_secrets_never_in_errors_or_logs(proxy, caplog):
 
 
 def test_03_loaders_refuse_urls():
-    from fastsafetensors import SafeTensorsFileLoader
+    from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, fastsafe_open
 
+    url = f"s3://{BUCKET}/one/model.safetensors"
     loader = SafeTensorsFileLoader(None, "cpu", framework="pytorch")
     with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
-        loader.add_filenames({0: [f"s3://{BUCKET}/one/model.safetensors"]})
+        loader.add_filenames({0: [url]})
+    with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
+        fastsafe_open([url])
+    with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
+        ParallelLoader(None, [url])
 
 
 def test_no_obstore_import_until_a_url_and_a_typed_error_without_it():
@@ -319,9 +369,38 @@ def test_jax_sharded_load_reads_each_device_shard(local, proxy):
     mesh = Mesh(devices, ("d",))
     url = f"s3://{BUCKET}/one/model.safetensors"
     metrics = fj.JaxLoadMetrics()
-    out = fj.load(url, {"big": NamedSharding(mesh, P("d", None))}, storage_options=_options(proxy.url),
+    out = fj.load(url, {"big": NamedSharding(mesh, P("d", None))}, storage_options=storage_options(proxy.url),
                   metrics=metrics)
     ref = load_file(local["one/model.safetensors"])["big"].numpy()
     for shard in out["big"].addressable_shards:
         assert shard.data.tobytes() == ref[shard.index].tobytes()
     assert metrics.remote_bytes <= ref.nbytes + (1 << 20)  # the header GET plus `big` once
+
+
+def test_plan_gets_split_merge_and_gaps():
+    from fastsafetensors.cpp import ReadRange
+    from fastsafetensors.remote.reader import plan_gets
+
+    ranges = [ReadRange(0, 0, 100, 10, 0), ReadRange(0, 1, 0, 50, 0),  # out of order: sorted by offset
+              ReadRange(0, 0, 115, 30, 10),  # 5 bytes after the first: shares its GET (gap 8)
+              ReadRange(0, 0, 200, 10, 40),  # 55 bytes on: a GET of its own
+              ReadRange(1, 0, 0, 25, 0)]  # another object: another GET, split at the chunk of 16
+    gets = plan_gets(ranges, chunk=16 * 10, gap=8)
+    assert [(g.file, g.start, g.end) for g in gets] == [(0, 0, 50), (0, 100, 145), (0, 200, 210), (1, 0, 25)]
+    assert gets[1].parts == [(100, 10, 0, 0), (115, 30, 0, 10)]
+    small = plan_gets(ranges, chunk=16, gap=8)
+    assert max(g.end - g.start for g in small) == 16
+    assert sum(g.wanted for g in small) == sum(r.length for r in ranges)
+    # A range cut across GETs lands contiguously in its destination.
+    big = [p for g in small for p in g.parts if p[2] == 1 and g.file == 0]
+    assert [(p[0], p[3]) for p in big] == [(0, 0), (16, 16), (32, 32), (48, 48)]
+
+
+@pytest.mark.parametrize("argv,match", [(["inspect", "s3://bucket/x.safetensors"], "read local files"),
+                                        (["verify", "s3://bucket/x.safetensors"], "read local files"),
+                                        (["load", "ftp://bucket/x.safetensors"], "unsupported URL scheme")])
+def test_command_line_says_what_it_does_with_urls(argv, match, capsys):
+    from fastsafetensors.cli import main
+
+    assert main(argv) == 1
+    assert match in capsys.readouterr().err

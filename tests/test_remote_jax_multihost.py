@@ -29,14 +29,12 @@ def worker(url: str, endpoint: str, port: int, process_id: int, result: str, ref
     from safetensors.numpy import load_file
 
     import fastsafetensors.jax as fj
-    from tests.remote_servers import TEST_CREDENTIALS
+    from tests.remote_servers import storage_options
 
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("p", "d"))
     metrics = fj.JaxLoadMetrics()
-    options = {"endpoint": endpoint, "allow_http": True, "access_key_id": TEST_CREDENTIALS["aws_access_key_id"],
-               "secret_access_key": TEST_CREDENTIALS["aws_secret_access_key"], "region": "us-east-1"}
     out = fj.load(url, mesh=mesh, rules=[(f"^{k}$", P(*v)) for k, v in SPECS.items()], metrics=metrics,
-                  storage_options=options)
+                  storage_options=storage_options(endpoint))
     ref = load_file(ref_path)
     mismatches = [f"{name} {s.index}" for name, arr in out.items() for s in arr.addressable_shards
                   if np.asarray(s.data).tobytes() != np.ascontiguousarray(ref[name][s.index]).tobytes()]

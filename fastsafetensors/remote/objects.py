@@ -13,7 +13,7 @@ from .. import cpp, settings
 from ..errors import RemoteNotFoundError, SafeTensorsError, UnsupportedURLError
 from ..files import INDEX_SUFFIX, SafeTensorsFile, parse_index
 from ..metrics import LoadMetrics
-from .requests import Counters, ShortBody, call
+from .requests import Counters, ShortBody, call, range_refused
 from .store import obstore_module, store_for
 from .urls import ObjectURL, is_url, parse_url
 
@@ -90,7 +90,14 @@ def _first_get(url: ObjectURL, store: Any, counters: Counters) -> Tuple[RemoteOb
     want = settings.get("FASTSAFETENSORS_REMOTE_HEADER_KB") << 10
 
     def request():
-        result = obstore.get(store, url.key, options={"range": (0, want)})
+        try:
+            result = obstore.get(store, url.key, options={"range": (0, want)})
+        except Exception as exc:
+            # An empty object has no range to give; the parser refuses it as it refuses an empty file.
+            meta = obstore.head(store, url.key) if range_refused(exc) else None
+            if meta is None or meta["size"]:
+                raise
+            return meta, b""
         data = result.bytes()
         if len(data) != min(want, result.meta["size"]):
             raise ShortBody(f"{len(data)} of {min(want, result.meta['size'])} bytes")
@@ -185,7 +192,8 @@ def _resolve(spec: Union[str, Iterable[str]], storage_options: Optional[Mapping[
 
 
 def open_remote_checkpoint(spec: Union[str, Iterable[str]], storage_options: Optional[Mapping[str, Any]] = None,
-                           metrics: Optional[LoadMetrics] = None) -> Tuple[List[SafeTensorsFile], Optional[Dict[str, str]]]:
+                           metrics: Optional[LoadMetrics] = None
+                           ) -> Tuple[List[SafeTensorsFile], Optional[Dict[str, str]]]:
     """Headers of every object a URL (an object, a prefix, an index) or a list of object URLs names,
     and the index's weight map (tensor -> URL) when there is one."""
     counters = Counters()

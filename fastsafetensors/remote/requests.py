@@ -20,7 +20,7 @@ from ..errors import (RemoteAccessDeniedError, RemoteNotFoundError, RemoteObject
                       TruncatedFileError)
 from .store import obstore_module
 
-__all__ = ["Counters", "ShortBody", "call"]
+__all__ = ["Counters", "ShortBody", "call", "range_refused"]
 
 T = TypeVar("T")
 _STATUS = re.compile(r"status code: (\d{3})")
@@ -53,6 +53,11 @@ def _status(exc: BaseException) -> Optional[int]:
     return int(found.group(1)) if found else None
 
 
+def range_refused(exc: BaseException) -> bool:
+    """Whether a ranged GET failed because the object has no such range (HTTP 416: it is empty)."""
+    return isinstance(exc, obstore_module().exceptions.NotSupportedError) or _status(exc) == 416
+
+
 def _final_error(exc: BaseException, url: str, offset: Optional[int]) -> Optional[Exception]:
     """The typed error for a failure no retry can help, else None."""
     exceptions = obstore_module().exceptions
@@ -65,6 +70,9 @@ def _final_error(exc: BaseException, url: str, offset: Optional[int]) -> Optiona
     if isinstance(exc, exceptions.PreconditionError) or status == 412:
         return RemoteObjectChangedError(f"{url}: the object was replaced after its header was read (its ETag no "
                                         "longer matches): load it again", filename=url, offset=offset)
+    if isinstance(exc, exceptions.NotSupportedError):
+        return RemoteReadError(f"{url}: the server does not answer this request ({type(exc).__name__})",
+                               filename=url, offset=offset)
     if status is not None and 400 <= status < 500 and status not in (408, 429):
         return RemoteReadError(f"{url}: the server refused the request (HTTP {status})", filename=url, offset=offset)
     return None

@@ -44,7 +44,7 @@ def check_storage_options(storage_options: Any) -> Dict[str, Any]:
 
 def _client_options(url: ObjectURL, options: Dict[str, Any]) -> Dict[str, Any]:
     timeout = settings.get("FASTSAFETENSORS_REMOTE_TIMEOUT")
-    out: Dict[str, Any] = {"timeout": f"{timeout}s", "connect_timeout": f"{min(timeout, 10.0)}s"}
+    out: Dict[str, Any] = {"timeout": f"{timeout}s", "connect_timeout": f"{min(timeout, 10.0)}s"} if timeout else {}
     if url.scheme == "http":  # parse_url let it through: a loopback server
         out["allow_http"] = True
     out.update({k: v for k, v in options.items() if k in _CLIENT_KEYS})
@@ -52,15 +52,14 @@ def _client_options(url: ObjectURL, options: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _build(url: ObjectURL, options: Dict[str, Any]) -> Any:
+def _build(url: ObjectURL, options: Dict[str, Any], client_options: Dict[str, Any]) -> Any:
     obstore = obstore_module()
     from obstore.store import from_url
 
     config = {k: v for k, v in options.items() if k not in _CLIENT_KEYS and k != "client_options"}
     try:
         # Retries are ours (requests.py): bounded, with backoff, and counted in LoadMetrics.
-        return from_url(url.root, client_options=_client_options(url, options), retry_config={"max_retries": 0},
-                        **config)
+        return from_url(url.root, client_options=client_options, retry_config={"max_retries": 0}, **config)
     except obstore.exceptions.BaseError as exc:
         # obstore's message may quote a value (a key); only the option names are shown.
         raise UnsupportedURLError(f"{url.root}: the {url.scheme}:// store refused its configuration "
@@ -68,15 +67,17 @@ def _build(url: ObjectURL, options: Dict[str, Any]) -> Any:
 
 
 def store_for(url: ObjectURL, storage_options: Optional[Mapping[str, Any]] = None) -> Any:
-    """The store of ``url``'s bucket or server with these options, built once and reused."""
+    """The store of ``url``'s bucket or server with these options (and the timeout in effect), built
+    once and reused."""
     options = check_storage_options(storage_options)
-    key = (url.root, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    client_options = _client_options(url, options)
+    key = (url.root, tuple(sorted((k, repr(v)) for k, v in {**options, **client_options}.items())))
     with _lock:
         store = _stores.get(key)
         if store is not None:
             _stores.move_to_end(key)
             return store
-    store = _build(url, options)
+    store = _build(url, options, client_options)
     with _lock:
         _stores[key] = store
         while len(_stores) > _CACHED_STORES:
