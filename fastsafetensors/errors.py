@@ -47,6 +47,12 @@ __all__ = [
     "ConfigError",
     "ConfigFileNotFoundError",
     "BudgetInfeasibleError",
+    "UnsupportedURLError",
+    "RemoteUnavailableError",
+    "RemoteNotFoundError",
+    "RemoteAccessDeniedError",
+    "RemoteReadError",
+    "RemoteObjectChangedError",
 ]
 
 
@@ -249,3 +255,32 @@ class BudgetInfeasibleError(FastSafeTensorsError, ValueError):
         self.filename = filename
         self.tensor = tensor
         self.required = required
+
+
+class UnsupportedURLError(FastSafeTensorsError, ValueError):
+    """A checkpoint URL this package cannot load: an unknown scheme, ``http://`` to a host other than
+    the loopback one, or a URL where a loader takes only local files (docs/remote.md)."""
+
+
+class RemoteUnavailableError(FastSafeTensorsError, ImportError):
+    """A URL was given but the object-store client (``obstore``) is not installed:
+    ``pip install fastsafetensors[remote]``."""
+
+
+class RemoteNotFoundError(MissingFileError):
+    """An object or bucket a checkpoint URL names does not exist (HTTP 404); ``filename`` is the URL."""
+
+
+class RemoteAccessDeniedError(ReadError, PermissionError):
+    """The object store refused a request (HTTP 401/403): missing or wrong credentials, or no
+    permission on the bucket or object. The message names the URL, never the credentials."""
+
+
+class RemoteReadError(ReadError):
+    """A ranged GET failed after its bounded retries (5xx, throttling, a connection dropped or a body
+    cut short every time); ``filename`` is the URL and ``offset`` where the failed range starts."""
+
+
+class RemoteObjectChangedError(FileChangedError):
+    """An object was replaced after its header was read (its ETag or version no longer matches, or its
+    size changed): nothing laid out by the old header is read from it."""

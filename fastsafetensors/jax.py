@@ -90,11 +90,13 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
          names: Union[str, Iterable[str], None] = None, dtype: Any = None, strategy: str = "auto",
          metrics: Optional[JaxLoadMetrics] = None, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None,
-         transforms: Optional[Transforms] = None) -> Dict[str, Any]:
+         transforms: Optional[Transforms] = None,
+         storage_options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Loads a checkpoint into ``{name: jax.Array}``, each placed by its sharding.
 
     Args:
-        paths: a ``.safetensors`` file, a list of them, a directory, or an ``*.index.json``.
+        paths: a ``.safetensors`` file, a list of them, a directory, or an ``*.index.json``; or the
+            same as URLs (docs/remote.md): each process GETs only the byte ranges of its shards.
         sharding: where tensors go: None (the first local device, or replicated over ``mesh``),
             one ``Sharding`` or ``jax.Device`` for all, a mapping name -> ``Sharding``, or an abstract
             pytree of ``jax.ShapeDtypeStruct(shape, dtype, sharding=...)`` whose dotted paths are the
@@ -108,7 +110,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
         strategy: "per_device" (read each host's shards only), "scatter" (read whole tensors once,
             distribute with a jitted identity), or "auto" (per_device; see docs/jax.md).
         metrics: a :class:`JaxLoadMetrics` to fill in.
-        threads, direct_io, progress: as for :func:`fastsafetensors.load`.
+        threads, direct_io, progress, storage_options: as for :func:`fastsafetensors.load`.
         transforms: target leaves built from checkpoint tensors (``rename`` rules and/or a mapping
             leaf -> expression of ``src``, ``transpose``, ``reshape``, ``concat``, ``stack``,
             ``slice_``, ``astype``); the result's names are the leaves. Each host reads only the
@@ -123,7 +125,7 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
     check_flag(progress, "progress", optional=True)
     metrics.process_index = jax.process_index()
     with metrics.phase("headers"):
-        files = open_checkpoint(paths)
+        files = open_checkpoint(paths, storage_options=storage_options, metrics=metrics)
     placer = placement.Placer(sharding, mesh, rules)
     read_options = {"threads": threads, "progress": progress,
                     "direct_io": _direct_io_default() if direct_io is None else direct_io}

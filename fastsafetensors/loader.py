@@ -19,8 +19,9 @@ from ._src.distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchan
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
-from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound
+from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound, UnsupportedURLError
 from ._src.files import PathLike, SafeTensorsFile, read_headers
+from .remote.urls import is_url
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
 from ._src.plan import LoadPlan, align_up, name_list, plan_load
@@ -391,6 +392,11 @@ class SafeTensorsFileLoader:
         files = {int(r): list(fs) for r, fs in self._files.items()}
         for rank, paths in filenames.items():
             paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # a path is one file
+            url = next((p for p in paths if is_url(p)), None)
+            if url is not None:
+                raise UnsupportedURLError(f"{url}: the 0.3 loaders (SafeTensorsFileLoader, fastsafe_open, "
+                                          "ParallelLoader) read local files only; load URLs with "
+                                          "fastsafetensors.load or fastsafetensors.jax.load (docs/remote.md)")
             files.setdefault(int(rank), []).extend(read_headers(paths))
         self._catalog = build_catalog(files)
         self._files = files

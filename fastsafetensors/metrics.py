@@ -30,6 +30,11 @@ class LoadMetrics:
     reused_bytes: int = 0
     # mmap=True: bytes of bytes_read that are views of the files' mappings (nothing copied).
     mapped_bytes: int = 0
+    # URLs: bytes received (headers, wanted ranges and the gaps fetched between them), ranged GETs
+    # and HEADs sent (retries included), and retries of failed requests.
+    remote_bytes: int = 0
+    remote_requests: int = 0
+    remote_retries: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -73,5 +78,7 @@ class LoadMetrics:
 
     def summary(self) -> str:
         phases = ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items())
+        remote = (f"; {self.remote_requests} requests, {self.remote_retries} retries, "
+                  f"{self.remote_bytes / 1e9:.3f} GB received" if self.remote_requests else "")
         return (f"{self.tensors} tensors from {self.files} file(s), {self.bytes_read / 1e9:.3f} GB "
-                f"in {self.total_seconds:.3f}s ({self.gb_per_s:.2f} GB/s; {phases})")
+                f"in {self.total_seconds:.3f}s ({self.gb_per_s:.2f} GB/s; {phases}{remote})")

@@ -164,6 +164,24 @@ SETTINGS: Dict[str, Setting] = {s.name: s for s in [
     Setting("FASTSAFETENSORS_PIN", "choice", "register",
             "GPU loads: staging memory pinned by registering huge pages (register) or with cudaHostAlloc "
             "(alloc)", choices=("register", "alloc"), engine=True),
+    Setting("FASTSAFETENSORS_REMOTE_HEADER_KB", "int", 1024,
+            "URLs: bytes of the first ranged GET, which holds the header unless it is larger (then a "
+            "second GET fetches the rest), in KiB (docs/remote.md)", minimum=1, maximum=1 << 20),
+    Setting("FASTSAFETENSORS_REMOTE_CHUNK_MB", "int", 16,
+            "URLs: bytes one ranged GET asks for at most, in MiB (bigger ranges are split, neighbouring "
+            "small ones share one GET)", minimum=1, maximum=1 << 12),
+    Setting("FASTSAFETENSORS_REMOTE_CONCURRENCY", "int", 16,
+            "URLs: ranged GETs in flight at once; bytes in flight are at most this times the chunk size",
+            minimum=1, maximum=256),
+    Setting("FASTSAFETENSORS_REMOTE_GAP_KB", "int", 64,
+            "URLs: unwanted bytes between two wanted ranges that one GET still fetches (and drops) rather "
+            "than making two requests, in KiB", maximum=1 << 20),
+    Setting("FASTSAFETENSORS_REMOTE_RETRIES", "int", 5,
+            "URLs: retries of a failed GET (5xx, throttling, a dropped connection, a short body), with "
+            "exponential backoff from 0.1 s up to 5 s", maximum=100),
+    Setting("FASTSAFETENSORS_REMOTE_TIMEOUT", "float", 60.0,
+            "URLs: seconds one request may take (connecting and reading its body) before it counts as "
+            "failed and is retried (0: no limit)", maximum=1e5),
     Setting("FASTSAFETENSORS_CONFIG_JSON", "text", None,
             "AutoLoader: its configuration as JSON text (docs/torch.md, AutoLoader); set together with "
             "FASTSAFETENSORS_CONFIG it is an error"),

@@ -166,6 +166,19 @@ PYBIND11_MODULE(_cpp, m) {
         return rows;
       },
       "Every safetensors dtype as (name, bits, DLPack type code or None where it travels as bytes).");
+  m.def(
+      "parse_header_bytes",
+      [](py::bytes prefix, uint64_t file_size) {
+        std::string_view s = prefix;
+        auto* p = reinterpret_cast<const uint8_t*>(s.data());
+        uint64_t n = parse_header_length(p, s.size(), file_size);
+        if (s.size() < 8 + n) throw py::value_error("parse_header_bytes: the prefix ends before the header does");
+        py::gil_scoped_release nogil;
+        return parse_header(s.substr(8, n), file_size);
+      },
+      py::arg("prefix"), py::arg("file_size"),
+      "Validate the header of a file of `file_size` bytes from its first bytes (at least 8 + the "
+      "header length; remote objects fetch these with a ranged GET). The same checks as read_header.");
 
   py::class_<ReadRange>(m, "ReadRange")
       .def(py::init([](uint32_t file, uint32_t dst, uint64_t file_offset, uint64_t length, uint64_t dst_offset) {
@@ -228,6 +241,7 @@ PYBIND11_MODULE(_cpp, m) {
   m.def("bytes_per_file", &bytes_per_file, py::arg("ranges"), py::arg("files"),
         "Bytes the ranges read from each of `files` file indices, as a list indexed by file.");
   m.attr("TENSOR_ALIGNMENT") = kTensorAlignment;
+  m.attr("MAX_HEADER_LENGTH") = kMaxHeaderLength;
 
   py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer")
       .def_property_readonly("data_ptr", [](Buffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })

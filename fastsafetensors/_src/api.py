@@ -94,13 +94,17 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     check_options(threads, raw, direct_io, progress, verify, mmap)
     fw = get_framework(framework)
     target = Device.from_str(device)
+    remote = any(f.remote is not None for f in files)
+    if remote and (mmap or verify or sha256 is not None):
+        raise ValueError(f"{files[0].path}: mmap=/verify=/sha256= work on local files; a URL is read with "
+                         "ranged GETs: load it without them")
     if mmap:
         return _load_mapped(files, fw, target, names=names, dtype=dtype, raw=raw, threads=threads,
                             direct_io=direct_io, verify=verify or sha256 is not None, metrics=metrics)
     with metrics.phase("plan"):
         plan = plan_load(files, names)
         check_dtypes(plan, fw, dtype, raw)
-    if target.is_cpu:
+    if target.is_cpu or remote:  # URLs reach a GPU through host memory (instantiate moves them)
         checking = verify or sha256 is not None
         expected = integrity.expected_digests([f.path for f in files], sha256) if checking else None
         buffers = read_into_host(plan, threads=threads, progress=progress, metrics=metrics,
@@ -159,13 +163,15 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
          dtype: Any = None, raw: bool = False, threads: Optional[int] = None,
          direct_io: Optional[bool] = None, progress: Optional[bool] = None,
          metrics: Optional[LoadMetrics] = None, verify: bool = False,
-         sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False) -> Dict[str, Any]:
+         sha256: Optional[Mapping[PathLike, str]] = None, mmap: bool = False,
+         storage_options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Loads a checkpoint into a ``{name: array}`` dict.
 
     Args:
         path_or_paths: a ``.safetensors`` file, a list of them, a directory, or a
             ``model.safetensors.index.json`` (each file is checked to hold the tensors the index
-            names).
+            names). Or the same as URLs (``s3://``, ``gs://``, ``az://``, ``https://``; a prefix
+            is a directory), read with concurrent ranged GETs (docs/remote.md).
         framework: "numpy"/"np", "torch"/"pt"/"pytorch", "jax" or "cupy".
         device: "cpu", "cuda" or "cuda:N" (read straight into GPU memory the framework
             allocates; FASTSAFETENSORS_GDS=auto|direct reads files outside the page cache with cuFile).
@@ -187,6 +193,9 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
             rewritten while its tensors live changes them or makes touching them fault (SIGBUS).
             Misaligned tensors are read as usual. Nothing is read up front, so no progress bar
             shows, and ``direct_io=True`` (no page cache) is refused. See :mod:`fastsafetensors._src.mapping`.
+        storage_options: URLs only: the object store's configuration (endpoint, region, credentials,
+            ``allow_http``, ...) on top of its standard environment variables; never logged.
+            For URLs, ``threads`` is the number of ranged GETs in flight.
 
     Tensors own their memory: they stay valid however long they are kept.
 
@@ -198,7 +207,7 @@ def load(path_or_paths: Union[PathLike, Iterable[PathLike]], framework: Union[st
     metrics = LoadMetrics.given(metrics)
     check_options(threads, raw, direct_io, progress, verify, mmap)  # before any file is opened
     with metrics.phase("headers"):
-        files = open_checkpoint(path_or_paths)
+        files = open_checkpoint(path_or_paths, storage_options=storage_options, metrics=metrics)
     return load_files(files, framework, names=names, device=device, dtype=dtype, raw=raw, threads=threads,
                       direct_io=direct_io, progress=progress, metrics=metrics, verify=verify, sha256=sha256,
                       mmap=mmap)

@@ -18,11 +18,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import __version__, integrity, settings
 from . import api
 from .engine import MAX_THREADS, check_threads
-from ..errors import SafeTensorsError, SettingsError
+from ..errors import RemoteUnavailableError, SafeTensorsError, SettingsError, UnsupportedURLError
 from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
 from ..frameworks import canonical_name
 from ..metrics import LoadMetrics
 from .plan import plan_load
+from ..remote.urls import is_url
 
 __all__ = ["main"]
 
@@ -35,6 +36,10 @@ def _checkpoint(paths: Sequence[str]):
 
 
 def _resolve(paths: Sequence[str]) -> Tuple[List[str], Optional[Dict[str, str]]]:
+    url = next((p for p in paths if is_url(p)), None)
+    if url is not None:  # else it would be looked for as a local file, and "not found"
+        raise UnsupportedURLError(f"{url}: inspect, verify and bench read local files; `fastsafetensors load` "
+                                  "takes URLs (docs/remote.md)")
     return resolve_checkpoint(_checkpoint(paths))
 
 
@@ -371,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (SafeTensorsError, SettingsError, OSError) as exc:
+    except (SafeTensorsError, SettingsError, OSError, UnsupportedURLError, RemoteUnavailableError) as exc:
         _say(f"fastsafetensors {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:

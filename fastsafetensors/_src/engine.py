@@ -134,7 +134,8 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
     """Allocates one host buffer per planned file (unless ``buffers`` are given to reuse) and reads
     every range into its buffer."""
     metrics = metrics if metrics is not None else LoadMetrics()
-    reader = get_reader(threads)
+    remote = is_remote(plan)
+    reader = None if remote else get_reader(threads)
     owned = buffers is None
     if owned:
         buffers = []
@@ -145,13 +146,16 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
                 for size, label in zip(plan.buffer_sizes, _buffer_labels(plan)):
                     buffers.append(_allocate(size, label))
                     metrics.reused_bytes += size if buffers[-1].reused else 0
-        sources = plan.sources()
+        sources = None if remote else plan.sources()
         bar = _progress_bar(plan, progress)
         with metrics.phase("read"):
-            stats = reader.read(sources, plan.ranges, buffers, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
-                                on_batch=bar.update if bar is not None else None)
-            metrics.count_host_reads(stats)
-            per_file = stats["bytes_per_file"]
+            if remote:
+                per_file = _read_remote(plan, buffers, threads, direct_io, bar, metrics)
+            else:
+                stats = reader.read(sources, plan.ranges, buffers, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
+                                    on_batch=bar.update if bar is not None else None)
+                metrics.count_host_reads(stats)
+                per_file = stats["bytes_per_file"]
     except BaseException:
         # Nothing of a failed load is handed back, and the traceback must not keep it alive.
         if owned:
@@ -163,6 +167,35 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
     metrics.files += len(plan.files)
     total = sum(per_file)
     metrics.count_files([f.path for f in plan.files], per_file)
-    logger.debug("read %d bytes from %d file(s) with %d threads (%d bytes into reused memory)", total,
-                 len(plan.files), reader.threads, metrics.reused_bytes)
+    logger.debug("read %d bytes from %d %s with %s (%d bytes into reused memory)", total, len(plan.files),
+                 "object(s)" if remote else "file(s)", "ranged GETs" if remote else f"{reader.threads} threads",
+                 metrics.reused_bytes)
     return buffers
+
+
+def is_remote(plan: LoadPlan) -> bool:
+    """Whether a plan reads objects in a store (URLs) rather than files; a load is one or the other."""
+    remote = [f.remote is not None for f in plan.files]
+    if any(remote) and not all(remote):
+        raise ValueError("a load reads either local files or URLs, not both: load them separately")
+    return any(remote)
+
+
+def _read_remote(plan: LoadPlan, buffers: List["_cpp.Buffer"], threads: Optional[int], direct_io: bool, bar,
+                 metrics: LoadMetrics) -> List[int]:
+    """The plan's ranges as ranged GETs (fastsafetensors.remote.reader); ``threads`` GETs at once."""
+    if direct_io:
+        raise ValueError("direct_io=True (or FASTSAFETENSORS_ODIRECT=1) reads files outside the page cache; a "
+                         "URL has no page cache: load it with direct_io=False")
+    from ..remote.objects import add_counters
+    from ..remote.reader import read_ranges
+    from ..remote.requests import Counters
+
+    counters = Counters()
+    try:
+        per_file, gap = read_ranges(plan, buffers, counters, concurrency=check_threads(threads),
+                                    on_bytes=bar.update if bar is not None else None)
+    finally:  # a failed load's requests and retries are counted too
+        add_counters(metrics, counters)
+    metrics.gap_bytes += gap
+    return per_file

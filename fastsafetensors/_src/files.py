@@ -8,13 +8,18 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import _cpp
+from .remote.urls import is_url
 from ..errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError,
                      TensorNotFound)
 
 __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_checkpoint", "open_checkpoint", "PathLike"]
+
+if TYPE_CHECKING:
+    from ..metrics import LoadMetrics
+    from ..remote.objects import RemoteObject
 
 PathLike = Union[str, os.PathLike]
 INDEX_SUFFIX = ".index.json"
@@ -28,6 +33,8 @@ class SafeTensorsFile:
     header: "_cpp.Header"
     infos: List["_cpp.TensorInfo"] = field(repr=False)  # header order
     tensors: Dict[str, "_cpp.TensorInfo"] = field(repr=False)
+    # An object in a store (``path`` is then its URL): where later ranged GETs go, pinned to its ETag.
+    remote: Optional["RemoteObject"] = field(default=None, repr=False)
 
     @property
     def metadata(self) -> Optional[Dict[str, str]]:
@@ -64,6 +71,14 @@ def read_headers(paths: Sequence[PathLike]) -> List[SafeTensorsFile]:
         return list(pool.map(read_file_header, paths))
     finally:  # the first bad file ends the call: headers not yet started are not read
         pool.shutdown(cancel_futures=True)
+
+
+def names_urls(path_or_paths: Any) -> bool:
+    """Whether a checkpoint argument names URLs: a URL, or a list holding one (a list may not mix
+    URLs and local paths; remote.objects refuses that)."""
+    if isinstance(path_or_paths, (str, os.PathLike)):
+        return is_url(path_or_paths)
+    return isinstance(path_or_paths, (list, tuple)) and any(is_url(p) for p in path_or_paths)
 
 
 def _index_entry_path(index_path: str, base: str, name: str, entry: object) -> str:
@@ -115,8 +130,21 @@ def _unique_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
 
 
 def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
+    files, by_name = parse_index(index_path, lambda: _open_regular(index_path),
+                                 os.path.abspath(os.path.dirname(index_path)))
+    for path in files:  # every shard is there before any header is read (an index may name millions)
+        if not os.path.exists(path):
+            base = os.path.dirname(os.path.abspath(index_path))
+            raise MissingFileError(f"{index_path} names {os.path.relpath(path, base)!r}, which does not exist",
+                                   filename=path, errno=errno.ENOENT)
+    return files, by_name
+
+
+def parse_index(index_path: str, open_text: Callable[[], IO[str]], base: str) -> Tuple[List[str], Dict[str, str]]:
+    """An index's shards (sorted) and weight map, its entries resolved inside ``base`` (the index's
+    directory: a local one, or an object prefix as ``/key/prefix``)."""
     try:
-        with _open_regular(index_path) as f:
+        with open_text() as f:
             index = json.load(f, object_pairs_hook=_unique_keys)
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
@@ -128,7 +156,6 @@ def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
                             filename=index_path) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IndexMismatch(f"{index_path}: not a usable index file: {exc}", filename=index_path) from exc
-    base = os.path.abspath(os.path.dirname(index_path))
     resolved: Dict[str, str] = {}  # every tensor of a shard names it: each entry is checked once
     by_name = {}
     for name, entry in weight_map.items():
@@ -136,12 +163,7 @@ def _read_index(index_path: str) -> Tuple[List[str], Dict[str, str]]:
         if path is None:
             path = resolved[entry] = _index_entry_path(index_path, base, name, entry)  # raises unless a str
         by_name[name] = path
-    files = sorted(set(by_name.values()))
-    for path in files:  # every shard is there before any header is read (an index may name millions)
-        if not os.path.exists(path):
-            raise MissingFileError(f"{index_path} names {os.path.relpath(path, base)!r}, which does not exist",
-                                   filename=path, errno=errno.ENOENT)
-    return files, by_name
+    return sorted(set(by_name.values())), by_name
 
 
 def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tuple[List[str], Optional[Dict[str, str]]]:
@@ -172,10 +194,15 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
     return files, None
 
 
+def _identity(path: str) -> str:
+    """What makes two names of a shard the same shard: the real path of a file, a URL as it is."""
+    return path if is_url(path) else os.path.realpath(path)
+
+
 def check_index(files: Sequence[SafeTensorsFile], weight_map: Mapping[str, str]) -> None:
     """Every tensor the index names must be in the file it names, and no file may hold more."""
-    by_path = {os.path.realpath(f.path): f for f in files}
-    real = {path: os.path.realpath(path) for path in set(weight_map.values())}  # one per shard, not per tensor
+    by_path = {_identity(f.path): f for f in files}
+    real = {path: _identity(path) for path in set(weight_map.values())}  # one per shard, not per tensor
     for name, path in weight_map.items():
         f = by_path.get(real[path])
         if f is None or name not in f.tensors:
@@ -188,9 +215,23 @@ def check_index(files: Sequence[SafeTensorsFile], weight_map: Mapping[str, str])
                                 filename=f.path, tensor=extra[0])
 
 
-def open_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> List[SafeTensorsFile]:
+def open_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]], *,
+                    storage_options: Optional[Mapping[str, Any]] = None,
+                    metrics: Optional["LoadMetrics"] = None) -> List[SafeTensorsFile]:
     """Resolves a checkpoint (see :func:`resolve_checkpoint`) and reads its headers, checked
-    against its index when it has one."""
+    against its index when it has one. URLs (``s3://``, ...) go to :mod:`fastsafetensors.remote`,
+    with ``storage_options`` (refused for local paths: nothing would use them)."""
+    if not isinstance(path_or_paths, (str, os.PathLike, bytes, bytearray)):
+        path_or_paths = list(path_or_paths)  # looked at twice: for URLs, then for files
+    if names_urls(path_or_paths):
+        from ..remote.objects import open_remote_checkpoint
+
+        files, weight_map = open_remote_checkpoint(path_or_paths, storage_options, metrics)
+        if weight_map is not None:
+            check_index(files, weight_map)
+        return files
+    if storage_options is not None:
+        raise ValueError("storage_options= configures object stores; this checkpoint is local files")
     paths, weight_map = resolve_checkpoint(path_or_paths)
     files = read_headers(paths)
     if weight_map is not None:

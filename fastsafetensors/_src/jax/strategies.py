@@ -42,7 +42,8 @@ def load_per_device(files, targets, boxes_of, metrics, read_options) -> Dict[str
     """Shards that are one run each, bound for GPUs, go straight to GPU memory (gpu_reads); the
     rest are read into host memory and handed to their devices. ``boxes_of`` maps each name to
     its ``placement.shard_boxes``."""
-    on_gpus = [t for t in targets if gpu_reads.takes(t, boxes_of[t.name])]
+    remote = any(f.remote is not None for f in files)  # URLs reach GPUs through host memory
+    on_gpus = [] if remote else [t for t in targets if gpu_reads.takes(t, boxes_of[t.name])]
     out = gpu_reads.load_on_gpus(files, on_gpus, boxes_of, metrics, read_options["threads"]) if on_gpus else {}
     rest = [t for t in targets if t.name not in out]
     if rest:
