@@ -21,7 +21,7 @@ from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
 from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound, UnsupportedURLError
 from ._src.files import PathLike, SafeTensorsFile, read_headers
-from .remote.urls import is_url
+from ._src.remote.urls import is_url
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
 from ._src.plan import LoadPlan, align_up, name_list, plan_load

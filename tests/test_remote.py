@@ -379,7 +379,7 @@ def test_jax_sharded_load_reads_each_device_shard(local, proxy):
 
 def test_plan_gets_split_merge_and_gaps():
     from fastsafetensors._cpp import ReadRange
-    from fastsafetensors.remote.reader import plan_gets
+    from fastsafetensors._src.remote.reader import plan_gets
 
     ranges = [ReadRange(0, 0, 100, 10, 0), ReadRange(0, 1, 0, 50, 0),  # out of order: sorted by offset
               ReadRange(0, 0, 115, 30, 10),  # 5 bytes after the first: shares its GET (gap 8)

@@ -23,7 +23,7 @@ from .files import SafeTensorsFile, check_index, read_file_header, resolve_check
 from ..frameworks import canonical_name
 from ..metrics import LoadMetrics
 from .plan import plan_load
-from ..remote.urls import is_url
+from .remote.urls import is_url
 
 __all__ = ["main"]
 

@@ -183,13 +183,13 @@ def is_remote(plan: LoadPlan) -> bool:
 
 def _read_remote(plan: LoadPlan, buffers: List["_cpp.Buffer"], threads: Optional[int], direct_io: bool, bar,
                  metrics: LoadMetrics) -> List[int]:
-    """The plan's ranges as ranged GETs (fastsafetensors.remote.reader); ``threads`` GETs at once."""
+    """The plan's ranges as ranged GETs (fastsafetensors._src.remote.reader); ``threads`` GETs at once."""
     if direct_io:
         raise ValueError("direct_io=True (or FASTSAFETENSORS_ODIRECT=1) reads files outside the page cache; a "
                          "URL has no page cache: load it with direct_io=False")
-    from ..remote.objects import add_counters
-    from ..remote.reader import read_ranges
-    from ..remote.requests import Counters
+    from .remote.objects import add_counters
+    from .remote.reader import read_ranges
+    from .remote.requests import Counters
 
     counters = Counters()
     try:

@@ -8,7 +8,7 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 from .. import _cpp
 from .remote.urls import is_url
@@ -19,7 +19,7 @@ __all__ = ["SafeTensorsFile", "read_file_header", "read_headers", "resolve_check
 
 if TYPE_CHECKING:
     from ..metrics import LoadMetrics
-    from ..remote.objects import RemoteObject
+    from .remote.objects import RemoteObject
 
 PathLike = Union[str, os.PathLike]
 INDEX_SUFFIX = ".index.json"
@@ -219,14 +219,15 @@ def open_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]], *,
                     storage_options: Optional[Mapping[str, Any]] = None,
                     metrics: Optional["LoadMetrics"] = None) -> List[SafeTensorsFile]:
     """Resolves a checkpoint (see :func:`resolve_checkpoint`) and reads its headers, checked
-    against its index when it has one. URLs (``s3://``, ...) go to :mod:`fastsafetensors.remote`,
+    against its index when it has one. URLs (``s3://``, ...) go to :mod:`fastsafetensors._src.remote`,
     with ``storage_options`` (refused for local paths: nothing would use them)."""
     if not isinstance(path_or_paths, (str, os.PathLike, bytes, bytearray)):
         path_or_paths = list(path_or_paths)  # looked at twice: for URLs, then for files
     if names_urls(path_or_paths):
-        from ..remote.objects import open_remote_checkpoint
+        from .remote.objects import open_remote_checkpoint
 
-        files, weight_map = open_remote_checkpoint(path_or_paths, storage_options, metrics)
+        urls = cast(Union[str, List[str]], path_or_paths)  # names_urls: a URL or a list of them
+        files, weight_map = open_remote_checkpoint(urls, storage_options, metrics)
         if weight_map is not None:
             check_index(files, weight_map)
         return files

@@ -6,8 +6,8 @@ import threading
 from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .. import settings
-from ..errors import RemoteUnavailableError, UnsupportedURLError
+from ... import settings
+from ...errors import RemoteUnavailableError, UnsupportedURLError
 from .urls import ObjectURL
 
 __all__ = ["obstore_module", "store_for", "check_storage_options"]
@@ -59,7 +59,9 @@ def _build(url: ObjectURL, options: Dict[str, Any], client_options: Dict[str, An
     config = {k: v for k, v in options.items() if k not in _CLIENT_KEYS and k != "client_options"}
     try:
         # Retries are ours (requests.py): bounded, with backoff, and counted in LoadMetrics.
-        return from_url(url.root, client_options=client_options, retry_config={"max_retries": 0}, **config)
+        # `config` is the caller's storage_options: obstore checks its keys, mypy cannot.
+        return from_url(url.root, client_options=client_options, retry_config={"max_retries": 0},  # type: ignore[call-overload]
+                        **config)
     except obstore.exceptions.BaseError as exc:
         # obstore's message may quote a value (a key); only the option names are shown.
         raise UnsupportedURLError(f"{url.root}: the {url.scheme}:// store refused its configuration "

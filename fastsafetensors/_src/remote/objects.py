@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from .. import _cpp, settings
-from ..errors import RemoteNotFoundError, SafeTensorsError, UnsupportedURLError
-from .._src.files import INDEX_SUFFIX, SafeTensorsFile, parse_index
-from ..metrics import LoadMetrics
+from ... import _cpp, settings
+from ...errors import RemoteNotFoundError, SafeTensorsError, UnsupportedURLError
+from ..files import INDEX_SUFFIX, SafeTensorsFile, parse_index
+from ...metrics import LoadMetrics
 from .requests import Counters, ShortBody, call, range_refused
 from .store import obstore_module, store_for
 from .urls import ObjectURL, is_url, parse_url
@@ -187,8 +187,8 @@ def _resolve(spec: Union[str, Iterable[str]], storage_options: Optional[Mapping[
     if url.key.endswith(INDEX_SUFFIX):
         shards, weight_map = _index(url, stores[url.root], counters)
         return shards, weight_map, stores
-    shards, weight_map = _resolve_prefix(url, stores[url.root], counters)
-    return shards, weight_map, stores
+    shards, prefix_map = _resolve_prefix(url, stores[url.root], counters)
+    return shards, prefix_map, stores
 
 
 def open_remote_checkpoint(spec: Union[str, Iterable[str]], storage_options: Optional[Mapping[str, Any]] = None,

@@ -12,12 +12,12 @@ from __future__ import annotations
 import ctypes
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
 
-from .. import settings
-from .._src.plan import LoadPlan
+from ... import settings
+from ..plan import LoadPlan
 from .objects import RemoteObject, stream_range
 from .requests import Counters
 
@@ -39,7 +39,7 @@ class Get:
         return sum(p[1] for p in self.parts)
 
 
-def plan_gets(ranges: Sequence[Any], chunk: int, gap: int) -> List[Get]:
+def plan_gets(ranges: Iterable[Any], chunk: int, gap: int) -> List[Get]:
     """The GETs that read ``ranges`` (ReadRanges): big ones split, close neighbours merged."""
     gets: List[Get] = []
     for r in sorted(ranges, key=lambda r: (r.file, r.file_offset)):
@@ -75,7 +75,7 @@ def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concu
     cancels the GETs not yet started, waits for those in flight, and raises."""
     chunk = settings.get("FASTSAFETENSORS_REMOTE_CHUNK_MB") << 20
     gets = plan_gets(plan.ranges, chunk, settings.get("FASTSAFETENSORS_REMOTE_GAP_KB") << 10)
-    objects: List[RemoteObject] = [f.remote for f in plan.files]
+    objects = cast(List[RemoteObject], [f.remote for f in plan.files])  # engine.is_remote: every file is one
     targets = list(buffers)  # held by the workers: a failed load's buffers live until they stop
     addresses = [b.data_ptr for b in targets]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import UnsupportedURLError
+from ...errors import UnsupportedURLError
 
 __all__ = ["SCHEMES", "ObjectURL", "is_url", "parse_url"]
 

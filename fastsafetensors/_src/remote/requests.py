@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
 
-from .. import settings
-from ..errors import (RemoteAccessDeniedError, RemoteNotFoundError, RemoteObjectChangedError, RemoteReadError,
+from ... import settings
+from ...errors import (RemoteAccessDeniedError, RemoteNotFoundError, RemoteObjectChangedError, RemoteReadError,
                       TruncatedFileError)
 from .store import obstore_module
 
