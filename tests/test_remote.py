@@ -269,11 +269,11 @@ def test_fault_mid_load_returns_nothing(local, proxy, monkeypatch):
     """The header reads fine; a data GET fails every time: the load raises, no partial dict."""
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_RETRIES", "1")
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_CHUNK_MB", "1")
-    live = fastsafetensors._cpp.host_live_bytes()
+    live = fastsafetensors._cpp.testing.host_live_bytes()
     proxy.inject(Fault("truncate", times=1000, match=lambda m, p, h: "bytes=0-" not in h.get("Range", "")))
     with pytest.raises(errors.ReadError, match=f"s3://{BUCKET}/one/model.safetensors"):
         fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url))
-    assert fastsafetensors._cpp.host_live_bytes() <= live
+    assert fastsafetensors._cpp.testing.host_live_bytes() <= live
 
 
 def test_missing_objects_and_buckets(proxy):
