@@ -32,7 +32,7 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, Generator, Iterator, L
 
 from .budget import Tensor, Unit, plan_units
 from .common import SingleGroup
-from .distributed import Entry
+from .distributed import Entry, group_of
 from .errors import BudgetInfeasibleError, LoaderClosedError
 from .files import PathLike
 from .loader import DIRECT, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
@@ -155,7 +155,7 @@ class ParallelLoader:
         self.loader.reset()
         self._pool = ThreadPoolExecutor(max_concurrent_producers, "fastsafetensors-producer") if self._ahead else None
         self._pending: Deque[Future] = deque()
-        self._show_progress = use_tqdm_on_load and (0 if pg is None else int(pg.rank())) == 0
+        self._show_progress = use_tqdm_on_load and group_of(pg).rank == 0  # this rank in pg, even with all_local
         self._closed = False
 
     def _plan_work(self, batches: List[List[PathLike]]) -> List[_Work]:
