@@ -148,8 +148,10 @@ class ParallelLoader:
         self.loader.add_filenames({r: files[r::world] for r in range(world)})
         mode = self.loader.decide_mode(self.loader.kept_catalog())
         # Every tensor is wanted whole on every rank: unless direct reads are asked for (or a filter
-        # keeps different tensors per rank), each file is read once, by its rank, and broadcast.
-        self._mode = DIRECT if mode == DIRECT and (self.loader.direct_read or tensor_filter) else SCATTER
+        # keeps different tensors per rank, or the group carries no bytes), each file is read once,
+        # by its rank, and broadcast.
+        direct = self.loader.direct_read or tensor_filter or not self._group.moves_bytes
+        self._mode = DIRECT if mode == DIRECT and direct else SCATTER
         self._ahead = 0 if queue_size < 0 else queue_size + 1
         self._work = self._plan_work(batches)
         self.loader.reset()

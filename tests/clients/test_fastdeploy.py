@@ -95,10 +95,12 @@ def seq_dtype_conversion(pg, files):
 
 
 def seq_parallel_loader(pg, files):
-    """ParallelLoader over the group with direct reads (the paddle backend shares no bytes over a group)."""
+    """ParallelLoader over the group: every rank reads every file (the paddle backend shares no bytes over a
+    torch group, where direct_read=True asks for that; a paddle group carries no bytes, so it is the default)."""
     files = files[PADDLE_FILES]
     ref = reference(tuple(files))
-    pl = ParallelLoader(pg, files, device="cpu", framework="paddle", direct_read=True)
+    direct = {} if isinstance(pg, PaddleGroup) else {"direct_read": True}
+    pl = ParallelLoader(pg, files, device="cpu", framework="paddle", **direct)
     got = dict(pl.iterate_weights())
     pl.close()
     assert sorted(got) == sorted(ref)
