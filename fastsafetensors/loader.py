@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
-from ._src.distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, names_fingerprint, push,
-                          resolve)
+from ._src.distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, group_of, names_fingerprint,
+                          push, resolve)
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
@@ -337,7 +337,8 @@ def _check_keywords(kwargs: Dict[str, Any]) -> None:
 class SafeTensorsFileLoader:
     """Loads the files each rank is given into tensors (the 0.3 entry point).
 
-    ``pg`` is None / ``SingleGroup()`` for one process, or a torch.distributed ProcessGroup.
+    ``pg`` is None / ``SingleGroup()`` for one process, a torch.distributed ProcessGroup, or a
+    paddle.distributed Group (direct reads only: every rank must be able to open every file).
     ``max_threads`` sets the reader threads; ``bbuf_size_kb``, ``nogds`` and ``set_numa`` (run the
     reader's threads on the GPU's NUMA node) matter for GPU loads read by one process.
     Keyword ``direct_read`` (see docs/torch.md): True makes every rank read what it returns
@@ -358,7 +359,7 @@ class SafeTensorsFileLoader:
         self.device = Device.from_str(device)
         self.framework = get_framework(framework)
         check_device(self.device, nogds, self.framework)
-        self.group = Group(pg, self.device)
+        self.group = group_of(pg, self.device)
         self.pg = self.group.pg
         self.direct_read = check_flag(kwargs.pop("direct_read", None), "direct_read", optional=True)
         _check_keywords(kwargs)
@@ -439,7 +440,7 @@ class SafeTensorsFileLoader:
         if len({row[0] for row in rows}) > 1:
             raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
         everyone = all(row[1] for row in rows)
-        if self.direct_read and not everyone:
+        if self.direct_read and self.group.distributed and not everyone:  # one process reads its files anyway
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
         if len({row[2] for row in rows}) > 1:
             # Different tensors on different ranks: no collective can serve them, each rank reads its own.
@@ -450,7 +451,7 @@ class SafeTensorsFileLoader:
             return OWN_READS
         if not self.group.distributed or not everyone:
             return SCATTER
-        if self.direct_read or not self.framework.group_shareable:
+        if self.direct_read or not self.framework.group_shareable or not self.group.moves_bytes:
             return OWN_READS
         return HYBRID
 
@@ -483,6 +484,10 @@ class SafeTensorsFileLoader:
 
     def make_buffer(self, plan: LoadPlan, buffers: List["_cpp.HostBuffer"], mode: str, catalog: Dict[str, Entry],
                     dtype: DTypeLike = DType.AUTO) -> FilesBufferOnDevice:
+        if self.group.distributed and mode != OWN_READS and not self.group.moves_bytes:
+            raise ShardRequestError(f"a {type(self.pg).__module__}.{type(self.pg).__name__} process group carries no "
+                                    "tensor bytes here, so every rank must be able to open every file "
+                                    "(and direct_read must not be False)")
         if self.group.distributed and mode != OWN_READS and not self.framework.group_shareable:
             raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
         return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,

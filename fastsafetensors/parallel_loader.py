@@ -32,7 +32,7 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, Generator, Iterator, L
 
 from ._src.budget import Tensor, Unit, plan_units
 from .common import SingleGroup
-from ._src.distributed import Entry
+from ._src.distributed import Entry, group_of
 from .errors import BudgetInfeasibleError, LoaderClosedError
 from ._src.files import PathLike
 from .loader import OWN_READS, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
@@ -148,14 +148,16 @@ class ParallelLoader:
         self.loader.add_filenames({r: files[r::world] for r in range(world)})
         mode = self.loader.decide_mode(self.loader.kept_catalog())
         # Every tensor is wanted whole on every rank: unless direct reads are asked for (or a filter
-        # keeps different tensors per rank), each file is read once, by its rank, and broadcast.
-        self._mode = OWN_READS if mode == OWN_READS and (self.loader.direct_read or tensor_filter) else SCATTER
+        # keeps different tensors per rank, or the group carries no bytes), each file is read once,
+        # by its rank, and broadcast.
+        own_reads = self.loader.direct_read or tensor_filter or not self._group.moves_bytes
+        self._mode = OWN_READS if mode == OWN_READS and own_reads else SCATTER
         self._ahead = 0 if queue_size < 0 else queue_size + 1
         self._work = self._plan_work(batches)
         self.loader.reset()
         self._pool = ThreadPoolExecutor(max_concurrent_producers, "fastsafetensors-producer") if self._ahead else None
         self._pending: Deque[Future] = deque()
-        self._show_progress = use_tqdm_on_load and (0 if pg is None else int(pg.rank())) == 0
+        self._show_progress = use_tqdm_on_load and group_of(pg).rank == 0  # this rank in pg, even with all_local
         self._closed = False
 
     def _plan_work(self, batches: List[List[PathLike]]) -> List[_Work]:

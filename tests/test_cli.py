@@ -351,6 +351,9 @@ def test_verify_reads_large_files_in_batches(sharded, capsys, monkeypatch):
     (["load", "x.safetensors", "--threads", "1000"], "--threads must be between 1 and 256, not 1000"),
     (["bench", "x.safetensors", "--repeats", "0"], "'0' is not a positive whole number"),
     (["demo", "--shards", "0"], "'0' is not a positive whole number"),
+    (["demo", "--size-mb", "-5"], "'-5' is not a positive number of megabytes"),
+    (["demo", "--size-mb", "0"], "'0' is not a positive number of megabytes"),
+    (["demo", "--size-mb", "nan"], "'nan' is not a positive number of megabytes"),
 ])
 def test_bad_arguments_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exc_info:

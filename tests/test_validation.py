@@ -209,6 +209,14 @@ def test_missing_file_raises_read_error(tmp_path):
         assert isinstance(exc_info.value, OSError)
 
 
+@pytest.mark.parametrize("bad", [42, None, b"model.safetensors"])
+def test_a_checkpoint_that_is_not_a_path_says_so(bad):
+    # 42 and None used to fail deep inside with "'int' object is not iterable".
+    with pytest.raises(TypeError, match=r"a checkpoint is a path \(str or os.PathLike\) or a list of paths, "
+                                        rf"not {type(bad).__name__}$"):
+        load(bad)
+
+
 def test_extra_fields_in_entries_are_ignored(tmp_path):
     header = ('{"w":{"dtype":"U8","extra":{"a":[1,-2.5e3,null,true,false,"s"]},"shape":[2],'
               '"data_offsets":[0,2],"note":"x"},"__metadata__":null}')

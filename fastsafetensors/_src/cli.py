@@ -7,6 +7,7 @@ directory, or a ``model.safetensors.index.json``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -309,6 +310,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def _megabytes(text: str) -> float:
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = math.nan
+    if not 0 < mb < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of megabytes")
+    return mb
+
+
 def _threads(text: str) -> int:
     try:
         return check_threads(_positive(text), "--threads")
@@ -356,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="write a synthetic Llama-shaped checkpoint, load it, report")
-    s.add_argument("--size-mb", type=float, default=300, help="checkpoint size in MB (default 300)")
+    s.add_argument("--size-mb", type=_megabytes, default=300, help="checkpoint size in MB (default 300)")
     s.add_argument("--shards", type=_positive, default=3, help="number of shard files (default 3)")
     s.add_argument("--framework", type=_framework, default="numpy", help="numpy (default), torch or jax")
     s.add_argument("--keep", metavar="DIR", default=None, help="write into DIR and keep it")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,8 +25,8 @@ from ..errors import DuplicateTensorName, PeerRankError, ShardRequestError, Tens
 from .files import SafeTensorsFile
 from .plan import align_up
 
-__all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "exchange", "push", "fingerprint",
-           "names_fingerprint"]
+__all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "TorchGroup", "PaddleGroup",
+           "group_of", "exchange", "push", "fingerprint", "names_fingerprint"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -167,34 +168,25 @@ def resolve(catalog: Mapping[str, Entry], requests: Iterable[Tuple[str, int]], w
     return out
 
 
-def _is_torch_group(pg: Any) -> bool:
-    return type(pg).__module__.startswith("torch")
+class Group(ABC):
+    """The loader's side of a process group (made by ``group_of``): its rank and size, and the
+    agreement every rank reaches after local work (``agree``, an all-gather of a few ints).
 
-
-class Group:
-    """The loader's side of a process group: ``None``/``SingleGroup`` or a torch ProcessGroup.
-
-    Collectives run on ``comm_device``: the CPU for gloo, the loader's CUDA device for NCCL.
+    ``moves_bytes``: whether the group also carries tensor bytes (broadcast, scatter, send/recv of
+    torch uint8 buffers on ``comm_device``, used by the scatter and hybrid modes); a group without
+    them serves direct reads only, where every rank reads what it returns from the files.
     """
 
-    def __init__(self, pg: Any, device: Any = None):
-        if pg is None:
-            from ..common import SingleGroup
+    moves_bytes = False
+    comm_device = "cpu"
 
-            pg = SingleGroup()
+    def __init__(self, pg: Any, rank: int, size: int):
+        if not 0 <= rank < size:
+            raise ShardRequestError(f"this process is not a member of the process group {pg!r} "
+                                    f"(its rank there is {rank}, of {size})")
         self.pg = pg
-        self.size = int(pg.size())
-        self.rank = int(pg.rank())
-        self.is_torch = _is_torch_group(pg)
-        if self.size > 1 and not self.is_torch:
-            raise TypeError(f"a process group of {self.size} ranks must be a torch.distributed ProcessGroup, "
-                            f"not {type(pg).__name__}")
-        self.comm_device = "cpu"
-        if self.is_torch and self.size > 1:
-            import torch.distributed as dist
-
-            if dist.get_backend(pg) == "nccl":
-                self.comm_device = str(device) if device is not None and not device.is_cpu else "cuda"
+        self.rank = rank
+        self.size = size
 
     @property
     def distributed(self) -> bool:
@@ -202,15 +194,11 @@ class Group:
 
     def all_gather_ints(self, values: Sequence[int]) -> List[List[int]]:
         """Every rank's ``values`` (same length on every rank)."""
-        if not self.distributed:
-            return [list(values)]
-        import torch
-        import torch.distributed as dist
+        return self._all_gather(list(values)) if self.distributed else [list(values)]
 
-        mine = torch.tensor(list(values), dtype=torch.int64, device=self.comm_device)
-        out = [torch.empty_like(mine) for _ in range(self.size)]
-        dist.all_gather(out, mine, group=self.pg)
-        return [t.tolist() for t in out]
+    @abstractmethod
+    def _all_gather(self, values: List[int]) -> List[List[int]]:
+        """Every rank's ``values``, in a group of more than one rank."""
 
     def agree(self, error: Optional[BaseException], what: str, checks: Sequence[int] = ()) -> List[List[int]]:
         """One collective after local work: re-raises ``error`` here and a PeerRankError on the other ranks.
@@ -224,6 +212,44 @@ class Group:
         if failed:
             raise PeerRankError(f"{what} failed on rank(s) {failed}; see their logs")
         return [row[1:] for row in rows]
+
+
+class LocalGroup(Group):
+    """One process: ``None``, ``SingleGroup()`` or any object whose ``size()`` is 1."""
+
+    def __init__(self, pg: Any, device: Any = None):
+        size = int(pg.size())
+        if size > 1:
+            raise TypeError(f"a process group of {size} ranks must be a torch.distributed ProcessGroup or a "
+                            f"paddle.distributed Group, not {type(pg).__name__}")
+        super().__init__(pg, int(pg.rank()), size)
+
+    def _all_gather(self, values: List[int]) -> List[List[int]]:
+        return [values]
+
+
+class TorchGroup(Group):
+    """A torch.distributed ProcessGroup. Collectives run on ``comm_device``: the CPU for gloo, the
+    loader's CUDA device for NCCL."""
+
+    moves_bytes = True
+
+    def __init__(self, pg: Any, device: Any = None):
+        super().__init__(pg, int(pg.rank()), int(pg.size()))
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.get_backend(pg) == "nccl":
+                self.comm_device = str(device) if device is not None and not device.is_cpu else "cuda"
+
+    def _all_gather(self, values: List[int]) -> List[List[int]]:
+        import torch
+        import torch.distributed as dist
+
+        mine = torch.tensor(values, dtype=torch.int64, device=self.comm_device)
+        out = [torch.empty_like(mine) for _ in range(self.size)]
+        dist.all_gather(out, mine, group=self.pg)
+        return [t.tolist() for t in out]
 
     def empty(self, nbytes: int) -> Any:
         import torch
@@ -251,6 +277,37 @@ class Group:
         import torch.distributed as dist
 
         dist.recv(buf, group=self.pg, group_src=src)
+
+
+class PaddleGroup(Group):
+    """A paddle.distributed Group (``paddle.distributed.get_group()``, FastDeploy's): gloo on the
+    CPU, NCCL on GPUs. It serves direct reads only (``moves_bytes`` is False): tensor bytes never
+    cross it, so every rank must be able to open every file."""
+
+    def __init__(self, pg: Any, device: Any = None):
+        super().__init__(pg, int(pg.rank), int(pg.nranks))
+
+    def _all_gather(self, values: List[int]) -> List[List[int]]:
+        import paddle
+        import paddle.distributed as dist
+
+        out: List[Any] = []  # on paddle's current place: the CPU for gloo, this rank's GPU for NCCL
+        dist.all_gather(out, paddle.to_tensor(values, dtype="int64"), group=self.pg)
+        return [t.numpy().tolist() for t in out]
+
+
+# The package a process group's type comes from -> the Group that drives it.
+_GROUP_KINDS = {"torch": TorchGroup, "paddle": PaddleGroup}
+
+
+def group_of(pg: Any, device: Any = None) -> Group:
+    """The Group for ``pg``: ``None``/``SingleGroup()``, a torch ProcessGroup or a paddle Group."""
+    if pg is None:
+        from ..common import SingleGroup
+
+        pg = SingleGroup()
+    kind = _GROUP_KINDS.get(type(pg).__module__.partition(".")[0], LocalGroup)
+    return kind(pg, device)
 
 
 def _digest(parts: Iterable[str]) -> int:
@@ -294,11 +351,11 @@ def _chunks(items: List[Tuple[List[Piece], Piece]], limit: int) -> Iterable[List
 LocalBytes = Callable[[Entry], Any]  # a tensor the owner holds -> its bytes (torch uint8, packed_shape)
 
 
-def _to_comm(group: Group, t: Any) -> Any:
+def _to_comm(group: TorchGroup, t: Any) -> Any:
     return t if group.comm_device == "cpu" else t.to(group.comm_device, non_blocking=True)
 
 
-def _broadcast(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], local: LocalBytes,
+def _broadcast(group: TorchGroup, owner: int, items: List[Tuple[List[Piece], Piece]], local: LocalBytes,
                out: Dict[str, Any], pending: List[Any]) -> None:
     pieces = [mine for _, mine in items]
     if group.rank == owner and len(pieces) == 1:
@@ -326,7 +383,7 @@ def _contiguous_blocks(pieces: List[Piece]) -> bool:
     return all(d == 1 for d in p.entry.shape[:p.dim]) and len({q.nbytes for q in pieces}) == 1
 
 
-def _scatter_views(group: Group, owner: int, pieces: List[Piece], local: LocalBytes, out: Dict[str, Any],
+def _scatter_views(group: TorchGroup, owner: int, pieces: List[Piece], local: LocalBytes, out: Dict[str, Any],
                    pending: List[Any]) -> None:
     """One tensor whose blocks are equal runs of its bytes: scattered straight from the owner's buffer."""
     mine = pieces[group.rank]
@@ -339,7 +396,7 @@ def _scatter_views(group: Group, owner: int, pieces: List[Piece], local: LocalBy
     out[mine.entry.name] = recv
 
 
-def _scatter(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], local: LocalBytes,
+def _scatter(group: TorchGroup, owner: int, items: List[Tuple[List[Piece], Piece]], local: LocalBytes,
              out: Dict[str, Any], pending: List[Any]) -> None:
     world = group.size
     if len(items) == 1 and items[0][1].nbytes and _contiguous_blocks(items[0][0]):
@@ -369,7 +426,7 @@ def _scatter(group: Group, owner: int, items: List[Tuple[List[Piece], Piece]], l
         out[mine.entry.name] = recv[off:off + mine.nbytes]
 
 
-def exchange(group: Group, resolved: List[Tuple[List[Piece], Piece]], local: LocalBytes,
+def exchange(group: TorchGroup, resolved: List[Tuple[List[Piece], Piece]], local: LocalBytes,
              limit: int = DEFAULT_COLLECTIVE_BYTES) -> Dict[str, Any]:
     """This rank's piece of every request, as contiguous uint8 torch tensors on ``group.comm_device``.
 
@@ -392,7 +449,7 @@ def exchange(group: Group, resolved: List[Tuple[List[Piece], Piece]], local: Loc
     return out
 
 
-def push(group: Group, entry: Entry, dst: int, local: LocalBytes) -> Optional[Any]:
+def push(group: TorchGroup, entry: Entry, dst: int, local: LocalBytes) -> Optional[Any]:
     """The tensor's bytes on rank ``dst`` (sent point to point by its owner); None elsewhere."""
     whole = Piece(entry, -1, 0, 0)
     if group.rank == entry.owner == dst:

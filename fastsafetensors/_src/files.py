@@ -172,8 +172,9 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
     Returns the files and, for an index (given directly or found in a directory), its weight
     map (tensor name -> file), which :func:`check_index` compares with the headers.
     """
-    if isinstance(path_or_paths, (bytes, bytearray)):
-        raise TypeError(f"a checkpoint path is a str or os.PathLike, not {type(path_or_paths).__name__}")
+    if isinstance(path_or_paths, (bytes, bytearray)) or not isinstance(path_or_paths, (str, os.PathLike, Iterable)):
+        raise TypeError(f"a checkpoint is a path (str or os.PathLike) or a list of paths, "
+                        f"not {type(path_or_paths).__name__}")
     if isinstance(path_or_paths, (str, os.PathLike)):
         path = os.fspath(path_or_paths)
         if os.path.isdir(path):

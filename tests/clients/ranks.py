@@ -3,8 +3,9 @@
 A client test module defines ``seq_<name>(pg, files)`` functions: one client's call sequence,
 checking every tensor bit for bit against ``safetensors``. Its tests call them with
 ``SingleGroup()`` and, through ``assert_ranks``, in a group of 2 ranks: this file started as
-``python -m tests.clients.ranks MODULE RANK WORLD PORT FILES_JSON OUT_DIR`` runs every sequence of
-``tests.clients.MODULE`` in one rank (bounded and reaped by ``tp_harness.run_group``).
+``python -m tests.clients.ranks MODULE KIND RANK WORLD PORT FILES_JSON OUT_DIR`` runs every sequence
+of ``tests.clients.MODULE`` in one rank of a ``KIND`` group, ``torch`` (torch.distributed) or
+``paddle`` (paddle.distributed), gloo on 127.0.0.1 (bounded and reaped by ``tp_harness.run_group``).
 """
 
 from __future__ import annotations
@@ -91,20 +92,21 @@ def client_tests(module_name: str, group_only: frozenset = frozenset()):
     @pytest.mark.timeout(tp_harness.GROUP_TIMEOUT_S + 60)
     @pytest.mark.parametrize("name", sorted(seqs))
     def test_two_ranks(name):
-        assert_ranks(short, 2, name)
+        assert_ranks(short, 2, name, "torch")
 
     return test_single_process, test_two_ranks
 
 
 @functools.lru_cache(maxsize=None)
-def _reports(module: str, world: int) -> tuple:
-    return tuple(tp_harness.run_group(world, checkpoint(), worker=("-m", "tests.clients.ranks", module)))
+def _reports(module: str, world: int, kind: str) -> tuple:
+    return tuple(tp_harness.run_group(world, checkpoint(), worker=("-m", "tests.clients.ranks", module, kind)))
 
 
-def assert_ranks(module: str, world: int, name: str) -> None:
-    """Sequence ``name`` of ``tests.clients.<module>`` passed on every rank of a ``world``-rank group."""
+def assert_ranks(module: str, world: int, name: str, kind: str = "torch") -> None:
+    """Sequence ``name`` of ``tests.clients.<module>`` passed on every rank of a ``world``-rank group
+    of ``kind`` ("torch" or "paddle")."""
     problems = []
-    for rank, report in enumerate(_reports(module, world)):
+    for rank, report in enumerate(_reports(module, world, kind)):
         status = report.get(name)
         if status != "ok":
             problems.append(f"rank {rank}: {status or 'did not report (hung, crashed or timed out)'}\n"
@@ -112,19 +114,37 @@ def assert_ranks(module: str, world: int, name: str) -> None:
     assert not problems, f"{module}.seq_{name} on {world} ranks:\n" + "\n".join(problems)
 
 
-def main() -> None:
+def _init_group(kind: str, rank: int, world: int, port: int):
+    """This rank's gloo group of ``kind`` on 127.0.0.1: the distributed module and the group."""
+    if kind == "paddle":
+        # paddle.distributed.launch's variables; gloo rendezvous through the store at PADDLE_MASTER
+        # (the endpoints are only checked to be set).
+        endpoint = f"127.0.0.1:{port}"
+        os.environ.update(PADDLE_DISTRI_BACKEND="gloo", PADDLE_TRAINER_ID=str(rank), PADDLE_TRAINERS_NUM=str(world),
+                          PADDLE_MASTER=endpoint, PADDLE_CURRENT_ENDPOINT=endpoint,
+                          PADDLE_TRAINER_ENDPOINTS=",".join([endpoint] * world))
+        import paddle.distributed as dist
+
+        dist.init_parallel_env()
+        return dist, dist.get_group()  # FastDeploy's group
     import torch.distributed as dist
 
-    module = importlib.import_module(f"tests.clients.{sys.argv[1]}")
-    rank, world, port = (int(a) for a in sys.argv[2:5])
-    files = json.load(open(sys.argv[5]))
-    out = os.path.join(sys.argv[6], f"rank{rank}.json")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=30))
+    return dist, dist.group.WORLD
+
+
+def main() -> None:
+    module = importlib.import_module(f"tests.clients.{sys.argv[1]}")
+    kind = sys.argv[2]
+    rank, world, port = (int(a) for a in sys.argv[3:6])
+    files = json.load(open(sys.argv[6]))
+    out = os.path.join(sys.argv[7], f"rank{rank}.json")
+    dist, pg = _init_group(kind, rank, world, port)
     report = {}
     for name, fn in sequences(module).items():
         try:
-            fn(dist.group.WORLD, files)
+            fn(pg, files)
             report[name] = "ok"
         except (Exception, pytest.fail.Exception):  # noqa: BLE001 - reported to the test (pytest's failures too)
             report[name] = traceback.format_exc()
