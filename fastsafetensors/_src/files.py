@@ -166,15 +166,19 @@ def parse_index(index_path: str, open_text: Callable[[], IO[str]], base: str) ->
     return sorted(set(by_name.values())), by_name
 
 
+def _check_checkpoint_type(path_or_paths: Any) -> None:
+    if isinstance(path_or_paths, (bytes, bytearray)) or not isinstance(path_or_paths, (str, os.PathLike, Iterable)):
+        raise TypeError(f"a checkpoint is a path (str or os.PathLike) or a list of paths, "
+                        f"not {type(path_or_paths).__name__}")
+
+
 def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tuple[List[str], Optional[Dict[str, str]]]:
     """Turns a file, a list of files, a directory or an ``*.index.json`` into a list of files.
 
     Returns the files and, for an index (given directly or found in a directory), its weight
     map (tensor name -> file), which :func:`check_index` compares with the headers.
     """
-    if isinstance(path_or_paths, (bytes, bytearray)) or not isinstance(path_or_paths, (str, os.PathLike, Iterable)):
-        raise TypeError(f"a checkpoint is a path (str or os.PathLike) or a list of paths, "
-                        f"not {type(path_or_paths).__name__}")
+    _check_checkpoint_type(path_or_paths)
     if isinstance(path_or_paths, (str, os.PathLike)):
         path = os.fspath(path_or_paths)
         if os.path.isdir(path):
@@ -222,7 +226,8 @@ def open_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]], *,
     """Resolves a checkpoint (see :func:`resolve_checkpoint`) and reads its headers, checked
     against its index when it has one. URLs (``s3://``, ...) go to :mod:`fastsafetensors._src.remote`,
     with ``storage_options`` (refused for local paths: nothing would use them)."""
-    if not isinstance(path_or_paths, (str, os.PathLike, bytes, bytearray)):
+    _check_checkpoint_type(path_or_paths)
+    if not isinstance(path_or_paths, (str, os.PathLike)):
         path_or_paths = list(path_or_paths)  # looked at twice: for URLs, then for files
     if names_urls(path_or_paths):
         from .remote.objects import open_remote_checkpoint
