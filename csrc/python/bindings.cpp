@@ -344,4 +344,5 @@ PYBIND11_MODULE(cpp, m) {
   fst::python::bind_device(m);
   fst::python::bind_numa(m);
   fst::python::bind_host_cache(m);
+  fst::python::bind_placement(m);
 }

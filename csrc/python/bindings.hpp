@@ -23,6 +23,8 @@ void raise_python(const char* name, const std::string& message, const pybind11::
 
 void bind_integrity(pybind11::module_& m);
 void bind_host_cache(pybind11::module_& m);
+// Strided placement of boxes for layout transforms (bind_placement.cpp); after HostReader.
+void bind_placement(pybind11::module_& m);
 void bind_testing(pybind11::module_& m);
 // The GPU path: devices, device buffers, the device reader (bind_device.cpp).
 void bind_device(pybind11::module_& m);
