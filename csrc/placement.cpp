@@ -245,8 +245,8 @@ void copy_strided(const uint8_t* src, uint64_t src_size, uint8_t* dst, uint64_t 
     std::vector<uint64_t> ext = c.shape;
     ext[0] = task.end - task.begin;
     const uint64_t row = product(c.shape, "strided copy size") / c.shape[0] * c.itemsize;
-    copy_any(c.itemsize, src + c.src_offset + task.begin * row, dst + c.dst_offset + task.begin * c.dst_strides[0] * c.itemsize,
-             ext, c.dst_strides);
+    const uint64_t at = c.dst_offset + task.begin * c.dst_strides[0] * c.itemsize;
+    copy_any(c.itemsize, src + c.src_offset + task.begin * row, dst + at, ext, c.dst_strides);
   });
 }
 

@@ -223,17 +223,28 @@ def test_copy_strided_matches_numpy(shape, perm, dtype):
 
 
 def test_sources_read_in_bounded_groups(ckpt, ref, monkeypatch):
-    """With a small staging buffer, every shard still comes out bit-exact, from several reads."""
+    """With a small staging buffer, every shard still comes out bit-exact, from several reads, and
+    the engine's host memory never holds more than the shards and that buffer."""
+    from fastsafetensors import cpp
     from fastsafetensors._jax import transform_reads
 
-    calls = []
+    live = []
     real = transform_reads.read_into_host
-    monkeypatch.setattr(transform_reads, "STAGING_BYTES", 3000)
-    monkeypatch.setattr(transform_reads, "read_into_host", lambda plan, **kw: calls.append(1) or real(plan, **kw))
+
+    def spy(plan, **kw):
+        out = real(plan, **kw)
+        live.append(cpp.host_live_bytes())
+        return out
+
+    monkeypatch.setattr(transform_reads, "STAGING_BYTES", 3000, raising=False)
+    monkeypatch.setattr(transform_reads, "read_into_host", spy)
     transforms, want = _cases(ref)["composed"]
+    before = cpp.host_live_bytes()
     out = fj.load(ckpt, mesh=jax.make_mesh((2, 4), ("x", "y")), rules=[(".", P("x", "y"))], transforms=transforms)
     _check_shards(out, want)
-    assert len(calls) > 4
+    assert len(live) > 4
+    shards = {str(s.index): s.data.nbytes for s in out["f"].addressable_shards}
+    assert max(live) - before <= sum(shards.values()) + 64 * len(shards) + 3000 + 64
 
 
 def test_shards_are_imported_without_a_copy(ckpt):

@@ -37,7 +37,7 @@ from fastsafetensors.frameworks import get_framework
 from fastsafetensors.frameworks.numpy import NUMPY_DTYPES
 from fastsafetensors.plan import LoadPlan, locate_tensors
 
-STAGING_BYTES = 16 << 20  # the staging buffer: pieces that are copied are read through it in groups
+STAGING_BYTES = 4 << 20  # the staging buffer, read through in groups: small enough to stay in the caches
 _FLOATS = frozenset(np.dtype(NUMPY_DTYPES[d]) for d in FLOAT_DTYPES if d in NUMPY_DTYPES)
 
 
