@@ -247,15 +247,9 @@ def peer_layout(t, c, xp):
     }
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def transform_load(case, path, layers):
     """Child of transform_loads: one load in a fresh process; prints seconds and peak memory."""
-    import resource
-
+    from cpu_bench import _memory_kb
     from fastsafetensors._src.jax.placement import rule_sharding
     import fastsafetensors.jax as fj
     import jax.numpy as jnp
@@ -266,7 +260,7 @@ def transform_load(case, path, layers):
     c = _shape(layers)
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))  # Auto axes: jit picks the layouts
     place = rule_sharding(mesh, scan.RULES)
-    before = _rss()
+    before = _memory_kb("VmRSS") * 1024
     t0 = time.perf_counter()
     if case == "ours":
         out = fj.load(path, mesh=mesh, rules=scan.RULES, transforms=scan.transforms(c, fused_qkv=True))
@@ -287,7 +281,7 @@ def transform_load(case, path, layers):
         del src
     jax.block_until_ready(out)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _memory_kb("VmHWM") * 1024  # not ru_maxrss: a child starts from its parent's (here 0.95 GB)
     # distinct shards: replicas over "data" may share memory (ours) or not (the peers)
     shard_bytes = sum(sum({str(s.index): s.data.nbytes for s in a.addressable_shards}.values()) for a in out.values())
     print(json.dumps({"seconds": seconds, "peak_over_start": peak - before, "shard_bytes": shard_bytes}), flush=True)

@@ -141,8 +141,7 @@ class ShardingMismatch(SafeTensorsError):
 class TransformError(ShardingMismatch):
     """A layout transform (``fastsafetensors.jax.load(..., transforms=...)``) does not fit the
     checkpoint or its target: a missing source, shapes or dtypes that do not compose, a leaf
-    written twice, a shard box a reshape cannot map back to the source. Names the target leaf and
-    its source tensors; raised before any byte is read."""
+    written twice. Names the target leaf and its source tensors; raised before any byte is read."""
 
 
 class IntegrityError(SafeTensorsError):

@@ -121,9 +121,6 @@ BAD = {
     "stack twice": ({"x": fj.stack(r"[wk]\.(\d+)")}, TransformError, "matches `k.0` and `w.0` for the same item 0"),
     "stack none": ({"x": fj.stack(r"q\.(\d+)")}, TransformError, "matches no tensor"),
     "rename none": ([fj.rename(r"q\.(\d+)", "x")], TransformError, "matches no tensor"),
-    # heads whole on every device but head_dim cut: no box of the source makes up a shard
-    "unaligned heads": ({"x": fj.reshape(fj.transpose("w.0"), (32, 8, 8))}, TransformError,
-                        "is not one block of axes"),
     "mesh does not divide": ({"x": fj.slice_("w.0", 0, 0, 3)}, ShardingMismatch, "does not divide"),
     "64-bit": ({"x": fj.astype("w.0", np.float64)}, UnsupportedDtype, "jax_enable_x64 is off"),
 }
@@ -133,10 +130,9 @@ BAD = {
 def test_bad_transforms_raise_before_reading(ckpt, case):
     transforms, error, text = BAD[case]
     mesh = jax.make_mesh((1, 8), ("x", "y"))
-    spec = P(None, None, "y") if case == "unaligned heads" else P("y")
     metrics = fj.JaxLoadMetrics()
     with pytest.raises(error) as info:
-        fj.load(ckpt, mesh=mesh, rules=[(".", spec)], transforms=transforms, metrics=metrics)
+        fj.load(ckpt, mesh=mesh, rules=[(".", P("y"))], transforms=transforms, metrics=metrics)
     assert text in str(info.value)
     if error is TransformError and case not in ("overlapping writes", "rename none"):
         assert "target `" in str(info.value)  # names the leaf and its sources
@@ -174,31 +170,81 @@ def test_missing_source_is_not_tensor_not_found(ckpt):
     assert not isinstance(info.value, TensorNotFound)
 
 
-@pytest.mark.parametrize("shape", [(520, 200), (128, 128), (300, 7, 129), (1, 70000), (3, 4)])
-def test_transposing_copy_matches_numpy(shape):
-    from fastsafetensors._src.jax.transforms import copy
+# Shard boundaries that cut heads: head_dim split over the devices, or a merged axis cut inside a
+# head (5 rows of 8 per device; 20 of 32), each mapped back through the reshape in runs.
+UNALIGNED = {
+    "head_dim": (lambda r: ({"x": fj.reshape(fj.transpose("w.0"), (32, 8, 8))}, {"x": r["w.0"].T.reshape(32, 8, 8)}),
+                 P(None, None, "y")),
+    "head_dim_and_heads": (lambda r: ({"x": fj.reshape(fj.transpose("w.0"), (32, 8, 8))},
+                                      {"x": r["w.0"].T.reshape(32, 8, 8)}), P(None, "x", "y")),
+    "merged_cut_inside_heads": (lambda r: ({"x": fj.reshape(fj.slice_("h", 0, 0, 5), (40, 32))},
+                                           {"x": r["h"][:5].reshape(40, 32)}), P(("x", "y"))),
+    "merged_transposed": (lambda r: ({"x": fj.transpose(fj.reshape(fj.slice_("h", 1, 0, 5), (8, 160)))},
+                                     {"x": r["h"][:, :5].reshape(8, 160).T}), P(("x", "y"))),
+    "split_fused_cut": (lambda r: ({"x": fj.reshape(fj.transpose(fj.concat(["w.0", "k.0"])), (32, 5, 16))},
+                                   {"x": np.concatenate([r["w.0"], r["k.0"]]).T.reshape(32, 5, 16)}),
+                        P(None, None, ("x", "y"))),
+}
 
-    src = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    out = np.empty(shape[::-1], np.float32).T  # laid out transposed to src: tiled when large enough
-    copy(out, src)
-    assert np.array_equal(out, src)
-    cast = np.empty(shape, np.float16)
-    copy(cast, src)
-    assert np.array_equal(cast, src.astype(np.float16))
+
+@pytest.mark.parametrize("case", list(UNALIGNED))
+@pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: f"{m[0]}x{m[1]}")
+def test_shards_that_cut_heads(ckpt, ref, case, mesh_shape):
+    """Refused (TransformError) before the box mapping went through the reshape in runs."""
+    make, spec = UNALIGNED[case]
+    transforms, want = make(ref)
+    out = fj.load(ckpt, mesh=jax.make_mesh(mesh_shape, ("x", "y")), rules=[(".", spec)], transforms=transforms)
+    _check_shards(out, want)
+
+
+@pytest.mark.parametrize("shape,perm", [((520, 200), (1, 0)), ((128, 128), (1, 0)), ((30, 7, 129), (2, 0, 1)),
+                                        ((1, 70000), (1, 0)), ((3, 4), (1, 0)), ((6, 5, 4, 3), (3, 1, 0, 2))])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32, np.float64])
+def test_copy_strided_matches_numpy(shape, perm, dtype):
+    """The engine's strided copy puts a C-contiguous block where a transposed view of the
+    destination says, tiled, on the reader's threads."""
+    from fastsafetensors import _cpp
+    from fastsafetensors._src.engine import get_reader
+    from fastsafetensors.frameworks import get_framework
+
+    src = (np.random.default_rng(1).standard_normal(shape) * 100).astype(dtype)
+    nbytes = src.nbytes + 64
+    a, b = _cpp.HostBuffer.allocate(nbytes), _cpp.HostBuffer.allocate(nbytes)
+    view = lambda buf: get_framework("numpy").from_buffer(buf, 0, "U8", (nbytes,))  # noqa: E731
+    view(a)[64:] = src.reshape(-1).view(np.uint8)
+    out_shape = tuple(shape[p] for p in perm)  # the destination: C order of the transposed shape
+    inverse = np.argsort(perm)
+    strides = [int(np.prod(out_shape[inverse[d] + 1:])) for d in range(len(shape))]
+    _cpp.copy_strided(get_reader(2), a, b, [(64, list(shape), 0, strides, src.itemsize)])
+    got = view(b)[:src.nbytes].view(dtype).reshape(out_shape)
+    assert np.array_equal(got, np.transpose(src, perm))
+    with pytest.raises(ValueError, match="outside its destination"):
+        _cpp.copy_strided(get_reader(2), a, b, [(64, list(shape), 65, strides, src.itemsize)])
 
 
 def test_sources_read_in_bounded_groups(ckpt, ref, monkeypatch):
-    """With a small group bound, every shard still comes out bit-exact, from several reads."""
+    """With a small staging buffer, every shard still comes out bit-exact, from several reads, and
+    the engine's host memory never holds more than the shards and that buffer."""
+    from fastsafetensors import _cpp
     from fastsafetensors._src.jax import transform_reads
 
-    calls = []
+    live = []
     real = transform_reads.read_into_host
-    monkeypatch.setattr(transform_reads, "BATCH_ELEMENTS", 3000)
-    monkeypatch.setattr(transform_reads, "read_into_host", lambda plan, **kw: calls.append(1) or real(plan, **kw))
+
+    def spy(plan, **kw):
+        out = real(plan, **kw)
+        live.append(_cpp.testing.host_live_bytes())
+        return out
+
+    monkeypatch.setattr(transform_reads, "STAGING_BYTES", 3000, raising=False)
+    monkeypatch.setattr(transform_reads, "read_into_host", spy)
     transforms, want = _cases(ref)["composed"]
+    before = _cpp.testing.host_live_bytes()
     out = fj.load(ckpt, mesh=jax.make_mesh((2, 4), ("x", "y")), rules=[(".", P("x", "y"))], transforms=transforms)
     _check_shards(out, want)
-    assert len(calls) > 4
+    assert len(live) > 4
+    shards = {str(s.index): s.data.nbytes for s in out["f"].addressable_shards}
+    assert max(live) - before <= sum(shards.values()) + 64 * len(shards) + 3000 + 64
 
 
 def test_shards_are_imported_without_a_copy(ckpt):

@@ -60,6 +60,8 @@ class HostReader {
  public:
   explicit HostReader(unsigned threads);
   unsigned threads() const noexcept { return pool_.size(); }
+  // Its threads, for the work that follows reads (the strided copies of placement.hpp).
+  ThreadPool& pool() noexcept { return pool_; }
 
   // Reads every range into dsts[range.dst] + range.dst_offset. dst_sizes bound each write.
   ReadStats read(const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,

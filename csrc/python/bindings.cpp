@@ -368,4 +368,5 @@ PYBIND11_MODULE(_cpp, m) {
   fst::python::bind_device(m, testing);
   fst::python::bind_numa(m, testing);
   fst::python::bind_host_cache(m);
+  fst::python::bind_placement(m);
 }

@@ -24,6 +24,8 @@ void raise_python(const char* name, const std::string& message, const pybind11::
 // `testing` is the engine's testing submodule: bindings only tests and benchmarks use go there.
 void bind_integrity(pybind11::module_& m, pybind11::module_& testing);
 void bind_host_cache(pybind11::module_& m);
+// Strided placement of boxes for layout transforms (bind_placement.cpp); after HostReader.
+void bind_placement(pybind11::module_& m);
 // Fault injection and the settings parsers, into the testing submodule `t`.
 void bind_testing(pybind11::module_& t);
 // The GPU path: devices, device buffers, the device reader (bind_device.cpp).

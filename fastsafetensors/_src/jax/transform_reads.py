@@ -1,22 +1,24 @@
 """Loading through layout transforms: reads follow the target.
 
 For every target leaf, each distinct shard box of this host's devices is mapped back through its
-transform (:mod:`.transforms`) to the source boxes that make it up, so a host reads only the
-source bytes of its own shards. Every check and every box mapping happens before any I/O.
+transform (:mod:`.transforms`) to :class:`~.transforms.Piece` s: boxes of source tensors and where
+their elements land in the shard. Every check and every box mapping happens before any I/O.
 
-The shards get one aligned slot each in one host buffer. Their jobs are taken in groups of at
-most ``BATCH_ELEMENTS`` source elements: a group's source boxes, deduplicated, are planned with
-``_cpp.plan_boxes`` into aligned host slots (:func:`.shard_plan.plan_shards`), read, and copied
-into their shards with NumPy (on up to one thread per core); then the group's read buffers are
-dropped. The shards go to their devices with ``jax.device_put`` (zero-copy on the CPU).
+The shards get one aligned slot each in one host buffer. A piece whose innermost source axis
+lands contiguous in its shard (no transpose: heads split or merged, concat, stack, slice) is read
+by the engine straight into its slot (``_cpp.plan_strided``). The others (a transpose, or a dtype
+conversion) are cut into chunks of at most ``STAGING_BYTES``, read in groups into one staging
+buffer of that size and copied from it into their slots: by the engine's threads without the
+GIL (``_cpp.copy_strided``, tiled), or by NumPy where a dtype conversion is asked. Host memory is
+the shards plus the staging buffer. The shards go to their devices with ``jax.device_put``
+(zero-copy on the CPU: the slots are aligned).
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+import itertools
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -24,30 +26,30 @@ from jax.sharding import Sharding
 
 from fastsafetensors import _cpp
 from fastsafetensors._src.jax import placement
-from fastsafetensors._src.jax.placement import BoxKey, Placer, Target
-from fastsafetensors._src.jax.shard_plan import host_view, plan_shards
-from fastsafetensors._src.jax.transforms import AsType, Context, Expr, Fill, Read, Transforms, bind, leaves
+from fastsafetensors._src.jax.placement import BoxKey, Placer
+from fastsafetensors._src.jax.transforms import AsType, Box, Context, Expr, Piece, Transforms, bind, c_strides, leaves, \
+    pieces
 from fastsafetensors._src.dtypes import FLOAT_DTYPES
-from fastsafetensors._src.engine import read_into_host
+from fastsafetensors._src.engine import get_reader, read_into_host
 from fastsafetensors.errors import TransformError, UnsupportedDtype
 from fastsafetensors.frameworks import get_framework
 from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
-from fastsafetensors._src.plan import align_up, locate_tensors
+from fastsafetensors._src.plan import LoadPlan, align_up, locate_tensors
 
-BATCH_ELEMENTS = 32 << 20  # source elements read per group (64 MiB of bf16)
+STAGING_BYTES = 4 << 20  # the staging buffer, read through in groups: small enough to stay in the caches
 _FLOATS = frozenset(np.dtype(NUMPY_DTYPES[d]) for d in FLOAT_DTYPES if d in NUMPY_DTYPES)
 
 
 @dataclass
 class Leaf:
-    """One target leaf: its bound transform, placement, final dtype, and per box what to read."""
+    """One target leaf: its bound transform, placement, final dtype, and per box its pieces."""
 
     name: str
     expr: Expr
     sharding: Sharding
     dtype: np.dtype
     boxes: Dict[BoxKey, List["jax.Device"]]
-    plans: Dict[BoxKey, Tuple[List[Read], Fill]]
+    pieces: Dict[BoxKey, List[Piece]]
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -90,39 +92,44 @@ def plan_leaves(files, transforms: Transforms, placer: Placer, cast: Optional[np
         dtype = _final_dtype(name, expr, placer, cast)
         if dtype != expr.dtype:  # converted as the bytes are copied into the shard
             expr = AsType(expr, dtype).bind(Context(tensors, name))
-        plans = {box: expr.plan(box) for box in boxes}
-        out.append(Leaf(name, expr, sharding, dtype, boxes, plans))
+        out.append(Leaf(name, expr, sharding, dtype, boxes, {box: pieces(expr, box) for box in boxes}))
     return out
 
 
-def _source_targets(files, reads: List[Read]) -> Tuple[List[Target], Dict[str, Dict[BoxKey, list]]]:
-    """The source tensors to read as :class:`Target` s, and each one's boxes (for plan_shards)."""
-    boxes_of: Dict[str, Dict[BoxKey, list]] = {}
-    for name, box in reads:
-        boxes_of.setdefault(name, {})[box] = []
-    out = []
-    for name, (fi, k) in locate_tensors(files, list(boxes_of)).items():
-        info = files[fi].infos[k]
-        keep = np.dtype(NUMPY_DTYPES[info.dtype])  # host_view narrows NEEDS_X64 dtypes to Target.dtype: keep them
-        out.append(Target(name, fi, k, info, None, keep))
-    return out, boxes_of
+@dataclass
+class _Staged:
+    """A chunk of a piece to read into the staging buffer and copy into its shard from there."""
+
+    tensor: Tuple[int, int]  # (file, index in its header)
+    dtype: str  # the source's safetensors dtype
+    piece: Piece
+    box: Box  # the chunk: a part of piece.box
+    dst: int  # byte offset of its first element in the shard buffer
+    out: np.dtype  # the shard's dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod([b - a for a, b in self.box], dtype=np.int64)) * np.dtype(NUMPY_DTYPES[self.dtype]).itemsize
 
 
 def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> Dict[str, jax.Array]:
     with metrics.phase("allocate"):
-        shards = _shard_memory(leaves_)
-    jobs = [(rs, fill, shards[leaf.name, box]) for leaf in leaves_ for box, (rs, fill) in leaf.plans.items()]
-    for batch in _batches(jobs):
-        _read_and_build(files, batch, metrics, read_options)
+        buffer, slots = _shard_memory(leaves_)
+    with metrics.phase("plan"):
+        direct, staged = _plan(files, leaves_, slots)
+    if len(direct):
+        read_into_host(LoadPlan(files, direct, [buffer.size], {}), metrics=metrics, buffers=[buffer], **read_options)
+    if staged:
+        _read_staged(files, buffer, staged, metrics, read_options)
     out: Dict[str, jax.Array] = {}
     for leaf in leaves_:
         with metrics.phase("transfer"):
             views, devices = [], []
             for box, ds in leaf.boxes.items():
                 for d in ds:
-                    views.append(shards[leaf.name, box])
+                    views.append(slots[leaf.name, box][1])
                     devices.append(d)
-                    nbytes = shards[leaf.name, box].nbytes
+                    nbytes = slots[leaf.name, box][1].nbytes
                     metrics.count_device(d, nbytes)
             placed = jax.device_put(views, devices)  # zero-copy on the CPU: the shards are aligned
         with metrics.phase("assemble"):
@@ -130,57 +137,107 @@ def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> D
     return jax.block_until_ready(out)
 
 
-def _shard_memory(leaves_: List[Leaf]) -> Dict[Tuple[str, BoxKey], np.ndarray]:
-    """One aligned slot per distinct shard in one host buffer (JAX copies unaligned host memory on
-    ``device_put`` instead of importing it); every array keeps the buffer alive."""
+def _shard_memory(leaves_: List[Leaf]) -> Tuple["_cpp.HostBuffer", Dict[Tuple[str, BoxKey], Tuple[int, np.ndarray]]]:
+    """One aligned slot (byte offset, array) per distinct shard in one host buffer (JAX copies
+    unaligned host memory on ``device_put`` instead of importing it); every array keeps the buffer
+    alive."""
     at, slots = 0, []
     for leaf in leaves_:
-        for box in leaf.plans:
+        for box in leaf.pieces:
             shape = tuple(b - a for a, b in box)
             slots.append(((leaf.name, box), at, shape, leaf.dtype))
             at = align_up(at + int(np.prod(shape, dtype=np.int64)) * leaf.dtype.itemsize)
     buffer = _cpp.HostBuffer.allocate(max(at, 1))
     raw = get_framework("numpy").from_buffer(buffer, 0, "U8", (max(at, 1),))
-    return {key: raw[o:o + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape)
-            for key, o, shape, dtype in slots}
+    return buffer, {key: (o, raw[o:o + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape))
+                    for key, o, shape, dtype in slots}
 
 
-def _batches(jobs):
-    """Jobs grouped so that a group's source boxes take at most BATCH_BYTES (a job alone may take
-    more): the sources of one group are read, built into their shards and freed before the next,
-    so peak host memory is the shards plus one group's sources, not the shards plus all sources."""
-    batch, size = [], 0
-    for job in jobs:
-        n = sum(int(np.prod([b - a for a, b in box], dtype=np.int64)) for _, box in job[0])  # elements, not bytes
-        if batch and size + n > BATCH_ELEMENTS:
-            yield batch
-            batch, size = [], 0
-        batch.append(job)
-        size += n
-    if batch:
-        yield batch
+def _plan(files, leaves_: List[Leaf], slots) -> Tuple["_cpp.RangeList", List[_Staged]]:
+    """The ranges that read pieces straight into their shards, and the chunks of the others."""
+    located = locate_tensors(files, list({p.name for leaf in leaves_ for ps in leaf.pieces.values() for p in ps}))
+    direct, staged = _cpp.RangeList(), []
+    for leaf in leaves_:
+        size = leaf.dtype.itemsize
+        for box, ps in leaf.pieces.items():
+            base = slots[leaf.name, box][0]
+            for p in ps:
+                fi, k = located[p.name]
+                st = files[fi].infos[k].dtype
+                converts = any(d != np.dtype(NUMPY_DTYPES[st]) for d in p.dtypes)
+                if not converts and (not p.box or p.strides[-1] == 1 or p.box[-1][1] - p.box[-1][0] == 1):
+                    _cpp.plan_strided(files[fi].header, k, list(p.shape), [a for a, _ in p.box], [b for _, b in p.box],
+                                     fi, 0, base // size + p.offset, list(p.strides), direct)
+                    continue
+                limit = max(1, STAGING_BYTES // np.dtype(NUMPY_DTYPES[st]).itemsize)
+                for chunk, delta in _chunks(p.box, p.strides, limit):
+                    staged.append(_Staged((fi, k), st, p, chunk, base + (p.offset + delta) * size, leaf.dtype))
+    return direct, staged
 
 
-def _read_and_build(files, jobs, metrics, read_options) -> None:
-    reads = list(dict.fromkeys(r for rs, _, _ in jobs for r in rs))
-    with metrics.phase("plan"):
-        sources, boxes_of = _source_targets(files, reads)
-        sp = plan_shards(files, sources, boxes_of)
-    buffers = read_into_host(sp.plan, metrics=metrics, **read_options)
-    got = {(s.target.name, s.box): host_view(buffers, s.buffer, s.offset, s.target, tuple(b - a for a, b in s.box))
-           for s in sp.slots}
-    with metrics.phase("transform"):
-        _build(got, [(fill, dest) for _, fill, dest in jobs], read_options["threads"])
-
-
-def _build(got, jobs, threads: Optional[int]) -> None:
-    """Fills every shard from the source boxes on up to one thread per core (NumPy copies release
-    the GIL; ``threads`` caps them as it caps the readers)."""
-    workers = min(threads or os.cpu_count() or 1, os.cpu_count() or 1, len(jobs))
-    if workers <= 1:
-        for fill, dest in jobs:
-            fill(got, dest)
+def _chunks(box: Box, strides: Tuple[int, ...], limit: int) -> Iterator[Tuple[Box, int]]:
+    """``box`` in parts of at most ``limit`` elements, each with the offset of its first element
+    relative to the box's: cut along the first axis whose inner part fits, every index of the axes
+    before it apart."""
+    ext = [b - a for a, b in box]
+    for d in range(len(box)):
+        inner = int(np.prod(ext[d + 1:], dtype=np.int64))
+        if inner <= limit:
+            break
+    else:
+        yield box, 0
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="fastsafetensors-transform") as pool:
-        for done in [pool.submit(fill, got, dest) for fill, dest in jobs]:
-            done.result()  # the first failure raises here
+    step = max(1, limit // inner)
+    for idx in itertools.product(*(range(n) for n in ext[:d])):
+        head = tuple((box[i][0] + j, box[i][0] + j + 1) for i, j in enumerate(idx))
+        at = sum(j * s for j, s in zip(idx, strides))
+        for lo in range(0, ext[d], step):
+            hi = min(ext[d], lo + step)
+            yield head + ((box[d][0] + lo, box[d][0] + hi),) + box[d + 1:], at + lo * strides[d]
+
+
+def _staging_groups(staged: List[_Staged]) -> Iterator[List[_Staged]]:
+    group, size = [], 0
+    for s in staged:
+        if group and size + s.nbytes > STAGING_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(s)
+        size = align_up(size + s.nbytes)
+    if group:
+        yield group
+
+
+def _read_staged(files, buffer, staged: List[_Staged], metrics, read_options) -> None:
+    """Each group of chunks read into the staging buffer, then copied into the shards: by the
+    engine (tiled, on the reader's threads) where the dtype stays, by NumPy where it changes."""
+    staging = _cpp.HostBuffer.allocate(min(STAGING_BYTES, sum(align_up(s.nbytes) for s in staged)))
+    reader = get_reader(read_options["threads"])
+    for group in _staging_groups(staged):
+        with metrics.phase("plan"):
+            ranges, at, copies, converts = _cpp.RangeList(), 0, [], []
+            for s in group:
+                ext = [b - a for a, b in s.box]
+                itemsize = np.dtype(NUMPY_DTYPES[s.dtype]).itemsize
+                _cpp.plan_strided(files[s.tensor[0]].header, s.tensor[1], list(s.piece.shape), [a for a, _ in s.box],
+                                 [b for _, b in s.box], s.tensor[0], 0, at // itemsize, c_strides(ext), ranges)
+                if s.piece.dtypes and any(d != np.dtype(NUMPY_DTYPES[s.dtype]) for d in s.piece.dtypes):
+                    converts.append((s, at, ext))
+                else:
+                    copies.append((at, ext, s.dst, list(s.piece.strides), itemsize))
+                at = align_up(at + s.nbytes)
+        read_into_host(LoadPlan(files, ranges, [staging.size], {}), metrics=metrics, buffers=[staging], **read_options)
+        with metrics.phase("transform"):
+            _cpp.copy_strided(reader, staging, buffer, copies)
+            for s, at, ext in converts:
+                _convert(s, get_framework("numpy").from_buffer(staging, at, s.dtype, tuple(ext)), buffer)
+
+
+def _convert(s: _Staged, src: np.ndarray, buffer) -> None:
+    """A staged chunk into its shard through its conversions, each as NumPy's astype does it."""
+    raw = get_framework("numpy").from_buffer(buffer, 0, "U8", (buffer.size,))
+    dst = np.lib.stride_tricks.as_strided(raw[s.dst:].view(s.out), shape=src.shape,
+                                          strides=[st * s.out.itemsize for st in s.piece.strides])
+    for d in s.piece.dtypes[:-1]:  # a conversion below a different one: both happen
+        src = src.astype(d) if src.dtype != d else src
+    np.copyto(dst, src, casting="unsafe")

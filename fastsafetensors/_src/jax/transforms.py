@@ -5,18 +5,21 @@ A transform is an expression over checkpoint tensors (:func:`src`) built from :f
 rules turn every checkpoint name a regex matches into a target leaf. ``bind`` resolves an
 expression against the checkpoint (names, shapes, dtypes) and checks it, before any I/O.
 
-A bound node answers ``plan(box)``: the source boxes that make up ``box`` of its output (the
-inverse of the transform applied to the box) and a function that fills an array of the box's
-shape from them with NumPy. Fills write through views of the destination (a transpose fills the
-transposed view, a concat or stack each part's slice, a reshape the reshaped view), so each
-byte is copied once, from the read buffer to the shard, converted on the way where asked. A reshape that splits or merges axes maps a box back to a box only when the box is
-aligned with the merged axes (whole heads); ``plan`` refuses the others (:class:`TransformError`).
+A bound node answers ``place(box, offset, strides)``: the :class:`Piece` s that make up ``box``
+of its output (the inverse of the transform applied to the box), each a box of one source tensor
+and where its elements land in the shard (an offset and a stride per axis, in elements). A
+transpose permutes the strides, a concat or stack moves the offset per part, a slice moves the
+box; a reshape that splits or merges axes cuts the box into runs that are contiguous in both
+layouts, so any shard box maps back (heads cut by a shard included), into one piece per run
+where the box does not cover whole heads. The engine reads each piece straight into its shard
+or copies it there from a staging buffer (:mod:`.transform_reads`).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -26,8 +29,35 @@ from fastsafetensors.errors import TransformError
 from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
 
 Box = Tuple[Tuple[int, int], ...]  # (start, stop) per dimension
-Read = Tuple[str, Box]  # a source tensor and the box of it to read
-Fill = Callable[[Mapping[Read, np.ndarray], np.ndarray], None]  # (source boxes read, destination)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A box of source tensor ``name`` viewed as ``shape`` (a C-order reshape of it, where a reshape
+    cut its axes) and where it lands: element i of the box at element ``offset + sum(i * strides)``
+    of its shard, converted through ``dtypes`` (innermost astype first; empty: as stored)."""
+
+    name: str
+    shape: Tuple[int, ...]
+    box: Box
+    offset: int
+    strides: Tuple[int, ...]
+    dtypes: Tuple[np.dtype, ...] = ()
+
+
+def c_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+    """Element strides of a C-contiguous array of ``shape``."""
+    out = [1] * len(shape)
+    for d in range(len(shape) - 1, 0, -1):
+        out[d - 1] = out[d] * shape[d]
+    return tuple(out)
+
+
+def pieces(expr: "Expr", box: Box) -> List[Piece]:
+    """The pieces of a bound expression that make up a C-contiguous shard of ``box``."""
+    if any(a == b for a, b in box):
+        return []
+    return expr.place(box, 0, c_strides([b - a for a, b in box]))
 
 
 @dataclass
@@ -54,7 +84,7 @@ class Expr:
     def bind(self, ctx: Context) -> "Expr":
         raise NotImplementedError
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
         raise NotImplementedError
 
 
@@ -62,30 +92,6 @@ def _check_axis(ctx: Context, node: Expr, axis: int, rank: int) -> int:
     if not -rank <= axis < rank:
         raise ctx.error(node, f"axis {axis} is out of range for rank {rank}")
     return axis % rank
-
-
-_TILE = 128  # a 128x128 tile of each side stays in L2 while it is transposed
-
-
-def _inner_axis(a: np.ndarray) -> int:
-    """The axis whose neighbouring elements are closest in memory."""
-    return min((abs(st), ax) for ax, (st, n) in enumerate(zip(a.strides, a.shape)) if n > 1)[1]
-
-
-def copy(out: np.ndarray, src: np.ndarray) -> None:
-    """``out[...] = src``, converting the dtype where an astype asked for it. When out is laid out
-    transposed to src (another inner axis), in tiles over both inner axes: an element-by-element
-    transposing copy misses the cache on every read, and measured 1.7-2x slower."""
-    if src.ndim < 2 or src.size < 4 * _TILE * _TILE or min(src.shape) == 1 or _inner_axis(out) == _inner_axis(src):
-        np.copyto(out, src, casting="unsafe")
-        return
-    a, b = _inner_axis(src), _inner_axis(out)
-    where = [slice(None)] * src.ndim
-    for i in range(0, src.shape[a], _TILE):
-        where[a] = slice(i, i + _TILE)
-        for j in range(0, src.shape[b], _TILE):
-            where[b] = slice(j, j + _TILE)
-            np.copyto(out[tuple(where)], src[tuple(where)], casting="unsafe")
 
 
 class Source(Expr):
@@ -104,9 +110,8 @@ class Source(Expr):
         self.shape, self.dtype = tuple(shape), np.dtype(NUMPY_DTYPES[st])
         return self
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
-        key = (self.name, box)
-        return [key], lambda got, out: copy(out, got[key])
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
+        return [Piece(self.name, self.shape, box, offset, strides)]
 
 
 class Transpose(Expr):
@@ -124,13 +129,12 @@ class Transpose(Expr):
         self.shape, self.dtype = tuple(self.x.shape[p] for p in self.perm), self.x.dtype
         return self
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
-        inner = [None] * len(box)
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
+        inner: List[Any] = [None] * len(box)
+        inner_strides = [0] * len(box)
         for out_axis, in_axis in enumerate(self.perm):
-            inner[in_axis] = box[out_axis]
-        reads, fill = self.x.plan(tuple(inner))
-        inverse = tuple(np.argsort(self.perm))
-        return reads, lambda got, out: fill(got, out.transpose(inverse))
+            inner[in_axis], inner_strides[in_axis] = box[out_axis], strides[out_axis]
+        return self.x.place(tuple(inner), offset, tuple(inner_strides))
 
 
 class Slice(Expr):
@@ -151,9 +155,10 @@ class Slice(Expr):
         self.dtype = self.x.dtype
         return self
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
         a, b = box[self.axis]
-        return self.x.plan(box[:self.axis] + ((a + self.start, b + self.start),) + box[self.axis + 1:])
+        return self.x.place(box[:self.axis] + ((a + self.start, b + self.start),) + box[self.axis + 1:], offset,
+                            strides)
 
 
 class AsType(Expr):
@@ -169,17 +174,8 @@ class AsType(Expr):
         self.shape = self.x.shape
         return self
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
-        reads, fill = self.x.plan(box)
-
-        def cast(got, out):
-            if out.dtype == self.dtype:  # the sources convert as they are copied into out
-                return fill(got, out)
-            tmp = np.empty(out.shape, self.dtype)  # a conversion below a different one: both happen
-            fill(got, tmp)
-            np.copyto(out, tmp, casting="unsafe")
-
-        return reads, cast
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
+        return [replace(p, dtypes=p.dtypes + (self.dtype,)) for p in self.x.place(box, offset, strides)]
 
 
 class Concat(Expr):
@@ -209,25 +205,18 @@ class Concat(Expr):
         self.dtype = first.dtype
         return self
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
         a, b = box[self.axis]
-        reads: List[Read] = []
-        parts: List[Tuple[Tuple[slice, ...], Fill]] = []
+        out: List[Piece] = []
         at = 0
         for x in self.xs:
             n = x.shape[self.axis]
             lo, hi = max(a, at), min(b, at + n)
             if lo < hi:  # this part overlaps the box
-                r, f = x.plan(box[:self.axis] + ((lo - at, hi - at),) + box[self.axis + 1:])
-                reads += r
-                parts.append(((slice(None),) * self.axis + (slice(lo - a, hi - a),), f))
+                out += x.place(box[:self.axis] + ((lo - at, hi - at),) + box[self.axis + 1:],
+                               offset + (lo - a) * strides[self.axis], strides)
             at += n
-
-        def fill(got, out):
-            for where, f in parts:
-                f(got, out[where])
-
-        return reads, fill
+        return out
 
 
 class Stack(Expr):
@@ -274,21 +263,13 @@ class Stack(Expr):
         self.dtype = first.dtype
         return self
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
         a, b = box[self.axis]
-        inner = box[:self.axis] + box[self.axis + 1:]
-        reads: List[Read] = []
-        items: List[Tuple[Tuple[Any, ...], Fill]] = []
+        inner, inner_strides = box[:self.axis] + box[self.axis + 1:], strides[:self.axis] + strides[self.axis + 1:]
+        out: List[Piece] = []
         for k, x in enumerate(self.xs[a:b]):
-            r, f = x.plan(inner)
-            reads += r
-            items.append(((slice(None),) * self.axis + (k,), f))
-
-        def fill(got, out):
-            for where, f in items:
-                f(got, out[where])
-
-        return reads, fill
+            out += x.place(inner, offset + k * strides[self.axis], inner_strides)
+        return out
 
 
 def _groups(src: Tuple[int, ...], dst: Tuple[int, ...]) -> List[Tuple[Tuple[int, int], Tuple[int, int]]]:
@@ -313,36 +294,54 @@ def _groups(src: Tuple[int, ...], dst: Tuple[int, ...]) -> List[Tuple[Tuple[int,
     return out
 
 
-def _flat_range(box: Box, dims: Tuple[int, ...]) -> Optional[Tuple[int, int]]:
-    """The row-major range [a, b) a box over ``dims`` covers, or None when it is not one range."""
-    partial = [k for k, ((a, b), n) in enumerate(zip(box, dims)) if (a, b) != (0, n)]
-    last = partial[-1] if partial else 0
-    if any(b - a != 1 for a, b in box[:last]):
-        return None
-    start = 0
-    for (a, _), n in zip(box, dims):
-        start = start * n + a
+def _range_boxes(a: int, b: int, dims: Tuple[int, ...]) -> List[Tuple[Box, int]]:
+    """The elements [a, b) of a C-order array of ``dims`` as boxes, each with the flat index of its
+    first element: whole rows in one box, a partial row at either end in boxes of its own."""
+    if a >= b:
+        return []
     if not dims:
-        return 0, 1
-    inner = int(np.prod(dims[last + 1:], dtype=np.int64))
-    return start, start + (box[last][1] - box[last][0]) * inner
+        return [((), a)]
+    inner = int(np.prod(dims[1:], dtype=np.int64))
+    first, last = a // inner, (b - 1) // inner
+    if first == last:  # inside one row: a box of the axes below it
+        return [(((first, first + 1),) + box, at + first * inner)
+                for box, at in _range_boxes(a - first * inner, b - first * inner, dims[1:])]
+    lo, hi = -(-a // inner), b // inner  # the whole rows
+    whole = [(((lo, hi),) + tuple((0, n) for n in dims[1:]), lo * inner)] if lo < hi else []
+    return _range_boxes(a, lo * inner, dims) + whole + _range_boxes(hi * inner, b, dims)
 
 
-def _range_box(a: int, b: int, dims: Tuple[int, ...]) -> Optional[Box]:
-    """The box over ``dims`` whose row-major range is [a, b), or None when there is none."""
-    for k in range(len(dims)):
-        inner = int(np.prod(dims[k + 1:], dtype=np.int64))
-        if a % inner or (b - a) % inner:
-            continue
-        outer, start = divmod(a // inner, dims[k])
-        if start + (b - a) // inner > dims[k]:
-            continue
-        head = []
-        for n in reversed(dims[:k]):
-            outer, i = divmod(outer, n)
-            head.append((i, i + 1))
-        return tuple(reversed(head)) + ((start, start + (b - a) // inner),) + tuple((0, n) for n in dims[k + 1:])
-    return () if not dims else None
+def _runs(box: Box, strides: Tuple[int, ...], dims: Tuple[int, ...]) -> List[Tuple[int, int, int, int]]:
+    """A box over ``dims`` as runs contiguous in its flat (C-order) index that land at one stride:
+    (flat start, length, offset of the first element, stride). A run spans the trailing axes the
+    box covers whole and whose strides nest; every index of the axes before it starts one."""
+    if not dims:
+        return [(0, 1, 0, 1)]
+    n = len(dims)
+    last = max([k for k in range(n) if box[k] != (0, dims[k])], default=0)
+    r = n - 1
+    while r > last and strides[r - 1] == strides[r] * dims[r]:
+        r -= 1
+    flat = c_strides(dims)
+    length = (box[r][1] - box[r][0]) * flat[r]
+    out = []
+    for idx in itertools.product(*(range(a, b) for a, b in box[:r])):
+        start = sum(i * f for i, f in zip(idx, flat)) + box[r][0] * flat[r]
+        at = sum((i - a) * s for i, (a, _), s in zip(idx, box, strides))
+        out.append((start, length, at, strides[-1]))
+    return out
+
+
+def _group_parts(box: Box, strides: Tuple[int, ...], dims: Tuple[int, ...],
+                 src: Tuple[int, ...]) -> List[Tuple[Box, int, Tuple[int, ...]]]:
+    """One reshape group: a box over its output axes ``dims`` as boxes over its input axes
+    ``src``, each with its offset and strides in the destination."""
+    out = []
+    flat = c_strides(src)
+    for start, length, at, step in _runs(box, strides, dims):
+        for sub, first in _range_boxes(start, start + length, src):
+            out.append((sub, at + (first - start) * step, tuple(f * step for f in flat)))
+    return out
 
 
 class Reshape(Expr):
@@ -363,34 +362,17 @@ class Reshape(Expr):
             raise ctx.error(self, f"cannot reshape {src} into {tuple(self.want)}: sizes differ")
         self.shape, self.dtype = tuple(want), self.x.dtype
         self.groups = _groups(src, self.shape)
-        self.ctx = ctx  # plan's errors name the leaf
         return self
 
-    def plan(self, box: Box) -> Tuple[List[Read], Fill]:
-        inner: List[Tuple[int, int]] = []
-        for (i0, i1), (j0, j1) in self.groups:
-            span = _flat_range(box[j0:j1], self.shape[j0:j1])
-            sub = _range_box(*span, self.x.shape[i0:i1]) if span is not None else None
-            if sub is None:
-                raise self.ctx.error(self, f"reshape {self.x.shape} -> {self.shape}: the shard box {box[j0:j1]} "
-                                           f"of axes {tuple(range(j0, j1))} is not one block of axes "
-                                           f"{tuple(range(i0, i1))} before it (shard whole heads, or another axis)")
-            inner += sub
-        reads, fill = self.x.plan(tuple(inner))
-        in_shape = tuple(b - a for a, b in inner)
-
-        def reshaped(got, out):
-            view = out.view()
-            try:
-                view.shape = in_shape  # a view when out's strides allow it (always for a whole shard)
-            except AttributeError:
-                tmp = np.empty(in_shape, out.dtype)
-                fill(got, tmp)
-                out[...] = tmp.reshape(out.shape)
-                return
-            fill(got, view)
-
-        return reads, reshaped
+    def place(self, box: Box, offset: int, strides: Tuple[int, ...]) -> List[Piece]:
+        parts = [_group_parts(box[j0:j1], strides[j0:j1], self.shape[j0:j1], self.x.shape[i0:i1])
+                 for (i0, i1), (j0, j1) in self.groups]
+        out: List[Piece] = []
+        for combo in itertools.product(*parts):
+            inner = tuple(d for sub, _, _ in combo for d in sub)
+            inner_strides = tuple(s for _, _, ss in combo for s in ss)
+            out += self.x.place(inner, offset + sum(at for _, at, _ in combo), inner_strides)
+        return out
 
 
 # ---------------------------------------------------------------- the public constructors

@@ -1,0 +1,40 @@
+// Placing boxes of tensors into strided destinations: the shards of layout transforms (docs/jax.md).
+// A box whose innermost axis lands contiguous in the destination is read straight into it
+// (plan_strided); any other (a transpose) is read into a staging buffer and copied from there
+// (copy_strided), tiled so that both sides stay in cache.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fastsafetensors/header.hpp"
+#include "fastsafetensors/read_plan.hpp"
+#include "fastsafetensors/thread_pool.hpp"
+
+namespace fst {
+
+// Appends, in file order, the ranges reading `box` of tensor `tensor` viewed as `shape` (a C-order
+// reshape of its shape: the same element count) into buffer `dst`, element i of the box landing at
+// element dst_offset_elems + sum(i[d] * dst_strides[d]) of the destination (in the tensor's
+// element size). The innermost stride must be 1 where the box is wider than one element there.
+// Throws std::invalid_argument for a view, box or strides that do not fit the tensor.
+void plan_strided(const Header& h, uint32_t tensor, const std::vector<uint64_t>& shape, const Box& box,
+                  uint32_t file, uint32_t dst, uint64_t dst_offset_elems, const std::vector<uint64_t>& dst_strides,
+                  std::vector<ReadRange>& out);
+
+// A C-contiguous block of `shape` elements of `itemsize` bytes at src_offset (bytes) of a staging
+// buffer, copied to element i at dst_offset + sum(i[d] * dst_strides[d]) * itemsize bytes.
+struct StridedCopy {
+  uint64_t src_offset = 0;
+  std::vector<uint64_t> shape;
+  uint64_t dst_offset = 0;
+  std::vector<uint64_t> dst_strides;  // in elements
+  unsigned itemsize = 1;
+};
+
+// Runs every copy on the pool's threads (split along their leading axes). Throws
+// std::invalid_argument, before copying anything, for a copy outside either buffer.
+void copy_strided(const uint8_t* src, uint64_t src_size, uint8_t* dst, uint64_t dst_size,
+                  const std::vector<StridedCopy>& copies, ThreadPool& pool);
+
+}  // namespace fst

@@ -1,0 +1,57 @@
+// Strided placement (placement.hpp): the ranges of a box read straight into a shard, and the
+// copies of staged boxes into shards, on a reader's threads without the GIL.
+#include <stdexcept>
+#include <tuple>
+
+#include "fastsafetensors/buffer.hpp"
+#include "fastsafetensors/host_reader.hpp"
+#include "fastsafetensors/placement.hpp"
+#include "bindings.hpp"
+
+namespace py = pybind11;
+
+namespace fst::python {
+
+void bind_placement(py::module_& m) {
+  m.def(
+      "plan_strided",
+      [](const Header& h, uint32_t tensor, const std::vector<uint64_t>& shape, std::vector<uint64_t> start,
+         std::vector<uint64_t> stop, uint32_t file, uint32_t dst, uint64_t dst_offset,
+         const std::vector<uint64_t>& dst_strides, std::vector<ReadRange>& out) {
+        try {
+          plan_strided(h, tensor, shape, Box{std::move(start), std::move(stop)}, file, dst, dst_offset, dst_strides,
+                       out);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("header"), py::arg("tensor"), py::arg("shape"), py::arg("start"), py::arg("stop"), py::arg("file"),
+      py::arg("dst"), py::arg("dst_offset"), py::arg("dst_strides"), py::arg("out"),
+      "Append the ranges reading the box [start, stop) of a tensor viewed as `shape` into buffer `dst`, element "
+      "i at dst_offset + sum(i * dst_strides) (in elements; the innermost stride 1), in file order.");
+  m.def(
+      "copy_strided",
+      [](HostReader& reader, const std::shared_ptr<Buffer>& src, const std::shared_ptr<Buffer>& dst,
+         const std::vector<std::tuple<uint64_t, std::vector<uint64_t>, uint64_t, std::vector<uint64_t>, unsigned>>&
+             copies) {
+        if (src->device().device_type != kDLCPU || dst->device().device_type != kDLCPU) {
+          throw py::value_error("copy_strided copies between host buffers only");
+        }
+        std::vector<StridedCopy> cs;
+        cs.reserve(copies.size());
+        for (const auto& [src_offset, shape, dst_offset, strides, itemsize] : copies) {
+          cs.push_back(StridedCopy{src_offset, shape, dst_offset, strides, itemsize});
+        }
+        try {
+          py::gil_scoped_release nogil;
+          copy_strided(src->data(), src->size(), dst->data(), dst->size(), cs, reader.pool());
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("reader"), py::arg("src"), py::arg("dst"), py::arg("copies"),
+      "Copy C-contiguous blocks (src_offset, shape, dst_offset, dst_strides, itemsize) of `src` into `dst`, "
+      "element i at dst_offset + sum(i * dst_strides) * itemsize bytes, on the reader's threads.");
+}
+
+}  // namespace fst::python
