@@ -197,7 +197,8 @@ def _chunks(box: Box, strides: Tuple[int, ...], limit: int) -> Iterator[Tuple[Bo
 
 
 def _staging_groups(staged: List[_Staged]) -> Iterator[List[_Staged]]:
-    group, size = [], 0
+    group: List[_Staged] = []
+    size = 0
     for s in staged:
         if group and size + s.nbytes > STAGING_BYTES:
             yield group
