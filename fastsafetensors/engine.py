@@ -149,7 +149,8 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
         bar = _progress_bar(plan, progress)
         with metrics.phase("read"):
             stats = reader.read(sources, plan.ranges, buffers, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
-                                on_batch=bar.update if bar is not None else None)
+                                on_batch=bar.update if bar is not None else None,
+                                cold_reads=settings.get("FASTSAFETENSORS_COLD_READS"))
             metrics.count_host_reads(stats)
             per_file = stats["bytes_per_file"]
     except BaseException:
