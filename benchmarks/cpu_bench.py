@@ -53,6 +53,8 @@ CASES = [
     CaseDef("ours-torch", "fastsafetensors (this) torch"),
     CaseDef("ours-numpy-huge", "fastsafetensors (this) numpy, FASTSAFETENSORS_HUGE_PAGES=1",
             env=(("FASTSAFETENSORS_HUGE_PAGES", "1"),)),
+    CaseDef("ours-numpy-nocold", "fastsafetensors (this) numpy, FASTSAFETENSORS_COLD_READS=0",
+            env=(("FASTSAFETENSORS_COLD_READS", "0"),)),
     CaseDef("ours-numpy-mmap", "fastsafetensors (this) numpy, mmap=True, pages touched"),
     CaseDef("ours-torch-mmap", "fastsafetensors (this) torch, mmap=True, pages touched"),
     CaseDef("st-torch", "safetensors torch.load_file (mmap, pages touched)"),
@@ -68,6 +70,7 @@ CASES = [
 SHARED_CASES = {
     "ours-numpy": "fastsafetensors numpy",
     "ours-numpy-huge": "fastsafetensors numpy",  # the same case, with the huge-page policy in its env
+    "ours-numpy-nocold": "fastsafetensors numpy",  # the same case, every byte read as a page-cache read
     "ours-torch": "fastsafetensors torch",
     "ours-numpy-mmap": "fastsafetensors numpy mmap (pages touched)",
     "ours-torch-mmap": "fastsafetensors torch mmap (pages touched)",

@@ -98,9 +98,16 @@ void read_buffered(const File& f, const GroupedReads& g, const VectorRead& v, co
 }
 
 // With O_DIRECT the aligned span around the read goes into the bounce buffer, then each range
-// is copied out.
+// is copied out, into destination pages faulted in beforehand as for a buffered read.
 void read_direct(const File& f, const GroupedReads& g, const VectorRead& v, const std::vector<uint8_t*>& dsts,
-                 uint8_t* bounce) {
+                 const std::vector<bool>& resident, Worker& w) {
+  w.spans.clear();
+  for (size_t k = v.first; k < v.last; ++k) {
+    const ReadRange& r = g.ranges[k];
+    if (r.length != 0 && (resident.empty() || !resident[r.dst])) add_span(w.spans, piece_dst(r, dsts), r.length);
+  }
+  w.populated += populate_spans(w.spans);
+  uint8_t* bounce = w.bounce.get();
   uint64_t start = v.file_offset / kDirectAlignment * kDirectAlignment;
   uint64_t span = detail::align_up(v.file_offset + v.span, kDirectAlignment) - start;
   uint64_t got = f.read_at(bounce, span, start);
@@ -208,7 +215,7 @@ void HostReader::run(ThreadPool& pool, const std::vector<File>& files, const Gro
       const VectorRead& v = g.reads[begin + i];
       const File& f = files[g.ranges[v.first].file];
       if (options.direct) {
-        read_direct(f, g, v, dsts, workers[worker].bounce.get());
+        read_direct(f, g, v, dsts, options.resident, workers[worker]);
       } else {
         read_buffered(f, g, v, dsts, options.resident, workers[worker]);
       }
