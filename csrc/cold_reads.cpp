@@ -25,12 +25,17 @@ constexpr uint64_t kMaxRequest = 16 * kMiB;
 // sweep, but a deeper queue only widens the window (and the seeks between its ends).
 constexpr uint64_t kRotatingInFlight = 16;
 constexpr uint64_t kSolidInFlight = 32;
-// O_DIRECT bounce buffers (one request each) stay under this much memory.
+// Requests in flight (O_DIRECT: bounce buffers) stay under this much memory.
 constexpr uint64_t kMaxInFlightBytes = 128 * kMiB;
 // The bounce buffers' alignment (host_reader.cpp): a device with larger blocks is read buffered.
+// O_DIRECT is not the rule's default: a cold load through the page cache leaves the checkpoint
+// there for the next load (a restarted server, another rank), and the kernel's readahead adds
+// requests in flight beyond the threads'; on the project's VM fastsafetensors 0.5.0 read cold
+// files faster buffered than with O_DIRECT (docs/benchmarks.md). A host that must not cache the
+// checkpoint asks for it.
 constexpr uint64_t kDirectAlignment = 4096;
 // Without a queue to read (tmpfs, overlay, NFS, FUSE): 0.5.0's buffered shape, which keeps a
-// network file system's requests in flight; O_DIRECT is off, as some of these refuse it.
+// network file system's requests in flight.
 constexpr unsigned kFallbackDepth = 16;
 constexpr uint64_t kFallbackRequest = 16 * kMiB;
 // A step of the file counts resident when this share of its pages is (device_reader.hpp).
@@ -57,11 +62,12 @@ std::string queue_dir(const std::string& sysfs_root, uint64_t dev) {
 ColdShape with_overrides(ColdShape s) {
   uint64_t threads = settings::get_uint("FASTSAFETENSORS_COLD_THREADS", 0, 256);
   uint64_t request_kb = settings::get_uint("FASTSAFETENSORS_COLD_REQUEST_KB", 0, uint64_t{1} << 20);
-  bool direct = settings::get_bool("FASTSAFETENSORS_COLD_ODIRECT", s.direct);
+  bool direct = settings::get_bool("FASTSAFETENSORS_COLD_ODIRECT", false);
   if (threads != 0) s.queue_depth = static_cast<unsigned>(threads);
   if (request_kb != 0) s.request_bytes = request_kb << 10;
-  if (threads != 0 || request_kb != 0 || direct != s.direct) s.rule += "; overridden by the environment";
-  s.direct = direct;
+  if (threads != 0 || request_kb != 0 || direct) s.rule += "; overridden by the environment";
+  if (direct && !s.direct_allowed) s.rule += " (O_DIRECT refused: blocks larger than 4096 bytes)";
+  s.direct = direct && s.direct_allowed;
   return s;
 }
 
@@ -78,7 +84,7 @@ ColdShape cold_shape_from_limits(const QueueLimits& q) {
   if (q.nr_requests != 0) in_flight = std::min(in_flight, q.nr_requests);
   uint64_t depth = std::max<uint64_t>(2, in_flight / per_read);
   s.queue_depth = static_cast<unsigned>(std::min(depth, std::max<uint64_t>(2, kMaxInFlightBytes / s.request_bytes)));
-  s.direct = q.logical_block_size <= kDirectAlignment;
+  s.direct_allowed = q.logical_block_size <= kDirectAlignment;
   s.rule = std::string(q.rotational ? "rotational" : "solid-state") + ", nr_requests " + std::to_string(q.nr_requests) +
            ", max_sectors_kb " + std::to_string(q.max_sectors_kb) + ", optimal_io_size " +
            std::to_string(q.optimal_io_size) + ", logical_block_size " + std::to_string(q.logical_block_size);
@@ -88,7 +94,7 @@ ColdShape cold_shape_from_limits(const QueueLimits& q) {
 ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev) {
   std::string dir = queue_dir(sysfs_root, dev);
   if (dir.empty()) {
-    return with_overrides(ColdShape{kFallbackDepth, kFallbackRequest, false,
+    return with_overrides(ColdShape{kFallbackDepth, kFallbackRequest, false, true,
                                     "fallback: no block queue for device " + std::to_string(major(dev)) + ":" +
                                         std::to_string(minor(dev))});
   }

@@ -144,8 +144,9 @@ SETTINGS: Dict[str, Setting] = {s.name: s for s in [
             engine=True),
     Setting("FASTSAFETENSORS_COLD_REQUEST_KB", "int", 0,
             "KiB per cold read (0: by the device rule)", maximum=1 << 20, engine=True),
-    Setting("FASTSAFETENSORS_COLD_ODIRECT", "bool", None,
-            "cold reads with O_DIRECT (unset: by the device rule)", engine=True),
+    Setting("FASTSAFETENSORS_COLD_ODIRECT", "bool", False,
+            "cold reads with O_DIRECT, leaving the page cache as it was (where the device's blocks allow); 0: "
+            "through the page cache, which keeps the files for the next load", engine=True),
     Setting("FASTSAFETENSORS_DEBUG", "bool", False,
             "log each load's phases and timings (logger fastsafetensors); read once, at import"),
     Setting("FASTSAFETENSORS_HUGE_PAGES", "bool", False,

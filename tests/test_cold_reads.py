@@ -103,7 +103,7 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-@pytest.mark.parametrize("direct", ["1", "0"])
+@pytest.mark.parametrize("direct", ["1", "0", ""])
 @pytest.mark.parametrize("request_kb", ["4", "", "16384"])
 def test_cold_load_equals_safetensors(tmp_path, clean_env, direct, request_kb):
     path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
@@ -115,7 +115,7 @@ def test_cold_load_equals_safetensors(tmp_path, clean_env, direct, request_kb):
     # O_DIRECT leaves the page cache as it was (but for the header read's readahead); a buffered
     # read fills it.
     resident = sum(resident_pages(path))
-    assert resident < GRANULE // PAGE if direct == "1" else resident == len(resident_pages(path))
+    assert resident < GRANULE // PAGE if direct == "1" else resident == len(resident_pages(path))  # "": buffered
     assert metrics.cold_bytes == metrics.bytes_read > 0
     assert_exact(out, path)
 
@@ -174,20 +174,20 @@ LIMITS = dict(rotational=0, nr_requests=1023, max_sectors_kb=128, optimal_io_siz
 
 @pytest.mark.parametrize("limits, want", [
     # NVMe: 1 MiB reads (8 device requests each), 32 requests in flight.
-    ({}, (4, MiB, True)),
+    ({}, (4, MiB, False)),
     # A disk: 16 requests in flight, each its largest.
-    (dict(rotational=1, nr_requests=64, max_sectors_kb=1280), (16, 1280 << 10, True)),
+    (dict(rotational=1, nr_requests=64, max_sectors_kb=1280), (16, 1280 << 10, False)),
     # ... or its queue's depth if that is less.
-    (dict(rotational=1, nr_requests=8, max_sectors_kb=1280), (8, 1280 << 10, True)),
+    (dict(rotational=1, nr_requests=8, max_sectors_kb=1280), (8, 1280 << 10, False)),
     # This project's VM disk (virtio, reported rotational).
-    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096), (16, 4 * MiB, True)),
+    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096), (16, 4 * MiB, False)),
     # A RAID stripe: its optimal size per read, the in-flight requests shared among fewer threads.
-    (dict(max_sectors_kb=512, optimal_io_size=8 * MiB), (2, 8 * MiB, True)),
+    (dict(max_sectors_kb=512, optimal_io_size=8 * MiB), (2, 8 * MiB, False)),
     # A shallow queue bounds what is in flight.
-    (dict(nr_requests=2, max_sectors_kb=4096), (2, 4 * MiB, True)),
+    (dict(nr_requests=2, max_sectors_kb=4096), (2, 4 * MiB, False)),
     # Huge requests allowed: clamped to 16 MiB, at most 128 MiB of bounce buffers in flight.
-    (dict(max_sectors_kb=1 << 20), (8, 16 * MiB, True)),
-    # Blocks larger than the bounce buffers' 4 KiB alignment: read through the page cache.
+    (dict(max_sectors_kb=1 << 20), (8, 16 * MiB, False)),
+    # Larger blocks: as the others (O_DIRECT, which they would refuse, is off by default anyway).
     (dict(logical_block_size=8192), (4, MiB, False)),
 ])
 @pytest.mark.parametrize("partition", [False, True])
@@ -212,6 +212,19 @@ def test_settings_override_the_rule(tmp_path, clean_env):
     shape = cpp.cold_read_shape(dev, str(tmp_path))
     assert (shape["threads"], shape["request_bytes"], shape["direct"]) == (7, 256 << 10, False)
     assert shape["rule"].endswith("; overridden by the environment")
+    clean_env.delenv("FASTSAFETENSORS_COLD_THREADS")
+    clean_env.delenv("FASTSAFETENSORS_COLD_REQUEST_KB")
+    assert not cpp.cold_read_shape(dev, str(tmp_path))["rule"].endswith("environment")  # off is the default
+
+
+@pytest.mark.parametrize("block, want", [(512, True), (4096, True), (8192, False)])
+def test_odirect_asked_for_where_the_blocks_allow_it(tmp_path, clean_env, block, want):
+    dev = fake_sysfs(tmp_path, 8, 0, **{**LIMITS, "logical_block_size": block})
+    clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
+    shape = cpp.cold_read_shape(dev, str(tmp_path))
+    assert shape["direct"] is want
+    assert shape["rule"].endswith("; overridden by the environment" + ("" if want else
+                                  " (O_DIRECT refused: blocks larger than 4096 bytes)"))
 
 
 def test_malformed_override_names_the_variable(tmp_path, clean_env):

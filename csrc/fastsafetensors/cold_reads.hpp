@@ -17,7 +17,8 @@ namespace fst {
 struct ColdShape {
   unsigned queue_depth = 0;    // reads kept in flight (reader threads)
   uint64_t request_bytes = 0;  // bytes per read
-  bool direct = false;         // O_DIRECT: the pages would only be read once, into memory we own
+  bool direct = false;         // O_DIRECT (FASTSAFETENSORS_COLD_ODIRECT=1 only: see cold_reads.cpp)
+  bool direct_allowed = true;  // the device's blocks fit the bounce buffers' alignment
   std::string rule;            // what chose it: the sysfs values, or why the fallback
 };
 
