@@ -40,7 +40,7 @@ ColdShape cold_shape_from_limits(const QueueLimits& q);
 ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev);
 
 // A plan's ranges cut where page-cache residency changes, at `granule`-byte steps of the file: a
-// step counts resident when at least 90% of its pages are (as the GPU reader counts a warm file).
+// step counts resident when 4 pages spread evenly over it (from its start) are.
 // A file that cannot be mapped counts resident: it is read as before the split existed.
 struct ResidencySplit {
   bool all_resident = false;  // every step of every file read is resident: both lists stay empty
