@@ -58,6 +58,7 @@ std::string queue_dir(const std::string& sysfs_root, uint64_t dev) {
 }
 
 ColdShape with_overrides(ColdShape s) {
+  // 0 (the default) leaves the rule's value; 256 is settings.py's MAX_THREADS.
   uint64_t threads = settings::get_uint("FASTSAFETENSORS_COLD_THREADS", 0, 256);
   uint64_t request_kb = settings::get_uint("FASTSAFETENSORS_COLD_REQUEST_KB", 0, uint64_t{1} << 20);
   bool direct = settings::get_bool("FASTSAFETENSORS_COLD_ODIRECT", false);
