@@ -7,6 +7,7 @@ itself and checks every case's tensors against the reference reader. See benchma
 
     python benchmarks/cpu_bench.py --quick            # the ~1 GB checkpoint only
     python benchmarks/cpu_bench.py --out results.md   # ~1 GB and ~6 GB, table also written to a file
+    python benchmarks/cpu_bench.py --cold-sweep       # cold reads: threads x request size x O_DIRECT
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ CASES = [
     CaseDef("ours-torch", "fastsafetensors (this) torch"),
     CaseDef("ours-numpy-huge", "fastsafetensors (this) numpy, FASTSAFETENSORS_HUGE_PAGES=1",
             env=(("FASTSAFETENSORS_HUGE_PAGES", "1"),)),
+    CaseDef("ours-numpy-nocold", "fastsafetensors (this) numpy, FASTSAFETENSORS_COLD_READS=0",
+            env=(("FASTSAFETENSORS_COLD_READS", "0"),)),
     CaseDef("ours-numpy-mmap", "fastsafetensors (this) numpy, mmap=True, pages touched"),
     CaseDef("ours-torch-mmap", "fastsafetensors (this) torch, mmap=True, pages touched"),
     CaseDef("st-torch", "safetensors torch.load_file (mmap, pages touched)"),
@@ -67,6 +70,7 @@ CASES = [
 SHARED_CASES = {
     "ours-numpy": "fastsafetensors numpy",
     "ours-numpy-huge": "fastsafetensors numpy",  # the same case, with the huge-page policy in its env
+    "ours-numpy-nocold": "fastsafetensors numpy",  # the same case, every byte read as a page-cache read
     "ours-torch": "fastsafetensors torch",
     "ours-numpy-mmap": "fastsafetensors numpy mmap (pages touched)",
     "ours-torch-mmap": "fastsafetensors torch mmap (pages touched)",
@@ -419,6 +423,68 @@ def _same_bytes(case: CaseDef, got: Dict[str, str], want: Dict[str, str]) -> boo
     return not bad
 
 
+# ============================================================== the cold sweep
+
+
+SWEEP_THREADS = (2, 4, 8, 16, 32)
+SWEEP_REQUESTS = (256 << 10, 1 << 20, 4 << 20, 16 << 20)
+
+
+def _drop_caches() -> None:
+    """The whole page cache dropped (root only): what a reboot leaves, where posix_fadvise may not
+    reach (a file system that ignores DONTNEED)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
+
+
+def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
+    """The engine's cold reads of the whole checkpoint at every point of threads x request size x
+    O_DIRECT, ``repeats`` times in alternating order, the files evicted (and checked) before each.
+
+    Times ``HostReader.read`` alone, into buffers allocated and faulted in once, so the figures are
+    the disk's and the read shapes', not allocation's. The last row is the engine's own choice
+    (``_cpp.cold_read_shape``), read through the residency split as a load does.
+    """
+    fst, bench, _ = _ours()
+    from fastsafetensors._src import engine
+    from fastsafetensors._src import files
+    from fastsafetensors._src import plan
+
+    lp = plan.plan_load(files.read_headers(ck.paths))
+    buffers = [fst.cpp.HostBuffer.allocate(n) for n in lp.buffer_sizes]
+    readers = {t: fst.cpp.HostReader(t) for t in SWEEP_THREADS}
+    points = [(t, r, d) for d in (False, True) for t in SWEEP_THREADS for r in SWEEP_REQUESTS] + [None]
+    times: Dict[Any, List[float]] = {p: [] for p in points}
+    residue = 0
+    os.sync()
+    for rep in range(repeats):
+        for point in (points if rep % 2 == 0 else points[::-1]):
+            _drop_caches() if drop else None
+            residue = max(residue, evict(ck.paths) or 0)
+            start = time.perf_counter()
+            if point is None:
+                engine.read_into_host(lp, buffers=buffers)
+            else:
+                threads, request, direct = point
+                readers[threads].read(lp.sources(), lp.ranges, buffers, request, direct)
+            times[point].append(time.perf_counter() - start)
+        print(f"  sweep repeat {rep + 1}/{repeats} done", flush=True)
+    rule = fst.cpp.cold_read_shape(os.stat(ck.paths[0]).st_dev)
+    rows = []
+    for point, ts in times.items():
+        rates = sorted(ck.data_bytes / t / 1e9 for t in ts)
+        what = ([f"rule: {rule['threads']}", f"{rule['request_bytes'] >> 10}", "yes" if rule["direct"] else "no"]
+                if point is None
+                else [str(point[0]), f"{point[1] >> 10}", "yes" if point[2] else "no"])
+        rows.append(what + [f"{bench.median(rates):.2f}", f"{rates[0]:.2f}", f"{rates[-1]:.2f}"])
+    table = bench.markdown_table(["threads", "request KiB", "O_DIRECT", "median GB/s", "min", "max"], rows)
+    evicted = "drop_caches and posix_fadvise" if drop else "posix_fadvise(DONTNEED) per file"
+    return (f"{table}\n\nEvicted before every read by {evicted}; at most {residue} bytes stayed resident "
+            f"(fincore). The rule's row is a whole read_into_host (residency split included); its inputs: "
+            f"{rule['rule']}.")
+
+
 # ============================================================== report
 
 
@@ -479,12 +545,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="seconds a child may take to answer")
     p.add_argument("--out", help="also write the report (Markdown) to this file")
     p.add_argument("--json", help="also write every timing to this JSON file")
+    p.add_argument("--cold-sweep", action="store_true",
+                   help="instead of the cases: the engine's cold reads of the 1 GB checkpoint at threads x request "
+                        "size x O_DIRECT, and its own rule's choice")
+    p.add_argument("--repeats", type=int, default=3, help="--cold-sweep: reads per point (default 3)")
+    p.add_argument("--drop-caches", action="store_true",
+                   help="--cold-sweep: also drop the whole page cache before each read (root)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--helpers", help=argparse.SUPPRESS)
     p.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child_main(args.child, args.helpers, args.paths)
+        return 0
+
+    if args.cold_sweep:
+        ck = prepare_checkpoint(args.cache, "1GB", *CHECKPOINTS["1GB"])
+        text = (f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {machine()}.\n"
+                f"Command: `python benchmarks/cpu_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+                + cold_sweep(ck, args.repeats, args.drop_caches))
+        print("\n" + text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
         return 0
 
     keys = args.cases.split(",")

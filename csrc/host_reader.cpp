@@ -1,11 +1,14 @@
 #include "fastsafetensors/host_reader.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <stdexcept>
 
+#include "fastsafetensors/cold_reads.hpp"
 #include "fastsafetensors/detail/checked.hpp"
 #include "fastsafetensors/detail/populate.hpp"
 #include "fastsafetensors/error.hpp"
@@ -15,6 +18,9 @@ namespace fst {
 namespace {
 
 constexpr uint64_t kDirectAlignment = 4096;
+// Residency is asked per step of this size: a device read of less costs more in latency than the
+// page-cache read it would replace saves.
+constexpr uint64_t kResidencyGranule = uint64_t{1} << 20;
 // Below this a madvise costs more than the page faults it saves.
 constexpr uint64_t kMinPopulate = uint64_t{16} << 10;
 
@@ -92,9 +98,16 @@ void read_buffered(const File& f, const GroupedReads& g, const VectorRead& v, co
 }
 
 // With O_DIRECT the aligned span around the read goes into the bounce buffer, then each range
-// is copied out.
+// is copied out, into destination pages faulted in beforehand as for a buffered read.
 void read_direct(const File& f, const GroupedReads& g, const VectorRead& v, const std::vector<uint8_t*>& dsts,
-                 uint8_t* bounce) {
+                 const std::vector<bool>& resident, Worker& w) {
+  w.spans.clear();
+  for (size_t k = v.first; k < v.last; ++k) {
+    const ReadRange& r = g.ranges[k];
+    if (r.length != 0 && (resident.empty() || !resident[r.dst])) add_span(w.spans, piece_dst(r, dsts), r.length);
+  }
+  w.populated += populate_spans(w.spans);
+  uint8_t* bounce = w.bounce.get();
   uint64_t start = v.file_offset / kDirectAlignment * kDirectAlignment;
   uint64_t span = detail::align_up(v.file_offset + v.span, kDirectAlignment) - start;
   uint64_t got = f.read_at(bounce, span, start);
@@ -104,6 +117,23 @@ void read_direct(const File& f, const GroupedReads& g, const VectorRead& v, cons
     if (r.length == 0) continue;
     std::memcpy(piece_dst(r, dsts), bounce + (r.file_offset - start), r.length);
   }
+}
+
+// O_DIRECT descriptors of the same files (each checked to be the file `files` opened), or none
+// when the file system refuses O_DIRECT (EINVAL): the cold reads then go through the page cache.
+std::vector<File> open_direct(const std::vector<ReadSource>& sources, const std::vector<File>& files) {
+  std::vector<File> out;
+  out.reserve(sources.size());
+  try {
+    for (size_t i = 0; i < sources.size(); ++i) {
+      out.emplace_back(sources[i].path, true);
+      out.back().check_identity(files[i].identity());
+    }
+  } catch (const ReadError& e) {
+    if (e.error_number() != EINVAL) throw;
+    out.clear();
+  }
+  return out;
 }
 
 }  // namespace
@@ -147,8 +177,23 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
   }
   check_ranges(ranges, sources.size(), dst_sizes);
   std::vector<File> files = open_sources(sources, options.direct);
-  GroupedReads g = group_reads(ranges, options.chunk_bytes, options.max_gap);
-  std::vector<Worker> workers(pool_.size());
+  ReadStats stats;
+  ResidencySplit split;
+  if (options.cold_reads && !options.direct) split = split_by_residency(files, ranges, kResidencyGranule);
+  if (!options.cold_reads || options.direct || split.all_resident) {
+    run(pool_, files, group_reads(ranges, options.chunk_bytes, options.max_gap), dsts, options, stats);
+  } else {
+    read_cold(sources, files, split.cold, dsts, options, stats);
+    run(pool_, files, group_reads(split.resident, options.chunk_bytes, options.max_gap), dsts, options, stats);
+  }
+  stats.bytes_per_file = bytes_per_file(ranges, sources.size());
+  for (uint64_t n : stats.bytes_per_file) stats.bytes += n;
+  return stats;
+}
+
+void HostReader::run(ThreadPool& pool, const std::vector<File>& files, const GroupedReads& g,
+                     const std::vector<uint8_t*>& dsts, const ReadOptions& options, ReadStats& stats) {
+  std::vector<Worker> workers(pool.size());
   for (Worker& w : workers) {
     if (options.direct) {
       void* p = std::aligned_alloc(kDirectAlignment, detail::align_up(options.chunk_bytes, kDirectAlignment) +
@@ -166,11 +211,11 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
       for (size_t k = g.reads[end].first; k < g.reads[end].last; ++k) bytes += g.ranges[k].length;
       ++end;
     } while (end < g.reads.size() && (options.batch_bytes == 0 || bytes < options.batch_bytes));
-    pool_.parallel_for(end - begin, [&](unsigned worker, size_t i) {
+    pool.parallel_for(end - begin, [&](unsigned worker, size_t i) {
       const VectorRead& v = g.reads[begin + i];
       const File& f = files[g.ranges[v.first].file];
       if (options.direct) {
-        read_direct(f, g, v, dsts, workers[worker].bounce.get());
+        read_direct(f, g, v, dsts, options.resident, workers[worker]);
       } else {
         read_buffered(f, g, v, dsts, options.resident, workers[worker]);
       }
@@ -178,13 +223,41 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
     if (options.after_batch) options.after_batch(bytes);
     begin = end;
   }
-  ReadStats stats;
-  stats.reads = g.reads.size();
-  stats.gap_bytes = g.gap_bytes;
-  stats.bytes_per_file = bytes_per_file(ranges, sources.size());
-  for (uint64_t n : stats.bytes_per_file) stats.bytes += n;
+  stats.reads += g.reads.size();
+  stats.gap_bytes += g.gap_bytes;
   for (const Worker& w : workers) stats.populated += w.populated;
-  return stats;
+}
+
+void HostReader::read_cold(const std::vector<ReadSource>& sources, const std::vector<File>& files,
+                           const std::vector<ReadRange>& cold, const std::vector<uint8_t*>& dsts,
+                           const ReadOptions& options, ReadStats& stats) {
+  // Files on several devices are read one device after another, each with its own shape.
+  std::vector<uint64_t> device_of(files.size());
+  for (size_t f = 0; f < files.size(); ++f) device_of[f] = files[f].identity().device;
+  std::map<uint64_t, std::vector<ReadRange>> by_device;
+  for (const ReadRange& r : cold) {
+    by_device[device_of[r.file]].push_back(r);
+    stats.cold_bytes += r.length;
+  }
+  for (const auto& [device, ranges] : by_device) {
+    ColdShape shape = cold_shape_for_device("/sys", device);
+    ReadOptions o = options;
+    o.chunk_bytes = shape.request_bytes;
+    o.direct = shape.direct;
+    std::vector<File> direct_files;
+    if (o.direct) {
+      direct_files = open_direct(sources, files);
+      o.direct = !direct_files.empty();
+    }
+    run(*cold_pool(shape.queue_depth), o.direct ? direct_files : files, group_reads(ranges, o.chunk_bytes, o.max_gap),
+        dsts, o, stats);
+  }
+}
+
+std::shared_ptr<ThreadPool> HostReader::cold_pool(unsigned threads) {
+  std::lock_guard<std::mutex> lock(cold_mutex_);
+  if (cold_pool_ == nullptr || cold_pool_->size() != threads) cold_pool_ = std::make_shared<ThreadPool>(threads);
+  return cold_pool_;
 }
 
 }  // namespace fst

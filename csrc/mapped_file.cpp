@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -32,15 +33,20 @@ MappedFile::~MappedFile() {
 
 double MappedFile::resident_fraction(uint64_t offset, uint64_t length) const {
   if (data_ == nullptr || length == 0) return 1.0;
+  std::vector<unsigned char> vec;
+  resident_pages(offset, length, vec);
+  uint64_t resident = 0;
+  for (unsigned char v : vec) resident += v & 1;
+  return vec.empty() ? 1.0 : static_cast<double>(resident) / static_cast<double>(vec.size());
+}
+
+void MappedFile::resident_pages(uint64_t offset, uint64_t length, std::vector<unsigned char>& pages) const {
   uint64_t ps = page_size();
   uint64_t begin = offset / ps * ps;
   uint64_t end = std::min(size_, offset + length);
-  uint64_t pages = (end - begin + ps - 1) / ps;
-  std::vector<unsigned char> vec(pages);
-  if (::mincore(data_ + begin, end - begin, vec.data()) != 0) return 0.0;
-  uint64_t resident = 0;
-  for (unsigned char v : vec) resident += v & 1;
-  return static_cast<double>(resident) / static_cast<double>(pages);
+  pages.assign(end > begin ? (end - begin + ps - 1) / ps : 0, 0);
+  if (pages.empty() || data_ == nullptr) return;
+  if (::mincore(data_ + begin, end - begin, pages.data()) != 0) std::fill(pages.begin(), pages.end(), 0);
 }
 
 }  // namespace fst::detail

@@ -35,6 +35,9 @@ class LoadMetrics:
     remote_bytes: int = 0
     remote_requests: int = 0
     remote_retries: int = 0
+    # Host loads: bytes of bytes_read that were outside the page cache, read with their device's
+    # cold shape (docs/usage.md, Cold reads).
+    cold_bytes: int = 0
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -67,6 +70,7 @@ class LoadMetrics:
         """Adds what one ``HostReader.read`` reports beyond the bytes (callers count those)."""
         self.gap_bytes += stats["gap_bytes"]
         self.read_calls += stats["reads"]
+        self.cold_bytes += stats["cold_bytes"]
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -136,6 +136,17 @@ SETTINGS: Dict[str, Setting] = {s.name: s for s in [
             minimum=1, maximum=MAX_THREADS),
     Setting("FASTSAFETENSORS_ODIRECT", "bool", False,
             "read with O_DIRECT, bypassing the page cache, when a load passes no direct_io="),
+    Setting("FASTSAFETENSORS_COLD_READS", "bool", True,
+            "CPU loads: bytes outside the page cache are read with their device's cold shape (docs/usage.md, "
+            "Cold reads); 0: every byte as a page-cache read"),
+    Setting("FASTSAFETENSORS_COLD_THREADS", "int", 0,
+            "cold reads kept in flight (0: by the device rule, docs/usage.md, Cold reads)", maximum=MAX_THREADS,
+            engine=True),
+    Setting("FASTSAFETENSORS_COLD_REQUEST_KB", "int", 0,
+            "KiB per cold read (0: by the device rule)", maximum=1 << 20, engine=True),
+    Setting("FASTSAFETENSORS_COLD_ODIRECT", "bool", False,
+            "cold reads with O_DIRECT, leaving the page cache as it was (where the device's blocks allow); 0: "
+            "through the page cache, which keeps the files for the next load", engine=True),
     Setting("FASTSAFETENSORS_DEBUG", "bool", False,
             "log each load's phases and timings (logger fastsafetensors); read once, at import"),
     Setting("FASTSAFETENSORS_HUGE_PAGES", "bool", False,

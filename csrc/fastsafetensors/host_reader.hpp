@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,9 @@ struct ReadOptions {
   // moves, and the caller can stop the load (by throwing) without waiting for all of it.
   uint64_t batch_bytes = 0;
   std::function<void(uint64_t bytes)> after_batch;
+  // Ranges not in the page cache (mincore) are read with their device's cold shape
+  // (cold_reads.hpp) on threads of their own, the others as above. Off with direct.
+  bool cold_reads = false;
 };
 
 struct ReadStats {
@@ -47,6 +51,7 @@ struct ReadStats {
   uint64_t reads = 0;      // vectored reads issued
   uint64_t gap_bytes = 0;  // read between ranges and dropped
   uint64_t populated = 0;  // destination bytes faulted in before the copy rather than during it
+  uint64_t cold_bytes = 0;  // read with a device's cold shape
   std::vector<uint64_t> bytes_per_file;  // delivered from each source
 };
 
@@ -69,7 +74,19 @@ class HostReader {
                  const ReadOptions& options);
 
  private:
+  // Runs `g` on `pool` in the batches `options` asks for; adds what it did to `stats`.
+  void run(ThreadPool& pool, const std::vector<File>& files, const GroupedReads& g, const std::vector<uint8_t*>& dsts,
+           const ReadOptions& options, ReadStats& stats);
+  // Reads `cold` (ranges outside the page cache) with the shape of each one's device.
+  void read_cold(const std::vector<ReadSource>& sources, const std::vector<File>& files,
+                 const std::vector<ReadRange>& cold, const std::vector<uint8_t*>& dsts, const ReadOptions& options,
+                 ReadStats& stats);
+  // The cold reads' own threads, as many as the last cold shape asked for.
+  std::shared_ptr<ThreadPool> cold_pool(unsigned threads);
+
   ThreadPool pool_;
+  std::mutex cold_mutex_;
+  std::shared_ptr<ThreadPool> cold_pool_;
 };
 
 }  // namespace fst

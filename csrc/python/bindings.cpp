@@ -11,6 +11,7 @@
 
 #include "bindings.hpp"
 #include "fastsafetensors/buffer.hpp"
+#include "fastsafetensors/cold_reads.hpp"
 #include "fastsafetensors/dlpack.hpp"
 #include "fastsafetensors/error.hpp"
 #include "fastsafetensors/file.hpp"
@@ -320,10 +321,10 @@ PYBIND11_MODULE(_cpp, m) {
           "read",
           [](HostReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
              const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct,
-             uint64_t max_gap, uint64_t batch_bytes, const py::object& on_batch) {
+             uint64_t max_gap, uint64_t batch_bytes, const py::object& on_batch, bool cold_reads) {
             std::vector<uint8_t*> dsts;
             std::vector<uint64_t> sizes;
-            ReadOptions options{chunk_bytes, direct, max_gap, {}, batch_bytes, {}};
+            ReadOptions options{chunk_bytes, direct, max_gap, {}, batch_bytes, {}, cold_reads};
             if (batch_bytes > 0) {
               // Between batches: Ctrl-C (a pending signal raises here), then the caller's callback.
               options.after_batch = [&on_batch](uint64_t bytes) {
@@ -349,16 +350,36 @@ PYBIND11_MODULE(_cpp, m) {
             out["reads"] = stats.reads;
             out["gap_bytes"] = stats.gap_bytes;
             out["populated"] = stats.populated;
+            out["cold_bytes"] = stats.cold_bytes;
             out["bytes_per_file"] = stats.bytes_per_file;
             return out;
           },
           py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
           py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap, py::arg("batch_bytes") = 0,
-          py::arg("on_batch") = py::none(),
+          py::arg("on_batch") = py::none(), py::arg("cold_reads") = false,
           "Read every range into its buffer, neighbouring ranges of a file in one vectored read (gaps of up "
           "to max_gap bytes read and dropped). With batch_bytes > 0, in batches of about that many bytes: "
-          "between them pending signals are raised (Ctrl-C) and on_batch(bytes delivered) is called. Returns {'bytes', 'reads', 'gap_bytes', 'populated' (destination "
-          "bytes faulted in before the copy), 'bytes_per_file' (a list indexed by source)}.");
+          "between them pending signals are raised (Ctrl-C) and on_batch(bytes delivered) is called. With "
+          "cold_reads (and not direct), ranges outside the page cache are read with their device's cold shape "
+          "(cold_read_shape) on threads of their own. Returns {'bytes', 'reads', 'gap_bytes', 'populated' "
+          "(destination bytes faulted in before the copy), 'cold_bytes' (read with a cold shape), "
+          "'bytes_per_file' (a list indexed by source)}.");
+
+  m.def(
+      "cold_read_shape",
+      [](uint64_t device, const std::string& sysfs_root) {
+        ColdShape s = cold_shape_for_device(sysfs_root, device);
+        py::dict out;
+        out["threads"] = s.queue_depth;
+        out["request_bytes"] = s.request_bytes;
+        out["direct"] = s.direct;
+        out["rule"] = s.rule;
+        return out;
+      },
+      py::arg("device"), py::arg("sysfs_root") = "/sys",
+      "How a load reads bytes of a file on `device` (its st_dev) that are not in the page cache: "
+      "{'threads', 'request_bytes', 'direct', 'rule' (the sysfs values it came from, or why the "
+      "fallback)}, with the environment's overrides applied (docs/usage.md, Cold reads).");
 
   testing.def(
       "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),

@@ -153,7 +153,8 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
                 per_file = _read_remote(plan, buffers, threads, direct_io, bar, metrics)
             else:
                 stats = reader.read(sources, plan.ranges, buffers, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
-                                    on_batch=bar.update if bar is not None else None)
+                                    on_batch=bar.update if bar is not None else None,
+                                    cold_reads=settings.get("FASTSAFETENSORS_COLD_READS"))
                 metrics.count_host_reads(stats)
                 per_file = stats["bytes_per_file"]
     except BaseException:

@@ -1,0 +1,53 @@
+// Reads of bytes that are not in the page cache, shaped for the block device that holds them.
+// Page-cache reads are bound by memory bandwidth and want few threads and large copies; reads from
+// a device are bound by how many requests it has in flight and how large they are. A load asks
+// mincore which ranges are resident (split_by_residency) and reads the others with the shape the
+// device's queue limits give (cold_shape_for_device), docs/usage.md "Cold reads".
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fastsafetensors/file.hpp"
+#include "fastsafetensors/read_plan.hpp"
+
+namespace fst {
+
+struct ColdShape {
+  unsigned queue_depth = 0;    // reads kept in flight (reader threads)
+  uint64_t request_bytes = 0;  // bytes per read
+  bool direct = false;         // O_DIRECT (FASTSAFETENSORS_COLD_ODIRECT=1 only: see cold_reads.cpp)
+  bool direct_allowed = true;  // the device's blocks fit the bounce buffers' alignment
+  std::string rule;            // what chose it: the sysfs values, or why the fallback
+};
+
+// The queue limits of a block device, as /sys/dev/block/MAJ:MIN/queue states them.
+struct QueueLimits {
+  bool rotational = false;
+  uint64_t nr_requests = 0;
+  uint64_t max_sectors_kb = 0;
+  uint64_t optimal_io_size = 0;
+  uint64_t logical_block_size = 0;
+};
+
+// The rule itself (docs/usage.md): a pure function of the limits, tested without a device.
+ColdShape cold_shape_from_limits(const QueueLimits& q);
+// The shape for device `dev` (a file's st_dev) from the sysfs tree under `sysfs_root` ("/sys"; a
+// partition's limits are its disk's). Without a queue to read (tmpfs, overlay, NFS, a missing
+// tree) the documented fallback. FASTSAFETENSORS_COLD_THREADS, FASTSAFETENSORS_COLD_REQUEST_KB and
+// FASTSAFETENSORS_COLD_ODIRECT override what they name.
+ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev);
+
+// A plan's ranges cut where page-cache residency changes, at `granule`-byte steps of the file: a
+// step counts resident when 4 pages spread evenly over it (from its start) are.
+// A file that cannot be mapped counts resident: it is read as before the split existed.
+struct ResidencySplit {
+  bool all_resident = false;  // every step of every file read is resident: both lists stay empty
+  std::vector<ReadRange> resident;
+  std::vector<ReadRange> cold;
+};
+ResidencySplit split_by_residency(const std::vector<File>& files, const std::vector<ReadRange>& ranges,
+                                  uint64_t granule);
+
+}  // namespace fst
