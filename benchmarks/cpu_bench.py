@@ -444,7 +444,7 @@ def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
 
     Times ``HostReader.read`` alone, into buffers allocated and faulted in once, so the figures are
     the disk's and the read shapes', not allocation's. The last row is the engine's own choice
-    (``_cpp.cold_read_shape``), read through the residency split as a load does.
+    (``_cpp.testing.cold_read_shape``), read through the residency split as a load does.
     """
     fst, bench, _ = _ours()
     from fastsafetensors._src import engine
@@ -452,8 +452,8 @@ def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
     from fastsafetensors._src import plan
 
     lp = plan.plan_load(files.read_headers(ck.paths))
-    buffers = [fst.cpp.HostBuffer.allocate(n) for n in lp.buffer_sizes]
-    readers = {t: fst.cpp.HostReader(t) for t in SWEEP_THREADS}
+    buffers = [fst._cpp.HostBuffer.allocate(n) for n in lp.buffer_sizes]
+    readers = {t: fst._cpp.HostReader(t) for t in SWEEP_THREADS}
     points = [(t, r, d) for d in (False, True) for t in SWEEP_THREADS for r in SWEEP_REQUESTS] + [None]
     times: Dict[Any, List[float]] = {p: [] for p in points}
     residue = 0
@@ -470,7 +470,7 @@ def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
                 readers[threads].read(lp.sources(), lp.ranges, buffers, request, direct)
             times[point].append(time.perf_counter() - start)
         print(f"  sweep repeat {rep + 1}/{repeats} done", flush=True)
-    rule = fst.cpp.cold_read_shape(os.stat(ck.paths[0]).st_dev)
+    rule = fst._cpp.testing.cold_read_shape(os.stat(ck.paths[0]).st_dev)
     rows = []
     for point, ts in times.items():
         rates = sorted(ck.data_bytes / t / 1e9 for t in ts)

@@ -341,9 +341,10 @@ class Checkpoint:
 def prepare_checkpoint(cache: str, size_mb: int, shards: int) -> Checkpoint:
     """Writes the checkpoint with safetensors.torch.save_file once (with the reference digests in
     ``complete.json``); later runs with the same spec reuse it."""
-    fst = _ours_import()
+    _ours_import()
     from fastsafetensors._src import bench as _bench
     from fastsafetensors._src import synthetic as _synthetic
+    from fastsafetensors._src.files import read_file_header
 
     directory = os.path.join(cache, f"remote-llama-{size_mb}mb-{shards}")
     stamp = os.path.join(directory, "complete.json")
@@ -355,7 +356,7 @@ def prepare_checkpoint(cache: str, size_mb: int, shards: int) -> Checkpoint:
         with open(stamp, "w") as f:
             json.dump({"spec": want, "reference": _bench.reference_digests(sorted(paths))}, f)
     paths = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".safetensors"))
-    data = sum(fst.read_file_header(p).data_bytes for p in paths)
+    data = sum(read_file_header(p).data_bytes for p in paths)
     return Checkpoint(directory, paths, data, _read_json(stamp)["reference"])
 
 

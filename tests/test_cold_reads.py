@@ -13,6 +13,7 @@ import pytest
 import fastsafetensors
 from fastsafetensors import _cpp
 from fastsafetensors.metrics import LoadMetrics
+from fastsafetensors._src.files import read_file_header
 
 from tests.helpers import assert_exact, random_tensor, save
 
@@ -125,7 +126,7 @@ def test_mixed_resident_and_cold_ranges(tmp_path, clean_env):
     evict(path)
     size = os.path.getsize(path)
     make_resident(path, size // 4, size // 2)  # the middle half: parts of several tensors
-    header = fastsafetensors.read_file_header(path)
+    header = read_file_header(path)
     start = header.header.data_start
     want_cold = cold_bytes_expected(path, [(start, header.data_bytes)])
     assert 0 < want_cold <= header.data_bytes - 3 * GRANULE
@@ -193,13 +194,13 @@ LIMITS = dict(rotational=0, nr_requests=1023, max_sectors_kb=128, optimal_io_siz
 @pytest.mark.parametrize("partition", [False, True])
 def test_rule_from_fake_sysfs(tmp_path, clean_env, limits, want, partition):
     dev = fake_sysfs(tmp_path, 259, 3, partition, **{**LIMITS, **limits})
-    shape = _cpp.cold_read_shape(dev, str(tmp_path))
+    shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
     assert (shape["threads"], shape["request_bytes"], shape["direct"]) == want
     assert shape["rule"].startswith(f"{tmp_path}/dev/block/259:3/")
 
 
 def test_rule_fallback_without_a_queue(tmp_path, clean_env):
-    shape = _cpp.cold_read_shape(os.makedev(0, 42), str(tmp_path))
+    shape = _cpp.testing.cold_read_shape(os.makedev(0, 42), str(tmp_path))
     assert (shape["threads"], shape["request_bytes"], shape["direct"]) == (16, 16 * MiB, False)
     assert shape["rule"] == "fallback: no block queue for device 0:42"
 
@@ -209,19 +210,19 @@ def test_settings_override_the_rule(tmp_path, clean_env):
     clean_env.setenv("FASTSAFETENSORS_COLD_THREADS", "7")
     clean_env.setenv("FASTSAFETENSORS_COLD_REQUEST_KB", "256")
     clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "off")
-    shape = _cpp.cold_read_shape(dev, str(tmp_path))
+    shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
     assert (shape["threads"], shape["request_bytes"], shape["direct"]) == (7, 256 << 10, False)
     assert shape["rule"].endswith("; overridden by the environment")
     clean_env.delenv("FASTSAFETENSORS_COLD_THREADS")
     clean_env.delenv("FASTSAFETENSORS_COLD_REQUEST_KB")
-    assert not _cpp.cold_read_shape(dev, str(tmp_path))["rule"].endswith("environment")  # off is the default
+    assert not _cpp.testing.cold_read_shape(dev, str(tmp_path))["rule"].endswith("environment")  # off is the default
 
 
 @pytest.mark.parametrize("block, want", [(512, True), (4096, True), (8192, False)])
 def test_odirect_asked_for_where_the_blocks_allow_it(tmp_path, clean_env, block, want):
     dev = fake_sysfs(tmp_path, 8, 0, **{**LIMITS, "logical_block_size": block})
     clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
-    shape = _cpp.cold_read_shape(dev, str(tmp_path))
+    shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
     assert shape["direct"] is want
     assert shape["rule"].endswith("; overridden by the environment" + ("" if want else
                                   " (O_DIRECT refused: blocks larger than 4096 bytes)"))
@@ -230,4 +231,4 @@ def test_odirect_asked_for_where_the_blocks_allow_it(tmp_path, clean_env, block,
 def test_malformed_override_names_the_variable(tmp_path, clean_env):
     clean_env.setenv("FASTSAFETENSORS_COLD_THREADS", "many")
     with pytest.raises(fastsafetensors.errors.SettingsError, match="FASTSAFETENSORS_COLD_THREADS"):
-        _cpp.cold_read_shape(os.makedev(8, 0), str(tmp_path))
+        _cpp.testing.cold_read_shape(os.makedev(8, 0), str(tmp_path))

@@ -13,7 +13,7 @@ from fastsafetensors import _cpp
 PACKAGE = pathlib.Path(_cpp.__file__).parent
 
 # Bindings only tests and benchmarks use: they live in the engine's testing submodule.
-TEST_ONLY = {"HostDevice", "host_live_bytes", "parse_file_image", "evict_page_cache", "sha256_bytes",
+TEST_ONLY = {"HostDevice", "cold_read_shape", "host_live_bytes", "parse_file_image", "evict_page_cache", "sha256_bytes",
              "SHA256_IMPLEMENTATION", "cuda_device_count", "cuda_runtime_error", "cuda_runtime_library",
              "parse_cpulist", "normalize_pci_bus_id", "numa_node_cpus", "numa_placement", "set_fault",
              "fail_allocations", "fail_thread_starts", "clear_faults", "pread_calls", "faults_injected",

@@ -365,7 +365,7 @@ PYBIND11_MODULE(_cpp, m) {
           "(destination bytes faulted in before the copy), 'cold_bytes' (read with a cold shape), "
           "'bytes_per_file' (a list indexed by source)}.");
 
-  m.def(
+  testing.def(
       "cold_read_shape",
       [](uint64_t device, const std::string& sysfs_root) {
         ColdShape s = cold_shape_for_device(sysfs_root, device);
