@@ -84,18 +84,19 @@ ColdShape cold_shape_from_limits(const QueueLimits& q) {
   uint64_t depth = std::max<uint64_t>(2, in_flight / per_read);
   s.queue_depth = static_cast<unsigned>(std::min(depth, std::max<uint64_t>(2, kMaxInFlightBytes / s.request_bytes)));
   s.direct_allowed = q.logical_block_size <= kDirectAlignment;
-  s.rule = std::string(q.rotational ? "rotational" : "solid-state") + ", nr_requests " + std::to_string(q.nr_requests) +
-           ", max_sectors_kb " + std::to_string(q.max_sectors_kb) + ", optimal_io_size " +
-           std::to_string(q.optimal_io_size) + ", logical_block_size " + std::to_string(q.logical_block_size);
+  s.rule = std::string(q.rotational ? "rotational" : "solid-state") + ", nr_requests " +
+           std::to_string(q.nr_requests) + ", max_sectors_kb " + std::to_string(q.max_sectors_kb) +
+           ", optimal_io_size " + std::to_string(q.optimal_io_size) + ", logical_block_size " +
+           std::to_string(q.logical_block_size);
   return s;
 }
 
 ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev) {
   std::string dir = queue_dir(sysfs_root, dev);
   if (dir.empty()) {
-    return with_overrides(ColdShape{kFallbackDepth, kFallbackRequest, false, true,
-                                    "fallback: no block queue for device " + std::to_string(major(dev)) + ":" +
-                                        std::to_string(minor(dev))});
+    return with_overrides(ColdShape{
+        kFallbackDepth, kFallbackRequest, false, true,
+        "fallback: no block queue for device " + std::to_string(major(dev)) + ":" + std::to_string(minor(dev))});
   }
   QueueLimits q;
   q.rotational = read_number(dir + "/rotational", 0) != 0;

@@ -20,7 +20,9 @@ class CudaDevice final : public Device {
 
   DLDevice dl_device() const noexcept override { return {kDLCUDA, ordinal_}; }
   std::string name() const override { return "cuda:" + std::to_string(ordinal_) + " via " + rt_->library; }
-  void bind_thread() override { cuda_check(rt_->SetDevice(ordinal_), "cudaSetDevice(" + std::to_string(ordinal_) + ")"); }
+  void bind_thread() override {
+    cuda_check(rt_->SetDevice(ordinal_), "cudaSetDevice(" + std::to_string(ordinal_) + ")");
+  }
   // Only for placing the reader's threads: without a bus id they are left where they are.
   std::string pci_bus_id() const override {
     char id[64] = {};
@@ -33,7 +35,8 @@ class CudaDevice final : public Device {
   // slots in parallel. Slots under 2 MiB (which could share a page with other heap memory), or
   // FASTSAFETENSORS_PIN=alloc, use cudaHostAlloc.
   void* alloc_pinned(size_t size) override {
-    if (size < (size_t{2} << 20) || settings::get_choice("FASTSAFETENSORS_PIN", "register", {"register", "alloc"}) == "alloc") {
+    if (size < (size_t{2} << 20) ||
+        settings::get_choice("FASTSAFETENSORS_PIN", "register", {"register", "alloc"}) == "alloc") {
       void* p = nullptr;
       cuda_check(rt_->HostAlloc(&p, size, shim::cudaHostAllocPortable),
                  "cudaHostAlloc of " + std::to_string(size) + " pinned bytes");

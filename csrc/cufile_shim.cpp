@@ -19,7 +19,7 @@ std::mutex g_mutex;
 bool g_tried = false;
 bool g_loaded = false;
 CuFile g_cf;
-std::string g_error;  // why the library could not be loaded
+std::string g_error;       // why the library could not be loaded
 std::string g_open_error;  // why the driver did not open (raised on every use)
 
 void load_locked() {
@@ -42,7 +42,8 @@ void load_locked() {
     return;
   }
   std::string optional;
-  if (!bind(h, "cuFileDriverClose_v2", g_cf.DriverClose, optional)) bind(h, "cuFileDriverClose", g_cf.DriverClose, optional);
+  if (!bind(h, "cuFileDriverClose_v2", g_cf.DriverClose, optional))
+    bind(h, "cuFileDriverClose", g_cf.DriverClose, optional);
   g_cf.library = lib.path;
   g_loaded = true;
   CUfileError_t e = g_cf.DriverOpen();

@@ -96,8 +96,8 @@ void make_blocks(std::vector<ReadRange> ranges, const std::vector<Route>& routes
 // cuFile handles and registered destination spans of one read, released however it ends.
 struct GdsSession {
   const shim::CuFile* cf = nullptr;
-  std::vector<File> direct_files;                  // O_DIRECT descriptors the handles use
-  std::vector<shim::CUfileHandle_t> handles;       // per plan file, null when not read by cuFile
+  std::vector<File> direct_files;             // O_DIRECT descriptors the handles use
+  std::vector<shim::CUfileHandle_t> handles;  // per plan file, null when not read by cuFile
   std::vector<void*> registered;
 
   // Registers file f with cuFile; false when its file system has no O_DIRECT (read it buffered).
@@ -127,7 +127,8 @@ struct GdsSession {
     for (size_t d = 0; d < dsts.size(); ++d) {
       for (uint64_t off = 0; used[d] && off < sizes[d]; off += chunk) {
         uint64_t n = std::min(chunk, sizes[d] - off);
-        shim::cufile_check(cf->BufRegister(dsts[d] + off, n, 0), "cuFileBufRegister of " + std::to_string(n) + " device bytes");
+        shim::cufile_check(cf->BufRegister(dsts[d] + off, n, 0),
+                           "cuFileBufRegister of " + std::to_string(n) + " device bytes");
         registered.push_back(dsts[d] + off);
       }
     }
@@ -522,7 +523,8 @@ DeviceReadStats DeviceReader::read(const std::vector<ReadSource>& sources, const
     job.gds.register_destinations(job.blocks, job.pieces, dsts, dst_sizes, job.gds_chunk);
   }
   job.back = job.blocks.size();
-  bool any_cached = std::any_of(job.blocks.begin(), job.blocks.end(), [](const Block& b) { return b.route == Route::Cached; });
+  bool any_cached =
+      std::any_of(job.blocks.begin(), job.blocks.end(), [](const Block& b) { return b.route == Route::Cached; });
   unsigned map_tasks = mapping && any_cached ? map_lanes_ : 0;
   job.active_map = map_tasks;
   worker_cpus_.assign(lanes_.size() + map_lanes_, {});

@@ -6,7 +6,6 @@
 #include <fstream>
 #include <mutex>
 
-
 namespace fst::shim {
 namespace {
 std::mutex g_dirs_mutex;

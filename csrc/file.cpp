@@ -17,8 +17,7 @@ namespace fst {
 namespace {
 [[noreturn]] void throw_errno(const std::string& path, uint64_t offset, int err, const char* what) {
   throw ReadError(path, offset, err, false,
-                  path + ": " + what + " at offset " + std::to_string(offset) + ": " +
-                      std::strerror(err));
+                  path + ": " + what + " at offset " + std::to_string(offset) + ": " + std::strerror(err));
 }
 }  // namespace
 
@@ -56,8 +55,7 @@ File::File(const std::string& path, bool direct) : path_(path), direct_(direct) 
   ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
 }
 
-File::File(File&& other) noexcept
-    : path_(std::move(other.path_)), fd_(other.fd_), direct_(other.direct_) {
+File::File(File&& other) noexcept : path_(std::move(other.path_)), fd_(other.fd_), direct_(other.direct_) {
   other.fd_ = -1;
 }
 
@@ -83,14 +81,12 @@ FileIdentity File::identity() const {
 void File::check_identity(const FileIdentity& expected) const {
   FileIdentity now = identity();
   if (now == expected) return;
-  std::string how = now.inode != expected.inode || now.device != expected.device
-                        ? "another file is at its path"
-                        : now.size != expected.size ? "its size went from " + std::to_string(expected.size) + " to " +
-                                                          std::to_string(now.size) + " bytes"
-                                                    : now.mtime_ns != expected.mtime_ns
-                                                          ? "its modification time changed"
-                                                          : "its status-change time changed: rewritten, or its mode "
-                                                            "or links changed";
+  std::string how = now.inode != expected.inode || now.device != expected.device ? "another file is at its path"
+                    : now.size != expected.size ? "its size went from " + std::to_string(expected.size) + " to " +
+                                                      std::to_string(now.size) + " bytes"
+                    : now.mtime_ns != expected.mtime_ns ? "its modification time changed"
+                                                        : "its status-change time changed: rewritten, or its mode "
+                                                          "or links changed";
   throw FileChangedError(path_, path_ + ": file was replaced or modified after its header was read (" + how + ")");
 }
 
@@ -129,9 +125,9 @@ void File::read_exact(iovec* pieces, int count, uint64_t offset) const {
   uint64_t got = read_at(pieces, count, offset);
   if (got != length) {
     throw ReadError(path_, offset + got, 0, true,
-                    path_ + ": file ended at offset " + std::to_string(offset + got) +
-                        " while reading " + std::to_string(length) + " bytes at offset " +
-                        std::to_string(offset) + " (it was truncated or replaced after its header was read)");
+                    path_ + ": file ended at offset " + std::to_string(offset + got) + " while reading " +
+                        std::to_string(length) + " bytes at offset " + std::to_string(offset) +
+                        " (it was truncated or replaced after its header was read)");
   }
 }
 
@@ -153,8 +149,6 @@ void File::prefetch(uint64_t offset, uint64_t length) const noexcept {
   ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_WILLNEED);
 }
 
-void File::evict_from_page_cache() const noexcept {
-  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED);
-}
+void File::evict_from_page_cache() const noexcept { ::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED); }
 
 }  // namespace fst

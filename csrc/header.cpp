@@ -51,13 +51,22 @@ size_t find_invalid_utf8(std::string_view s) {
   size_t n = s.size(), i = 0;
   while (i < n) {
     unsigned char c = p[i];
-    if (c < 0x80) { ++i; continue; }
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
     size_t len;
     uint32_t cp;
-    if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; }
-    else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; }
-    else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; }
-    else return i;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else return i;
     if (n - i < len) return i;
     for (size_t k = 1; k < len; ++k) {
       if ((p[i + k] & 0xC0) != 0x80) return i;
@@ -158,8 +167,7 @@ void parse_json(std::string_view json, Header& h) {
         continue;
       }
       if (!owned_names.insert(key).second) {
-        throw FormatError(FormatErrorKind::DuplicateTensorName,
-                          "duplicate tensor name `" + key + "` in header", key);
+        throw FormatError(FormatErrorKind::DuplicateTensorName, "duplicate tensor name `" + key + "` in header", key);
       }
       try {
         h.tensors.push_back(read_tensor_entry(in, key));
@@ -184,24 +192,23 @@ void validate_layout(Header& h) {
   for (size_t i : order) {
     const TensorInfo& t = h.tensors[i];
     if (t.begin != expected_begin || t.end < t.begin) {
-      throw FormatError(FormatErrorKind::InvalidOffset,
-                        "invalid offset for tensor `" + t.name + "`", t.name);
+      throw FormatError(FormatErrorKind::InvalidOffset, "invalid offset for tensor `" + t.name + "`", t.name);
     }
     expected_begin = t.end;
     uint64_t numel = 1, bits = 0;
     for (uint64_t d : t.shape) {
       if (!detail::checked_mul(numel, d, numel)) {
-        throw FormatError(FormatErrorKind::ValidationOverflow,
-                          "shape of tensor `" + t.name + "` overflows 64 bits", t.name);
+        throw FormatError(FormatErrorKind::ValidationOverflow, "shape of tensor `" + t.name + "` overflows 64 bits",
+                          t.name);
       }
     }
     if (!detail::checked_mul(numel, dtype_bits(t.dtype), bits)) {
-      throw FormatError(FormatErrorKind::ValidationOverflow,
-                        "size of tensor `" + t.name + "` overflows 64 bits", t.name);
+      throw FormatError(FormatErrorKind::ValidationOverflow, "size of tensor `" + t.name + "` overflows 64 bits",
+                        t.name);
     }
     if (bits % 8 != 0) {
-      throw FormatError(FormatErrorKind::MisalignedSlice,
-                        "packed tensor `" + t.name + "` does not fill whole bytes", t.name);
+      throw FormatError(FormatErrorKind::MisalignedSlice, "packed tensor `" + t.name + "` does not fill whole bytes",
+                        t.name);
     }
     if (bits / 8 != t.nbytes()) {
       throw FormatError(FormatErrorKind::TensorInvalidInfo,
@@ -229,15 +236,16 @@ void validate_layout(Header& h) {
 
 uint64_t parse_header_length(const uint8_t* prefix, uint64_t available, uint64_t file_size) {
   if (available < 8 || file_size < 8) {
-    throw FormatError(FormatErrorKind::HeaderTooSmall, "header too small: the file has " +
-                                                           std::to_string(file_size) + " bytes");
+    throw FormatError(FormatErrorKind::HeaderTooSmall,
+                      "header too small: the file has " + std::to_string(file_size) + " bytes");
   }
   uint64_t n = read_le64(prefix);
   if (n > kMaxHeaderLength) {
     // The value is not printed: from a file that is not safetensors it is the file's first 8 bytes.
     throw FormatError(FormatErrorKind::HeaderTooLarge,
                       "not a safetensors file (header too large: its first 8 bytes, read as the header length, "
-                      "exceed the limit of " + std::to_string(kMaxHeaderLength) + " bytes)");
+                      "exceed the limit of " +
+                          std::to_string(kMaxHeaderLength) + " bytes)");
   }
   uint64_t end = 0;
   if (!detail::checked_add(n, 8, end) || end > file_size) {
@@ -256,8 +264,7 @@ Header parse_header(std::string_view json, uint64_t file_size) {
   h.file_size = file_size;
   size_t bad = find_invalid_utf8(json);
   if (bad != std::string_view::npos) {
-    throw FormatError(FormatErrorKind::InvalidHeader,
-                      "invalid UTF-8 in header at byte " + std::to_string(bad + 8));
+    throw FormatError(FormatErrorKind::InvalidHeader, "invalid UTF-8 in header at byte " + std::to_string(bad + 8));
   }
   try {
     parse_json(json, h);

@@ -114,7 +114,9 @@ struct HostDevice::State {
   }
 };
 
-HostDevice::HostDevice(unsigned copy_delay_us) : state_(std::make_unique<State>()) { state_->delay_us = copy_delay_us; }
+HostDevice::HostDevice(unsigned copy_delay_us) : state_(std::make_unique<State>()) {
+  state_->delay_us = copy_delay_us;
+}
 
 HostDevice::~HostDevice() = default;
 
@@ -218,7 +220,6 @@ void HostDevice::sync_stream(Stream stream) {
   }
   wait_for(s, ticket);
 }
-
 
 void HostDevice::fail_copy_at(uint64_t n) noexcept { state_->fail_copy = n ? copies_.load() + n : 0; }
 void HostDevice::fail_pinned_alloc_at(uint64_t n) noexcept {

@@ -30,11 +30,11 @@ struct FreeDeleter {
 
 // What each worker thread reuses from one read to the next.
 struct Worker {
-  std::vector<iovec> pieces;  // the iovecs of one vectored read, gaps included
-  std::vector<iovec> spans;   // its destinations, merged where one continues another
-  std::vector<uint8_t> scratch;  // where gaps go
+  std::vector<iovec> pieces;                     // the iovecs of one vectored read, gaps included
+  std::vector<iovec> spans;                      // its destinations, merged where one continues another
+  std::vector<uint8_t> scratch;                  // where gaps go
   std::unique_ptr<uint8_t, FreeDeleter> bounce;  // O_DIRECT only
-  uint64_t populated = 0;  // bytes faulted in ahead of the copy
+  uint64_t populated = 0;                        // bytes faulted in ahead of the copy
 };
 
 uint8_t* piece_dst(const ReadRange& r, const std::vector<uint8_t*>& dsts) { return dsts[r.dst] + r.dst_offset; }
@@ -148,7 +148,8 @@ std::vector<File> open_sources(const std::vector<ReadSource>& sources, bool dire
       uint64_t at = std::min(now, s.expected_size);
       throw ReadError(s.path, at, 0, true,
                       s.path + ": file is " + std::to_string(now) + " bytes but its header was read from a file of " +
-                          std::to_string(s.expected_size) + " bytes: it changed after its header was read (sizes differ from offset " +
+                          std::to_string(s.expected_size) +
+                          " bytes: it changed after its header was read (sizes differ from offset " +
                           std::to_string(at) + ")");
     }
     if (s.check_identity) files.back().check_identity(s.identity);
@@ -196,8 +197,8 @@ void HostReader::run(ThreadPool& pool, const std::vector<File>& files, const Gro
   std::vector<Worker> workers(pool.size());
   for (Worker& w : workers) {
     if (options.direct) {
-      void* p = std::aligned_alloc(kDirectAlignment, detail::align_up(options.chunk_bytes, kDirectAlignment) +
-                                                         2 * kDirectAlignment);
+      void* p = std::aligned_alloc(kDirectAlignment,
+                                   detail::align_up(options.chunk_bytes, kDirectAlignment) + 2 * kDirectAlignment);
       if (p == nullptr) throw std::bad_alloc();
       w.bounce.reset(static_cast<uint8_t*>(p));
     } else if (g.gap_bytes > 0) {

@@ -58,7 +58,8 @@ std::string sha256_of_loaded_file(const Header& header, const std::string& path,
   for (const ReadRange& r : mine) {
     uint64_t end = 0;
     if (r.file_offset < pos || !detail::checked_add(r.file_offset, r.length, end) || end > header.file_size) {
-      throw std::invalid_argument("read ranges overlap, or leave the data section of the file: cannot be hashed as one file");
+      throw std::invalid_argument(
+          "read ranges overlap, or leave the data section of the file: cannot be hashed as one file");
     }
     hash_from_disk(f, pos, r.file_offset - pos, sha, scratch);
     sha.update(dsts[r.dst] + r.dst_offset, r.length);

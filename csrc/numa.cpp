@@ -47,7 +47,10 @@ bool parse_hex(const std::string& s, size_t max_digits, unsigned long& out) {
   if (s.empty() || s.size() > max_digits) return false;
   out = 0;
   for (char c : s) {
-    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                   : -1;
     if (d < 0) return false;
     out = out * 16 + static_cast<unsigned long>(d);
   }

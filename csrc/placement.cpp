@@ -42,8 +42,8 @@ void for_each_index(const std::vector<uint64_t>& ext, const std::vector<size_t>&
 
 }  // namespace
 
-void plan_strided(const Header& h, uint32_t tensor, const std::vector<uint64_t>& shape, const Box& box,
-                  uint32_t file, uint32_t dst, uint64_t dst_offset_elems, const std::vector<uint64_t>& dst_strides,
+void plan_strided(const Header& h, uint32_t tensor, const std::vector<uint64_t>& shape, const Box& box, uint32_t file,
+                  uint32_t dst, uint64_t dst_offset_elems, const std::vector<uint64_t>& dst_strides,
                   std::vector<ReadRange>& out) {
   if (tensor >= h.tensors.size()) throw std::invalid_argument("tensor index out of range");
   const TensorInfo& t = h.tensors[tensor];

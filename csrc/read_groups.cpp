@@ -20,9 +20,8 @@ void put_in_file_order(std::vector<ReadRange>& ranges) {
     runs.back().second = i + 1;
   }
   if (runs.size() <= 1) return;
-  std::sort(runs.begin(), runs.end(), [&](const auto& a, const auto& b) {
-    return file_order(ranges[a.first], ranges[b.first]);
-  });
+  std::sort(runs.begin(), runs.end(),
+            [&](const auto& a, const auto& b) { return file_order(ranges[a.first], ranges[b.first]); });
   for (size_t k = 1; k < runs.size(); ++k) {
     if (file_order(ranges[runs[k].first], ranges[runs[k - 1].second - 1])) {
       std::sort(ranges.begin(), ranges.end(), file_order);  // runs interleave
@@ -69,7 +68,8 @@ GroupedReads group_reads(const std::vector<ReadRange>& ranges, uint64_t chunk_by
   if (chunk_bytes == 0) throw std::invalid_argument("chunk size must be positive");
   if (max_pieces < 2) throw std::invalid_argument("a vectored read needs room for two pieces");
   GroupedReads g;
-  bool chunked = std::all_of(ranges.begin(), ranges.end(), [&](const ReadRange& r) { return r.length <= chunk_bytes; });
+  bool chunked =
+      std::all_of(ranges.begin(), ranges.end(), [&](const ReadRange& r) { return r.length <= chunk_bytes; });
   if (chunked && std::is_sorted(ranges.begin(), ranges.end(), file_order)) {
     g.ranges = ranges.data();
   } else {

@@ -30,9 +30,8 @@ FilePlan plan_file(const Header& h, uint32_t file, uint32_t dst, const std::vect
   // Walk the tensors in file order; the output keeps the caller's order.
   std::vector<size_t> order(chosen.size());
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return h.tensors[chosen[a]].begin < h.tensors[chosen[b]].begin;
-  });
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return h.tensors[chosen[a]].begin < h.tensors[chosen[b]].begin; });
 
   FilePlan plan;
   plan.tensor_offsets.assign(chosen.size(), 0);
@@ -159,8 +158,8 @@ void append(std::vector<ReadRange>& out, const ReadRange& r) {
 
 }  // namespace
 
-std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file,
-                                uint32_t dst, uint64_t dst_offset) {
+std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file, uint32_t dst,
+                                uint64_t dst_offset) {
   BoxRuns runs(h, tensor, box, file, dst, dst_offset);
   std::vector<ReadRange> out;
   out.reserve(runs.count());

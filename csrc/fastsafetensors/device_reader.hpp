@@ -32,10 +32,10 @@ enum class GdsMode {
 };
 
 struct DeviceReadOptions {
-  bool use_mapping = true;            // let the mapping lanes take blocks of cached files
-  bool stage_cached = true;           // let the staging lanes take them too (off: mapping only)
+  bool use_mapping = true;               // let the mapping lanes take blocks of cached files
+  bool stage_cached = true;              // let the staging lanes take them too (off: mapping only)
   uint64_t map_group_bytes = 64u << 20;  // bytes registered at once by a mapping lane
-  double warm_fraction = 0.9;         // resident share above which a file counts as cached
+  double warm_fraction = 0.9;            // resident share above which a file counts as cached
   GdsMode gds = GdsMode::Off;
   uint64_t gds_register_bytes = 256u << 20;  // largest destination span one cuFileBufRegister covers
 };
@@ -47,7 +47,7 @@ struct DeviceReadStats {
   uint64_t gds_bytes = 0;
   uint32_t cached_files = 0;
   uint32_t gds_files = 0;
-  bool gds_compat = false;  // cuFile ran without the nvidia-fs driver (through host buffers)
+  bool gds_compat = false;       // cuFile ran without the nvidia-fs driver (through host buffers)
   std::string mapping_disabled;  // why the mapping lanes stopped early, if they did
   int numa_node = -1;            // the GPU's NUMA node where the lanes were pinned to it, else -1
   std::vector<int> numa_cpus;    // the CPUs they were pinned to (empty: left alone)

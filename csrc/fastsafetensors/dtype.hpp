@@ -12,10 +12,11 @@ namespace fst {
 // The one table of dtypes: X(header spelling, bits per element, DLPack type code of a native
 // export). kRawBytes: no code every consumer shares (fp8, fp4, fp6), so the bytes travel as
 // uint8 and each framework views them as its own type. Python builds its tables from this one
-// (cpp.dtype_table(), fastsafetensors/dtypes.py); adding a dtype is a row here and a member of
+// (_cpp.dtype_table(), fastsafetensors/_src/dtypes.py); adding a dtype is a row here and a member of
 // st_types.DType (a test checks that the two agree).
 constexpr int kRawBytes = -1;
-// clang-format off: a table, laid out by hand
+// A table, laid out by hand:
+// clang-format off
 #define FST_DTYPES(X)                                                                                          \
   X(BOOL, 8, kDLBool) X(U8, 8, kDLUInt) X(I8, 8, kDLInt) X(F8_E5M2, 8, kRawBytes) X(F8_E4M3, 8, kRawBytes)  \
   X(F8_E8M0, 8, kRawBytes) X(F8_E4M3FNUZ, 8, kRawBytes) X(F8_E5M2FNUZ, 8, kRawBytes) X(I16, 16, kDLInt)      \

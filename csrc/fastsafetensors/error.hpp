@@ -45,10 +45,8 @@ class FormatError : public std::runtime_error {
 // promised (it shrank or was replaced after the header was parsed).
 class ReadError : public std::runtime_error {
  public:
-  ReadError(const std::string& path, uint64_t offset, int err, bool truncated,
-            const std::string& message)
-      : std::runtime_error(message), path_(path), offset_(offset), errno_(err),
-        truncated_(truncated) {}
+  ReadError(const std::string& path, uint64_t offset, int err, bool truncated, const std::string& message)
+      : std::runtime_error(message), path_(path), offset_(offset), errno_(err), truncated_(truncated) {}
   const std::string& path() const noexcept { return path_; }
   uint64_t offset() const noexcept { return offset_; }
   int error_number() const noexcept { return errno_; }

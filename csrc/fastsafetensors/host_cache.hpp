@@ -22,12 +22,12 @@ namespace fst {
 
 struct Mapping {
   void* base = nullptr;
-  size_t size = 0;   // a multiple of the page size
+  size_t size = 0;    // a multiple of the page size
   bool huge = false;  // madvise'd for transparent huge pages
 };
 
 struct HostCacheStats {
-  size_t bytes = 0;       // kept now
+  size_t bytes = 0;  // kept now
   size_t entries = 0;
   size_t lazy_bytes = 0;  // of those, already given to the kernel with MADV_FREE
   uint64_t hits = 0;      // buffers served from the cache

@@ -47,11 +47,11 @@ struct ReadOptions {
 };
 
 struct ReadStats {
-  uint64_t bytes = 0;      // delivered to the destinations
-  uint64_t reads = 0;      // vectored reads issued
-  uint64_t gap_bytes = 0;  // read between ranges and dropped
-  uint64_t populated = 0;  // destination bytes faulted in before the copy rather than during it
-  uint64_t cold_bytes = 0;  // read with a device's cold shape
+  uint64_t bytes = 0;                    // delivered to the destinations
+  uint64_t reads = 0;                    // vectored reads issued
+  uint64_t gap_bytes = 0;                // read between ranges and dropped
+  uint64_t populated = 0;                // destination bytes faulted in before the copy rather than during it
+  uint64_t cold_bytes = 0;               // read with a device's cold shape
   std::vector<uint64_t> bytes_per_file;  // delivered from each source
 };
 

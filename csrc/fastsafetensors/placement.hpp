@@ -18,8 +18,8 @@ namespace fst {
 // element dst_offset_elems + sum(i[d] * dst_strides[d]) of the destination (in the tensor's
 // element size). The innermost stride must be 1 where the box is wider than one element there.
 // Throws std::invalid_argument for a view, box or strides that do not fit the tensor.
-void plan_strided(const Header& h, uint32_t tensor, const std::vector<uint64_t>& shape, const Box& box,
-                  uint32_t file, uint32_t dst, uint64_t dst_offset_elems, const std::vector<uint64_t>& dst_strides,
+void plan_strided(const Header& h, uint32_t tensor, const std::vector<uint64_t>& shape, const Box& box, uint32_t file,
+                  uint32_t dst, uint64_t dst_offset_elems, const std::vector<uint64_t>& dst_strides,
                   std::vector<ReadRange>& out);
 
 // A C-contiguous block of `shape` elements of `itemsize` bytes at src_offset (bytes) of a staging

@@ -46,8 +46,8 @@ struct Box {
 // destination at dst_offset. The box becomes runs of contiguous bytes: one range for a slice
 // along the leading axis, one per row for slices along inner axes. Throws std::invalid_argument
 // for a box outside the tensor or one that splits the bytes of a packed dtype.
-std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file,
-                                uint32_t dst, uint64_t dst_offset);
+std::vector<ReadRange> plan_box(const Header& h, uint32_t tensor, const Box& box, uint32_t file, uint32_t dst,
+                                uint64_t dst_offset);
 
 // A box of a tensor and the contiguous destination it goes to.
 struct BoxTarget {

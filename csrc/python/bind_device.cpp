@@ -82,7 +82,7 @@ void fst::python::bind_device(py::module_& m, py::module_& testing) {
   m.def("add_cuda_search_dirs", &shim::add_search_dirs, py::arg("dirs"),
         "Folders to look for libcudart/libcufile in, after the copies already loaded.");
   testing.def("cuda_device_count", &cuda_device_count, py::call_guard<py::gil_scoped_release>(),
-        "CUDA devices visible through the run-time loaded CUDA runtime (0 without one).");
+              "CUDA devices visible through the run-time loaded CUDA runtime (0 without one).");
   testing.def("cuda_runtime_error", &shim::cuda_runtime_error, "Why no CUDA runtime loaded ('' when one did).");
   testing.def("cuda_runtime_library", []() -> std::string {
     const shim::CudaRuntime* rt = shim::cuda_runtime();
@@ -161,8 +161,9 @@ void fst::python::bind_device(py::module_& m, py::module_& testing) {
       .def(
           "read",
           [](DeviceReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
-             const std::vector<uintptr_t>& dst_ptrs, const std::vector<uint64_t>& dst_sizes, bool use_mapping, bool stage_cached,
-             uint64_t map_group_bytes, double warm_fraction, const std::string& gds, uint64_t gds_register_bytes) {
+             const std::vector<uintptr_t>& dst_ptrs, const std::vector<uint64_t>& dst_sizes, bool use_mapping,
+             bool stage_cached, uint64_t map_group_bytes, double warm_fraction, const std::string& gds,
+             uint64_t gds_register_bytes) {
             std::vector<uint8_t*> dsts;
             for (uintptr_t p : dst_ptrs) dsts.push_back(reinterpret_cast<uint8_t*>(p));
             DeviceReadOptions o;
@@ -180,7 +181,8 @@ void fst::python::bind_device(py::module_& m, py::module_& testing) {
             return stats_dict(s);
           },
           py::arg("sources"), py::arg("ranges"), py::arg("dst_ptrs"), py::arg("dst_sizes"),
-          py::arg("use_mapping") = true, py::arg("stage_cached") = true, py::arg("map_group_bytes") = uint64_t{64} << 20,
-          py::arg("warm_fraction") = 0.9, py::arg("gds") = "off", py::arg("gds_register_bytes") = uint64_t{256} << 20,
+          py::arg("use_mapping") = true, py::arg("stage_cached") = true,
+          py::arg("map_group_bytes") = uint64_t{64} << 20, py::arg("warm_fraction") = 0.9, py::arg("gds") = "off",
+          py::arg("gds_register_bytes") = uint64_t{256} << 20,
           "Read every range into device memory dst_ptrs[dst] + dst_offset; returns what each path carried.");
 }

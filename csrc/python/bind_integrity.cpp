@@ -9,7 +9,6 @@
 
 namespace py = pybind11;
 
-
 void fst::python::bind_integrity(py::module_& m, py::module_& testing) {
   testing.def(
       "sha256_bytes",

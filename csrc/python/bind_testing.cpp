@@ -16,7 +16,8 @@ void fst::python::bind_testing(py::module_& t) {
         faults::set_pread_fault(faults::parse_pread_fault(kind), after_calls, count);
       },
       py::arg("kind"), py::arg("after_calls") = 0, py::arg("count") = 1,
-      "After `after_calls` good preads, make `count` (-1: all) fail as 'eio', 'eintr', 'short', 'eof', 'slow' (sleeps 250 ms, then reads) or 'flip' (inverts the first byte read).");
+      "After `after_calls` good preads, make `count` (-1: all) fail as 'eio', 'eintr', 'short', 'eof', 'slow' (sleeps "
+      "250 ms, then reads) or 'flip' (inverts the first byte read).");
   t.def("fail_allocations", &faults::set_allocation_fault, py::arg("after") = 0, py::arg("count") = 1,
         "After `after` good host buffer allocations, make `count` (-1: all) raise MemoryError.");
   t.def("fail_thread_starts", &faults::set_thread_fault, py::arg("after") = 0, py::arg("count") = 1,

@@ -25,7 +25,6 @@
 namespace py = pybind11;
 using namespace fst;
 
-
 void fst::python::raise_python(const char* name, const std::string& message, const py::dict& extra) {
   py::object cls = py::module_::import("fastsafetensors.errors").attr(name);
   py::object exc = cls(message, **extra);
@@ -82,7 +81,8 @@ void delete_unconsumed(PyObject* capsule) {
 py::object dlpack_capsule(const TensorView& v, const py::object& stream, const py::object& max_version,
                           const py::object& dl_device, const py::object& copy) {
   (void)stream;  // host memory needs no stream ordering
-  if (!copy.is_none() && copy.cast<bool>()) throw py::buffer_error("fastsafetensors tensors export without copying only");
+  if (!copy.is_none() && copy.cast<bool>())
+    throw py::buffer_error("fastsafetensors tensors export without copying only");
   if (!dl_device.is_none()) {
     auto want = dl_device.cast<std::pair<int, int>>();
     DLDevice have = v.owner->device();
@@ -91,9 +91,8 @@ py::object dlpack_capsule(const TensorView& v, const py::object& stream, const p
     }
   }
   bool versioned = !max_version.is_none() && max_version.cast<std::pair<int, int>>().first >= 1;
-  PyObject* cap = versioned
-                      ? PyCapsule_New(to_dlpack_versioned(v), kCapsuleNameVersioned, delete_unconsumed)
-                      : PyCapsule_New(to_dlpack(v), kCapsuleName, delete_unconsumed);
+  PyObject* cap = versioned ? PyCapsule_New(to_dlpack_versioned(v), kCapsuleNameVersioned, delete_unconsumed)
+                            : PyCapsule_New(to_dlpack(v), kCapsuleName, delete_unconsumed);
   if (cap == nullptr) throw py::error_already_set();
   return py::reinterpret_steal<py::object>(cap);
 }
@@ -228,7 +227,8 @@ PYBIND11_MODULE(_cpp, m) {
          std::vector<ReadRange>& out) {
         std::vector<BoxTarget> boxes;
         boxes.reserve(targets.size());
-        for (const auto& [start, stop, dst, dst_offset] : targets) boxes.push_back({Box{start, stop}, dst, dst_offset});
+        for (const auto& [start, stop, dst, dst_offset] : targets)
+          boxes.push_back({Box{start, stop}, dst, dst_offset});
         try {
           plan_boxes(h, tensor, boxes, file, out);
         } catch (const std::invalid_argument& e) {
@@ -247,10 +247,11 @@ PYBIND11_MODULE(_cpp, m) {
   py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer")
       .def_property_readonly("data_ptr", [](Buffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
       .def_property_readonly("size", &Buffer::size)
-      .def_property_readonly("device", [](const Buffer& b) {
-        DLDevice d = b.device();
-        return py::make_tuple(d.device_type, d.device_id);
-      })
+      .def_property_readonly("device",
+                             [](const Buffer& b) {
+                               DLDevice d = b.device();
+                               return py::make_tuple(d.device_type, d.device_id);
+                             })
       .def(
           "view",
           [](const std::shared_ptr<Buffer>& b, uint64_t offset, std::vector<int64_t> shape, uint8_t code,
@@ -292,9 +293,8 @@ PYBIND11_MODULE(_cpp, m) {
           py::arg("source"), "The whole file mapped private and copy-on-write (writes never reach it).");
 
   py::class_<TensorView>(m, "DLPackTensor")
-      .def_property_readonly("data_ptr", [](const TensorView& v) {
-        return reinterpret_cast<uintptr_t>(v.owner->data() + v.offset);
-      })
+      .def_property_readonly(
+          "data_ptr", [](const TensorView& v) { return reinterpret_cast<uintptr_t>(v.owner->data() + v.offset); })
       .def_readonly("shape", &TensorView::shape)
       .def_property_readonly("buffer", [](const TensorView& v) { return v.owner; })
       .def("__dlpack__", &dlpack_capsule, py::kw_only(), py::arg("stream") = py::none(),
@@ -305,12 +305,15 @@ PYBIND11_MODULE(_cpp, m) {
       });
 
   py::class_<ReadSource>(m, "ReadSource")
-      .def(py::init([](std::string path, uint64_t size) { return ReadSource{std::move(path), size, false, {}}; }),
+      .def(py::init([](std::string path, uint64_t size) {
+             return ReadSource{std::move(path), size, false, {}};
+           }),
            py::arg("path"), py::arg("expected_size"))
       .def(py::init([](std::string path, const Header& h) {
              return ReadSource{std::move(path), h.file_size, h.from_file, h.identity};
            }),
-           py::arg("path"), py::arg("header"), "A file whose header was read by read_header: its identity is checked too.")
+           py::arg("path"), py::arg("header"),
+           "A file whose header was read by read_header: its identity is checked too.")
       .def_readonly("path", &ReadSource::path)
       .def_readonly("expected_size", &ReadSource::expected_size);
 
@@ -320,8 +323,8 @@ PYBIND11_MODULE(_cpp, m) {
       .def(
           "read",
           [](HostReader& r, const std::vector<ReadSource>& sources, const std::vector<ReadRange>& ranges,
-             const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct,
-             uint64_t max_gap, uint64_t batch_bytes, const py::object& on_batch, bool cold_reads) {
+             const std::vector<std::shared_ptr<Buffer>>& buffers, uint64_t chunk_bytes, bool direct, uint64_t max_gap,
+             uint64_t batch_bytes, const py::object& on_batch, bool cold_reads) {
             std::vector<uint8_t*> dsts;
             std::vector<uint64_t> sizes;
             ReadOptions options{chunk_bytes, direct, max_gap, {}, batch_bytes, {}, cold_reads};
