@@ -72,24 +72,8 @@ def test_two_processes_read_half_each(tmp_path):
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     port = _free_port()
     results = [tmp_path / f"r{i}.json" for i in range(2)]
-    logs = [open(tmp_path / f"log{i}.txt", "w+") for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(i), str(results[i])],
-                              env=env, cwd=str(tmp_path), stdout=logs[i], stderr=subprocess.STDOUT)
-             for i in range(2)]
-    try:
-        for p in procs:
-            p.wait(timeout=180)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read()[-3000:])
-        log.close()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    run_all([[sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(i), str(results[i])] for i in range(2)],
+            env=env, cwd=str(tmp_path), log_dir=tmp_path, timeout=180)
 
     for i, path in enumerate(results):
         r = json.loads(path.read_text())

@@ -90,24 +90,8 @@ def test_each_process_reads_its_share(tmp_path, n):
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     port = _free_port()
     results = [tmp_path / f"r{i}.json" for i in range(n)]
-    logs = [open(tmp_path / f"log{i}.txt", "w+") for i in range(n)]
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(n), str(i),
-                               str(results[i])], env=env, cwd=str(tmp_path), stdout=logs[i], stderr=subprocess.STDOUT)
-             for i in range(n)]
-    try:
-        for p in procs:
-            p.wait(timeout=240)
-    finally:
-        for p in procs:  # a process that hangs (or whose peer died) never outlives the test
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read()[-3000:])
-        log.close()
-    assert [p.returncode for p in procs] == [0] * n, "\n".join(outputs)
+    run_all([[sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(n), str(i), str(results[i])]
+             for i in range(n)], env=env, cwd=str(tmp_path), log_dir=tmp_path, timeout=240)
     for i, path in enumerate(results):
         r = json.loads(path.read_text())
         assert r["process_index"] == i

@@ -70,22 +70,8 @@ def test_two_processes_get_half_each(tmp_path):
         upload(endpoint, "ckpt", {"m/m.safetensors": str(ckpt)})
         port = free_port()
         results = [tmp_path / f"r{i}.json" for i in range(2)]
-        logs = [open(tmp_path / f"log{i}.txt", "w+") for i in range(2)]
-        procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "s3://ckpt/m/m.safetensors", endpoint,
-                                   str(port), str(i), str(results[i]), str(ckpt)],
-                                  env=env, cwd=ROOT, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-        try:
-            for p in procs:
-                p.wait(timeout=180)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        for i, p in enumerate(procs):
-            logs[i].seek(0)
-            assert p.returncode == 0, f"process {i}:\n{logs[i].read()[-4000:]}"
-            logs[i].close()
+        run_all([[sys.executable, os.path.abspath(__file__), "s3://ckpt/m/m.safetensors", endpoint, str(port), str(i),
+                  str(results[i]), str(ckpt)] for i in range(2)], env=env, cwd=ROOT, log_dir=tmp_path, timeout=180)
     for i in range(2):
         r = json.loads(results[i].read_text())
         assert r["mismatches"] == [] and r["shards"] == 3 * 4
