@@ -238,6 +238,33 @@ def test_transient_faults_are_retried(local, proxy, fault):
     assert metrics.remote_retries == expected_retries
 
 
+def _without_allow_http(proxy):
+    return {k: v for k, v in storage_options(proxy.url).items() if k != "allow_http"}
+
+
+def test_allow_http_from_the_environment(local, proxy, monkeypatch):
+    """AWS_ALLOW_HTTP=true is honoured like storage_options' allow_http (the explicit client options
+    fastsafetensors passes used to replace the environment's)."""
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    metrics = fastsafetensors.LoadMetrics()
+    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", "torch",
+                               storage_options=_without_allow_http(proxy), metrics=metrics)
+    _same(got, _expect(local, "multi/part-0.safetensors"))
+    assert metrics.remote_retries == 0
+
+
+def test_plain_http_without_allow_http_fails_at_once_saying_what_to_set(proxy, monkeypatch):
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
+    url = f"s3://{BUCKET}/multi/part-0.safetensors"
+    metrics = fastsafetensors.LoadMetrics()
+    with pytest.raises(errors.UnsupportedURLError, match="allow_http") as info:
+        fastsafetensors.load(url, storage_options=_without_allow_http(proxy), metrics=metrics)
+    shown = str(info.value)
+    assert url in shown and proxy.url in shown and "AWS_ALLOW_HTTP=true" in shown
+    assert TEST_CREDENTIALS["aws_secret_access_key"] not in shown and "Debug" not in shown
+    assert metrics.remote_requests == 1 and metrics.remote_retries == 0 and proxy.requests == []
+
+
 def test_a_request_past_the_timeout_is_retried(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_TIMEOUT", "0.5")
     proxy.inject(Fault("delay", seconds=2.0, times=1))

@@ -14,17 +14,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
+from urllib.parse import urlsplit
 
 from ... import settings
 from ...errors import (RemoteAccessDeniedError, RemoteNotFoundError, RemoteObjectChangedError, RemoteReadError,
-                      TruncatedFileError)
-from .store import obstore_module
+                      TruncatedFileError, UnsupportedURLError)
+from .store import env_variable, obstore_module
+from .urls import shown_url
 
 __all__ = ["Counters", "ShortBody", "call", "range_refused"]
 
 T = TypeVar("T")
 _STATUS = re.compile(r"status code: (\d{3})")
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+# The HTTP client refused to build the request (obstore's debug text of a reqwest builder error):
+# its configuration is wrong, and no retry changes that. BadScheme: plain http:// without allow_http.
+_BUILDER = re.compile(r"kind: Builder")
+_BAD_SCHEME = re.compile(r"source: BadScheme")
+_REQUEST_URL = re.compile(r"Error performing \w+ (\S+)")
 
 
 @dataclass
@@ -58,9 +65,28 @@ def range_refused(exc: BaseException) -> bool:
     return isinstance(exc, obstore_module().exceptions.NotSupportedError) or _status(exc) == 416
 
 
+def _configuration_error(exc: BaseException, url: str) -> Optional[Exception]:
+    """UnsupportedURLError saying what to set when the client refused to build the request, else None."""
+    text = str(exc)
+    if not _BUILDER.search(text):
+        return None
+    sent = _REQUEST_URL.search(text)
+    to = f" to {shown_url(sent.group(1))}" if sent else ""
+    if _BAD_SCHEME.search(text):
+        variable = env_variable(urlsplit(url).scheme, "allow_http")
+        how = "storage_options={'allow_http': True}" + (f" or {variable}=true in the environment" if variable else "")
+        return UnsupportedURLError(f"{url}: the request{to} is plain http://, which the client refuses unless "
+                                   f"told otherwise: set {how} (or use an https:// endpoint)")
+    return UnsupportedURLError(f"{url}: the HTTP client could not build the request{to}: check the endpoint "
+                               "and the client options in storage_options and the environment")
+
+
 def _final_error(exc: BaseException, url: str, offset: Optional[int]) -> Optional[Exception]:
     """The typed error for a failure no retry can help, else None."""
     exceptions = obstore_module().exceptions
+    configuration = _configuration_error(exc, url)
+    if configuration is not None:
+        return configuration
     status = _status(exc)
     if isinstance(exc, (FileNotFoundError, exceptions.NotFoundError)) or status == 404:
         return RemoteNotFoundError(f"{url}: no such object or bucket (HTTP 404)", filename=url, errno=errno.ENOENT)
