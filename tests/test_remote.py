@@ -8,8 +8,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -301,6 +303,43 @@ def test_fault_mid_load_returns_nothing(local, proxy, monkeypatch):
     with pytest.raises(errors.ReadError, match=f"s3://{BUCKET}/one/model.safetensors"):
         fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url))
     assert fastsafetensors._cpp.testing.host_live_bytes() <= live
+
+
+_INTERRUPTED_LOAD = """
+import sys, time
+import fastsafetensors
+url, endpoint = sys.argv[1:3]
+opts = {"endpoint": endpoint, "allow_http": True, "access_key_id": "AKIATESTKEYID0000000",
+        "secret_access_key": "s3cr3t-test-KEY-do-not-log", "region": "us-east-1"}
+try:
+    fastsafetensors.load(url, storage_options=opts)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_aborts_the_gets_in_flight(proxy, monkeypatch):
+    """Ctrl-C while data GETs wait on a slow server: the load raises KeyboardInterrupt and the process
+    ends within seconds, not when the GETs reach the 60 s timeout (or the 20 s server delay)."""
+    monkeypatch.setenv("FASTSAFETENSORS_REMOTE_CHUNK_MB", "1")
+    # Not the header's GET (obstore sends the header in lower case: `range`).
+    proxy.inject(Fault("delay", seconds=20, times=1000, match=lambda m, p, h: "bytes=0-" not in h.get("range", "bytes=0-")))
+    child = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_LOAD, f"s3://{BUCKET}/one/model.safetensors",
+                              proxy.url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(1 for r in proxy.requests if r.fault == "delay") < 2:  # data GETs waiting
+            assert child.poll() is None and time.monotonic() < deadline, child.stderr and child.stderr.read()
+            time.sleep(0.05)
+        interrupted = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=15)
+        assert child.returncode == 0 and out.strip() == "interrupted", err
+        assert time.monotonic() - interrupted < 5
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
 def test_missing_objects_and_buckets(proxy):

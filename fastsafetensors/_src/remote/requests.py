@@ -7,13 +7,14 @@ text (it can quote response bodies) nor credentials.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import random
 import re
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar
 from urllib.parse import urlsplit
 
 from ... import settings
@@ -43,12 +44,41 @@ class Counters:
     bytes: int = 0
     stop: threading.Event = field(default_factory=threading.Event)  # set on the first failure
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _running: Dict[Any, Any] = field(default_factory=dict)  # the requests in flight in run(): task -> its loop
 
     def add(self, requests: int = 0, retries: int = 0, nbytes: int = 0) -> None:
         with self._lock:
             self.requests += requests
             self.retries += retries
             self.bytes += nbytes
+
+    def run(self, request: Callable[[], Awaitable[T]]) -> T:
+        """``await request()`` on an event loop of the calling thread, abortable by cancel(): a
+        blocking GET cannot be stopped before its timeout, a cancelled coroutine closes its connection."""
+
+        async def main() -> T:
+            task = asyncio.current_task()
+            with self._lock:
+                if self.stop.is_set():
+                    raise asyncio.CancelledError
+                self._running[task] = asyncio.get_running_loop()
+            try:
+                return await request()
+            finally:
+                with self._lock:
+                    self._running.pop(task, None)
+
+        return asyncio.run(main())
+
+    def cancel(self) -> None:
+        """Stops the load's requests: none starts or retries, and those in run() are aborted (they
+        raise asyncio.CancelledError in their threads)."""
+        self.stop.set()
+        with self._lock:
+            running = list(self._running.items())
+        for task, loop in running:
+            with contextlib.suppress(RuntimeError):  # its loop closed since: that request has ended
+                loop.call_soon_threadsafe(task.cancel)
 
 
 class ShortBody(Exception):
@@ -124,8 +154,8 @@ def call(request: Callable[[], T], url: str, offset: Optional[int], counters: Co
             if final is not None:
                 raise final from None
             last = exc
-        if attempt < retries:
-            time.sleep(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0))
+        if attempt < retries:  # the backoff ends early when the load stops
+            counters.stop.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0))
     return _give_up(last, url, offset, attempt + 1)
 
 
