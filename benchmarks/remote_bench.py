@@ -313,7 +313,7 @@ def seaweedfs_server(weed: str, workdir: str) -> Iterator[str]:
         _wait_bucket(endpoint, proc, log)
         yield endpoint
     finally:
-        servers._stop(proc)
+        servers.stop_server(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -258,7 +258,9 @@ class BudgetInfeasibleError(FastSafeTensorsError, ValueError):
 
 class UnsupportedURLError(FastSafeTensorsError, ValueError):
     """A checkpoint URL this package cannot load: an unknown scheme, ``http://`` to a host other than
-    the loopback one, or a URL where a loader takes only local files (docs/remote.md)."""
+    the loopback one, a URL where a loader takes only local files, or a store configuration that
+    cannot work (options the store refuses, a plain ``http://`` endpoint without ``allow_http``):
+    raised at once, never retried (docs/remote.md)."""
 
 
 class RemoteUnavailableError(FastSafeTensorsError, ImportError):

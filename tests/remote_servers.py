@@ -7,6 +7,7 @@ Each is a context manager that yields an endpoint URL and always stops what it s
   ``storage_options(endpoint)`` is what ``fastsafetensors.load(..., storage_options=)`` needs for it.
 - ``nginx_server(root)``: nginx serving the directory ``root`` with Range and ETag (plain HTTP),
   yields ``http://127.0.0.1:PORT``; ``nginx_missing()`` says why it cannot run (None when it can).
+- ``stop_server(proc)``: stops a server process started in its own session (the benchmarks use it).
 - ``FaultProxy(upstream)``: an HTTP proxy in front of either that records every request and injects
   faults on chosen ones (drop, truncate, status, delay); yields itself, ``proxy.url`` is its endpoint.
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-__all__ = ["START_TIMEOUT", "free_port", "moto_server", "storage_options", "s3_client", "upload", "nginx_server",
+__all__ = ["START_TIMEOUT", "free_port", "stop_server", "moto_server", "storage_options", "s3_client", "upload", "nginx_server",
            "nginx_missing", "FaultProxy", "Fault", "TEST_CREDENTIALS"]
 
 START_TIMEOUT = 30.0
@@ -59,8 +60,9 @@ def _wait_listening(port: int, proc: subprocess.Popen, what: str) -> None:
     raise TimeoutError(f"{what} did not listen on port {port} within {START_TIMEOUT}s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Ends the process group the server started (nginx's workers too), by its id."""
+def stop_server(proc: subprocess.Popen) -> None:
+    """Ends the process group a server started with ``start_new_session=True`` (nginx's workers
+    too), by its id: SIGTERM, then SIGKILL after 10 s."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -82,7 +84,7 @@ def moto_server() -> Iterator[str]:
         _wait_listening(port, proc, "moto server")
         yield f"http://{HOST}:{port}"
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 def storage_options(endpoint: str) -> Dict[str, object]:
@@ -160,7 +162,7 @@ def nginx_server(root: str) -> Iterator[str]:
             _wait_listening(port, proc, "nginx")
             yield f"http://{HOST}:{port}"
         finally:
-            _stop(proc)
+            stop_server(proc)
 
 
 @dataclass

@@ -4,12 +4,15 @@ bit for bit with safetensors reading the local file the objects were uploaded fr
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -238,6 +241,33 @@ def test_transient_faults_are_retried(local, proxy, fault):
     assert metrics.remote_retries == expected_retries
 
 
+def _without_allow_http(proxy):
+    return {k: v for k, v in storage_options(proxy.url).items() if k != "allow_http"}
+
+
+def test_allow_http_from_the_environment(local, proxy, monkeypatch):
+    """AWS_ALLOW_HTTP=true is honoured like storage_options' allow_http (the explicit client options
+    fastsafetensors passes used to replace the environment's)."""
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    metrics = fastsafetensors.LoadMetrics()
+    got = fastsafetensors.load(f"s3://{BUCKET}/multi/part-0.safetensors", "torch",
+                               storage_options=_without_allow_http(proxy), metrics=metrics)
+    _same(got, _expect(local, "multi/part-0.safetensors"))
+    assert metrics.remote_retries == 0
+
+
+def test_plain_http_without_allow_http_fails_at_once_saying_what_to_set(proxy, monkeypatch):
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
+    url = f"s3://{BUCKET}/multi/part-0.safetensors"
+    metrics = fastsafetensors.LoadMetrics()
+    with pytest.raises(errors.UnsupportedURLError, match="allow_http") as info:
+        fastsafetensors.load(url, storage_options=_without_allow_http(proxy), metrics=metrics)
+    shown = str(info.value)
+    assert url in shown and proxy.url in shown and "AWS_ALLOW_HTTP=true" in shown
+    assert TEST_CREDENTIALS["aws_secret_access_key"] not in shown and "Debug" not in shown
+    assert metrics.remote_requests == 1 and metrics.remote_retries == 0 and proxy.requests == []
+
+
 def test_a_request_past_the_timeout_is_retried(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_TIMEOUT", "0.5")
     proxy.inject(Fault("delay", seconds=2.0, times=1))
@@ -270,10 +300,52 @@ def test_fault_mid_load_returns_nothing(local, proxy, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_RETRIES", "1")
     monkeypatch.setenv("FASTSAFETENSORS_REMOTE_CHUNK_MB", "1")
     live = fastsafetensors._cpp.testing.host_live_bytes()
-    proxy.inject(Fault("truncate", times=1000, match=lambda m, p, h: "bytes=0-" not in h.get("Range", "")))
-    with pytest.raises(errors.ReadError, match=f"s3://{BUCKET}/one/model.safetensors"):
+    proxy.inject(Fault("truncate", times=1000, match=lambda m, p, h: "bytes=0-" not in h.get("range", "bytes=0-")))
+    with pytest.raises(errors.ReadError, match=f"s3://{BUCKET}/one/model.safetensors") as info:
         fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url))
+    assert info.value.offset > 0  # a data GET failed, not the header's
+    # The failed load's frames (its buffers among their locals) are in a reference cycle with the
+    # error's traceback: freed by the cycle collector, not at once (a known gap, not fixed yet).
+    del info
+    gc.collect()
     assert fastsafetensors._cpp.testing.host_live_bytes() <= live
+
+
+_INTERRUPTED_LOAD = """
+import sys, time
+import fastsafetensors
+url, endpoint = sys.argv[1:3]
+opts = {"endpoint": endpoint, "allow_http": True, "access_key_id": "AKIATESTKEYID0000000",
+        "secret_access_key": "s3cr3t-test-KEY-do-not-log", "region": "us-east-1"}
+try:
+    fastsafetensors.load(url, storage_options=opts)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_aborts_the_gets_in_flight(proxy, monkeypatch):
+    """Ctrl-C while data GETs wait on a slow server: the load raises KeyboardInterrupt and the process
+    ends within seconds, not when the GETs reach the 60 s timeout (or the 20 s server delay)."""
+    monkeypatch.setenv("FASTSAFETENSORS_REMOTE_CHUNK_MB", "1")
+    # Not the header's GET (obstore sends the header in lower case: `range`).
+    proxy.inject(Fault("delay", seconds=20, times=1000, match=lambda m, p, h: "bytes=0-" not in h.get("range", "bytes=0-")))
+    child = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_LOAD, f"s3://{BUCKET}/one/model.safetensors",
+                              proxy.url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(1 for r in proxy.requests if r.fault == "delay") < 2:  # data GETs waiting
+            assert child.poll() is None and time.monotonic() < deadline, child.stderr and child.stderr.read()
+            time.sleep(0.05)
+        interrupted = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=15)
+        assert child.returncode == 0 and out.strip() == "interrupted", err
+        assert time.monotonic() - interrupted < 5
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
 def test_missing_objects_and_buckets(proxy):

@@ -99,3 +99,20 @@ def test_engine_stubs_match_the_built_module():
     stubs = PACKAGE / "_cpp"
     assert _stub_names(stubs / "__init__.pyi") == _runtime_names(_cpp)
     assert _stub_names(stubs / "testing.pyi") == _runtime_names(_cpp.testing)
+
+
+def test_the_remote_benchmark_uses_only_public_test_server_helpers():
+    # It reaches tests/remote_servers.py through a module object (`servers.free_port()`,
+    # `_servers().upload(...)`): every attribute it takes from it must be in that module's __all__.
+    import ast
+
+    from tests import remote_servers
+
+    def the_module(node):
+        if isinstance(node, ast.Call):
+            node = node.func
+        return isinstance(node, ast.Name) and node.id in ("servers", "_servers", "remote_servers")
+
+    tree = ast.parse((PACKAGE.parent / "benchmarks" / "remote_bench.py").read_text())
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and the_module(node.value)}
+    assert {"moto_server", "upload", "stop_server"} <= used <= set(remote_servers.__all__)

@@ -68,19 +68,20 @@ def stream_range(obj: RemoteObject, start: int, end: int, counters: Counters,
                  deliver: Callable[[int, Any], None]) -> None:
     """Bytes [start, end) of the pinned object, handed to ``deliver(object_offset, piece)`` as they
     arrive, in pieces of at least _PIECE bytes: a GET holds one piece instead of its whole body,
-    and copying a piece overlaps receiving the next. A retry hands the range over again."""
+    and copying a piece overlaps receiving the next. A retry hands the range over again. The GET
+    runs as a coroutine so that counters.cancel() aborts it at once (Ctrl-C, another GET's failure)."""
     obstore = obstore_module()
 
-    def request():
+    async def request():
         offset = start
-        result = obstore.get(obj.store, obj.url.key, options=obj.get_options(start, end))
-        for piece in result.stream(min_chunk_size=_PIECE):
+        result = await obstore.get_async(obj.store, obj.url.key, options=obj.get_options(start, end))
+        async for piece in result.stream(min_chunk_size=_PIECE):
             deliver(offset, piece)
             offset += len(piece)
         if offset != end:
             raise ShortBody(f"{offset - start} of {end - start} bytes")
 
-    call(request, obj.url.url, start, counters)
+    call(lambda: counters.run(request), obj.url.url, start, counters)
     counters.add(nbytes=end - start)
 
 

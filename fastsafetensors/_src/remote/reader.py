@@ -71,8 +71,8 @@ def _deliver(get: Get, offset: int, piece: Any, addresses: Sequence[int]) -> Non
 def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concurrency: Optional[int] = None,
                 on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[List[int], int]:
     """Runs the plan's ranges as ranged GETs into ``buffers``, counting requests in ``counters``.
-    Returns the wanted bytes per file and the unwanted gap bytes fetched. The first failure
-    cancels the GETs not yet started, waits for those in flight, and raises."""
+    Returns the wanted bytes per file and the unwanted gap bytes fetched. The first failure (or
+    Ctrl-C) cancels the GETs not yet started, aborts those in flight, waits for their threads, and raises."""
     chunk = settings.get("FASTSAFETENSORS_REMOTE_CHUNK_MB") << 20
     gets = plan_gets(plan.ranges, chunk, settings.get("FASTSAFETENSORS_REMOTE_GAP_KB") << 10)
     objects = cast(List[RemoteObject], [f.remote for f in plan.files])  # engine.is_remote: every file is one
@@ -95,7 +95,7 @@ def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concu
             if on_bytes is not None:
                 on_bytes(n)
     except BaseException:
-        counters.stop.set()
+        counters.cancel()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -7,24 +7,32 @@ text (it can quote response bodies) nor credentials.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import random
 import re
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar
+from urllib.parse import urlsplit
 
 from ... import settings
 from ...errors import (RemoteAccessDeniedError, RemoteNotFoundError, RemoteObjectChangedError, RemoteReadError,
-                      TruncatedFileError)
-from .store import obstore_module
+                      TruncatedFileError, UnsupportedURLError)
+from .store import env_variable, obstore_module
+from .urls import shown_url
 
 __all__ = ["Counters", "ShortBody", "call", "range_refused"]
 
 T = TypeVar("T")
 _STATUS = re.compile(r"status code: (\d{3})")
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+# The HTTP client refused to build the request (obstore's debug text of a reqwest builder error):
+# its configuration is wrong, and no retry changes that. BadScheme: plain http:// without allow_http.
+_BUILDER = re.compile(r"kind: Builder")
+_BAD_SCHEME = re.compile(r"source: BadScheme")
+_REQUEST_URL = re.compile(r"Error performing \w+ (\S+)")
 
 
 @dataclass
@@ -36,12 +44,41 @@ class Counters:
     bytes: int = 0
     stop: threading.Event = field(default_factory=threading.Event)  # set on the first failure
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _running: Dict[Any, Any] = field(default_factory=dict)  # the requests in flight in run(): task -> its loop
 
     def add(self, requests: int = 0, retries: int = 0, nbytes: int = 0) -> None:
         with self._lock:
             self.requests += requests
             self.retries += retries
             self.bytes += nbytes
+
+    def run(self, request: Callable[[], Awaitable[T]]) -> T:
+        """``await request()`` on an event loop of the calling thread, abortable by cancel(): a
+        blocking GET cannot be stopped before its timeout, a cancelled coroutine closes its connection."""
+
+        async def main() -> T:
+            task = asyncio.current_task()
+            with self._lock:
+                if self.stop.is_set():
+                    raise asyncio.CancelledError
+                self._running[task] = asyncio.get_running_loop()
+            try:
+                return await request()
+            finally:
+                with self._lock:
+                    self._running.pop(task, None)
+
+        return asyncio.run(main())
+
+    def cancel(self) -> None:
+        """Stops the load's requests: none starts or retries, and those in run() are aborted (they
+        raise asyncio.CancelledError in their threads)."""
+        self.stop.set()
+        with self._lock:
+            running = list(self._running.items())
+        for task, loop in running:
+            with contextlib.suppress(RuntimeError):  # its loop closed since: that request has ended
+                loop.call_soon_threadsafe(task.cancel)
 
 
 class ShortBody(Exception):
@@ -58,9 +95,28 @@ def range_refused(exc: BaseException) -> bool:
     return isinstance(exc, obstore_module().exceptions.NotSupportedError) or _status(exc) == 416
 
 
+def _configuration_error(exc: BaseException, url: str) -> Optional[Exception]:
+    """UnsupportedURLError saying what to set when the client refused to build the request, else None."""
+    text = str(exc)
+    if not _BUILDER.search(text):
+        return None
+    sent = _REQUEST_URL.search(text)
+    to = f" to {shown_url(sent.group(1))}" if sent else ""
+    if _BAD_SCHEME.search(text):
+        variable = env_variable(urlsplit(url).scheme, "allow_http")
+        how = "storage_options={'allow_http': True}" + (f" or {variable}=true in the environment" if variable else "")
+        return UnsupportedURLError(f"{url}: the request{to} is plain http://, which the client refuses unless "
+                                   f"told otherwise: set {how} (or use an https:// endpoint)")
+    return UnsupportedURLError(f"{url}: the HTTP client could not build the request{to}: check the endpoint "
+                               "and the client options in storage_options and the environment")
+
+
 def _final_error(exc: BaseException, url: str, offset: Optional[int]) -> Optional[Exception]:
     """The typed error for a failure no retry can help, else None."""
     exceptions = obstore_module().exceptions
+    configuration = _configuration_error(exc, url)
+    if configuration is not None:
+        return configuration
     status = _status(exc)
     if isinstance(exc, (FileNotFoundError, exceptions.NotFoundError)) or status == 404:
         return RemoteNotFoundError(f"{url}: no such object or bucket (HTTP 404)", filename=url, errno=errno.ENOENT)
@@ -98,8 +154,8 @@ def call(request: Callable[[], T], url: str, offset: Optional[int], counters: Co
             if final is not None:
                 raise final from None
             last = exc
-        if attempt < retries:
-            time.sleep(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0))
+        if attempt < retries:  # the backoff ends early when the load stops
+            counters.stop.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0))
     return _give_up(last, url, offset, attempt + 1)
 
 

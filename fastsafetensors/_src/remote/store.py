@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -10,13 +11,16 @@ from ... import settings
 from ...errors import RemoteUnavailableError, UnsupportedURLError
 from .urls import ObjectURL
 
-__all__ = ["obstore_module", "store_for", "check_storage_options"]
+__all__ = ["obstore_module", "store_for", "check_storage_options", "env_variable"]
 
 # storage_options keys that configure obstore's HTTP client rather than the store itself.
 _CLIENT_KEYS = frozenset({"allow_http", "allow_invalid_certificates", "connect_timeout", "default_content_type",
                           "default_headers", "http1_only", "http2_only", "pool_idle_timeout",
                           "pool_max_idle_per_host", "proxy_url", "proxy_ca_certificate", "proxy_excludes",
                           "timeout", "user_agent"})
+# The prefix of each store's environment variables (object_store's from_env). Passing client options
+# replaces the ones the store read from its environment, so those are read here too.
+_ENV_PREFIX = {"s3": "AWS_", "gs": "GOOGLE_", "az": "AZURE_"}
 # Stores are kept between loads (their connection pools and credentials with them), a few at most.
 _CACHED_STORES = 8
 _lock = threading.Lock()
@@ -42,11 +46,26 @@ def check_storage_options(storage_options: Any) -> Dict[str, Any]:
     return dict(storage_options)
 
 
+def env_variable(scheme: str, key: str) -> Optional[str]:
+    """The environment variable the ``scheme``'s store reads client option ``key`` from (AWS_ALLOW_HTTP), if any."""
+    prefix = _ENV_PREFIX.get(scheme)
+    return prefix + key.upper() if prefix else None
+
+
+def _env_client_options(scheme: str) -> Dict[str, str]:
+    """The client options set in the store's environment (AWS_ALLOW_HTTP=true, AWS_PROXY_URL, ...)."""
+    found = {k: os.environ.get(env_variable(scheme, k) or "") for k in _CLIENT_KEYS}
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def _client_options(url: ObjectURL, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The HTTP client's options: FASTSAFETENSORS_REMOTE_TIMEOUT's timeouts, then the store's
+    environment, then storage_options (each overrides the ones before)."""
     timeout = settings.get("FASTSAFETENSORS_REMOTE_TIMEOUT")
     out: Dict[str, Any] = {"timeout": f"{timeout}s", "connect_timeout": f"{min(timeout, 10.0)}s"} if timeout else {}
     if url.scheme == "http":  # parse_url let it through: a loopback server
         out["allow_http"] = True
+    out.update(_env_client_options(url.scheme))
     out.update({k: v for k, v in options.items() if k in _CLIENT_KEYS})
     out.update(options.get("client_options") or {})
     return out
@@ -64,8 +83,10 @@ def _build(url: ObjectURL, options: Dict[str, Any], client_options: Dict[str, An
                         **config)
     except obstore.exceptions.BaseError as exc:
         # obstore's message may quote a value (a key); only the option names are shown.
+        env = sorted(v for k in _env_client_options(url.scheme) if (v := env_variable(url.scheme, k)))
         raise UnsupportedURLError(f"{url.root}: the {url.scheme}:// store refused its configuration "
-                                  f"({type(exc).__name__}); storage_options keys given: {sorted(options)}") from None
+                                  f"({type(exc).__name__}); storage_options keys given: {sorted(options)}"
+                                  + (f"; client options from the environment: {env}" if env else "")) from None
 
 
 def store_for(url: ObjectURL, storage_options: Optional[Mapping[str, Any]] = None) -> Any:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from ...errors import UnsupportedURLError
 
-__all__ = ["SCHEMES", "ObjectURL", "is_url", "parse_url"]
+__all__ = ["SCHEMES", "ObjectURL", "is_url", "parse_url", "shown_url"]
 
 # s3/gs/az: buckets (containers); https: any server that honours Range; http: loopback only (tests).
 SCHEMES = ("s3", "gs", "az", "https", "http")
@@ -55,16 +55,16 @@ def parse_url(url: str) -> ObjectURL:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
-        raise UnsupportedURLError(f"{_shown(url)}: unsupported URL scheme {scheme!r}: use one of "
+        raise UnsupportedURLError(f"{shown_url(url)}: unsupported URL scheme {scheme!r}: use one of "
                                   + ", ".join(f"{s}://" for s in SCHEMES) + " or a local path")
     if not parts.hostname:
-        raise UnsupportedURLError(f"{_shown(url)}: no bucket or host in this URL")
+        raise UnsupportedURLError(f"{shown_url(url)}: no bucket or host in this URL")
     if parts.username or parts.password:
-        raise UnsupportedURLError(f"{_shown(url)}: credentials in a URL are refused (they would end up in "
+        raise UnsupportedURLError(f"{shown_url(url)}: credentials in a URL are refused (they would end up in "
                                   "error messages and logs): pass them as storage_options= or the "
                                   "store's environment variables")
     if parts.query or parts.fragment:
-        raise UnsupportedURLError(f"{_shown(url)}: a URL with a query or fragment (a presigned URL?) is not "
+        raise UnsupportedURLError(f"{shown_url(url)}: a URL with a query or fragment (a presigned URL?) is not "
                                   "supported: give the object's plain URL")
     if scheme == "http" and not _loopback(parts.hostname):
         raise UnsupportedURLError(f"{url}: http:// is only for servers on the loopback interface (tests); "
@@ -73,7 +73,7 @@ def parse_url(url: str) -> ObjectURL:
     return ObjectURL(url, scheme, root, parts.path.lstrip("/"))
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """The URL without anything after a user-info part, query or fragment, which may hold secrets."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
