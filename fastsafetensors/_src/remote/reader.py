@@ -76,7 +76,7 @@ def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concu
     chunk = settings.get("FASTSAFETENSORS_REMOTE_CHUNK_MB") << 20
     gets = plan_gets(plan.ranges, chunk, settings.get("FASTSAFETENSORS_REMOTE_GAP_KB") << 10)
     objects = cast(List[RemoteObject], [f.remote for f in plan.files])  # engine.is_remote: every file is one
-    targets = list(buffers)  # held by the workers: a failed load's buffers live until they stop
+    targets = list(buffers)  # held by the workers until they stop
     addresses = [b.data_ptr for b in targets]
 
     def fetch(get: Get) -> int:
@@ -99,5 +99,6 @@ def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concu
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        targets.clear()  # a failure's traceback holds this frame: it must not keep the buffers alive
     gap = max(0, sum(g.end - g.start for g in gets) - sum(g.wanted for g in gets))
     return per_file, gap
