@@ -7,7 +7,6 @@ This file is also the worker: ``python test_jax_multihost.py CKPT PORT PROCESS_I
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -72,6 +71,8 @@ def test_two_processes_read_half_each(tmp_path):
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     port = _free_port()
     results = [tmp_path / f"r{i}.json" for i in range(2)]
+    from tests.processes import run_all  # here: the workers run this file as a script
+
     run_all([[sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(i), str(results[i])] for i in range(2)],
             env=env, cwd=str(tmp_path), log_dir=tmp_path, timeout=180)
 

@@ -8,7 +8,6 @@ This file is also the worker: ``python test_jax_transforms_multihost.py CKPT POR
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -90,6 +89,8 @@ def test_each_process_reads_its_share(tmp_path, n):
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     port = _free_port()
     results = [tmp_path / f"r{i}.json" for i in range(n)]
+    from tests.processes import run_all  # here: the workers run this file as a script
+
     run_all([[sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(n), str(i), str(results[i])]
              for i in range(n)], env=env, cwd=str(tmp_path), log_dir=tmp_path, timeout=240)
     for i, path in enumerate(results):

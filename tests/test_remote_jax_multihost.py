@@ -7,7 +7,6 @@ This file is also the worker: ``python test_remote_jax_multihost.py URL ENDPOINT
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -70,6 +69,8 @@ def test_two_processes_get_half_each(tmp_path):
         upload(endpoint, "ckpt", {"m/m.safetensors": str(ckpt)})
         port = free_port()
         results = [tmp_path / f"r{i}.json" for i in range(2)]
+        from tests.processes import run_all  # here: the workers run this file as a script
+
         run_all([[sys.executable, os.path.abspath(__file__), "s3://ckpt/m/m.safetensors", endpoint, str(port), str(i),
                   str(results[i]), str(ckpt)] for i in range(2)], env=env, cwd=ROOT, log_dir=tmp_path, timeout=180)
     for i in range(2):
