@@ -18,7 +18,7 @@ import logging
 from typing import Any, Callable, Dict, Generator, Mapping, Optional, Sequence, Tuple
 
 from .config import LoaderConfig, load_config
-from .errors import ShardRequestError
+from .errors import ArgumentTypeError, InvalidArgumentError, ShardRequestError
 from ._src.files import PathLike
 from .parallel_loader import ParallelLoader
 
@@ -32,7 +32,7 @@ _EXPERT_FIELD = "{expert_id}"
 def _split_templates(stacked_moe_tensors: Optional[Mapping[str, str]],
                      dim0_split_templates: Optional[Mapping[str, str]]) -> Dict[str, str]:
     if stacked_moe_tensors is not None and dim0_split_templates is not None:
-        raise TypeError("AutoLoader: pass stacked_moe_tensors or its older name dim0_split_templates, not both")
+        raise ArgumentTypeError("AutoLoader: pass stacked_moe_tensors or its older name dim0_split_templates, not both")
     templates = dict(stacked_moe_tensors if stacked_moe_tensors is not None else dim0_split_templates or {})
     for name, template in templates.items():
         try:
@@ -40,7 +40,7 @@ def _split_templates(stacked_moe_tensors: Optional[Mapping[str, str]],
         except (KeyError, IndexError, ValueError):  # other fields, or broken braces
             usable = False
         if not usable:
-            raise ValueError(f"AutoLoader: the split template of `{name}` must be a string whose only field is "
+            raise InvalidArgumentError(f"AutoLoader: the split template of `{name}` must be a string whose only field is "
                              f"{_EXPERT_FIELD}, got {template!r}")
     return templates
 

@@ -13,6 +13,8 @@ from typing import Optional
 
 __all__ = [
     "FastSafeTensorsError",
+    "InvalidArgumentError",
+    "ArgumentTypeError",
     "SafeTensorsError",
     "HeaderTooSmall",
     "HeaderTooLarge",
@@ -58,6 +60,15 @@ __all__ = [
 
 class FastSafeTensorsError(Exception):
     """The root of every error fastsafetensors raises."""
+
+
+class InvalidArgumentError(FastSafeTensorsError, ValueError):
+    """A call got a value it cannot use (an unknown framework, dtype or device, a bad count); the
+    message names the argument and what it accepts."""
+
+
+class ArgumentTypeError(FastSafeTensorsError, TypeError):
+    """A call got an argument of a type it does not take, or a keyword it does not know."""
 
 
 class SafeTensorsError(FastSafeTensorsError, ValueError):

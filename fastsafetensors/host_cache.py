@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Union
 
 from fastsafetensors import _cpp
+from .errors import InvalidArgumentError
 
 
 def stats() -> Dict[str, Union[int, float]]:
@@ -29,7 +30,7 @@ def clear() -> None:
 def configure(limit_bytes: Optional[int] = None, hold_seconds: Optional[float] = None) -> None:
     """Change the bounds; ``None`` keeps a bound as it is, ``limit_bytes=0`` turns the cache off."""
     if (limit_bytes is not None and limit_bytes < 0) or (hold_seconds is not None and hold_seconds < 0):
-        raise ValueError(f"host cache bounds must be >= 0, got limit_bytes={limit_bytes}, hold_seconds={hold_seconds}")
+        raise InvalidArgumentError(f"host cache bounds must be >= 0, got limit_bytes={limit_bytes}, hold_seconds={hold_seconds}")
     now = stats()
     _cpp.host_cache_configure(now["limit"] if limit_bytes is None else int(limit_bytes),
                              now["hold_seconds"] if hold_seconds is None else float(hold_seconds))

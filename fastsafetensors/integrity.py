@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
 from . import _cpp
-from .errors import IntegrityError
+from .errors import ArgumentTypeError, IntegrityError, InvalidArgumentError
 from ._src.files import PathLike
 
 if TYPE_CHECKING:
@@ -88,13 +88,13 @@ def expected_digests(paths: Sequence[PathLike], sha256: Optional[Mapping[PathLik
     given, must name at least one file and only files among ``paths``."""
     if sha256 is not None:
         if not isinstance(sha256, Mapping):  # a bare digest string would be read as a set of one-letter keys
-            raise TypeError(f"sha256= must be a mapping {{path: hexdigest}}, not {type(sha256).__name__}")
+            raise ArgumentTypeError(f"sha256= must be a mapping {{path: hexdigest}}, not {type(sha256).__name__}")
         if not sha256:
-            raise ValueError("sha256={} names no file, so it would verify nothing: pass {path: hexdigest} for "
+            raise InvalidArgumentError("sha256={} names no file, so it would verify nothing: pass {path: hexdigest} for "
                              "each file, or verify=True for files in a Hugging Face cache")
         unknown = unmatched_keys(paths, sha256)
         if unknown:
-            raise ValueError(f"sha256= names file(s) that are not part of this load: {', '.join(unknown)}")
+            raise InvalidArgumentError(f"sha256= names file(s) that are not part of this load: {', '.join(unknown)}")
     return {os.fspath(p): expected_digest(p, sha256) for p in paths}
 
 

@@ -32,6 +32,7 @@ from fastsafetensors._src.engine import check_flag, check_threads
 from fastsafetensors._src.files import PathLike, open_checkpoint
 from fastsafetensors.metrics import LoadMetrics
 from fastsafetensors.st_types import is_auto
+from .errors import InvalidArgumentError
 
 __all__ = ["load", "nest", "JaxLoadMetrics", "STRATEGIES", "src", "rename", "transpose", "reshape", "concat",
            "stack", "slice_", "astype"]
@@ -78,9 +79,9 @@ def nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
         for i, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"tensor `{name}`: `{'.'.join(parents[:i + 1])}` is also a tensor, cannot nest")
+                raise InvalidArgumentError(f"tensor `{name}`: `{'.'.join(parents[:i + 1])}` is also a tensor, cannot nest")
         if leaf in node:
-            raise ValueError(f"tensor `{name}` collides with tensors below it, cannot nest")
+            raise InvalidArgumentError(f"tensor `{name}` collides with tensors below it, cannot nest")
         node[leaf] = value
     return root
 
@@ -156,10 +157,10 @@ def load(paths: Union[PathLike, Iterable[PathLike]], sharding: Placement = None,
 def _load_transformed(files, transforms, placer, names, dtype, strategy, metrics, read_options) -> Dict[str, Any]:
     """The load of :func:`load` with ``transforms``: every leaf planned and checked, then one read."""
     if names is not None:
-        raise ValueError("names= selects checkpoint tensors; with transforms=, the transforms (or the target "
+        raise InvalidArgumentError("names= selects checkpoint tensors; with transforms=, the transforms (or the target "
                          "tree) say which leaves to load")
     if strategy not in ("auto", "per_device"):
-        raise ValueError(f"transforms= reads per device; strategy={strategy!r} does not apply")
+        raise InvalidArgumentError(f"transforms= reads per device; strategy={strategy!r} does not apply")
     cast = None if is_auto(dtype) else placement.np_dtype(dtype)
     with metrics.phase("plan"):
         leaves = transform_reads.plan_leaves(files, transforms, placer, cast)

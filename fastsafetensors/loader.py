@@ -19,7 +19,8 @@ from ._src.distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchan
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
-from .errors import LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound, UnsupportedURLError
+from .errors import (ArgumentTypeError, InvalidArgumentError, LoaderClosedError, PeerRankError, ShardRequestError,
+                     TensorNotFound, UnsupportedURLError)
 from ._src.files import PathLike, SafeTensorsFile, read_headers
 from ._src.remote.urls import is_url
 from .frameworks import Framework, TensorBase, get_framework
@@ -329,7 +330,7 @@ IGNORED_KEYWORDS = {
 def _check_keywords(kwargs: Dict[str, Any]) -> None:
     unknown = sorted(k for k in kwargs if k not in IGNORED_KEYWORDS)
     if unknown:
-        raise TypeError(f"SafeTensorsFileLoader() got unexpected keyword argument(s): {', '.join(unknown)}")
+        raise ArgumentTypeError(f"SafeTensorsFileLoader() got unexpected keyword argument(s): {', '.join(unknown)}")
     for k, v in kwargs.items():
         logger.debug("SafeTensorsFileLoader: %s=%r accepted and ignored (%s)", k, v, IGNORED_KEYWORDS[k])
 
@@ -386,7 +387,7 @@ class SafeTensorsFileLoader:
         self._check_open()
         for r in filenames:
             if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-                raise TypeError(f"add_filenames: ranks are ints, not {type(r).__name__} ({r!r})")
+                raise ArgumentTypeError(f"add_filenames: ranks are ints, not {type(r).__name__} ({r!r})")
         bad = [r for r in filenames if not 0 <= r < self.group.size]
         if bad:
             raise ShardRequestError(f"add_filenames: rank(s) {bad} are not in this group of {self.group.size}")
@@ -489,7 +490,7 @@ class SafeTensorsFileLoader:
                                     "tensor bytes here, so every rank must be able to open every file "
                                     "(and direct_read must not be False)")
         if self.group.distributed and mode != OWN_READS and not self.framework.group_shareable:
-            raise ValueError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
+            raise InvalidArgumentError("sharing tensors over a process group needs framework='pytorch' (or direct_read=True)")
         return FilesBufferOnDevice(catalog, plan, buffers, self.framework, self.device, self.group, dtype,
                                    mode=mode, threads=self.max_threads, metrics=self.metrics,
                                    filtered=self._tensor_filter is not None)

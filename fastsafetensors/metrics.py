@@ -6,6 +6,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Sequence, Type, TypeVar
+from .errors import ArgumentTypeError
 
 __all__ = ["LoadMetrics"]
 
@@ -46,7 +47,7 @@ class LoadMetrics:
         if metrics is None:
             return cls()
         if not isinstance(metrics, cls):
-            raise TypeError(f"metrics must be a {cls.__name__}, not {type(metrics).__name__}")
+            raise ArgumentTypeError(f"metrics must be a {cls.__name__}, not {type(metrics).__name__}")
         return metrics
 
     @property

@@ -33,7 +33,7 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, Generator, Iterator, L
 from ._src.budget import Tensor, Unit, plan_units
 from .common import SingleGroup
 from ._src.distributed import Entry, group_of
-from .errors import BudgetInfeasibleError, LoaderClosedError
+from .errors import BudgetInfeasibleError, InvalidArgumentError, LoaderClosedError
 from ._src.files import PathLike
 from .loader import OWN_READS, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
 from ._src.plan import LoadPlan
@@ -62,7 +62,7 @@ class _Work:
 
 def _positive(name: str, value: Optional[int]) -> Optional[int]:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name} must be a positive number of bytes or None, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a positive number of bytes or None, got {value!r}")
     return value
 
 
@@ -124,16 +124,16 @@ class ParallelLoader:
         self._options = dict(device=device, bbuf_size_kb=bbuf_size_kb, max_threads=max_threads, nogds=nogds,
                              set_numa=set_numa, debug_log=debug_log, framework=framework, **kwargs)
         if max_concurrent_producers < 1:
-            raise ValueError(f"max_concurrent_producers must be at least 1, got {max_concurrent_producers}")
+            raise InvalidArgumentError(f"max_concurrent_producers must be at least 1, got {max_concurrent_producers}")
         if queue_size < -1:
-            raise ValueError(f"queue_size must be -1 (serial), 0 or more, got {queue_size}")
+            raise InvalidArgumentError(f"queue_size must be -1 (serial), 0 or more, got {queue_size}")
         self._filter = tensor_filter
         self._budgets = dict(max_batch_bytes=_positive("max_batch_bytes", max_batch_bytes),
                              device_memory_budget=_positive("device_memory_budget", device_memory_budget))
         if use_chunk_budget_as_allocation_size and max_batch_bytes is None and device_memory_budget is None:
-            raise ValueError("use_chunk_budget_as_allocation_size needs max_batch_bytes or device_memory_budget")
+            raise InvalidArgumentError("use_chunk_budget_as_allocation_size needs max_batch_bytes or device_memory_budget")
         if resident_tensor is not None and not accumulate_resident:
-            raise ValueError("pass resident_tensor or accumulate_resident=False, not both")
+            raise InvalidArgumentError("pass resident_tensor or accumulate_resident=False, not both")
         self._resident = resident_tensor or (lambda name: accumulate_resident)
         self._alloc_at_budget = use_chunk_budget_as_allocation_size
         # all_local: this rank reads every file through a group of one, as if it were alone.

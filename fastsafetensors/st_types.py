@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any, Optional, Union
 
 from ._src.dtypes import FLOAT_DTYPES, TYPE_NAMES
+from .errors import InvalidArgumentError
 
 __all__ = ["DeviceType", "Device", "DType", "to_dtype"]
 
@@ -34,12 +35,12 @@ class Device:
             device_type = DeviceType(kind)
         except ValueError:
             # upstream's wording, which callers may match
-            raise ValueError(f"Unknown device type: {kind} (in device {spec!r}; expected 'cpu', 'cuda', 'cuda:N' "
+            raise InvalidArgumentError(f"Unknown device type: {kind} (in device {spec!r}; expected 'cpu', 'cuda', 'cuda:N' "
                              "or paddle's 'gpu:N')") from None
         if colon and not index.isdigit():
-            raise ValueError(f"Invalid index: {index} (in device {spec!r}; the index after ':' must be a number)")
+            raise InvalidArgumentError(f"Invalid index: {index} (in device {spec!r}; the index after ':' must be a number)")
         if device_type is DeviceType.CPU and colon and int(index) != 0:
-            raise ValueError(f"Invalid index: {index} (in device {spec!r}; the CPU is 'cpu' or 'cpu:0')")
+            raise InvalidArgumentError(f"Invalid index: {index} (in device {spec!r}; the CPU is 'cpu' or 'cpu:0')")
         return cls(device_type, int(index) if colon else None)
 
     def as_str(self) -> str:
@@ -128,7 +129,7 @@ def to_dtype(value: Any) -> DType:
     else:
         found = _FRAMEWORK_NAMES.get(_framework_name(value) or "")
     if found is None:
-        raise ValueError(f"unknown dtype {value!r}: use a DType or one of its names "
+        raise InvalidArgumentError(f"unknown dtype {value!r}: use a DType or one of its names "
                          f"({', '.join(d.value for d in DType)}), or a torch or NumPy dtype of one of those types "
                          f"({', '.join(_FRAMEWORK_NAMES)})")
     return found

@@ -30,3 +30,13 @@ def test_errors_the_engine_raises_have_the_root(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTSAFETENSORS_ODIRECT", "perhaps")
     with pytest.raises(fastsafetensors.FastSafeTensorsError):
         fastsafetensors.load(good)  # SettingsError
+
+
+def test_argument_errors_have_the_root(tmp_path):
+    good = save(tmp_path / "good.safetensors", {"w": random_tensor("F32", (2,), 0)})
+    with pytest.raises(errors.InvalidArgumentError, match="tensorflow") as bad_value:
+        fastsafetensors.load(good, framework="tensorflow")
+    assert isinstance(bad_value.value, ValueError)
+    with pytest.raises(errors.ArgumentTypeError, match="not int") as bad_type:
+        fastsafetensors.load(42)
+    assert isinstance(bad_type.value, TypeError)

@@ -10,7 +10,7 @@ from . import mapping
 from .dtypes import float_cast
 from .device_engine import gds_mode, read_into_device
 from .engine import check_flag, check_threads, read_into_host
-from ..errors import UnsupportedDtype
+from ..errors import InvalidArgumentError, UnsupportedDtype
 from .files import PathLike, SafeTensorsFile, open_checkpoint
 from ..frameworks import Framework, get_framework
 from ..metrics import LoadMetrics
@@ -96,7 +96,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     target = Device.from_str(device)
     remote = any(f.remote is not None for f in files)
     if remote and (mmap or verify or sha256 is not None):
-        raise ValueError(f"{files[0].path}: mmap=/verify=/sha256= work on local files; a URL is read with "
+        raise InvalidArgumentError(f"{files[0].path}: mmap=/verify=/sha256= work on local files; a URL is read with "
                          "ranged GETs: load it without them")
     if mmap:
         return _load_mapped(files, fw, target, names=names, dtype=dtype, raw=raw, threads=threads,
@@ -118,7 +118,7 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
                 raise
     else:
         if verify or sha256 is not None:
-            raise ValueError("verify=/sha256= check files while loading them to the CPU; load to the CPU, or "
+            raise InvalidArgumentError("verify=/sha256= check files while loading them to the CPU; load to the CPU, or "
                              "run `fastsafetensors verify --sha256` first")
         buffers = read_into_device(plan, fw, target, threads=threads, metrics=metrics, gds=gds_mode(nogds=True))
     with metrics.phase("instantiate"):
@@ -133,13 +133,13 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
                  verify: bool, metrics: LoadMetrics) -> Dict[str, Any]:
     """mmap=True: mapped views for aligned tensors, the rest read into host memory."""
     if not target.is_cpu or not fw.maps_files:
-        raise ValueError(f"mmap=True maps files for numpy and torch on the CPU, not {fw.name} on {target}: "
+        raise InvalidArgumentError(f"mmap=True maps files for numpy and torch on the CPU, not {fw.name} on {target}: "
                          "load without mmap")
     if verify:
-        raise ValueError("verify=/sha256= check the bytes a load reads; mmap=True reads none: load without "
+        raise InvalidArgumentError("verify=/sha256= check the bytes a load reads; mmap=True reads none: load without "
                          "mmap, or run `fastsafetensors verify --sha256` first")
     if direct_io:
-        raise ValueError("direct_io=True bypasses the page cache; mmap=True maps its pages: ask for one of them")
+        raise InvalidArgumentError("direct_io=True bypasses the page cache; mmap=True maps its pages: ask for one of them")
     with metrics.phase("plan"):
         planned = plan_load(files, names)
         check_dtypes(planned, fw, dtype, raw)

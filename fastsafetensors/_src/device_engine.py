@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from .. import _cpp, settings
 from .engine import ReaderCache, check_threads, default_threads
-from ..errors import GdsError
+from ..errors import GdsError, InvalidArgumentError
 from ..frameworks import Framework
 from ..metrics import LoadMetrics
 from .plan import LoadPlan
@@ -164,7 +164,7 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
     is where the GPU's NUMA node is looked up.
     """
     if framework is not None and not framework.gpu_capable:
-        raise ValueError(f"{framework.name} arrays live on the host: load to {device} with torch, jax or cupy")
+        raise InvalidArgumentError(f"{framework.name} arrays live on the host: load to {device} with torch, jax or cupy")
     metrics = metrics if metrics is not None else LoadMetrics()
     dev = engine_device if engine_device is not None else cuda_device(device.index or 0)
     reader = get_device_reader(dev, threads, staging_bytes, numa=numa, sysfs_root=sysfs_root)

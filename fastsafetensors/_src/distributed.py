@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from .. import _cpp
 from .dtypes import BITS, packed_shape
-from ..errors import DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
+from ..errors import ArgumentTypeError, DuplicateTensorName, PeerRankError, ShardRequestError, TensorNotFound
 from .files import SafeTensorsFile
 from .plan import align_up
 
@@ -220,7 +220,7 @@ class LocalGroup(Group):
     def __init__(self, pg: Any, device: Any = None):
         size = int(pg.size())
         if size > 1:
-            raise TypeError(f"a process group of {size} ranks must be a torch.distributed ProcessGroup or a "
+            raise ArgumentTypeError(f"a process group of {size} ranks must be a torch.distributed ProcessGroup or a "
                             f"paddle.distributed Group, not {type(pg).__name__}")
         super().__init__(pg, int(pg.rank()), size)
 

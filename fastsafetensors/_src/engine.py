@@ -16,6 +16,7 @@ from .. import _cpp, settings
 from ..settings import MAX_THREADS
 from ..metrics import LoadMetrics
 from .plan import LoadPlan
+from ..errors import InvalidArgumentError, ArgumentTypeError
 
 __all__ = ["MAX_THREADS", "check_flag", "check_threads", "default_threads", "get_reader", "read_into_host",
            "ReaderCache"]
@@ -40,9 +41,9 @@ def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, not {type(threads).__name__} ({threads!r})")
+        raise ArgumentTypeError(f"{name} must be a positive int, not {type(threads).__name__} ({threads!r})")
     if not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"{name} must be between 1 and {MAX_THREADS}, not {threads}")
+        raise InvalidArgumentError(f"{name} must be between 1 and {MAX_THREADS}, not {threads}")
     return int(threads)
 
 
@@ -54,7 +55,7 @@ def check_flag(value: Any, name: str, optional: bool = False) -> Optional[bool]:
         return None
     if isinstance(value, (bool, np.bool_, numbers.Integral)) and value in (0, 1):
         return bool(value)
-    raise TypeError(f"{name} must be True or False{' or None' if optional else ''}, "
+    raise ArgumentTypeError(f"{name} must be True or False{' or None' if optional else ''}, "
                     f"not {type(value).__name__} ({value!r:.40})")
 
 
@@ -178,7 +179,7 @@ def is_remote(plan: LoadPlan) -> bool:
     """Whether a plan reads objects in a store (URLs) rather than files; a load is one or the other."""
     remote = [f.remote is not None for f in plan.files]
     if any(remote) and not all(remote):
-        raise ValueError("a load reads either local files or URLs, not both: load them separately")
+        raise InvalidArgumentError("a load reads either local files or URLs, not both: load them separately")
     return any(remote)
 
 
@@ -186,7 +187,7 @@ def _read_remote(plan: LoadPlan, buffers: List["_cpp.Buffer"], threads: Optional
                  metrics: LoadMetrics) -> List[int]:
     """The plan's ranges as ranged GETs (fastsafetensors._src.remote.reader); ``threads`` GETs at once."""
     if direct_io:
-        raise ValueError("direct_io=True (or FASTSAFETENSORS_ODIRECT=1) reads files outside the page cache; a "
+        raise InvalidArgumentError("direct_io=True (or FASTSAFETENSORS_ODIRECT=1) reads files outside the page cache; a "
                          "URL has no page cache: load it with direct_io=False")
     from .remote.objects import add_counters
     from .remote.reader import read_ranges

@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mappi
 
 from .. import _cpp
 from .remote.urls import is_url
+from ..errors import InvalidArgumentError, ArgumentTypeError
 from ..errors import (IndexMismatch, IndexPathError, MissingFileError, NotRegularFileError,
                      TensorNotFound)
 
@@ -125,7 +126,7 @@ def _unique_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
     if len(out) != len(pairs):
         seen = set()
         dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"key {dup!r:.80} appears twice in one object")
+        raise InvalidArgumentError(f"key {dup!r:.80} appears twice in one object")
     return out
 
 
@@ -148,9 +149,9 @@ def parse_index(index_path: str, open_text: Callable[[], IO[str]], base: str) ->
             index = json.load(f, object_pairs_hook=_unique_keys)
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
+            raise ArgumentTypeError("weight_map is not an object")
         if not weight_map:  # the directory's files would be skipped, and the load return nothing
-            raise ValueError("weight_map names no tensors")
+            raise InvalidArgumentError("weight_map names no tensors")
     except RecursionError:
         raise IndexMismatch(f"{index_path}: not a usable index file: JSON nested too deeply",
                             filename=index_path) from None
@@ -168,7 +169,7 @@ def parse_index(index_path: str, open_text: Callable[[], IO[str]], base: str) ->
 
 def _check_checkpoint_type(path_or_paths: Any) -> None:
     if isinstance(path_or_paths, (bytes, bytearray)) or not isinstance(path_or_paths, (str, os.PathLike, Iterable)):
-        raise TypeError(f"a checkpoint is a path (str or os.PathLike) or a list of paths, "
+        raise ArgumentTypeError(f"a checkpoint is a path (str or os.PathLike) or a list of paths, "
                         f"not {type(path_or_paths).__name__}")
 
 
@@ -195,7 +196,7 @@ def resolve_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]]) -> Tu
         return [path], None
     files = [os.fspath(p) for p in path_or_paths]
     if not files:
-        raise ValueError("no files given")
+        raise InvalidArgumentError("no files given")
     return files, None
 
 
@@ -238,7 +239,7 @@ def open_checkpoint(path_or_paths: Union[PathLike, Iterable[PathLike]], *,
             check_index(files, weight_map)
         return files
     if storage_options is not None:
-        raise ValueError("storage_options= configures object stores; this checkpoint is local files")
+        raise InvalidArgumentError("storage_options= configures object stores; this checkpoint is local files")
     paths, weight_map = resolve_checkpoint(path_or_paths)
     files = read_headers(paths)
     if weight_map is not None:

@@ -7,7 +7,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .. import _cpp
 from .dtypes import BITS
-from ..errors import DuplicateTensorName, TensorInvalidInfo, TensorNotFound
+from ..errors import ArgumentTypeError, DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
 __all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors", "align_up"]
@@ -102,12 +102,12 @@ def name_list(names: Union[str, Iterable[str], None]) -> Optional[List[str]]:
     if isinstance(names, str):
         return [names]
     if isinstance(names, (bytes, bytearray)) or not isinstance(names, Iterable):
-        raise TypeError(f"names must be tensor names (a str or an iterable of str), not {type(names).__name__} "
+        raise ArgumentTypeError(f"names must be tensor names (a str or an iterable of str), not {type(names).__name__} "
                         f"({names!r:.40})")
     out = list(names)
     wrong = next((n for n in out if not isinstance(n, str)), None)
     if wrong is not None:  # b"ab" would be the names 97 and 98, a Path never equals a name
-        raise TypeError(f"names must be tensor names (str), not {type(wrong).__name__} ({wrong!r:.40})")
+        raise ArgumentTypeError(f"names must be tensor names (str), not {type(wrong).__name__} ({wrong!r:.40})")
     return out
 
 

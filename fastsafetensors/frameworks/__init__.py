@@ -10,6 +10,7 @@ import importlib
 from typing import Dict
 
 from .._src.frameworks.base import Framework, TensorBase
+from ..errors import InvalidArgumentError
 
 __all__ = ["Framework", "TensorBase", "get_framework", "canonical_name"]
 
@@ -31,7 +32,7 @@ def canonical_name(name: str) -> str:
     try:
         return _ALIASES[str(name).lower()]
     except KeyError:
-        raise ValueError(f"unknown framework {name!r}: use one of {sorted(set(_ALIASES))}") from None
+        raise InvalidArgumentError(f"unknown framework {name!r}: use one of {sorted(set(_ALIASES))}") from None
 
 
 def get_framework(name) -> Framework:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from ... import _cpp
 from ..dtypes import NATIVE, NEEDS_X64, TYPE_NAMES
-from ...errors import UnsupportedDtype
+from ...errors import InvalidArgumentError, UnsupportedDtype
 from ..plan import align_up
 from ...st_types import Device
 from .base import Framework, native_view, raw_view, uint_view
@@ -86,7 +86,7 @@ def _jax_device(device: Device) -> "jax.Device":
     for d in jax.local_devices(backend="gpu"):
         if d.local_hardware_id == ordinal:
             return d
-    raise ValueError(f"JAX has no local GPU with CUDA ordinal {ordinal}")
+    raise InvalidArgumentError(f"JAX has no local GPU with CUDA ordinal {ordinal}")
 
 
 def zeros_on(nbytes: int, dev: "jax.Device") -> "jax.Array":

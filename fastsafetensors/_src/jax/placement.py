@@ -22,6 +22,7 @@ from fastsafetensors._src.files import SafeTensorsFile
 from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
 from fastsafetensors._src.plan import locate_tensors, name_list
 from fastsafetensors.st_types import is_auto
+from ...errors import InvalidArgumentError, ArgumentTypeError
 
 
 Placement = Union[Sharding, "jax.Device", Mapping[str, Any], Any]
@@ -53,7 +54,7 @@ def _as_sharding(value: Any) -> Sharding:
         return value
     if isinstance(value, jax.Device):
         return SingleDeviceSharding(value)
-    raise TypeError(f"expected a jax.sharding.Sharding or a jax.Device, got {type(value).__name__}")
+    raise ArgumentTypeError(f"expected a jax.sharding.Sharding or a jax.Device, got {type(value).__name__}")
 
 
 def _is_placement(value: Any) -> bool:
@@ -79,7 +80,7 @@ def _tree_leaves(tree: Any) -> Dict[str, Any]:
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
         if not is_leaf(leaf):
-            raise TypeError(f"{_path_name(path)}: a placement tree holds jax.ShapeDtypeStruct, Sharding or "
+            raise ArgumentTypeError(f"{_path_name(path)}: a placement tree holds jax.ShapeDtypeStruct, Sharding or "
                             f"Device leaves, not {type(leaf).__name__}")
         out[_path_name(path)] = leaf
     return out
@@ -116,9 +117,9 @@ class Placer:
                     else SingleDeviceSharding(jax.local_devices()[0]))
         if rules is not None:
             if sharding is not None:
-                raise ValueError("pass either sharding= or rules= (with mesh=), not both")
+                raise InvalidArgumentError("pass either sharding= or rules= (with mesh=), not both")
             if mesh is None:
-                raise ValueError("rules= needs mesh=")
+                raise InvalidArgumentError("rules= needs mesh=")
             self._rule = rule_sharding(mesh, rules)
         elif sharding is None:
             self._default = fallback
@@ -145,7 +146,7 @@ class Placer:
         try:
             return self._by_name[name]
         except KeyError:
-            raise ValueError(f"tensor `{name}` was asked for but the sharding mapping gives it no placement") from None
+            raise InvalidArgumentError(f"tensor `{name}` was asked for but the sharding mapping gives it no placement") from None
 
     def declared_dtype(self, name: str) -> Optional[np.dtype]:
         return self._dtypes.get(name)

@@ -22,6 +22,7 @@ from fastsafetensors._src.jax.placement import Target
 from fastsafetensors._src.jax.shard_plan import box_bytes, box_shape, host_view, plan_shards
 from fastsafetensors._src.engine import read_into_host
 from fastsafetensors._src.plan import plan_load
+from ...errors import InvalidArgumentError
 
 STRATEGIES = ("auto", "per_device", "scatter")
 
@@ -31,7 +32,7 @@ def split(strategy: str, targets: List[Target]) -> Tuple[List[Target], List[Targ
     shards, holds host memory once (zero-copy on the CPU) and works across processes; scatter won
     no layout consistently in our measurements (docs/jax.md)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise InvalidArgumentError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     return ([], targets) if strategy == "scatter" else (targets, [])
 
 
@@ -85,7 +86,7 @@ def _identity_to(sharding: Sharding) -> Callable[[jax.Array], jax.Array]:
 def load_scatter(files, targets, metrics, read_options) -> Dict[str, jax.Array]:
     for t in targets:
         if not t.sharding.is_fully_addressable:
-            raise ValueError(f"tensor `{t.name}`: strategy='scatter' needs devices of this process only; "
+            raise InvalidArgumentError(f"tensor `{t.name}`: strategy='scatter' needs devices of this process only; "
                              "use 'per_device' for shardings that span processes")
     with metrics.phase("plan"):
         plan = plan_load(files, [t.name for t in targets])

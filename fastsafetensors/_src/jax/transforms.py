@@ -27,6 +27,7 @@ import numpy as np
 from fastsafetensors._src.jax.placement import np_dtype
 from fastsafetensors.errors import TransformError
 from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
+from ...errors import ArgumentTypeError
 
 Box = Tuple[Tuple[int, int], ...]  # (start, stop) per dimension
 
@@ -409,7 +410,7 @@ def stack(xs: Union[str, Sequence[Union[str, Expr]]], fn: Optional[Callable[[str
     if isinstance(xs, str):
         return Stack(pattern=xs, fn=fn, axis=axis)
     if fn is not None:
-        raise TypeError("stack: fn= goes with a pattern")
+        raise ArgumentTypeError("stack: fn= goes with a pattern")
     return Stack([_expr(x) for x in xs], axis=axis)
 
 
@@ -449,7 +450,7 @@ def leaves(transforms: Transforms, names: Sequence[str]) -> Dict[str, Expr]:
         if leaf in out:
             raise TransformError(f"target `{leaf}` is written twice ({origin}): overlapping writes", tensor=leaf)
         if not isinstance(expr, Expr):
-            raise TypeError(f"target `{leaf}`: expected a transform expression, got {type(expr).__name__}")
+            raise ArgumentTypeError(f"target `{leaf}`: expected a transform expression, got {type(expr).__name__}")
         out[leaf] = expr
 
     for item in items:
@@ -465,7 +466,7 @@ def leaves(transforms: Transforms, names: Sequence[str]) -> Dict[str, Expr]:
             for leaf, expr in item.items():
                 add(leaf, _expr(expr), "mapping")
         else:
-            raise TypeError(f"transforms: expected rename(...) rules or mappings, got {type(item).__name__}")
+            raise ArgumentTypeError(f"transforms: expected rename(...) rules or mappings, got {type(item).__name__}")
     return out
 
 

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ... import settings
-from ...errors import RemoteUnavailableError, UnsupportedURLError
+from ...errors import ArgumentTypeError, RemoteUnavailableError, UnsupportedURLError
 from .urls import ObjectURL
 
 __all__ = ["obstore_module", "store_for", "check_storage_options", "env_variable"]
@@ -42,7 +42,7 @@ def check_storage_options(storage_options: Any) -> Dict[str, Any]:
     if storage_options is None:
         return {}
     if not isinstance(storage_options, Mapping) or not all(isinstance(k, str) for k in storage_options):
-        raise TypeError(f"storage_options must be a mapping of str keys, not {type(storage_options).__name__}")
+        raise ArgumentTypeError(f"storage_options must be a mapping of str keys, not {type(storage_options).__name__}")
     return dict(storage_options)
 
 
