@@ -39,7 +39,9 @@ class SafeTensorsFile:
 
     @property
     def metadata(self) -> Optional[Dict[str, str]]:
-        return self.header.metadata
+        # The binding is typed as object; it builds None or a dict of str to str (Header.metadata in
+        # csrc/python/bindings.cpp): the header parser reads each metadata value as a JSON string.
+        return cast(Optional[Dict[str, str]], self.header.metadata)
 
     @property
     def size(self) -> int:
@@ -124,9 +126,11 @@ def _unique_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
     index naming a tensor twice would load from one shard and never look at the other."""
     out = dict(pairs)
     if len(out) != len(pairs):
-        seen = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise InvalidArgumentError(f"key {dup!r:.80} appears twice in one object")
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidArgumentError(f"key {key!r:.80} appears twice in one object")
+            seen.add(key)
     return out
 
 

@@ -30,12 +30,14 @@ def _aligned(f: SafeTensorsFile, info: "_cpp.TensorInfo") -> bool:
     return (f.header.data_start + info.begin) % max(1, BITS[info.dtype] // 8) == 0
 
 
-def map_files(planned: LoadPlan, metrics: LoadMetrics) -> Tuple[LoadPlan, List["_cpp.FileMapping"], List[str]]:
+def map_files(planned: LoadPlan,
+              metrics: LoadMetrics) -> Tuple[LoadPlan, List[Optional["_cpp.FileMapping"]], List[str]]:
     """Maps the files holding the tensors of a read plan (``plan_load``: it selects, checks and
     orders them as for any load).
 
     Returns a plan whose buffer ``i`` is the mapping of file ``i`` (offsets are file offsets), the
-    mappings, and the names of the tensors left out because they are misaligned.
+    mappings (None for a file none of whose planned tensors is mapped), and the names of the
+    tensors left out because they are misaligned.
     """
     files = planned.files
     tensors: Dict[str, TensorLocation] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union, overload
 
 from .. import _cpp
 from .dtypes import BITS
@@ -93,6 +93,14 @@ def _file_of(files: Sequence[SafeTensorsFile], name: str) -> int:
             return i
     raise TensorNotFound(f"tensor `{name}` is in none of the {len(files)} file(s): "
                          + ", ".join(f.path for f in files), tensor=name)
+
+
+@overload
+def name_list(names: None) -> None: ...
+
+
+@overload
+def name_list(names: Union[str, Iterable[str]]) -> List[str]: ...
 
 
 def name_list(names: Union[str, Iterable[str], None]) -> Optional[List[str]]:
