@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, List, Optional
+from typing import Any, Callable, Hashable, List, Optional, Sequence, overload
 
 import numpy as np
 
@@ -42,9 +42,10 @@ def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
         return None
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
         raise ArgumentTypeError(f"{name} must be a positive int, not {type(threads).__name__} ({threads!r})")
-    if not 1 <= threads <= MAX_THREADS:
+    n = int(threads)
+    if not 1 <= n <= MAX_THREADS:
         raise InvalidArgumentError(f"{name} must be between 1 and {MAX_THREADS}, not {threads}")
-    return int(threads)
+    return n
 
 
 def check_flag(value: Any, name: str, optional: bool = False) -> Optional[bool]:
@@ -121,39 +122,51 @@ def _buffer_labels(plan: LoadPlan) -> List[str]:
     return [owner.get(i, f"buffer {i} of a load from {len(plan.files)} file(s)") for i in range(len(plan.buffer_sizes))]
 
 
-def _allocate(size: int, label: str) -> "_cpp.HostBuffer":
+def _allocate(size: int, label: str, metrics: LoadMetrics) -> "_cpp.HostBuffer":
     try:
-        return _cpp.HostBuffer.allocate(size)
+        buffer = _cpp.HostBuffer.allocate(size)
     except MemoryError as exc:
         raise MemoryError(f"{label}: cannot allocate {size} bytes of host memory to load it") from exc
+    metrics.reused_bytes += size if buffer.reused else 0
+    return buffer
+
+
+@overload
+def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
+                   metrics: Optional[LoadMetrics] = None, buffers: None = None) -> List["_cpp.HostBuffer"]: ...
+
+
+@overload
+def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
+                   metrics: Optional[LoadMetrics] = None, buffers: List["_cpp.Buffer"]) -> List["_cpp.Buffer"]: ...
 
 
 def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
                    metrics: Optional[LoadMetrics] = None,
-                   buffers: Optional[List["_cpp.Buffer"]] = None) -> List["_cpp.HostBuffer"]:
+                   buffers: Optional[List["_cpp.Buffer"]] = None) -> Sequence["_cpp.Buffer"]:
     """Allocates one host buffer per planned file (unless ``buffers`` are given to reuse) and reads
-    every range into its buffer."""
+    every range into its buffer; returns the buffers (those it allocated, or ``buffers``)."""
     metrics = metrics if metrics is not None else LoadMetrics()
     remote = is_remote(plan)
     reader = None if remote else get_reader(threads)
     owned = buffers is None
-    if owned:
-        buffers = []
+    out: List["_cpp.Buffer"] = [] if buffers is None else buffers
     bar = None
     try:
         if owned:
             with metrics.phase("allocate"):
                 for size, label in zip(plan.buffer_sizes, _buffer_labels(plan)):
-                    buffers.append(_allocate(size, label))
-                    metrics.reused_bytes += size if buffers[-1].reused else 0
-        sources = None if remote else plan.sources()
+                    out.append(_allocate(size, label, metrics))
+        sources = [] if remote else plan.sources()
         bar = _progress_bar(plan, progress)
         with metrics.phase("read"):
-            if remote:
-                per_file = _read_remote(plan, buffers, threads, direct_io, bar, metrics)
+            if reader is None:
+                per_file = _read_remote(plan, out, threads, direct_io, bar, metrics)
             else:
-                stats = reader.read(sources, plan.ranges, buffers, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
+                stats = reader.read(sources, plan.ranges, out, chunk_bytes, direct_io, batch_bytes=_BATCH_BYTES,
                                     on_batch=bar.update if bar is not None else None,
                                     cold_reads=settings.get("FASTSAFETENSORS_COLD_READS"))
                 metrics.count_host_reads(stats)
@@ -161,7 +174,7 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
     except BaseException:
         # Nothing of a failed load is handed back, and the traceback must not keep it alive.
         if owned:
-            buffers.clear()
+            out.clear()
         raise
     finally:
         if bar is not None:
@@ -170,9 +183,9 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
     total = sum(per_file)
     metrics.count_files([f.path for f in plan.files], per_file)
     logger.debug("read %d bytes from %d %s with %s (%d bytes into reused memory)", total, len(plan.files),
-                 "object(s)" if remote else "file(s)", "ranged GETs" if remote else f"{reader.threads} threads",
+                 "object(s)" if remote else "file(s)", "ranged GETs" if reader is None else f"{reader.threads} threads",
                  metrics.reused_bytes)
-    return buffers
+    return out
 
 
 def is_remote(plan: LoadPlan) -> bool:
