@@ -52,7 +52,7 @@ def touch_pages(tensors: Mapping[str, Any]) -> int:
 
 
 def _sha256(b: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(b)).hexdigest()  # releases the GIL on large buffers
+    return hashlib.sha256(b.data).hexdigest()  # releases the GIL on large buffers
 
 
 def digests(tensors: Mapping[str, Any]) -> Dict[str, str]:

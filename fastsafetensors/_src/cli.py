@@ -20,7 +20,7 @@ from .. import __version__, integrity, settings
 from . import api
 from .engine import MAX_THREADS, check_threads
 from ..errors import RemoteUnavailableError, SafeTensorsError, SettingsError, UnsupportedURLError
-from .files import SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
+from .files import PathLike, SafeTensorsFile, check_index, read_file_header, resolve_checkpoint
 from ..frameworks import canonical_name
 from ..metrics import LoadMetrics
 from .plan import plan_load
@@ -90,7 +90,7 @@ def _print_header(f: SafeTensorsFile) -> None:
     _print_columns(("name", "dtype", "shape", "bytes", "offsets"), rows, right=(3,))
 
 
-def _print_columns(heads: Sequence[str], rows: List[Sequence[str]], right: Sequence[int] = ()) -> None:
+def _print_columns(heads: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> None:
     """An indented table, columns as wide as their widest cell (those in ``right`` right-aligned)."""
     rows = [[_escaped(c) for c in r] for r in rows]  # escaped before measuring, so columns stay aligned
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
@@ -144,9 +144,9 @@ def _split_sha256(args: argparse.Namespace) -> Tuple[List[str], Optional[List[st
     return args.path + moved, [v for v in args.sha256 if v not in moved]
 
 
-def _given_digests(values: List[str], paths: List[str]) -> Dict[str, str]:
+def _given_digests(values: List[str], paths: List[str]) -> Dict[PathLike, str]:
     """``--sha256`` values as ``{FILE: HEX}``: FILE=HEX pairs, or one HEX when a single file is verified."""
-    out: Dict[str, str] = {}
+    out: Dict[PathLike, str] = {}
     for v in values:
         path, sep, digest = v.rpartition("=")
         if not sep and len(paths) != 1:

@@ -35,6 +35,14 @@ def default_threads() -> int:
     return settings.get("FASTSAFETENSORS_THREADS")
 
 
+@overload
+def check_threads(threads: None, name: str = "threads") -> None: ...
+
+
+@overload
+def check_threads(threads: int, name: str = "threads") -> int: ...
+
+
 def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
     """``threads`` as an int in [1, MAX_THREADS] (None stays None: the default); anything else raises
     TypeError/ValueError naming ``name``."""

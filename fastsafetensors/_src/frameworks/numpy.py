@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Tuple, cast
 
 import ml_dtypes
 import numpy as np
 
+from ... import _cpp
 from ..dtypes import NATIVE, TYPE_NAMES
 from .base import Framework, native_view, raw_view, uint_view
 
@@ -24,6 +25,11 @@ NUMPY_DTYPES = {st: t for st, t in ((st, _numpy_type(name)) for st, name in TYPE
 _VIEW_TYPES = {st: t for st, t in NUMPY_DTYPES.items() if st not in NATIVE or st == "BF16"}
 
 
+def _from_dlpack(view: "_cpp.DLPackTensor") -> np.ndarray:
+    # The binding types __dlpack__'s result as object; it is the DLPack capsule NumPy's stub asks for.
+    return np.from_dlpack(cast(Any, view))
+
+
 class NumpyFramework(Framework):
     name = "numpy"
     gpu_capable = False
@@ -32,11 +38,11 @@ class NumpyFramework(Framework):
 
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
         if raw:
-            return np.from_dlpack(raw_view(buffer, offset, dtype, shape))
+            return _from_dlpack(raw_view(buffer, offset, dtype, shape))
         if dtype in NATIVE and dtype not in _VIEW_TYPES:
-            return np.from_dlpack(native_view(buffer, offset, dtype, shape))
+            return _from_dlpack(native_view(buffer, offset, dtype, shape))
         if dtype in _VIEW_TYPES:
-            return np.from_dlpack(uint_view(buffer, offset, dtype, shape)).view(_VIEW_TYPES[dtype])
+            return _from_dlpack(uint_view(buffer, offset, dtype, shape)).view(_VIEW_TYPES[dtype])
         raise self.unsupported(dtype)
 
     def convert(self, tensor: Any, dtype: str) -> Any:
