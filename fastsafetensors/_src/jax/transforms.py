@@ -231,8 +231,8 @@ class Stack(Expr):
     def sources(self) -> List[str]:
         return [s for x in self.xs for s in x.sources()] or ([f"/{self.pattern}/"] if self.pattern else [])
 
-    def _expand(self, ctx: Context) -> List[Expr]:
-        rx = re.compile(self.pattern)
+    def _expand(self, ctx: Context, pattern: str) -> List[Expr]:
+        rx = re.compile(pattern)
         found: Dict[str, str] = {}
         for name in ctx.tensors:
             m = rx.fullmatch(name)
@@ -242,16 +242,16 @@ class Stack(Expr):
                     raise ctx.error(self, f"stack pattern matches `{found[key]}` and `{name}` for the same item {key}")
                 found[key] = name
         if not found:
-            raise ctx.error(self, f"stack pattern /{self.pattern}/ matches no tensor of the checkpoint")
+            raise ctx.error(self, f"stack pattern /{pattern}/ matches no tensor of the checkpoint")
         keys = sorted(found, key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
         if all(k.isdigit() for k in keys) and [int(k) for k in keys] != list(range(len(keys))):
             missing = sorted(set(range(int(keys[-1]) + 1)) - {int(k) for k in keys})
-            raise ctx.error(self, f"stack pattern /{self.pattern}/ has no tensor for item(s) {missing}")
+            raise ctx.error(self, f"stack pattern /{pattern}/ has no tensor for item(s) {missing}")
         return [self.fn(k) if self.fn else Source(found[k]) for k in keys]
 
     def bind(self, ctx: Context) -> Expr:
         if self.pattern is not None:
-            self.xs = self._expand(ctx)
+            self.xs = self._expand(ctx, self.pattern)
         if not self.xs:
             raise ctx.error(self, "stack of nothing")
         self.xs = [x.bind(ctx) for x in self.xs]
@@ -456,11 +456,11 @@ def leaves(transforms: Transforms, names: Sequence[str]) -> Dict[str, Expr]:
     for item in items:
         if isinstance(item, Rename):
             rx = re.compile(item.pattern)
-            matched = [n for n in names if rx.fullmatch(n)]
+            matched = [(n, m) for n in names if (m := rx.fullmatch(n))]
             if not matched:
                 raise TransformError(f"rename /{item.pattern}/ matches no tensor of the checkpoint")
-            for n in matched:
-                add(rx.fullmatch(n).expand(item.repl), item.fn(Source(n)) if item.fn else Source(n),
+            for n, m in matched:
+                add(m.expand(item.repl), item.fn(Source(n)) if item.fn else Source(n),
                     f"rename /{item.pattern}/ of `{n}`")
         elif isinstance(item, Mapping):
             for leaf, expr in item.items():
