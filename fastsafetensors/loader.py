@@ -10,12 +10,12 @@ import logging
 import numbers
 import os
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
 
 from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
-from ._src.distributed import (ALIGN, Entry, Group, Piece, build_catalog, exchange, fingerprint, group_of, names_fingerprint,
-                          push, resolve)
+from ._src.distributed import (ALIGN, Entry, Group, Piece, TorchGroup, build_catalog, exchange, fingerprint, group_of,
+                          names_fingerprint, push, resolve)
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
@@ -25,7 +25,7 @@ from ._src.files import PathLike, SafeTensorsFile, read_headers
 from ._src.remote.urls import is_url
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
-from ._src.plan import LoadPlan, align_up, name_list, plan_load
+from ._src.plan import LoadPlan, TensorLocation, align_up, name_list, plan_load
 from .st_types import Device, DType, to_dtype
 
 __all__ = ["SafeTensorsFileLoader", "FilesBufferOnDevice", "fastsafe_open"]
@@ -129,11 +129,23 @@ class FilesBufferOnDevice:
 
         loc = self._plan.tensors[entry.name]
         shape = Piece(entry, -1, 0, 0).byte_shape
-        return torch.from_dlpack(self._buffers[loc.buffer].view(loc.offset, list(shape), *RAW_BYTES))
+        return torch.from_dlpack(self._buffer(loc).view(loc.offset, list(shape), *RAW_BYTES))
 
     def _local_tensor(self, name: str) -> Any:
         loc = self._plan.tensors[name]
-        return self._framework.from_buffer(self._buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape))
+        return self._framework.from_buffer(self._buffer(loc), loc.offset, loc.dtype, tuple(loc.shape))
+
+    def _buffer(self, loc: TensorLocation) -> "_cpp.HostBuffer":
+        buffer = self._buffers[loc.buffer]
+        if buffer is None:  # _resolve refuses a released file's tensors first; this names the file all the same
+            path = self._plan.files[loc.file].path
+            raise LoaderClosedError(f"{path}: tensor `{loc.name}` was requested after its file's buffer was released")
+        return buffer
+
+    def _bytes_group(self) -> TorchGroup:
+        # make_buffer gives the scatter and hybrid modes, the ones that move tensor bytes, only to a
+        # group whose moves_bytes is set, and TorchGroup is the one Group that sets it.
+        return cast(TorchGroup, self._group)
 
     def _check_viewable(self, resolved: List[Tuple[List[Piece], Piece]]) -> None:
         """A dtype torch has no type for fails here, on every rank, before any collective."""
@@ -161,7 +173,7 @@ class FilesBufferOnDevice:
         buffer per owner. The buffer's first 64 bytes carry the owner's status, so a failed read
         raises on every rank without another collective."""
         self._check_viewable([([p], p) for p in pieces])
-        group, out, pending = self._group, {}, []
+        group, out, pending = self._bytes_group(), {}, []
         error: Optional[BaseException] = None
         for owner in range(group.size):
             mine = [p for p in pieces if p.entry.owner == owner]
@@ -205,7 +217,7 @@ class FilesBufferOnDevice:
 
     def _exchange(self, resolved: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
         self._check_viewable(resolved)
-        raw = exchange(self._group, resolved, self._local_bytes)
+        raw = exchange(self._bytes_group(), resolved, self._local_bytes)
         return {p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
                 for _, p in resolved}
 
@@ -224,8 +236,8 @@ class FilesBufferOnDevice:
         kind = DType(entry.dtype)
         if target is not None and target is not kind:
             t, kind = self._framework.convert(t, target.value), target
-        target = Device.from_str(device) if device is not None else self._device
-        return TensorBase(self._framework.to_device(t, target), target, kind)
+        where = Device.from_str(device) if device is not None else self._device
+        return TensorBase(self._framework.to_device(t, where), where, kind)
 
     def _get(self, requests: List[Tuple[str, int]], device: Any, dtype: DTypeLike) -> Dict[str, TensorBase]:
         dtype = to_dtype(dtype)  # an unknown dtype fails here, on every rank
@@ -294,7 +306,7 @@ class FilesBufferOnDevice:
             t = self._read_own([piece])[tensor_name] if group.rank == dst_rank else None
         else:
             self._check_viewable(resolved)
-            raw = push(group, piece.entry, dst_rank, self._local_bytes)
+            raw = push(self._bytes_group(), piece.entry, dst_rank, self._local_bytes)
             t = None if raw is None else self._framework.from_bytes(raw, piece.entry.dtype, piece.shape)
         self._mark_taken(resolved)
         return None if t is None else self._finish(t, piece.entry, device, dtype).get_raw()

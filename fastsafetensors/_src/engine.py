@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, List, Optional, Sequence, overload
+from typing import Any, Callable, Hashable, List, Literal, Optional, Sequence, overload
 
 import numpy as np
 
@@ -54,6 +54,14 @@ def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
     if not 1 <= n <= MAX_THREADS:
         raise InvalidArgumentError(f"{name} must be between 1 and {MAX_THREADS}, not {threads}")
     return n
+
+
+@overload
+def check_flag(value: Any, name: str, optional: Literal[False] = False) -> bool: ...
+
+
+@overload
+def check_flag(value: Any, name: str, optional: bool) -> Optional[bool]: ...
 
 
 def check_flag(value: Any, name: str, optional: bool = False) -> Optional[bool]:
