@@ -28,7 +28,8 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Deque, Dict, FrozenSet, Generator, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Deque, Dict, FrozenSet, Generator, Iterator, List, Optional, Sequence, Tuple, Type,
+                    TypeVar, Union, cast)
 
 from ._src.budget import Tensor, Unit, plan_units
 from .common import SingleGroup
@@ -47,6 +48,7 @@ logger = logging.getLogger("fastsafetensors")
 # and the dtype asked for.
 _Batch = Tuple[SafeTensorsFileLoader, Dict[str, Entry], LoadPlan, list, DType]
 _ReadBatch = Callable[[DType, int], _Batch]
+_Loader = TypeVar("_Loader", bound=SafeTensorsFileLoader)
 
 
 class _Work:
@@ -89,8 +91,11 @@ class BatchLoader(SafeTensorsFileLoader):
         finally:
             self._producing.read = None
 
-    def copy_files_to_device(self, dtype: Any = DType.AUTO, use_buf_register: bool = True,
-                             max_copy_block_size: int = 16 * 1024 ** 3) -> Union[FilesBufferOnDevice, _Batch]:
+    # Unlike the base method, it returns a _Batch within producing(): the producer calls it
+    # through whatever wrapper a caller put on it, and only the producer's thread sees that.
+    def copy_files_to_device(  # type: ignore[override]
+            self, dtype: Any = DType.AUTO, use_buf_register: bool = True,
+            max_copy_block_size: int = 16 * 1024 ** 3) -> Union[FilesBufferOnDevice, _Batch]:
         read = getattr(self._producing, "read", None)
         if read is None:
             return super().copy_files_to_device(dtype, use_buf_register, max_copy_block_size)
@@ -187,21 +192,22 @@ class ParallelLoader:
             batches.append([(t.name, t.nbytes, f.path) for f in files for t in sorted(f.infos, key=lambda t: t.begin)
                             if not shared or keep is None or keep(t.name)])
         checked = keep or (lambda name: True)
-        error: Optional[BudgetInfeasibleError] = None
-        for ahead in range(self._ahead, -1, -1):
+        ahead = self._ahead
+        while True:
             try:
                 units = plan_units(batches, ahead + 1, resident=self._resident, checked=checked, **self._budgets)
-            except BudgetInfeasibleError as exc:
-                error = exc
-                continue
-            if ahead != self._ahead:
-                logger.warning("ParallelLoader: reading %d batch(es) ahead instead of %d to fit device_memory_budget",
-                               ahead, self._ahead)
-                self._ahead = ahead
-            return units
-        raise error
+                break
+            except BudgetInfeasibleError:
+                if ahead == 0:
+                    raise
+                ahead -= 1
+        if ahead != self._ahead:
+            logger.warning("ParallelLoader: reading %d batch(es) ahead instead of %d to fit device_memory_budget",
+                           ahead, self._ahead)
+            self._ahead = ahead
+        return units
 
-    def _new_loader(self, pg: Any, kind: type = SafeTensorsFileLoader) -> SafeTensorsFileLoader:
+    def _new_loader(self, pg: Any, kind: Type[_Loader]) -> _Loader:
         loader = kind(pg, **self._options)
         loader.set_tensor_filter(self._filter)
         return loader
@@ -209,7 +215,7 @@ class ParallelLoader:
     def _produce(self, work: _Work) -> _Batch:
         """Reads one batch (or unit) on this rank (no collective) through
         ``self.loader.copy_files_to_device``: its own file, or every file in direct mode."""
-        loader = self._new_loader(self._group.pg)
+        loader = self._new_loader(self._group.pg, SafeTensorsFileLoader)
         if work.names is not None:
             keep, names = self._filter, work.names
             loader.set_tensor_filter(lambda name: name in names and (keep is None or keep(name)))
@@ -222,7 +228,8 @@ class ParallelLoader:
             return loader, catalog, plan, buffers, dtype
 
         with self.loader.producing(read):
-            return self.loader.copy_files_to_device()
+            # Within producing() the method returns what read returns (a caller's wrapper passes it on).
+            return cast(_Batch, self.loader.copy_files_to_device())
 
     def _submit(self, work: _Work) -> Future:
         if self._pool is not None:
