@@ -47,8 +47,15 @@ def seq_direct_reads_refuse_urls(pg, files):
 
     from fastsafetensors.errors import UnsupportedURLError
 
+    by_rank = {r: urls(files)[r::pg.size()] for r in range(pg.size())}
     loader = SafeTensorsFileLoader(pg, "cpu", direct_read=True)
-    loader.add_filenames({r: urls(files)[r::pg.size()] for r in range(pg.size())})
+    loader.add_filenames(by_rank)
     with pytest.raises(UnsupportedURLError, match="direct_read=False"):
+        loader.copy_files_to_device()
+    loader.close()
+    loader = SafeTensorsFileLoader(pg, "cpu")  # different tensors per rank: each would read its own
+    loader.set_tensor_filter(lambda name: name.startswith("experts") == (pg.rank() == 0))
+    loader.add_filenames(by_rank)
+    with pytest.raises(UnsupportedURLError, match="same filter on every rank"):
         loader.copy_files_to_device()
     loader.close()
