@@ -21,8 +21,7 @@ from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
 from .errors import (ArgumentTypeError, InvalidArgumentError, LoaderClosedError, PeerRankError, ShardRequestError,
                      TensorNotFound, UnsupportedURLError)
-from ._src.files import PathLike, SafeTensorsFile, read_headers
-from ._src.remote.urls import is_url
+from ._src.files import PathLike, SafeTensorsFile, names_urls, open_checkpoint, read_headers
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
 from ._src.plan import LoadPlan, TensorLocation, align_up, name_list, plan_load
@@ -360,6 +359,9 @@ class SafeTensorsFileLoader:
     file, reads blocks of split tensors directly and broadcasts whole tensors from the rank that
     read them, else it behaves as False.
     ``set_tensor_filter(keep)`` narrows the loader to the tensors whose name ``keep`` accepts.
+    File names may be URLs (``s3://``, ...; docs/remote.md): each rank GETs its objects into host
+    memory and shares their tensors as it would a file's; ``storage_options=`` (keyword) configures
+    the store, else obstore reads credentials and endpoint from the environment.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
@@ -375,6 +377,7 @@ class SafeTensorsFileLoader:
         self.group = group_of(pg, self.device)
         self.pg = self.group.pg
         self.direct_read = check_flag(kwargs.pop("direct_read", None), "direct_read", optional=True)
+        self.storage_options: Optional[Mapping[str, Any]] = kwargs.pop("storage_options", None)
         _check_keywords(kwargs)
         self.bbuf_size_kb = bbuf_size_kb
         # an upper bound, as in 0.3: more reader threads than the machine runs at once only contend
@@ -406,14 +409,20 @@ class SafeTensorsFileLoader:
         files = {int(r): list(fs) for r, fs in self._files.items()}
         for rank, paths in filenames.items():
             paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # a path is one file
-            url = next((p for p in paths if is_url(p)), None)
-            if url is not None:
-                raise UnsupportedURLError(f"{url}: the 0.3 loaders (SafeTensorsFileLoader, fastsafe_open, "
-                                          "ParallelLoader) read local files only; load URLs with "
-                                          "fastsafetensors.load or fastsafetensors.jax.load (docs/remote.md)")
-            files.setdefault(int(rank), []).extend(read_headers(paths))
+            files.setdefault(int(rank), []).extend(self._read_headers(paths))
         self._catalog = build_catalog(files)
         self._files = files
+
+    def _read_headers(self, paths: List[PathLike]) -> List[SafeTensorsFile]:
+        """Headers of local files, or of the objects URLs name (one URL may be a prefix or an index)."""
+        if paths and names_urls(paths):
+            return open_checkpoint(paths, storage_options=self.storage_options, metrics=self.metrics)
+        if self.storage_options is not None:
+            raise InvalidArgumentError("storage_options= configures object stores; these files are local")
+        return read_headers(paths)
+
+    def _has_urls(self) -> bool:
+        return any(f.remote is not None for fs in self._files.values() for f in fs)
 
     def _all_files(self) -> List[SafeTensorsFile]:
         self._check_open()
@@ -453,6 +462,12 @@ class SafeTensorsFileLoader:
         if len({row[0] for row in rows}) > 1:
             raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
         everyone = all(row[1] for row in rows)
+        urls = self._has_urls() and self.group.distributed
+        if urls and (self.direct_read or len({row[2] for row in rows}) > 1):
+            raise UnsupportedURLError("a URL is read by the rank it was given and its tensors are shared over the "
+                                      "group; direct reads by every rank (direct_read=True, or a tensor filter "
+                                      "keeping different tensors on different ranks) read local files only: "
+                                      "use direct_read=False or None and the same filter on every rank")
         if self.direct_read and self.group.distributed and not everyone:  # one process reads its files anyway
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
         if len({row[2] for row in rows}) > 1:
@@ -488,6 +503,11 @@ class SafeTensorsFileLoader:
             # Process groups share tensors from host buffers; to_device moves each result.
             buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics,
                                      chunk_bytes=max(1 << 20, min(max_copy_block_size, 8 << 20)))
+        elif self._has_urls() and not self.nogds:
+            raise UnsupportedURLError(f"{files[0].path}: GPU Direct Storage reads local files only; pass nogds=True "
+                                      "to read URLs into host memory and copy them to the device")
+        elif self._has_urls():
+            buffers = read_into_host(plan, threads=self.max_threads, metrics=self.metrics)
         else:
             # bbuf_size_kb bounds the pinned staging memory, as it did in the 0.3 package.
             buffers = read_into_device(plan, self.framework, self.device, threads=self.max_threads,
@@ -547,7 +567,7 @@ class fastsafe_open:  # noqa: N801 - the 0.3 API's name
     def __init__(self, filenames: Union[PathLike, Iterable[PathLike], Mapping[int, Iterable[PathLike]]],
                  framework: str = "pt", pg: Any = None,
                  device: str = "cpu", nogds: bool = False, debug_log: bool = False,
-                 max_copy_block_size: int = 16 * 1024 ** 3):
+                 max_copy_block_size: int = 16 * 1024 ** 3, storage_options: Optional[Mapping[str, Any]] = None):
         # A file or a list: rank 0 reads them (the others receive); a {rank: files} map as given.
         if isinstance(filenames, Mapping):
             by_rank = dict(filenames)
@@ -555,7 +575,8 @@ class fastsafe_open:  # noqa: N801 - the 0.3 API's name
             by_rank = {0: [filenames]}
         else:
             by_rank = {0: list(filenames)}
-        self._loader = SafeTensorsFileLoader(pg, device, nogds=nogds, debug_log=debug_log, framework=framework)
+        self._loader = SafeTensorsFileLoader(pg, device, nogds=nogds, debug_log=debug_log, framework=framework,
+                                             storage_options=storage_options)
         self._loader.add_filenames(by_rank)
         self._max_copy_block_size = max_copy_block_size
         self._buffer: Optional[FilesBufferOnDevice] = None

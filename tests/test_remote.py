@@ -404,17 +404,56 @@ def test_secrets_never_in_errors_or_logs(proxy, caplog):
     assert secret not in caplog.text and secret not in ok.summary()
 
 
-def test_03_loaders_refuse_urls():
+def test_03_loaders_read_urls(local, proxy):
+    """fastsafe_open over a prefix, SafeTensorsFileLoader's getters and ParallelLoader, one process."""
     from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, fastsafe_open
 
-    url = f"s3://{BUCKET}/one/model.safetensors"
-    loader = SafeTensorsFileLoader(None, "cpu", framework="pytorch")
-    with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
-        loader.add_filenames({0: [url]})
-    with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
-        fastsafe_open([url])
-    with pytest.raises(errors.UnsupportedURLError, match="0.3 loaders"):
-        ParallelLoader(None, [url])
+    opts = storage_options(proxy.url)
+    multi = [f"multi/part-{k}.safetensors" for k in range(3)]
+    want = _expect(local, *multi)
+    with fastsafe_open(f"s3://{BUCKET}/multi/", storage_options=opts) as f:
+        _same({n: f.get_tensor(n) for n in f.keys()}, want)
+    loader = SafeTensorsFileLoader(None, "cpu", storage_options=opts)
+    loader.add_filenames({0: [f"s3://{BUCKET}/one/model.safetensors"]})
+    fb = loader.copy_files_to_device()
+    one = _expect(local, "one/model.safetensors")
+    _same({n: fb.get_tensor(n) for n in fb.get_keys()}, one)
+    assert_same_tensor(fb.get_sharded("big", 1), one["big"], "big")
+    _same(dict(ParallelLoader(None, [f"s3://{BUCKET}/{k}" for k in multi], storage_options=opts).iterate_weights()),
+          want)
+
+
+def test_03_loaders_read_urls_in_a_gloo_group(proxy):
+    """Two gloo ranks, each GETting its objects and sharing their tensors; credentials and endpoint
+    from the environment (tests/clients/remote_urls.py)."""
+    from tests import tp_harness
+    from tests.clients.ranks import checkpoint
+
+    files = checkpoint()
+    upload(proxy.url, "ranks", {os.path.basename(f): f for f in files})
+    env = {"AWS_ENDPOINT": proxy.url, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": TEST_CREDENTIALS["aws_access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": TEST_CREDENTIALS["aws_secret_access_key"],
+           "AWS_REGION": TEST_CREDENTIALS["aws_region"]}
+    reports = tp_harness.run_group(2, files, extra_env=env, worker=("-m", "tests.clients.ranks", "remote_urls", "torch"))
+    for rank, report in enumerate(reports):
+        for name in ("get_tensor_and_sharded", "iterate_weights", "direct_reads_refuse_urls"):
+            assert report.get(name) == "ok", f"rank {rank}, {name}: {report.get(name)}\n{report.get('__log__')}"
+
+
+def test_03_loaders_refuse_what_urls_cannot_do(local, proxy):
+    from fastsafetensors import SafeTensorsFileLoader
+    from fastsafetensors.st_types import Device
+
+    loader = SafeTensorsFileLoader(None, "cpu", storage_options=storage_options(proxy.url))
+    loader.add_filenames({0: f"s3://{BUCKET}/one/model.safetensors"})
+    loader.device = Device.from_str("cuda:0")  # a GPU load without GDS switched off (this machine may have no GPU)
+    with pytest.raises(errors.UnsupportedURLError, match="nogds=True"):
+        loader.copy_files_to_device()
+
+    with pytest.raises(errors.InvalidArgumentError, match="storage_options"):
+        SafeTensorsFileLoader(None, "cpu", storage_options={}).add_filenames({0: [local["one/model.safetensors"]]})
+    with pytest.raises(TypeError, match="storage_option"):
+        SafeTensorsFileLoader(None, "cpu", storage_option={})
 
 
 def test_no_obstore_import_until_a_url_and_a_typed_error_without_it():

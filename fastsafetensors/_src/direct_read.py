@@ -21,8 +21,9 @@ __all__ = ["readable_by_me", "read_pieces"]
 
 
 def readable_by_me(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> bool:
-    """Whether this process can open every file of every rank (the precondition of direct reads)."""
-    return all(os.access(f.path, os.R_OK) for files in files_by_rank.values() for f in files)
+    """Whether this process can open every file of every rank (the precondition of direct reads);
+    an object in a store is read by the rank given it, never directly."""
+    return all(f.remote is None and os.access(f.path, os.R_OK) for files in files_by_rank.values() for f in files)
 
 
 def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metrics: Optional[LoadMetrics] = None,

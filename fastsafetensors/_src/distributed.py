@@ -320,7 +320,7 @@ def _digest(parts: Iterable[str]) -> int:
 
 def fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
     """A number every rank computes alike when every rank added the same ``{rank: files}``."""
-    return _digest(f"{rank}\0{os.path.abspath(f.path)}\0{f.size}"
+    return _digest(f"{rank}\0{f.path if f.remote is not None else os.path.abspath(f.path)}\0{f.size}"
                    for rank in sorted(files_by_rank) for f in files_by_rank[rank])
 
 
