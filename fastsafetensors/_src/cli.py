@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__, integrity, settings
 from . import api
@@ -300,24 +300,24 @@ def _framework(name: str) -> str:
     return fw
 
 
-def _positive(text: str) -> int:
+def _number(text: str, parse: Callable[[str], Any], usable: Callable[[Any], bool], what: str) -> Any:
+    """``parse(text)`` if it parses and is usable, else a usage error saying what was expected."""
     try:
-        n = int(text)
+        value = parse(text)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return n
+        value = None
+    if value is None or not usable(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _number(text, int, lambda n: n >= 1, "a positive whole number")
 
 
 def _megabytes(text: str) -> float:
-    try:
-        mb = float(text)
-    except ValueError:
-        mb = math.nan
-    if not 0 < mb < math.inf:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of megabytes")
-    return mb
+    return _number(text, float, lambda mb: 0 < mb < math.inf,  # also refuses nan
+                   "a positive number of megabytes")
 
 
 def _threads(text: str) -> int:
