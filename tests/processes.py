@@ -1,9 +1,18 @@
-"""Worker processes for the multi-process tests: started together, bounded in time, never left behind."""
+"""Worker processes for the multi-process tests: a free port for their rendezvous, started together,
+bounded in time, never left behind."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from typing import List, Mapping, Sequence
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous or a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_all(argvs: Sequence[Sequence[str]], *, env: Mapping[str, str], cwd: str, log_dir, timeout: float) -> None:

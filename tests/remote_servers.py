@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from .processes import free_port
+
 __all__ = ["START_TIMEOUT", "free_port", "stop_server", "moto_server", "storage_options", "s3_client", "upload", "nginx_server",
            "nginx_missing", "FaultProxy", "Fault", "TEST_CREDENTIALS"]
 
@@ -39,12 +41,6 @@ HOST = "127.0.0.1"
 # moto accepts any credentials; these are what the tests pass (and check never leak into messages).
 TEST_CREDENTIALS = {"aws_access_key_id": "AKIATESTKEYID0000000", "aws_secret_access_key": "s3cr3t-test-KEY-do-not-log",
                     "aws_region": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, what: str) -> None:

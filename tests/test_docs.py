@@ -10,7 +10,6 @@ processes joined by gloo on 127.0.0.1, with the checkpoint's files as its argume
 import glob
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ pytest.importorskip("torch")
 pytest.importorskip("jax")
 from fastsafetensors import host_cache  # noqa: E402
 from fastsafetensors._src.synthetic import save_with_safetensors, write_checkpoint  # noqa: E402
+from .processes import free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -34,18 +34,12 @@ def _python_blocks(doc):
         return _BLOCK.findall(f.read())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ranks(code: str, ranks: int, cwd) -> None:
     """Runs ``code`` as a script in ``ranks`` processes of one gloo group, as torchrun would."""
     script = cwd / "doc_example.py"
     script.write_text(code)
     files = sorted(glob.glob(str(cwd / "model" / "*.safetensors")))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(ranks),
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(ranks),
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, str(script), *files], cwd=cwd, env=dict(env, RANK=str(r)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(ranks)]

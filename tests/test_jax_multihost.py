@@ -6,7 +6,6 @@ This file is also the worker: ``python test_jax_multihost.py CKPT PORT PROCESS_I
 
 import json
 import os
-import socket
 import sys
 
 import numpy as np
@@ -47,12 +46,6 @@ def worker(ckpt: str, port: int, process_id: int, result: str) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(240)
 def test_two_processes_read_half_each(tmp_path):
     torch = pytest.importorskip("torch")
@@ -69,10 +62,10 @@ def test_two_processes_read_half_each(tmp_path):
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    port = _free_port()
-    results = [tmp_path / f"r{i}.json" for i in range(2)]
-    from tests.processes import run_all  # here: the workers run this file as a script
+    from tests.processes import free_port, run_all  # here: the workers run this file as a script
 
+    port = free_port()
+    results = [tmp_path / f"r{i}.json" for i in range(2)]
     run_all([[sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(i), str(results[i])] for i in range(2)],
             env=env, cwd=str(tmp_path), log_dir=tmp_path, timeout=180)
 

@@ -7,7 +7,6 @@ This file is also the worker: ``python test_jax_transforms_multihost.py CKPT POR
 
 import json
 import os
-import socket
 import sys
 
 import numpy as np
@@ -59,12 +58,6 @@ def worker(ckpt: str, port: int, n: int, process_id: int, result: str) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("n", [2, 4])
 def test_each_process_reads_its_share(tmp_path, n):
@@ -87,10 +80,10 @@ def test_each_process_reads_its_share(tmp_path, n):
 
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // n}",
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    port = _free_port()
-    results = [tmp_path / f"r{i}.json" for i in range(n)]
-    from tests.processes import run_all  # here: the workers run this file as a script
+    from tests.processes import free_port, run_all  # here: the workers run this file as a script
 
+    port = free_port()
+    results = [tmp_path / f"r{i}.json" for i in range(n)]
     run_all([[sys.executable, os.path.abspath(__file__), str(ckpt), str(port), str(n), str(i), str(results[i])]
              for i in range(n)], env=env, cwd=str(tmp_path), log_dir=tmp_path, timeout=240)
     for i, path in enumerate(results):
