@@ -15,12 +15,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
 from ._src.distributed import (ALIGN, Entry, Group, Piece, TorchGroup, build_catalog, exchange, fingerprint, group_of,
-                          names_fingerprint, push, resolve)
+                          names_fingerprint, push, resolve, versions_fingerprint)
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
-from .errors import (ArgumentTypeError, InvalidArgumentError, LoaderClosedError, PeerRankError, ShardRequestError,
-                     TensorNotFound, UnsupportedURLError)
+from .errors import (ArgumentTypeError, InvalidArgumentError, LoaderClosedError, PeerRankError,
+                     RemoteObjectChangedError, ShardRequestError, TensorNotFound, UnsupportedURLError)
 from ._src.files import PathLike, SafeTensorsFile, names_urls, open_checkpoint, read_headers
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
@@ -164,8 +164,23 @@ class FilesBufferOnDevice:
             return self._exchange(resolved)
         whole = [p for _, p in resolved if p.dim < 0]  # HYBRID: whole tensors from their owner, blocks read here
         out = self._owners_read_and_broadcast(whole) if whole else {}
-        out.update(self._read_own([p for _, p in resolved if p.dim >= 0]))
+        out.update(self._read_own_blocks([p for _, p in resolved if p.dim >= 0]))
         return out
+
+    def _read_own_blocks(self, pieces: List[Piece]) -> Dict[str, Any]:
+        """The hybrid mode's blocks, read here. Ranged GETs fail far more often than local reads: for
+        objects the ranks agree on the outcome (one small collective, every rank makes this call), so
+        a failed GET raises on every rank instead of leaving the others waiting in the next collective."""
+        if not pieces or pieces[0].entry.file.remote is None:
+            return self._read_own(pieces)
+        error: Optional[BaseException] = None
+        got: Dict[str, Any] = {}
+        try:
+            got = self._read_own(pieces)
+        except Exception as exc:  # re-raised by agree(), after every rank has heard of it
+            error = exc
+        self._group.agree(error, "reading this rank's blocks of the objects")
+        return got
 
     def _owners_read_and_broadcast(self, pieces: List[Piece]) -> Dict[str, Any]:
         """Each owner reads its whole tensors straight from the files and broadcasts them, one packed
@@ -458,16 +473,17 @@ class SafeTensorsFileLoader:
         """Agrees with every rank on the files, the tensors kept and the read mode (one small collective)."""
         kept = 0 if catalog is None or self._tensor_filter is None else names_fingerprint(catalog)
         readable = readable_by_me(self._files) if self.group.distributed and self.direct_read is not False else False
-        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable), kept])
+        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable), kept,
+                                                        versions_fingerprint(self._files)])
         if len({row[0] for row in rows}) > 1:
             raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
+        if len({row[3] for row in rows}) > 1:
+            # Each rank GETs from the version it read the header of: they must all have read the same one.
+            urls = [f.path for f in self._all_files() if f.remote is not None]
+            raise RemoteObjectChangedError(f"the ranks read the headers of different versions (ETags) of some of "
+                                           f"the {len(urls)} object(s) added (the first: {urls[0]}): one was replaced "
+                                           "while the ranks added them; add them again", filename=urls[0])
         everyone = all(row[1] for row in rows)
-        urls = self._has_urls() and self.group.distributed
-        if urls and (self.direct_read or len({row[2] for row in rows}) > 1):
-            raise UnsupportedURLError("a URL is read by the rank it was given and its tensors are shared over the "
-                                      "group; direct reads by every rank (direct_read=True, or a tensor filter "
-                                      "keeping different tensors on different ranks) read local files only: "
-                                      "use direct_read=False or None and the same filter on every rank")
         if self.direct_read and self.group.distributed and not everyone:  # one process reads its files anyway
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
         if len({row[2] for row in rows}) > 1:

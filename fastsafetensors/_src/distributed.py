@@ -26,7 +26,7 @@ from .files import SafeTensorsFile
 from .plan import align_up
 
 __all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "TorchGroup", "PaddleGroup",
-           "group_of", "exchange", "push", "fingerprint", "names_fingerprint"]
+           "group_of", "exchange", "push", "fingerprint", "names_fingerprint", "versions_fingerprint"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -322,6 +322,13 @@ def fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
     """A number every rank computes alike when every rank added the same ``{rank: files}``."""
     return _digest(f"{rank}\0{f.path if f.remote is not None else os.path.abspath(f.path)}\0{f.size}"
                    for rank in sorted(files_by_rank) for f in files_by_rank[rank])
+
+
+def versions_fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
+    """A number every rank computes alike when every rank read the same version (ETag, version id)
+    of every object (0 without objects): each rank's ranged GETs are pinned to the one it read."""
+    objects = [f.remote for rank in sorted(files_by_rank) for f in files_by_rank[rank] if f.remote is not None]
+    return _digest(f"{o.url.url}\0{o.etag}\0{o.version}" for o in objects) if objects else 0
 
 
 def names_fingerprint(names: Iterable[str]) -> int:
