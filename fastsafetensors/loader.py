@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
 from ._src.distributed import (ALIGN, Entry, Group, Piece, TorchGroup, build_catalog, exchange, fingerprint, group_of,
-                          names_fingerprint, push, resolve, versions_fingerprint)
+                          names_fingerprint, push, resolve, row_piece, blocks_from_rows,
+                          versions_fingerprint)
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
@@ -164,23 +165,44 @@ class FilesBufferOnDevice:
             return self._exchange(resolved)
         whole = [p for _, p in resolved if p.dim < 0]  # HYBRID: whole tensors from their owner, blocks read here
         out = self._owners_read_and_broadcast(whole) if whole else {}
-        out.update(self._read_own_blocks([p for _, p in resolved if p.dim >= 0]))
+        blocks = [item for item in resolved if item[1].dim >= 0]
+        if blocks and blocks[0][1].entry.file.remote is not None:
+            out.update(self._get_object_blocks(blocks))
+        else:
+            out.update(self._read_own([p for _, p in blocks]))
         return out
 
-    def _read_own_blocks(self, pieces: List[Piece]) -> Dict[str, Any]:
-        """The hybrid mode's blocks, read here. Ranged GETs fail far more often than local reads: for
-        objects the ranks agree on the outcome (one small collective, every rank makes this call), so
-        a failed GET raises on every rank instead of leaving the others waiting in the next collective."""
-        if not pieces or pieces[0].entry.file.remote is None:
-            return self._read_own(pieces)
+    def _get_object_blocks(self, items: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
+        """The hybrid mode's blocks of objects. A block along dim 0 is one range: this rank GETs it.
+        A block along an inner dim is one run per row, many small GETs or, merged, most of the
+        tensor: instead each rank GETs its block of rows and the ranks swap their parts (one
+        all-to-all per tensor), so each receives about 1/N of the tensor over the network. The
+        ranks first agree that every GET succeeded (GETs fail far more often than local reads), so
+        a failure raises on every rank instead of leaving the others waiting in a collective."""
+        import torch
+
+        group = self._group
+        inner = [item for item in items if item[1].dim > 0]
+        self._check_viewable(inner)
+        rows = {p.entry.name: row_piece(p.entry, group.size, group.rank) for _, p in inner}
+        reads = [rows.get(p.entry.name, p) for _, p in items]
         error: Optional[BaseException] = None
-        got: Dict[str, Any] = {}
         try:
-            got = self._read_own(pieces)
+            buffer, offsets = read_pieces(reads, threads=self._threads, metrics=self.metrics)
         except Exception as exc:  # re-raised by agree(), after every rank has heard of it
             error = exc
-        self._group.agree(error, "reading this rank's blocks of the objects")
-        return got
+        group.agree(error, "getting this rank's blocks of the objects")
+        out, local = {}, {}
+        for piece, off in zip(reads, offsets):
+            name = piece.entry.name
+            if name in rows:
+                local[name] = torch.from_dlpack(buffer.view(off, list(piece.byte_shape), *RAW_BYTES))
+            else:
+                out[name] = self._framework.from_buffer(buffer, off, piece.entry.dtype, piece.shape)
+        raw = blocks_from_rows(self._bytes_group(), inner, local)
+        out.update({p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
+                    for _, p in inner})
+        return out
 
     def _owners_read_and_broadcast(self, pieces: List[Piece]) -> Dict[str, Any]:
         """Each owner reads its whole tensors straight from the files and broadcasts them, one packed

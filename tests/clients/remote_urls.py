@@ -47,9 +47,8 @@ def seq_iterate_weights(pg, files):
 
 
 def _block(t, dim: int, rank: int, world: int):
-    """Block ``rank`` of ``t`` along ``dim`` (every dimension here splits evenly over 2 ranks)."""
-    n = t.shape[dim] // world
-    return t.narrow(dim, rank * n, n)
+    """Block ``rank`` of ``t`` along ``dim`` (the loaders' split rule is torch.tensor_split's)."""
+    return torch.tensor_split(t, world, dim)[rank]
 
 
 def _nbytes(t) -> int:
@@ -57,9 +56,9 @@ def _nbytes(t) -> int:
 
 
 def seq_own_slices_rows_and_columns(pg, files):
-    """direct_read=None: each rank GETs only its blocks of split tensors (rows: one range; columns:
-    one range per row, merged by FASTSAFETENSORS_REMOTE_GAP_KB, the gaps counted); whole tensors
-    are GET once, by their owner, and broadcast."""
+    """direct_read=None: each rank GETs its block of split tensors' rows (one range); a block along
+    an inner dim is swapped from the other ranks' blocks of rows; whole tensors are GET once, by
+    their owner, and broadcast. Each rank receives exactly its share of the bytes."""
     ref = reference(tuple(files))
     world, rank = pg.size(), pg.rank()
     loader = SafeTensorsFileLoader(pg, "cpu")
@@ -74,24 +73,18 @@ def seq_own_slices_rows_and_columns(pg, files):
     got = fb.as_dict({name: 0 for name in experts})
     for name in experts:
         same(got[name].get_raw(), _block(ref[name], 0, rank, world), name)
-    wanted = sum(_nbytes(_block(ref[n], 0, rank, world)) for n in experts)
-    assert m.remote_bytes - before == wanted == sum(_nbytes(ref[n]) for n in experts) // world
+    assert m.remote_bytes - before == sum(_nbytes(ref[n]) for n in experts) // world
 
-    # Columns: a run of 512 bytes per row. With no gap allowed, exactly this rank's bytes (a GET a row).
-    os.environ["FASTSAFETENSORS_REMOTE_GAP_KB"] = "0"
-    try:
-        before, requests = m.remote_bytes, m.remote_requests
-        same(fb.get_sharded("experts.0.w", 1), _block(ref["experts.0.w"], 1, rank, world), "experts.0.w cols")
-        assert m.remote_bytes - before == _nbytes(ref["experts.0.w"]) // world
-        assert m.remote_requests - requests == ref["experts.0.w"].shape[0]
-    finally:
-        del os.environ["FASTSAFETENSORS_REMOTE_GAP_KB"]
-    # With the default gap (64 KiB) the rows share GETs: the other rank's columns come along,
-    # counted in gap_bytes and dropped.
-    before, gap = m.remote_bytes, m.gap_bytes
-    same(fb.get_sharded("experts.1.w", 1), _block(ref["experts.1.w"], 1, rank, world), "experts.1.w cols")
-    assert m.gap_bytes - gap == _nbytes(ref["experts.1.w"]) // world - 512
-    assert m.remote_bytes - before == _nbytes(ref["experts.1.w"]) // world + m.gap_bytes - gap
+    # wq_f4: F4, two values a byte; rows5 (5 x 3): 3 and 2 rows, 2 and 1 columns
+    cols = ["experts.0.w", "experts.3.w", "wq_f4", "o", "rows5"]
+    before, requests, gap = m.remote_bytes, m.remote_requests, m.gap_bytes
+    got = fb.as_dict({name: 1 for name in cols})
+    for name in cols:
+        same(got[name].get_raw(), _block(ref[name], 1, rank, world), name)
+    # Its rows, in one GET a tensor at most (o and rows5 lie close: one GET, the bytes between counted)
+    rows = sum(_nbytes(_block(ref[n], 0, rank, world)) for n in cols)
+    assert m.remote_bytes - before == rows + m.gap_bytes - gap and m.gap_bytes - gap < 1024
+    assert m.remote_requests - requests <= len(cols)
 
     qkv = fb.get_multi_cols(["q", "k", "v"], dim=0).get_raw()
     same(qkv, torch.cat([_block(ref[n], 0, rank, world) for n in "qkv"]), "qkv")
@@ -103,17 +96,35 @@ def seq_own_slices_rows_and_columns(pg, files):
 
 
 def seq_direct_read_true(pg, files):
-    """direct_read=True: every rank GETs what it returns, whole tensors too; nothing crosses the group."""
+    """direct_read=True: every rank GETs what it returns, whole tensors too; nothing crosses the
+    group. A block along an inner dim is one range per row: neighbours closer than
+    FASTSAFETENSORS_REMOTE_GAP_KB share a GET, the other rank's columns between them counted."""
     ref = reference(tuple(files))
     world, rank = pg.size(), pg.rank()
     loader = SafeTensorsFileLoader(pg, "cpu", direct_read=True)
     loader.add_filenames({r: urls(files)[r::world] for r in range(world)})
     fb = loader.copy_files_to_device()
-    before = loader.metrics.remote_bytes
+    m = loader.metrics
+    before = m.remote_bytes
     for name in ("norm", "lm_head", "wq_f4"):
         same(fb.get_tensor(name), ref[name], name)
-    assert loader.metrics.remote_bytes - before == sum(_nbytes(ref[n]) for n in ("norm", "lm_head", "wq_f4"))
+    assert m.remote_bytes - before == sum(_nbytes(ref[n]) for n in ("norm", "lm_head", "wq_f4"))
     same(fb.get_sharded("rows5", 0), ref["rows5"][:3] if rank == 0 else ref["rows5"][3:], "rows5")
+
+    # Columns, a run of 512 bytes a row. With no gap allowed: exactly this rank's bytes, a GET a row.
+    os.environ["FASTSAFETENSORS_REMOTE_GAP_KB"] = "0"
+    try:
+        before, requests = m.remote_bytes, m.remote_requests
+        same(fb.get_sharded("experts.0.w", 1), _block(ref["experts.0.w"], 1, rank, world), "experts.0.w cols")
+        assert m.remote_bytes - before == _nbytes(ref["experts.0.w"]) // world
+        assert m.remote_requests - requests == ref["experts.0.w"].shape[0]
+    finally:
+        del os.environ["FASTSAFETENSORS_REMOTE_GAP_KB"]
+    # With the default gap (64 KiB) the rows share one GET: the other rank's columns come along.
+    before, gap = m.remote_bytes, m.gap_bytes
+    same(fb.get_sharded("experts.1.w", 1), _block(ref["experts.1.w"], 1, rank, world), "experts.1.w cols")
+    assert m.gap_bytes - gap == _nbytes(ref["experts.1.w"]) // world - 512
+    assert m.remote_bytes - before == _nbytes(ref["experts.1.w"]) // world + m.gap_bytes - gap
     fb.close()
     loader.close()
     got = dict(ParallelLoader(pg, urls(files), direct_read=True).iterate_weights())
