@@ -396,9 +396,10 @@ class SafeTensorsFileLoader:
     file, reads blocks of split tensors directly and broadcasts whole tensors from the rank that
     read them, else it behaves as False.
     ``set_tensor_filter(keep)`` narrows the loader to the tensors whose name ``keep`` accepts.
-    File names may be URLs (``s3://``, ...; docs/remote.md): each rank GETs its objects into host
-    memory and shares their tensors as it would a file's; ``storage_options=`` (keyword) configures
-    the store, else obstore reads credentials and endpoint from the environment.
+    File names may be URLs (``s3://``, ...; docs/remote.md), read in the same modes by ranged GETs
+    (every rank reaches every object): by default each rank GETs its own blocks of split tensors;
+    ``storage_options=`` (keyword) configures the store, else obstore reads credentials and
+    endpoint from the environment.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
