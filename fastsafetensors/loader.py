@@ -182,23 +182,22 @@ class FilesBufferOnDevice:
         import torch
 
         group = self._group
+        own = [p for _, p in items if p.dim == 0]
         inner = [item for item in items if item[1].dim > 0]
         self._check_viewable(inner)
-        rows = {p.entry.name: row_piece(p.entry, group.size, group.rank) for _, p in inner}
-        reads = [rows.get(p.entry.name, p) for _, p in items]
+        rows = [row_piece(p.entry, group.size, group.rank) for _, p in inner]
         error: Optional[BaseException] = None
         try:
-            buffer, offsets = read_pieces(reads, threads=self._threads, metrics=self.metrics)
+            # Two buffers: the blocks returned keep theirs alive; the rows' is dropped once swapped.
+            buffer, offsets = read_pieces(own, threads=self._threads, metrics=self.metrics)
+            row_buffer, row_offsets = read_pieces(rows, threads=self._threads, metrics=self.metrics)
         except Exception as exc:  # re-raised by agree(), after every rank has heard of it
             error = exc
         group.agree(error, "getting this rank's blocks of the objects")
-        out, local = {}, {}
-        for piece, off in zip(reads, offsets):
-            name = piece.entry.name
-            if name in rows:
-                local[name] = torch.from_dlpack(buffer.view(off, list(piece.byte_shape), *RAW_BYTES))
-            else:
-                out[name] = self._framework.from_buffer(buffer, off, piece.entry.dtype, piece.shape)
+        out = {p.entry.name: self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
+               for p, off in zip(own, offsets)}
+        local = {r.entry.name: torch.from_dlpack(row_buffer.view(off, list(r.byte_shape), *RAW_BYTES))
+                 for r, off in zip(rows, row_offsets)}
         raw = blocks_from_rows(self._bytes_group(), inner, local)
         out.update({p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
                     for _, p in inner})
