@@ -14,12 +14,18 @@ Each rank does: SafeTensorsFileLoader(pg) -> add_filenames({r: files[r::N]}) -> 
 dim 1, norms replicated). Timed from the loader's creation to the last tensor; every returned block
 is then checked bit for bit against safetensors' own reader. Also reports bytes read per rank.
 
+``--store moto`` (or ``seaweedfs``, benchmarks/remote_bench.py's server) loads the same files as
+``s3://`` objects from that server on 127.0.0.1 instead (the three read modes of ours; 0.5.0 takes
+no URLs) and reports each rank's bytes received, GETs and gap bytes (docs/remote.md, The 0.3 loaders).
+
 Usage: python benchmarks/tp_bench.py [--gb 1.0] [--world 2] [--trials 2] [--dir DIR] [--peer PATH]
+       python benchmarks/tp_bench.py --store moto --gb 0.1 --trials 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_DEFAULT = "/work/.peers/fst05"
@@ -81,7 +87,8 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- one rank (a child process)
-def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], peer: str, op: str) -> None:
+def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], peer: str, op: str,
+              urls: Optional[List[str]] = None) -> None:
     if impl == "fst05":
         sys.path.insert(0, peer)
     else:
@@ -105,7 +112,8 @@ def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], pee
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     loader = SafeTensorsFileLoader(pg, "cpu", nogds=True, **kwargs)
-    loader.add_filenames({r: files[r::world] for r in range(world)})
+    names = urls or files
+    loader.add_filenames({r: names[r::world] for r in range(world)})
     fb = loader.copy_files_to_device()
     t1 = time.perf_counter()
     if op == "get_tensor":  # an inference server's loop: every tensor, whole, on every rank
@@ -121,8 +129,10 @@ def rank_main(impl: str, rank: int, world: int, port: int, files: List[str], pee
     ok = _verify(out, dims, files, rank, world)
     fb.close()
     loader.close()
+    m = loader.metrics
     result = {"impl": impl, "rank": rank, "total_s": t3 - t0, "copy_s": t1 - t0, "op_s": t2 - t1, "cpu_s": cpu,
-              "bytes_read": bytes_read, "verified": ok}
+              "bytes_read": bytes_read, "verified": ok, "remote_bytes": getattr(m, "remote_bytes", None),
+              "remote_requests": getattr(m, "remote_requests", None), "gap_bytes": getattr(m, "gap_bytes", None)}
     print("RESULT " + json.dumps(result), flush=True)
     dist.destroy_process_group()
 
@@ -165,11 +175,14 @@ def _split_bytes(files: List[str]):
     return split, replicated
 
 
-def run_impl(impl: str, world: int, files: List[str], peer: str, timeout: float, op: str) -> List[dict]:
+def run_impl(impl: str, world: int, files: List[str], peer: str, timeout: float, op: str,
+             store: Optional[Dict[str, str]] = None) -> List[dict]:
+    """``store``: the environment reaching the object store, with ``urls`` (JSON) the files' objects."""
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(store or {}))
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--rank-worker", impl, str(r), str(world),
-                               str(port), json.dumps(files), peer, op], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               str(port), json.dumps(files), peer, op, (store or {}).get("FST_BENCH_URLS", "")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env, cwd="/") for r in range(world)]
     results = []
     try:
@@ -185,6 +198,25 @@ def run_impl(impl: str, world: int, files: List[str], peer: str, timeout: float,
                 p.kill()
             p.wait()
     return results
+
+
+@contextlib.contextmanager
+def object_store(kind: str, files: List[str]) -> Iterator[Dict[str, str]]:
+    """The files uploaded to bucket ``tp-bench`` of a ``kind`` server on 127.0.0.1 (remote_bench's servers);
+    yields the ranks' environment: endpoint, credentials, and FST_BENCH_URLS (the objects, JSON)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import remote_bench
+
+    work = tempfile.mkdtemp(prefix="fst-tp-store-")
+    try:
+        with remote_bench.server(kind, remote_bench.WEED, work) as endpoint:
+            servers = remote_bench._servers()
+            servers.upload(endpoint, "tp-bench", {os.path.basename(f): f for f in files})
+            env = {k: v for k, v in remote_bench.child_env(endpoint).items() if k.startswith("AWS_")}
+            env["FST_BENCH_URLS"] = json.dumps([f"s3://tp-bench/{os.path.basename(f)}" for f in files])
+            yield env
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _warm(files: List[str]) -> None:
@@ -205,6 +237,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=150)
     ap.add_argument("--op", choices=["as_dict", "get_tensor"], default="as_dict",
                     help="as_dict with TP dims (default), or get_tensor of every tensor (whole) on every rank")
+    ap.add_argument("--store", choices=["moto", "seaweedfs"], help="load s3:// objects from this local server")
     args = ap.parse_args()
     directory = args.dir or tempfile.mkdtemp(prefix="fst-tp-bench-")
     try:
@@ -212,43 +245,57 @@ def main() -> None:
         files = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".safetensors"))
         if not files:
             files = write_checkpoint(directory, args.gb)
-        total = sum(os.path.getsize(f) for f in files)
-        impls = ["ours-default", "ours-direct", "ours-scatter"] + (["fst05"] if os.path.isdir(args.peer) else [])
-        best: Dict[str, dict] = {}
-        for trial in range(args.trials):
-            # interleaved and rotated (the first case after a pause ran slower here), so drift of the
-            # shared machine and position in the round hit every case alike
-            for impl in impls[trial % len(impls):] + impls[:trial % len(impls)]:
-                _warm(files)
-                rows = run_impl(impl, args.world, files, args.peer, args.timeout, args.op)
-                slowest = max(rows, key=lambda r: r["total_s"])
-                slowest["cpu_s"] = sum(r["cpu_s"] for r in rows)  # all ranks together
-                if not all(r["verified"] for r in rows):
-                    print(f"WARNING: {impl}: blocks differ from safetensors", flush=True)
-                if impl not in best or slowest["total_s"] < best[impl]["total_s"]:
-                    best[impl] = {**slowest, "bytes_per_rank": [r["bytes_read"] for r in rows]}
-        print(f"{args.op}: checkpoint {total / 1e9:.2f} GB in {len(files)} files, {args.world} gloo ranks, warm cache, "
-              f"best of {args.trials} (time: slowest rank; CPU: all ranks, user+sys)")
-        print(f"{'impl':14} {'total s':>8} {'copy s':>8} {args.op + ' s':>9} {'CPU s':>6} {'verified':>8}  bytes read per rank")
-        for impl, r in best.items():
-            per_rank = ", ".join(f"{b / 1e6:.0f} MB" for b in r["bytes_per_rank"] if b is not None) or "-"
-            print(f"{impl:14} {r['total_s']:8.3f} {r['copy_s']:8.3f} {r['op_s']:9.3f} {r['cpu_s']:6.2f} {str(r['verified']):>8}  "
-                  f"{per_rank}")
-        split, replicated = _split_bytes(files)
-        if args.op == "as_dict":
-            print(f"direct-read budget per rank: split/N + replicated = {(split / args.world + replicated) / 1e6:.0f} MB")
-        if "fst05" in best:
-            for impl in ("ours-default", "ours-direct", "ours-scatter"):
-                print(f"speed-up of {impl} over fastsafetensors 0.5.0: {best['fst05']['total_s'] / best[impl]['total_s']:.2f}x")
-        print(json.dumps(best))
+        with object_store(args.store, files) if args.store else contextlib.nullcontext() as store:
+            _run(args, files, store)
     finally:
         if not args.dir:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def _run(args: argparse.Namespace, files: List[str], store: Optional[Dict[str, str]]) -> None:
+    total = sum(os.path.getsize(f) for f in files)
+    peer = os.path.isdir(args.peer) and store is None
+    impls = ["ours-default", "ours-direct", "ours-scatter"] + (["fst05"] if peer else [])
+    best: Dict[str, dict] = {}
+    for trial in range(args.trials):
+        # interleaved and rotated (the first case after a pause ran slower here), so drift of the
+        # shared machine and position in the round hit every case alike
+        for impl in impls[trial % len(impls):] + impls[:trial % len(impls)]:
+            _warm(files)
+            rows = run_impl(impl, args.world, files, args.peer, args.timeout, args.op, store)
+            slowest = max(rows, key=lambda r: r["total_s"])
+            slowest["cpu_s"] = sum(r["cpu_s"] for r in rows)  # all ranks together
+            if not all(r["verified"] for r in rows):
+                print(f"WARNING: {impl}: blocks differ from safetensors", flush=True)
+            if impl not in best or slowest["total_s"] < best[impl]["total_s"]:
+                best[impl] = {**slowest, "bytes_per_rank": [r["bytes_read"] for r in rows],
+                              "remote_per_rank": [(r["remote_bytes"], r["remote_requests"], r["gap_bytes"])
+                                                  for r in rows]}
+    where = f"s3:// objects on a local {args.store} server" if store else "warm cache"
+    print(f"{args.op}: checkpoint {total / 1e9:.2f} GB in {len(files)} files, {args.world} gloo ranks, {where}, "
+          f"best of {args.trials} (time: slowest rank; CPU: all ranks, user+sys)")
+    print(f"{'impl':14} {'total s':>8} {'copy s':>8} {args.op + ' s':>9} {'CPU s':>6} {'verified':>8}  bytes read per rank")
+    for impl, r in best.items():
+        per_rank = ", ".join(f"{b / 1e6:.0f} MB" for b in r["bytes_per_rank"] if b is not None) or "-"
+        print(f"{impl:14} {r['total_s']:8.3f} {r['copy_s']:8.3f} {r['op_s']:9.3f} {r['cpu_s']:6.2f} {str(r['verified']):>8}  "
+              f"{per_rank}")
+    if store:
+        print("received per rank (fraction of the files' bytes; GETs; gap bytes fetched and dropped):")
+        for impl, r in best.items():
+            print(f"  {impl:14} " + "; ".join(f"{b / total:.3f} ({b / 1e6:.0f} MB), {n} GETs, gap {g / 1e6:.0f} MB"
+                                              for b, n, g in r["remote_per_rank"]))
+    split, replicated = _split_bytes(files)
+    if args.op == "as_dict":
+        print(f"direct-read budget per rank: split/N + replicated = {(split / args.world + replicated) / 1e6:.0f} MB")
+    if "fst05" in best:
+        for impl in ("ours-default", "ours-direct", "ours-scatter"):
+            print(f"speed-up of {impl} over fastsafetensors 0.5.0: {best['fst05']['total_s'] / best[impl]['total_s']:.2f}x")
+    print(json.dumps(best))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--rank-worker":
-        impl, rank, world, port, files, peer, op = sys.argv[2:9]
-        rank_main(impl, int(rank), int(world), int(port), json.loads(files), peer, op)
+        impl, rank, world, port, files, peer, op, urls = sys.argv[2:10]
+        rank_main(impl, int(rank), int(world), int(port), json.loads(files), peer, op, json.loads(urls) if urls else None)
     else:
         main()

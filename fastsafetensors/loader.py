@@ -15,12 +15,13 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
 from ._src.distributed import (ALIGN, Entry, Group, Piece, TorchGroup, build_catalog, exchange, fingerprint, group_of,
-                          names_fingerprint, push, resolve)
+                          names_fingerprint, push, resolve, row_piece, blocks_from_rows,
+                          versions_fingerprint)
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
 from ._src.engine import check_flag, check_threads, default_threads, read_into_host
-from .errors import (ArgumentTypeError, InvalidArgumentError, LoaderClosedError, PeerRankError, ShardRequestError,
-                     TensorNotFound, UnsupportedURLError)
+from .errors import (ArgumentTypeError, InvalidArgumentError, LoaderClosedError, PeerRankError,
+                     RemoteObjectChangedError, ShardRequestError, TensorNotFound, UnsupportedURLError)
 from ._src.files import PathLike, SafeTensorsFile, names_urls, open_checkpoint, read_headers
 from .frameworks import Framework, TensorBase, get_framework
 from .metrics import LoadMetrics
@@ -164,7 +165,42 @@ class FilesBufferOnDevice:
             return self._exchange(resolved)
         whole = [p for _, p in resolved if p.dim < 0]  # HYBRID: whole tensors from their owner, blocks read here
         out = self._owners_read_and_broadcast(whole) if whole else {}
-        out.update(self._read_own([p for _, p in resolved if p.dim >= 0]))
+        blocks = [item for item in resolved if item[1].dim >= 0]
+        if blocks and blocks[0][1].entry.file.remote is not None:
+            out.update(self._get_object_blocks(blocks))
+        else:
+            out.update(self._read_own([p for _, p in blocks]))
+        return out
+
+    def _get_object_blocks(self, items: List[Tuple[List[Piece], Piece]]) -> Dict[str, Any]:
+        """The hybrid mode's blocks of objects. A block along dim 0 is one range: this rank GETs it.
+        A block along an inner dim is one run per row, many small GETs or, merged, most of the
+        tensor: instead each rank GETs its block of rows and the ranks swap their parts (one
+        all-to-all per tensor), so each receives about 1/N of the tensor over the network. The
+        ranks first agree that every GET succeeded (GETs fail far more often than local reads), so
+        a failure raises on every rank instead of leaving the others waiting in a collective."""
+        import torch
+
+        group = self._group
+        own = [p for _, p in items if p.dim == 0]
+        inner = [item for item in items if item[1].dim > 0]
+        self._check_viewable(inner)
+        rows = [row_piece(p.entry, group.size, group.rank) for _, p in inner]
+        error: Optional[BaseException] = None
+        try:
+            # Two buffers: the blocks returned keep theirs alive; the rows' is dropped once swapped.
+            buffer, offsets = read_pieces(own, threads=self._threads, metrics=self.metrics)
+            row_buffer, row_offsets = read_pieces(rows, threads=self._threads, metrics=self.metrics)
+        except Exception as exc:  # re-raised by agree(), after every rank has heard of it
+            error = exc
+        group.agree(error, "getting this rank's blocks of the objects")
+        out = {p.entry.name: self._framework.from_buffer(buffer, off, p.entry.dtype, p.shape)
+               for p, off in zip(own, offsets)}
+        local = {r.entry.name: torch.from_dlpack(row_buffer.view(off, list(r.byte_shape), *RAW_BYTES))
+                 for r, off in zip(rows, row_offsets)}
+        raw = blocks_from_rows(self._bytes_group(), inner, local)
+        out.update({p.entry.name: self._framework.from_bytes(raw[p.entry.name], p.entry.dtype, p.shape)
+                    for _, p in inner})
         return out
 
     def _owners_read_and_broadcast(self, pieces: List[Piece]) -> Dict[str, Any]:
@@ -359,9 +395,10 @@ class SafeTensorsFileLoader:
     file, reads blocks of split tensors directly and broadcasts whole tensors from the rank that
     read them, else it behaves as False.
     ``set_tensor_filter(keep)`` narrows the loader to the tensors whose name ``keep`` accepts.
-    File names may be URLs (``s3://``, ...; docs/remote.md): each rank GETs its objects into host
-    memory and shares their tensors as it would a file's; ``storage_options=`` (keyword) configures
-    the store, else obstore reads credentials and endpoint from the environment.
+    File names may be URLs (``s3://``, ...; docs/remote.md), read in the same modes by ranged GETs
+    (every rank reaches every object): by default each rank GETs its own blocks of split tensors;
+    ``storage_options=`` (keyword) configures the store, else obstore reads credentials and
+    endpoint from the environment.
     """
 
     def __init__(self, pg: Any = None, device: Union[str, Device] = "cpu", bbuf_size_kb: int = 16 * 1024,
@@ -458,16 +495,17 @@ class SafeTensorsFileLoader:
         """Agrees with every rank on the files, the tensors kept and the read mode (one small collective)."""
         kept = 0 if catalog is None or self._tensor_filter is None else names_fingerprint(catalog)
         readable = readable_by_me(self._files) if self.group.distributed and self.direct_read is not False else False
-        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable), kept])
+        rows = self.group.agree(None, "add_filenames", [fingerprint(self._files), int(readable), kept,
+                                                        versions_fingerprint(self._files)])
         if len({row[0] for row in rows}) > 1:
             raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
+        if len({row[3] for row in rows}) > 1:
+            # Each rank GETs from the version it read the header of: they must all have read the same one.
+            urls = [f.path for f in self._all_files() if f.remote is not None]
+            raise RemoteObjectChangedError(f"the ranks read the headers of different versions (ETags) of some of "
+                                           f"the {len(urls)} object(s) added (the first: {urls[0]}): one was replaced "
+                                           "while the ranks added them; add them again", filename=urls[0])
         everyone = all(row[1] for row in rows)
-        urls = self._has_urls() and self.group.distributed
-        if urls and (self.direct_read or len({row[2] for row in rows}) > 1):
-            raise UnsupportedURLError("a URL is read by the rank it was given and its tensors are shared over the "
-                                      "group; direct reads by every rank (direct_read=True, or a tensor filter "
-                                      "keeping different tensors on different ranks) read local files only: "
-                                      "use direct_read=False or None and the same filter on every rank")
         if self.direct_read and self.group.distributed and not everyone:  # one process reads its files anyway
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
         if len({row[2] for row in rows}) > 1:

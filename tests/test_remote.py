@@ -423,20 +423,25 @@ def test_03_loaders_read_urls(local, proxy):
           want)
 
 
-def test_03_loaders_read_urls_in_a_gloo_group(proxy):
-    """Two gloo ranks, each GETting its objects and sharing their tensors; credentials and endpoint
-    from the environment (tests/clients/remote_urls.py)."""
+def test_03_loaders_read_urls_in_a_gloo_group(proxy, tmp_path):
+    """Two gloo ranks; credentials and endpoint from the environment (tests/clients/remote_urls.py):
+    each rank GETs its objects and shares their tensors, or GETs only its own slices (direct_read
+    None and True, per-rank filters), counting the bytes; objects replaced mid-load."""
     from tests import tp_harness
-    from tests.clients.ranks import checkpoint
+    from tests.clients import remote_urls
+    from tests.clients.ranks import checkpoint, sequences
 
     files = checkpoint()
-    upload(proxy.url, "ranks", {os.path.basename(f): f for f in files})
+    one_row = save(tmp_path / "one-row.safetensors", {"one_row": random_tensor("F32", (1, 64), 7)})
+    upload(proxy.url, "ranks", {**{os.path.basename(f): f for f in files},
+                                **{f"fault/{os.path.basename(f)}": f for f in files},
+                                "fault/one-row.safetensors": one_row})
     env = {"AWS_ENDPOINT": proxy.url, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": TEST_CREDENTIALS["aws_access_key_id"],
            "AWS_SECRET_ACCESS_KEY": TEST_CREDENTIALS["aws_secret_access_key"],
-           "AWS_REGION": TEST_CREDENTIALS["aws_region"]}
+           "AWS_REGION": TEST_CREDENTIALS["aws_region"], "FASTSAFETENSORS_REMOTE_HEADER_KB": "8"}
     reports = tp_harness.run_group(2, files, extra_env=env, worker=("-m", "tests.clients.ranks", "remote_urls", "torch"))
     for rank, report in enumerate(reports):
-        for name in ("get_tensor_and_sharded", "iterate_weights", "direct_reads_refuse_urls"):
+        for name in sequences(remote_urls):
             assert report.get(name) == "ok", f"rank {rank}, {name}: {report.get(name)}\n{report.get('__log__')}"
 
 

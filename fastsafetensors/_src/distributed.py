@@ -26,7 +26,8 @@ from .files import SafeTensorsFile
 from .plan import align_up
 
 __all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "TorchGroup", "PaddleGroup",
-           "group_of", "exchange", "push", "fingerprint", "names_fingerprint"]
+           "group_of", "exchange", "push", "row_piece", "blocks_from_rows", "fingerprint", "names_fingerprint",
+           "versions_fingerprint"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -268,6 +269,13 @@ class TorchGroup(Group):
 
         return dist.scatter(out, chunks, group=self.pg, group_src=src, async_op=True)
 
+    def all_to_all(self, out: Any, buf: Any, out_sizes: List[int], sizes: List[int]) -> None:
+        """Sends ``sizes[s]`` bytes of ``buf`` (in rank order) to each rank ``s``, receiving
+        ``out_sizes[s]`` bytes from each into ``out``."""
+        import torch.distributed as dist
+
+        dist.all_to_all_single(out, buf, out_sizes, sizes, group=self.pg)
+
     def send(self, buf: Any, dst: int) -> None:
         import torch.distributed as dist
 
@@ -322,6 +330,13 @@ def fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
     """A number every rank computes alike when every rank added the same ``{rank: files}``."""
     return _digest(f"{rank}\0{f.path if f.remote is not None else os.path.abspath(f.path)}\0{f.size}"
                    for rank in sorted(files_by_rank) for f in files_by_rank[rank])
+
+
+def versions_fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
+    """A number every rank computes alike when every rank read the same version (ETag, version id)
+    of every object (0 without objects): each rank's ranged GETs are pinned to the one it read."""
+    objects = [f.remote for rank in sorted(files_by_rank) for f in files_by_rank[rank] if f.remote is not None]
+    return _digest(f"{o.url.url}\0{o.etag}\0{o.version}" for o in objects) if objects else 0
 
 
 def names_fingerprint(names: Iterable[str]) -> int:
@@ -446,6 +461,36 @@ def exchange(group: TorchGroup, resolved: List[Tuple[List[Piece], Piece]], local
             _scatter(group, owner, chunk, local, out, pending)
     for work in pending:
         work.wait()
+    return out
+
+
+def row_piece(entry: Entry, world: int, rank: int) -> Piece:
+    """Block ``rank`` of a tensor's rows (dim 0): one contiguous range of its bytes."""
+    start, stop = split_bounds(entry.shape[0], world)[rank]
+    return Piece(entry, 0, start, stop)
+
+
+def blocks_from_rows(group: TorchGroup, items: Sequence[Tuple[List[Piece], Piece]],
+                     rows: Mapping[str, Any]) -> Dict[str, Any]:
+    """This rank's block along an inner dim of each tensor, as a contiguous uint8 torch tensor on
+    ``group.comm_device``, from the blocks of rows each rank holds (``rows[name]``: this rank's, a
+    uint8 tensor shaped by its ``row_piece``'s byte_shape). One all-to-all per tensor: rank ``s``
+    gets ``s``'s columns of every rank's rows and stacks them."""
+    import torch
+
+    out: Dict[str, Any] = {}
+    for pieces, mine in items:
+        entry = mine.entry
+        if Piece(entry, -1, 0, 0).nbytes == 0:  # nothing to move (the same on every rank)
+            out[entry.name] = group.empty(0)
+            continue
+        sends = [p.bytes_of(rows[entry.name]).contiguous().reshape(-1) for p in pieces]
+        per_row = mine.nbytes // entry.shape[0]  # bytes of one row of this rank's block
+        bounds = split_bounds(entry.shape[0], group.size)
+        sizes = [(stop - start) * per_row for start, stop in bounds]
+        recv = group.empty(sum(sizes))
+        group.all_to_all(recv, _to_comm(group, torch.cat(sends)), sizes, [s.numel() for s in sends])
+        out[entry.name] = recv  # the rows of every rank in rank order: this rank's block, row by row
     return out
 
 
