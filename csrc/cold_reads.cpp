@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <fstream>
 #include <memory>
+#include <mutex>
 
 #include "fastsafetensors/detail/checked.hpp"
 #include "fastsafetensors/detail/mapped_file.hpp"
@@ -27,7 +28,8 @@ constexpr uint64_t kRotatingInFlight = 16;
 constexpr uint64_t kSolidInFlight = 32;
 // Requests in flight (O_DIRECT: bounce buffers) stay under this much memory.
 constexpr uint64_t kMaxInFlightBytes = 128 * kMiB;
-// The bounce buffers' alignment (host_reader.cpp): a device with larger blocks is read buffered.
+// The bounce buffers' alignment (host_reader.cpp): a device with larger blocks is read buffered, and
+// the load says why (ColdShape::direct_refusal).
 // O_DIRECT is not the rule's default: a cold load through the page cache leaves the checkpoint
 // there for the next load (a restarted server, another rank), and the kernel's readahead adds
 // requests in flight beyond the threads'; on the project's VM fastsafetensors 0.5.0 read cold
@@ -65,8 +67,8 @@ ColdShape with_overrides(ColdShape s) {
   if (threads != 0) s.queue_depth = static_cast<unsigned>(threads);
   if (request_kb != 0) s.request_bytes = request_kb << 10;
   if (threads != 0 || request_kb != 0 || direct) s.rule += "; overridden by the environment";
-  if (direct && !s.direct_allowed) s.rule += " (O_DIRECT refused: blocks larger than 4096 bytes)";
-  s.direct = direct && s.direct_allowed;
+  s.direct_asked = direct;
+  s.direct = direct && s.direct_refusal.empty();
   return s;
 }
 
@@ -83,7 +85,11 @@ ColdShape cold_shape_from_limits(const QueueLimits& q) {
   if (q.nr_requests != 0) in_flight = std::min(in_flight, q.nr_requests);
   uint64_t depth = std::max<uint64_t>(2, in_flight / per_read);
   s.queue_depth = static_cast<unsigned>(std::min(depth, std::max<uint64_t>(2, kMaxInFlightBytes / s.request_bytes)));
-  s.direct_allowed = q.logical_block_size <= kDirectAlignment;
+  if (q.logical_block_size > kDirectAlignment) {
+    s.direct_refusal = "its logical block size is " + std::to_string(q.logical_block_size) +
+                       " bytes, larger than the " + std::to_string(kDirectAlignment) +
+                       "-byte alignment of the O_DIRECT bounce buffers";
+  }
   s.rule = std::string(q.rotational ? "rotational" : "solid-state") + ", nr_requests " +
            std::to_string(q.nr_requests) + ", max_sectors_kb " + std::to_string(q.max_sectors_kb) +
            ", optimal_io_size " + std::to_string(q.optimal_io_size) + ", logical_block_size " +
@@ -94,9 +100,11 @@ ColdShape cold_shape_from_limits(const QueueLimits& q) {
 ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev) {
   std::string dir = queue_dir(sysfs_root, dev);
   if (dir.empty()) {
-    return with_overrides(ColdShape{
-        kFallbackDepth, kFallbackRequest, false, true,
-        "fallback: no block queue for device " + std::to_string(major(dev)) + ":" + std::to_string(minor(dev))});
+    ColdShape s;
+    s.queue_depth = kFallbackDepth;
+    s.request_bytes = kFallbackRequest;
+    s.rule = "fallback: no block queue for device " + std::to_string(major(dev)) + ":" + std::to_string(minor(dev));
+    return with_overrides(s);
   }
   QueueLimits q;
   q.rotational = read_number(dir + "/rotational", 0) != 0;
@@ -107,6 +115,21 @@ ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev) {
   ColdShape s = cold_shape_from_limits(q);
   s.rule = dir + ": " + s.rule;
   return with_overrides(s);
+}
+
+namespace {
+std::mutex g_sysfs_mutex;
+std::string g_sysfs_root = "/sys";
+}  // namespace
+
+std::string sysfs_root() {
+  std::lock_guard<std::mutex> lock(g_sysfs_mutex);
+  return g_sysfs_root;
+}
+
+void set_sysfs_root(const std::string& root) {
+  std::lock_guard<std::mutex> lock(g_sysfs_mutex);
+  g_sysfs_root = root.empty() ? "/sys" : root;
 }
 
 namespace {

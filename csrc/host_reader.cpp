@@ -119,18 +119,23 @@ void read_direct(const File& f, const GroupedReads& g, const VectorRead& v, cons
   }
 }
 
-// O_DIRECT descriptors of the same files (each checked to be the file `files` opened), or none
-// when the file system refuses O_DIRECT (EINVAL): the cold reads then go through the page cache.
-std::vector<File> open_direct(const std::vector<ReadSource>& sources, const std::vector<File>& files) {
+// O_DIRECT descriptors of the same files (each checked to be the file `files` opened) for those on
+// `device`, or none when the file system refuses O_DIRECT (EINVAL): `refusal` then says which file,
+// and the cold reads go through the page cache. Files on other devices are opened without it: this
+// device's reads never touch them.
+std::vector<File> open_direct(const std::vector<ReadSource>& sources, const std::vector<File>& files, uint64_t device,
+                              std::string& refusal) {
   std::vector<File> out;
   out.reserve(sources.size());
   try {
     for (size_t i = 0; i < sources.size(); ++i) {
-      out.emplace_back(sources[i].path, true);
-      out.back().check_identity(files[i].identity());
+      bool on_device = files[i].identity().device == device;
+      out.emplace_back(sources[i].path, on_device);
+      if (on_device) out.back().check_identity(files[i].identity());
     }
   } catch (const ReadError& e) {
     if (e.error_number() != EINVAL) throw;
+    refusal = "its file system refuses O_DIRECT (opening " + e.path() + " with it: EINVAL)";
     out.clear();
   }
   return out;
@@ -240,18 +245,23 @@ void HostReader::read_cold(const std::vector<ReadSource>& sources, const std::ve
     by_device[device_of[r.file]].push_back(r);
     stats.cold_bytes += r.length;
   }
+  std::string root = sysfs_root();
   for (const auto& [device, ranges] : by_device) {
-    ColdShape shape = cold_shape_for_device("/sys", device);
-    ReadOptions o = options;
-    o.chunk_bytes = shape.request_bytes;
-    o.direct = shape.direct;
+    ColdDeviceRead& done = stats.cold.emplace_back();
+    done.device = device;
+    done.path = files[ranges.front().file].path();
+    for (const ReadRange& r : ranges) done.bytes += r.length;
+    done.shape = cold_shape_for_device(root, device);
     std::vector<File> direct_files;
-    if (o.direct) {
-      direct_files = open_direct(sources, files);
-      o.direct = !direct_files.empty();
+    if (done.shape.direct) {
+      direct_files = open_direct(sources, files, device, done.shape.direct_refusal);
+      done.shape.direct = !direct_files.empty();
     }
-    run(*cold_pool(shape.queue_depth), o.direct ? direct_files : files, group_reads(ranges, o.chunk_bytes, o.max_gap),
-        dsts, o, stats);
+    ReadOptions o = options;
+    o.chunk_bytes = done.shape.request_bytes;
+    o.direct = done.shape.direct;
+    run(*cold_pool(done.shape.queue_depth), o.direct ? direct_files : files,
+        group_reads(ranges, o.chunk_bytes, o.max_gap), dsts, o, stats);
   }
 }
 

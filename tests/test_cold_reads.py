@@ -5,6 +5,7 @@ what safetensors reads, bit for bit."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import os
 
@@ -118,6 +119,8 @@ def test_cold_load_equals_safetensors(tmp_path, clean_env, direct, request_kb):
     resident = sum(resident_pages(path))
     assert resident < GRANULE // PAGE if direct == "1" else resident == len(resident_pages(path))  # "": buffered
     assert metrics.cold_bytes == metrics.bytes_read > 0
+    assert metrics.cold_bytes_per_mode == {"O_DIRECT" if direct == "1" else "buffered": metrics.bytes_read}
+    assert metrics.cold_fallbacks == []
     assert_exact(out, path)
 
 
@@ -223,12 +226,101 @@ def test_odirect_asked_for_where_the_blocks_allow_it(tmp_path, clean_env, block,
     dev = fake_sysfs(tmp_path, 8, 0, **{**LIMITS, "logical_block_size": block})
     clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
     shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
-    assert shape["direct"] is want
-    assert shape["rule"].endswith("; overridden by the environment" + ("" if want else
-                                  " (O_DIRECT refused: blocks larger than 4096 bytes)"))
+    assert (shape["direct"], shape["direct_asked"]) == (want, True)
+    assert shape["rule"].endswith("; overridden by the environment")
+    assert shape["direct_refusal"] == ("" if want else "its logical block size is 8192 bytes, larger than the "
+                                       "4096-byte alignment of the O_DIRECT bounce buffers")
 
 
 def test_malformed_override_names_the_variable(tmp_path, clean_env):
     clean_env.setenv("FASTSAFETENSORS_COLD_THREADS", "many")
     with pytest.raises(fastsafetensors.errors.SettingsError, match="FASTSAFETENSORS_COLD_THREADS"):
         _cpp.testing.cold_read_shape(os.makedev(8, 0), str(tmp_path))
+
+
+# ---------------------------------------------------------------- nothing silent: O_DIRECT asked, not used
+
+@pytest.fixture
+def fake_root():
+    """Loads read queue limits from the test's tree (set_sysfs_root), /sys again afterwards."""
+    try:
+        yield _cpp.testing.set_sysfs_root
+    finally:
+        _cpp.testing.set_sysfs_root("")
+
+
+@pytest.fixture
+def refuse_odirect():
+    """Every open with O_DIRECT fails with EINVAL, as on a file system without it. tmpfs would be
+    the natural one, but it has O_DIRECT since Linux 6.6, and its files are always resident: never
+    read cold."""
+    _cpp.testing.refuse_odirect()
+    try:
+        yield
+    finally:
+        _cpp.testing.clear_faults()
+
+
+def cold_load(path: str, caplog, level=logging.WARNING):
+    caplog.set_level(level, logger="fastsafetensors")
+    evict(path)
+    metrics = LoadMetrics()
+    out = fastsafetensors.load(path, framework="torch", metrics=metrics)
+    assert_exact(out, path)
+    assert metrics.cold_bytes == metrics.bytes_read > 0
+    return metrics
+
+
+def device_of(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+
+def only_warning(caplog) -> str:
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    return warnings[0]
+
+
+def test_file_system_refusing_odirect_is_reported(tmp_path, clean_env, caplog, refuse_odirect):
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
+    metrics = cold_load(path, caplog)
+    warning = only_warning(caplog)
+    assert warning == (f"{path} (device {device_of(path)}): FASTSAFETENSORS_COLD_ODIRECT=1 asks for O_DIRECT, but "
+                       f"its file system refuses O_DIRECT (opening {path} with it: EINVAL): its "
+                       f"{metrics.bytes_read} cold bytes were read through the page cache instead")
+    assert metrics.cold_fallbacks == [warning]
+    assert metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    assert all(resident_pages(path))  # read buffered indeed
+    assert "GB cold buffered" in metrics.summary()
+
+
+def test_device_blocks_refusing_odirect_are_reported(tmp_path, clean_env, caplog, fake_root):
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    major, minor = map(int, device_of(path).split(":"))
+    fake_sysfs(tmp_path / "sys", major, minor, **{**LIMITS, "logical_block_size": 8192})
+    fake_root(str(tmp_path / "sys"))
+    clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
+    metrics = cold_load(path, caplog)
+    warning = only_warning(caplog)
+    assert warning == (f"{path} (device {major}:{minor}): FASTSAFETENSORS_COLD_ODIRECT=1 asks for O_DIRECT, but its "
+                       "logical block size is 8192 bytes, larger than the 4096-byte alignment of the O_DIRECT bounce "
+                       f"buffers: its {metrics.bytes_read} cold bytes were read through the page cache instead")
+    assert metrics.cold_fallbacks == [warning]
+    assert metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    assert all(resident_pages(path))
+
+
+def test_cold_shape_is_logged_at_debug(tmp_path, clean_env, caplog, fake_root):
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    major, minor = map(int, device_of(path).split(":"))
+    fake_sysfs(tmp_path / "sys", major, minor, **{**LIMITS, "nr_requests": 8, "max_sectors_kb": 512})
+    fake_root(str(tmp_path / "sys"))
+    metrics = cold_load(path, caplog, logging.DEBUG)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert metrics.cold_fallbacks == [] and metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    rule = (f"{tmp_path}/sys/dev/block/{major}:{minor}/queue: solid-state, nr_requests 8, max_sectors_kb 512, "
+            "optimal_io_size 0, logical_block_size 512")
+    assert (f"cold reads of {path} (device {major}:{minor}): {metrics.bytes_read} bytes, 4 in flight, "
+            f"{MiB}-byte requests, buffered; rule: {rule}") in [r.getMessage() for r in caplog.records]

@@ -18,8 +18,20 @@ struct ColdShape {
   unsigned queue_depth = 0;    // reads kept in flight (reader threads)
   uint64_t request_bytes = 0;  // bytes per read
   bool direct = false;         // O_DIRECT (FASTSAFETENSORS_COLD_ODIRECT=1 only: see cold_reads.cpp)
-  bool direct_allowed = true;  // the device's blocks fit the bounce buffers' alignment
-  std::string rule;            // what chose it: the sysfs values, or why the fallback
+  bool direct_asked = false;   // FASTSAFETENSORS_COLD_ODIRECT=1
+  // Why O_DIRECT cannot be used (the device's blocks, or the file system refusing it: read_cold),
+  // or empty. Asked for and refused, the bytes are read through the page cache and the caller says so.
+  std::string direct_refusal;
+  std::string rule;  // what chose it: the sysfs values, or why the fallback
+};
+
+// How one device's cold bytes were read (HostReader::read_cold): `shape.direct` is whether
+// O_DIRECT was used.
+struct ColdDeviceRead {
+  uint64_t device = 0;  // st_dev
+  std::string path;     // the first file read from it, to name it
+  uint64_t bytes = 0;
+  ColdShape shape;
 };
 
 // The queue limits of a block device, as /sys/dev/block/MAJ:MIN/queue states them.
@@ -38,6 +50,10 @@ ColdShape cold_shape_from_limits(const QueueLimits& q);
 // tree) the documented fallback. FASTSAFETENSORS_COLD_THREADS, FASTSAFETENSORS_COLD_REQUEST_KB and
 // FASTSAFETENSORS_COLD_ODIRECT override what they name.
 ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev);
+// The sysfs tree loads read queue limits from: "/sys", or a test's fake tree
+// (_cpp.testing.set_sysfs_root; an empty root restores "/sys").
+std::string sysfs_root();
+void set_sysfs_root(const std::string& root);
 
 // A plan's ranges cut where page-cache residency changes, at `granule`-byte steps of the file: a
 // step counts resident when 4 pages spread evenly over it (from its start) are.
