@@ -124,6 +124,22 @@ def test_cold_load_equals_safetensors(tmp_path, clean_env, direct, request_kb):
     assert_exact(out, path)
 
 
+@pytest.mark.parametrize("streams", ["1", "3", "64"])
+def test_streams_share_the_cold_bytes(tmp_path, clean_env, caplog, streams):
+    """Each stream reads its own contiguous share through descriptors of its own: one stream, a
+    share cutting tensors, and more streams than reads (empty shares) all deliver every byte."""
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    clean_env.setenv("FASTSAFETENSORS_COLD_THREADS", streams)
+    clean_env.setenv("FASTSAFETENSORS_COLD_REQUEST_KB", "64")
+    caplog.set_level(logging.DEBUG, logger="fastsafetensors")
+    evict(path)
+    metrics = LoadMetrics()
+    assert_exact(fastsafetensors.load(path, framework="torch", metrics=metrics), path)
+    assert metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    assert any(f": {metrics.bytes_read} bytes, {streams} streams, 65536-byte requests, buffered;" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_mixed_resident_and_cold_ranges(tmp_path, clean_env):
     path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
     evict(path)
@@ -173,38 +189,48 @@ def fake_sysfs(root, major: int, minor: int, partition: bool = False, **queue) -
     return os.makedev(major, minor)
 
 
-LIMITS = dict(rotational=0, nr_requests=1023, max_sectors_kb=128, optimal_io_size=0, logical_block_size=512)
+LIMITS = dict(rotational=0, nr_requests=1023, max_sectors_kb=128, optimal_io_size=0, logical_block_size=512,
+              read_ahead_kb=128)
 
 
 @pytest.mark.parametrize("limits, want", [
-    # NVMe: 1 MiB reads (8 device requests each), 32 requests in flight.
-    ({}, (4, MiB, False)),
+    # NVMe: 1 MiB reads (8 device requests each, more than its 256 KiB readahead window's), 32
+    # requests in flight.
+    ({}, (4, MiB, 4)),
     # A disk: 16 requests in flight, each its largest.
-    (dict(rotational=1, nr_requests=64, max_sectors_kb=1280), (16, 1280 << 10, False)),
+    (dict(rotational=1, nr_requests=64, max_sectors_kb=1280), (16, 1280 << 10, 16)),
     # ... or its queue's depth if that is less.
-    (dict(rotational=1, nr_requests=8, max_sectors_kb=1280), (8, 1280 << 10, False)),
-    # This project's VM disk (virtio, reported rotational).
-    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096), (16, 4 * MiB, False)),
+    (dict(rotational=1, nr_requests=8, max_sectors_kb=1280), (8, 1280 << 10, 8)),
+    # This project's VM disk (virtio, reported rotational): each stream's 16 MiB readahead window is
+    # 4 requests, so 4 streams keep 16 in flight; O_DIRECT (no readahead) 16 reads in turn.
+    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096, read_ahead_kb=8192), (4, 4 * MiB, 16)),
     # A RAID stripe: its optimal size per read, the in-flight requests shared among fewer threads.
-    (dict(max_sectors_kb=512, optimal_io_size=8 * MiB), (2, 8 * MiB, False)),
+    (dict(max_sectors_kb=512, optimal_io_size=8 * MiB), (2, 8 * MiB, 2)),
     # A shallow queue bounds what is in flight.
-    (dict(nr_requests=2, max_sectors_kb=4096), (2, 4 * MiB, False)),
+    (dict(nr_requests=2, max_sectors_kb=4096), (2, 4 * MiB, 2)),
     # Huge requests allowed: clamped to 16 MiB, at most 128 MiB of bounce buffers in flight.
-    (dict(max_sectors_kb=1 << 20), (8, 16 * MiB, False)),
-    # Larger blocks: as the others (O_DIRECT, which they would refuse, is off by default anyway).
-    (dict(logical_block_size=8192), (4, MiB, False)),
+    (dict(max_sectors_kb=1 << 20), (8, 16 * MiB, 8)),
+    # Larger blocks: as the others (O_DIRECT, which they refuse, stays off: buffered streams).
+    (dict(logical_block_size=8192), (4, MiB, 4)),
 ])
 @pytest.mark.parametrize("partition", [False, True])
 def test_rule_from_fake_sysfs(tmp_path, clean_env, limits, want, partition):
     dev = fake_sysfs(tmp_path, 259, 3, partition, **{**LIMITS, **limits})
+    streams, request, direct_threads = want
     shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
-    assert (shape["threads"], shape["request_bytes"], shape["direct"]) == want
+    assert (shape["threads"], shape["request_bytes"], shape["direct"], shape["streams"]) == (streams, request, False,
+                                                                                           True)
     assert shape["rule"].startswith(f"{tmp_path}/dev/block/259:3/")
+    clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
+    shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
+    direct = limits.get("logical_block_size", 512) <= 4096
+    assert (shape["threads"], shape["request_bytes"], shape["direct"], shape["streams"]) == (
+        direct_threads if direct else streams, request, direct, not direct)
 
 
 def test_rule_fallback_without_a_queue(tmp_path, clean_env):
     shape = _cpp.testing.cold_read_shape(os.makedev(0, 42), str(tmp_path))
-    assert (shape["threads"], shape["request_bytes"], shape["direct"]) == (16, 16 * MiB, False)
+    assert (shape["threads"], shape["request_bytes"], shape["direct"], shape["streams"]) == (16, 16 * MiB, False, False)
     assert shape["rule"] == "fallback: no block queue for device 0:42"
 
 
@@ -321,6 +347,6 @@ def test_cold_shape_is_logged_at_debug(tmp_path, clean_env, caplog, fake_root):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert metrics.cold_fallbacks == [] and metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
     rule = (f"{tmp_path}/sys/dev/block/{major}:{minor}/queue: solid-state, nr_requests 8, max_sectors_kb 512, "
-            "optimal_io_size 0, logical_block_size 512")
-    assert (f"cold reads of {path} (device {major}:{minor}): {metrics.bytes_read} bytes, 4 in flight, "
+            "optimal_io_size 0, logical_block_size 512, read_ahead_kb 128")
+    assert (f"cold reads of {path} (device {major}:{minor}): {metrics.bytes_read} bytes, 4 streams, "
             f"{MiB}-byte requests, buffered; rule: {rule}") in [r.getMessage() for r in caplog.records]

@@ -15,10 +15,14 @@
 namespace fst {
 
 struct ColdShape {
-  unsigned queue_depth = 0;    // reads kept in flight (reader threads)
+  unsigned queue_depth = 0;    // reads kept in flight (reader threads), or streams
   uint64_t request_bytes = 0;  // bytes per read
-  bool direct = false;         // O_DIRECT (FASTSAFETENSORS_COLD_ODIRECT=1 only: see cold_reads.cpp)
-  bool direct_asked = false;   // FASTSAFETENSORS_COLD_ODIRECT=1
+  // Buffered: each thread reads its own contiguous part of the cold bytes, in file order, through
+  // descriptors of its own, so the kernel's readahead keeps each stream's next requests in flight.
+  // O_DIRECT (no readahead): the threads take the next request in file order, one after another.
+  bool streams = false;
+  bool direct = false;        // O_DIRECT (FASTSAFETENSORS_COLD_ODIRECT=1 only: see cold_reads.cpp)
+  bool direct_asked = false;  // FASTSAFETENSORS_COLD_ODIRECT=1
   // Why O_DIRECT cannot be used (the device's blocks, or the file system refusing it: read_cold),
   // or empty. Asked for and refused, the bytes are read through the page cache and the caller says so.
   std::string direct_refusal;
@@ -41,10 +45,12 @@ struct QueueLimits {
   uint64_t max_sectors_kb = 0;
   uint64_t optimal_io_size = 0;
   uint64_t logical_block_size = 0;
+  uint64_t read_ahead_kb = 0;
 };
 
-// The rule itself (docs/usage.md): a pure function of the limits, tested without a device.
-ColdShape cold_shape_from_limits(const QueueLimits& q);
+// The rule itself (docs/usage.md): a pure function of the limits and whether the reads are
+// O_DIRECT, tested without a device.
+ColdShape cold_shape_from_limits(const QueueLimits& q, bool direct);
 // The shape for device `dev` (a file's st_dev) from the sysfs tree under `sysfs_root` ("/sys"; a
 // partition's limits are its disk's). Without a queue to read (tmpfs, overlay, NFS, a missing
 // tree) the documented fallback. FASTSAFETENSORS_COLD_THREADS, FASTSAFETENSORS_COLD_REQUEST_KB and

@@ -45,6 +45,9 @@ struct ReadOptions {
   // Ranges not in the page cache (mincore) are read with their device's cold shape
   // (cold_reads.hpp) on threads of their own, the others as above. Off with direct.
   bool cold_reads = false;
+  // The pool's threads each read their own contiguous share of every batch, in file order, through
+  // descriptors of their own (ColdShape::streams), rather than the next read in turn.
+  bool streams = false;
 };
 
 struct ReadStats {

@@ -121,6 +121,7 @@ py::dict shape_dict(const ColdShape& s) {
   out["threads"] = s.queue_depth;
   out["request_bytes"] = s.request_bytes;
   out["direct"] = s.direct;
+  out["streams"] = s.streams;
   out["direct_asked"] = s.direct_asked;
   out["direct_refusal"] = s.direct_refusal;
   out["rule"] = s.rule;
@@ -404,7 +405,8 @@ PYBIND11_MODULE(_cpp, m) {
       },
       py::arg("device"), py::arg("sysfs_root") = "/sys",
       "How a load reads bytes of a file on `device` (its st_dev) that are not in the page cache: "
-      "{'threads', 'request_bytes', 'direct', 'direct_asked' (FASTSAFETENSORS_COLD_ODIRECT=1), "
+      "{'threads', 'request_bytes', 'direct', 'streams' (each thread its own contiguous part, buffered), "
+      "'direct_asked' (FASTSAFETENSORS_COLD_ODIRECT=1), "
       "'direct_refusal' (why the device cannot have O_DIRECT, or ''), 'rule' (the sysfs values it came "
       "from, or why the fallback)}, with the environment's overrides applied (docs/usage.md, Cold reads).");
   testing.def("set_sysfs_root", &set_sysfs_root, py::arg("root"),

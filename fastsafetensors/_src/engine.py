@@ -210,8 +210,9 @@ def _report_cold_reads(cold_reads: List[Dict[str, Any]], metrics: LoadMetrics) -
     FASTSAFETENSORS_COLD_ODIRECT=1 asked for O_DIRECT and the engine read through the page cache
     instead (the device's blocks, or a file system refusing it): nothing silent."""
     for c in cold_reads:
-        logger.debug("cold reads of %s (device %s): %d bytes, %d in flight, %d-byte requests, %s; rule: %s",
-                     c["file"], c["device"], c["bytes"], c["threads"], c["request_bytes"],
+        logger.debug("cold reads of %s (device %s): %d bytes, %d %s, %d-byte requests, %s; rule: %s",
+                     c["file"], c["device"], c["bytes"], c["threads"],
+                     "streams" if c["streams"] else "threads taking reads in turn", c["request_bytes"],
                      "O_DIRECT" if c["direct"] else "buffered", c["rule"])
         if c["direct_asked"] and not c["direct"]:
             message = (f"{c['file']} (device {c['device']}): FASTSAFETENSORS_COLD_ODIRECT=1 asks for O_DIRECT, but "
