@@ -176,12 +176,16 @@ def test_cold_reads_off_reads_everything_as_before(tmp_path, clean_env):
 
 # ---------------------------------------------------------------- the rule, from a fake sysfs tree
 
-def fake_sysfs(root, major: int, minor: int, partition: bool = False, **queue) -> int:
-    """/sys/dev/block/MAJ:MIN of a disk (or a partition of one, whose queue is its disk's)."""
+def fake_sysfs(root, major: int, minor: int, partition: bool = False, driver: str = "sd", **queue) -> int:
+    """/sys/dev/block/MAJ:MIN of a disk (or a partition of one, whose queue is its disk's) that
+    `driver` drives."""
     disk = root / "devices" / "disk"
     node = disk / "part1" if partition else disk
     (disk / "queue").mkdir(parents=True)
     node.mkdir(exist_ok=True)
+    (disk / "device").mkdir()
+    (root / "bus" / "drivers" / driver).mkdir(parents=True)
+    os.symlink(os.path.relpath(root / "bus" / "drivers" / driver, disk / "device"), disk / "device" / "driver")
     for name, value in queue.items():
         (disk / "queue" / name).write_text(f"{value}\n")
     (root / "dev" / "block").mkdir(parents=True)
@@ -201,9 +205,13 @@ LIMITS = dict(rotational=0, nr_requests=1023, max_sectors_kb=128, optimal_io_siz
     (dict(rotational=1, nr_requests=64, max_sectors_kb=1280), (16, 1280 << 10, 16)),
     # ... or its queue's depth if that is less.
     (dict(rotational=1, nr_requests=8, max_sectors_kb=1280), (8, 1280 << 10, 8)),
-    # This project's VM disk (virtio, reported rotational): each stream's 16 MiB readahead window is
-    # 4 requests, so 4 streams keep 16 in flight; O_DIRECT (no readahead) 16 reads in turn.
+    # A disk with a 16 MiB readahead window (8 MiB doubled): 4 requests a stream, so 4 streams keep
+    # 16 in flight; O_DIRECT (no readahead) 16 reads in turn.
     (dict(rotational=1, nr_requests=256, max_sectors_kb=4096, read_ahead_kb=8192), (4, 4 * MiB, 16)),
+    # This project's VM disk: the same limits, but virtio_blk reports every disk rotational, so it
+    # counts as solid-state: 32 in flight, 8 streams or 32 O_DIRECT reads.
+    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096, read_ahead_kb=8192, driver="virtio_blk"),
+     (8, 4 * MiB, 32)),
     # A RAID stripe: its optimal size per read, the in-flight requests shared among fewer threads.
     (dict(max_sectors_kb=512, optimal_io_size=8 * MiB), (2, 8 * MiB, 2)),
     # A shallow queue bounds what is in flight.
@@ -220,7 +228,10 @@ def test_rule_from_fake_sysfs(tmp_path, clean_env, limits, want, partition):
     shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
     assert (shape["threads"], shape["request_bytes"], shape["direct"], shape["streams"]) == (streams, request, False,
                                                                                            True)
+    kind = ("rotational as virtio_blk reports every disk, taken as solid-state," if "driver" in limits
+            else "rotational," if limits.get("rotational") else "solid-state,")
     assert shape["rule"].startswith(f"{tmp_path}/dev/block/259:3/")
+    assert shape["rule"].split("queue: ")[1].startswith(kind)
     clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
     shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
     direct = limits.get("logical_block_size", 512) <= 4096
