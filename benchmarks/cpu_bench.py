@@ -444,9 +444,9 @@ def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
 
     Times ``read_into_host`` alone (the residency split and the cold path, as a load reads), into
     buffers allocated and faulted in once, so the figures are the disk's and the read shapes', not
-    allocation's. Each point is the FASTSAFETENSORS_COLD_* overrides of the rule: buffered points
-    read in streams, O_DIRECT ones in turn (docs/usage.md, Cold reads). The last row is the engine's
-    own choice (``_cpp.testing.cold_read_shape``).
+    allocation's. Each point overrides the rule (FASTSAFETENSORS_COLD_THREADS, _REQUEST_KB,
+    _ODIRECT): buffered points read in streams, O_DIRECT ones in turn (docs/usage.md, Cold reads).
+    The last row is the engine's own choice (``_cpp.testing.cold_read_shape``).
     """
     fst, bench, _ = _ours()
     from fastsafetensors._src import engine
