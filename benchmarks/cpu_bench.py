@@ -442,9 +442,11 @@ def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
     """The engine's cold reads of the whole checkpoint at every point of threads x request size x
     O_DIRECT, ``repeats`` times in alternating order, the files evicted (and checked) before each.
 
-    Times ``HostReader.read`` alone, into buffers allocated and faulted in once, so the figures are
-    the disk's and the read shapes', not allocation's. The last row is the engine's own choice
-    (``_cpp.testing.cold_read_shape``), read through the residency split as a load does.
+    Times ``read_into_host`` alone (the residency split and the cold path, as a load reads), into
+    buffers allocated and faulted in once, so the figures are the disk's and the read shapes', not
+    allocation's. Each point overrides the rule (FASTSAFETENSORS_COLD_THREADS, _REQUEST_KB,
+    _ODIRECT): buffered points read in streams, O_DIRECT ones in turn (docs/usage.md, Cold reads).
+    The last row is the engine's own choice (``_cpp.testing.cold_read_shape``).
     """
     fst, bench, _ = _ours()
     from fastsafetensors._src import engine
@@ -453,7 +455,6 @@ def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
 
     lp = plan.plan_load(files.read_headers(ck.paths))
     buffers = [fst._cpp.HostBuffer.allocate(n) for n in lp.buffer_sizes]
-    readers = {t: fst._cpp.HostReader(t) for t in SWEEP_THREADS}
     points = [(t, r, d) for d in (False, True) for t in SWEEP_THREADS for r in SWEEP_REQUESTS] + [None]
     times: Dict[Any, List[float]] = {p: [] for p in points}
     residue = 0
@@ -462,23 +463,30 @@ def cold_sweep(ck: Checkpoint, repeats: int, drop: bool) -> str:
         for point in (points if rep % 2 == 0 else points[::-1]):
             _drop_caches() if drop else None
             residue = max(residue, evict(ck.paths) or 0)
+            overrides = {} if point is None else {"FASTSAFETENSORS_COLD_THREADS": str(point[0]),
+                                                  "FASTSAFETENSORS_COLD_REQUEST_KB": str(point[1] >> 10),
+                                                  "FASTSAFETENSORS_COLD_ODIRECT": str(int(point[2]))}
+            os.environ.update(overrides)
             start = time.perf_counter()
-            if point is None:
+            try:
                 engine.read_into_host(lp, buffers=buffers)
-            else:
-                threads, request, direct = point
-                readers[threads].read(lp.sources(), lp.ranges, buffers, request, direct)
+            finally:
+                for name in overrides:
+                    del os.environ[name]
             times[point].append(time.perf_counter() - start)
         print(f"  sweep repeat {rep + 1}/{repeats} done", flush=True)
     rule = fst._cpp.testing.cold_read_shape(os.stat(ck.paths[0]).st_dev)
     rows = []
     for point, ts in times.items():
         rates = sorted(ck.data_bytes / t / 1e9 for t in ts)
-        what = ([f"rule: {rule['threads']}", f"{rule['request_bytes'] >> 10}", "yes" if rule["direct"] else "no"]
+        what = ([f"rule: {rule['threads']}", f"{rule['request_bytes'] >> 10}", "yes" if rule["direct"] else "no",
+                 "streams" if rule["streams"] else "in turn"]
                 if point is None
-                else [str(point[0]), f"{point[1] >> 10}", "yes" if point[2] else "no"])
+                else [str(point[0]), f"{point[1] >> 10}", "yes" if point[2] else "no",
+                      "in turn" if point[2] else "streams"])
         rows.append(what + [f"{bench.median(rates):.2f}", f"{rates[0]:.2f}", f"{rates[-1]:.2f}"])
-    table = bench.markdown_table(["threads", "request KiB", "O_DIRECT", "median GB/s", "min", "max"], rows)
+    table = bench.markdown_table(["threads", "request KiB", "O_DIRECT", "reads", "median GB/s", "min", "max"],
+                                 rows)
     evicted = "drop_caches and posix_fadvise" if drop else "posix_fadvise(DONTNEED) per file"
     return (f"{table}\n\nEvicted before every read by {evicted}; at most {residue} bytes stayed resident "
             f"(fincore). The rule's row is a whole read_into_host (residency split included); its inputs: "

@@ -3,8 +3,10 @@
 #include <sys/sysmacros.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <mutex>
 
 #include "fastsafetensors/detail/checked.hpp"
 #include "fastsafetensors/detail/mapped_file.hpp"
@@ -20,14 +22,15 @@ constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kMinRequest = kMiB;
 constexpr uint64_t kMaxRequest = 16 * kMiB;
 // Device requests kept in flight, never more than the queue's nr_requests: a solid-state device
-// serves many at once. A rotating disk gets half as many: the threads take a file's requests in
-// order, so those in flight lie within a window of the file that the elevator sorts into one
-// sweep, but a deeper queue only widens the window (and the seeks between its ends).
+// serves many at once. A rotating disk gets half as many: those in flight lie within a few windows
+// of the file (each stream's readahead, or O_DIRECT reads taken in order) that the elevator sorts
+// into sweeps, but a deeper queue only widens the windows (and the seeks between their ends).
 constexpr uint64_t kRotatingInFlight = 16;
 constexpr uint64_t kSolidInFlight = 32;
 // Requests in flight (O_DIRECT: bounce buffers) stay under this much memory.
 constexpr uint64_t kMaxInFlightBytes = 128 * kMiB;
-// The bounce buffers' alignment (host_reader.cpp): a device with larger blocks is read buffered.
+// The bounce buffers' alignment (host_reader.cpp): a device with larger blocks is read buffered, and
+// the load says why (ColdShape::direct_refusal).
 // O_DIRECT is not the rule's default: a cold load through the page cache leaves the checkpoint
 // there for the next load (a restarted server, another rank), and the kernel's readahead adds
 // requests in flight beyond the threads'; on the project's VM fastsafetensors 0.5.0 read cold
@@ -57,23 +60,31 @@ std::string queue_dir(const std::string& sysfs_root, uint64_t dev) {
   return {};
 }
 
+bool direct_asked() { return settings::get_bool("FASTSAFETENSORS_COLD_ODIRECT", false); }
+
+// The name of the driver behind queue directory `dir` (its device's `driver` link), or empty.
+std::string driver_of(const std::string& dir) {
+  std::unique_ptr<char, void (*)(void*)> path(::realpath((dir + "/../device/driver").c_str(), nullptr), &std::free);
+  if (path == nullptr) return {};
+  std::string p(path.get());
+  return p.substr(p.rfind('/') + 1);
+}
+
 ColdShape with_overrides(ColdShape s) {
   // 0 (the default) leaves the rule's value; 256 is settings.py's MAX_THREADS.
   uint64_t threads = settings::get_uint("FASTSAFETENSORS_COLD_THREADS", 0, 256);
   uint64_t request_kb = settings::get_uint("FASTSAFETENSORS_COLD_REQUEST_KB", 0, uint64_t{1} << 20);
-  bool direct = settings::get_bool("FASTSAFETENSORS_COLD_ODIRECT", false);
   if (threads != 0) s.queue_depth = static_cast<unsigned>(threads);
   if (request_kb != 0) s.request_bytes = request_kb << 10;
-  if (threads != 0 || request_kb != 0 || direct) s.rule += "; overridden by the environment";
-  if (direct && !s.direct_allowed) s.rule += " (O_DIRECT refused: blocks larger than 4096 bytes)";
-  s.direct = direct && s.direct_allowed;
+  if (threads != 0 || request_kb != 0 || s.direct_asked) s.rule += "; overridden by the environment";
   return s;
 }
 
 }  // namespace
 
-ColdShape cold_shape_from_limits(const QueueLimits& q) {
+ColdShape cold_shape_from_limits(const QueueLimits& q, bool direct) {
   ColdShape s;
+  s.direct_asked = direct;
   uint64_t max_request = q.max_sectors_kb << 10;
   uint64_t request = detail::align_up(std::max(max_request, q.optimal_io_size), kDirectAlignment);
   s.request_bytes = std::clamp(request, kMinRequest, kMaxRequest);
@@ -81,32 +92,69 @@ ColdShape cold_shape_from_limits(const QueueLimits& q) {
   uint64_t per_read = max_request == 0 ? 1 : std::max<uint64_t>(1, s.request_bytes / max_request);
   uint64_t in_flight = q.rotational ? kRotatingInFlight : kSolidInFlight;
   if (q.nr_requests != 0) in_flight = std::min(in_flight, q.nr_requests);
-  uint64_t depth = std::max<uint64_t>(2, in_flight / per_read);
+  if (q.logical_block_size > kDirectAlignment) {
+    s.direct_refusal = "its logical block size is " + std::to_string(q.logical_block_size) +
+                       " bytes, larger than the " + std::to_string(kDirectAlignment) +
+                       "-byte alignment of the O_DIRECT bounce buffers";
+  }
+  s.direct = direct && s.direct_refusal.empty();
+  // A buffered stream keeps its readahead window in flight (read_ahead_kb, doubled by
+  // POSIX_FADV_SEQUENTIAL) or its own read, whichever is more requests: on a device with a large
+  // window a few streams fill the queue, where as many threads sharing one descriptor in turn
+  // leave the readahead nothing sequential to follow (issue 14, the project's VM: 0.70-0.75 GB/s in
+  // turn against 0.89-0.95 in 8 streams).
+  s.streams = !s.direct;
+  uint64_t window = 2 * (q.read_ahead_kb << 10);
+  uint64_t per_stream = s.streams && max_request != 0 ? std::max(per_read, window / max_request) : per_read;
+  uint64_t depth = std::max<uint64_t>(2, in_flight / per_stream);
   s.queue_depth = static_cast<unsigned>(std::min(depth, std::max<uint64_t>(2, kMaxInFlightBytes / s.request_bytes)));
-  s.direct_allowed = q.logical_block_size <= kDirectAlignment;
   s.rule = std::string(q.rotational ? "rotational" : "solid-state") + ", nr_requests " +
            std::to_string(q.nr_requests) + ", max_sectors_kb " + std::to_string(q.max_sectors_kb) +
            ", optimal_io_size " + std::to_string(q.optimal_io_size) + ", logical_block_size " +
-           std::to_string(q.logical_block_size);
+           std::to_string(q.logical_block_size) + ", read_ahead_kb " + std::to_string(q.read_ahead_kb);
   return s;
 }
 
 ColdShape cold_shape_for_device(const std::string& sysfs_root, uint64_t dev) {
   std::string dir = queue_dir(sysfs_root, dev);
   if (dir.empty()) {
-    return with_overrides(ColdShape{
-        kFallbackDepth, kFallbackRequest, false, true,
-        "fallback: no block queue for device " + std::to_string(major(dev)) + ":" + std::to_string(minor(dev))});
+    ColdShape s;
+    s.queue_depth = kFallbackDepth;
+    s.request_bytes = kFallbackRequest;
+    s.direct_asked = direct_asked();
+    s.direct = s.direct_asked;
+    s.rule = "fallback: no block queue for device " + std::to_string(major(dev)) + ":" + std::to_string(minor(dev));
+    return with_overrides(s);
   }
   QueueLimits q;
   q.rotational = read_number(dir + "/rotational", 0) != 0;
+  // virtio_blk reports every disk rotational: it cannot know the host's medium, which is seldom a
+  // lone rotating disk, so the flag says nothing and the disk counts as solid-state.
+  bool virtio = q.rotational && driver_of(dir) == "virtio_blk";
+  q.rotational = q.rotational && !virtio;
   q.nr_requests = read_number(dir + "/nr_requests", 0);
   q.max_sectors_kb = read_number(dir + "/max_sectors_kb", 0);
   q.optimal_io_size = read_number(dir + "/optimal_io_size", 0);
   q.logical_block_size = read_number(dir + "/logical_block_size", 512);
-  ColdShape s = cold_shape_from_limits(q);
-  s.rule = dir + ": " + s.rule;
+  q.read_ahead_kb = read_number(dir + "/read_ahead_kb", 0);
+  ColdShape s = cold_shape_from_limits(q, direct_asked());
+  s.rule = dir + ": " + (virtio ? "rotational as virtio_blk reports every disk, taken as " : "") + s.rule;
   return with_overrides(s);
+}
+
+namespace {
+std::mutex g_sysfs_mutex;
+std::string g_sysfs_root = "/sys";
+}  // namespace
+
+std::string sysfs_root() {
+  std::lock_guard<std::mutex> lock(g_sysfs_mutex);
+  return g_sysfs_root;
+}
+
+void set_sysfs_root(const std::string& root) {
+  std::lock_guard<std::mutex> lock(g_sysfs_mutex);
+  g_sysfs_root = root.empty() ? "/sys" : root;
 }
 
 namespace {

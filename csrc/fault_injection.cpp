@@ -1,5 +1,6 @@
 #include "fastsafetensors/fault_injection.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,6 +90,13 @@ ssize_t faulty_preadv(int fd, const iovec* iov, int iovcnt, off_t offset) {
   return ::preadv(fd, iov, iovcnt, offset);
 }
 
+int refusing_direct_open(const char* path, int flags) {
+  if ((flags & O_DIRECT) == 0) return ::open(path, flags);
+  ++g_injected;
+  errno = EINVAL;
+  return -1;
+}
+
 bool failing_allocation(size_t) {
   if (!g_alloc.fire()) return false;
   ++g_injected;
@@ -121,6 +129,8 @@ void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count) {
   io_hooks::set_preadv(kind == PreadFault::None ? nullptr : &faulty_preadv);
 }
 
+void set_direct_open_fault() { io_hooks::set_open(&refusing_direct_open); }
+
 void set_allocation_fault(uint64_t after, int64_t count) {
   g_alloc.reset(after, count);
   HostBuffer::set_fail_hook(&failing_allocation);
@@ -133,6 +143,7 @@ void set_thread_fault(uint64_t after, int64_t count) {
 
 void clear() {
   io_hooks::set_preadv(nullptr);
+  io_hooks::set_open(nullptr);
   HostBuffer::set_fail_hook(nullptr);
   ThreadPool::set_start_hook(nullptr);
   g_kind = PreadFault::None;

@@ -38,7 +38,7 @@ File::File(const std::string& path, bool direct) : path_(path), direct_(direct) 
 #ifdef O_DIRECT
   if (direct) flags |= O_DIRECT;
 #endif
-  while ((fd_ = ::open(path.c_str(), flags)) < 0 && errno == EINTR) io_hooks::check_interrupt();
+  while ((fd_ = io_hooks::open(path.c_str(), flags)) < 0 && errno == EINTR) io_hooks::check_interrupt();
   if (fd_ < 0) {
     int err = errno;
     throw ReadError(path, 0, err, false, path + ": cannot open: " + std::strerror(err));

@@ -34,6 +34,7 @@ struct Worker {
   std::vector<iovec> spans;                      // its destinations, merged where one continues another
   std::vector<uint8_t> scratch;                  // where gaps go
   std::unique_ptr<uint8_t, FreeDeleter> bounce;  // O_DIRECT only
+  std::vector<std::unique_ptr<File>> own;        // streams only: its descriptors, by file, opened when first read
   uint64_t populated = 0;                        // bytes faulted in ahead of the copy
 };
 
@@ -119,21 +120,52 @@ void read_direct(const File& f, const GroupedReads& g, const VectorRead& v, cons
   }
 }
 
-// O_DIRECT descriptors of the same files (each checked to be the file `files` opened), or none
-// when the file system refuses O_DIRECT (EINVAL): the cold reads then go through the page cache.
-std::vector<File> open_direct(const std::vector<ReadSource>& sources, const std::vector<File>& files) {
+// O_DIRECT descriptors of the same files (each checked to be the file `files` opened) for those on
+// `device`, or none when the file system refuses O_DIRECT (EINVAL): `refusal` then says which file,
+// and the cold reads go through the page cache. Files on other devices are opened without it: this
+// device's reads never touch them.
+std::vector<File> open_direct(const std::vector<ReadSource>& sources, const std::vector<File>& files, uint64_t device,
+                              std::string& refusal) {
   std::vector<File> out;
   out.reserve(sources.size());
   try {
     for (size_t i = 0; i < sources.size(); ++i) {
-      out.emplace_back(sources[i].path, true);
-      out.back().check_identity(files[i].identity());
+      bool on_device = files[i].identity().device == device;
+      out.emplace_back(sources[i].path, on_device);
+      if (on_device) out.back().check_identity(files[i].identity());
     }
   } catch (const ReadError& e) {
     if (e.error_number() != EINVAL) throw;
+    refusal = "its file system refuses O_DIRECT (opening " + e.path() + " with it: EINVAL)";
     out.clear();
   }
   return out;
+}
+
+// The worker's own descriptor of files[i] (a stream's readahead state is its descriptor's),
+// checked to be the same file.
+const File& own_file(const std::vector<File>& files, size_t i, Worker& w) {
+  if (w.own.size() != files.size()) w.own.resize(files.size());
+  if (w.own[i] == nullptr) {
+    auto f = std::make_unique<File>(files[i].path(), files[i].direct());
+    f->check_identity(files[i].identity());
+    f->advise_sequential(0, 0);
+    w.own[i] = std::move(f);
+  }
+  return *w.own[i];
+}
+
+// Where each of `streams` contiguous shares of reads [begin, end) starts, by bytes, and `end`.
+std::vector<size_t> stream_starts(const GroupedReads& g, size_t begin, size_t end, uint64_t bytes, unsigned streams) {
+  std::vector<size_t> starts{begin};
+  uint64_t done = 0;
+  for (size_t i = begin; i < end; ++i) {
+    // A read starts a new share once the shares before it hold their part of the bytes.
+    while (starts.size() < streams && done >= bytes * starts.size() / streams) starts.push_back(i);
+    for (size_t k = g.reads[i].first; k < g.reads[i].last; ++k) done += g.ranges[k].length;
+  }
+  while (starts.size() <= streams) starts.push_back(end);
+  return starts;
 }
 
 }  // namespace
@@ -212,15 +244,24 @@ void HostReader::run(ThreadPool& pool, const std::vector<File>& files, const Gro
       for (size_t k = g.reads[end].first; k < g.reads[end].last; ++k) bytes += g.ranges[k].length;
       ++end;
     } while (end < g.reads.size() && (options.batch_bytes == 0 || bytes < options.batch_bytes));
-    pool.parallel_for(end - begin, [&](unsigned worker, size_t i) {
-      const VectorRead& v = g.reads[begin + i];
-      const File& f = files[g.ranges[v.first].file];
+    auto read_one = [&](size_t r, Worker& w, bool own) {
+      const VectorRead& v = g.reads[r];
+      size_t file = g.ranges[v.first].file;
+      const File& f = own ? own_file(files, file, w) : files[file];
       if (options.direct) {
-        read_direct(f, g, v, dsts, options.resident, workers[worker]);
+        read_direct(f, g, v, dsts, options.resident, w);
       } else {
-        read_buffered(f, g, v, dsts, options.resident, workers[worker]);
+        read_buffered(f, g, v, dsts, options.resident, w);
       }
-    });
+    };
+    if (options.streams) {
+      std::vector<size_t> starts = stream_starts(g, begin, end, bytes, pool.size());
+      pool.parallel_for(pool.size(), [&](unsigned worker, size_t s) {
+        for (size_t r = starts[s]; r < starts[s + 1]; ++r) read_one(r, workers[worker], true);
+      });
+    } else {
+      pool.parallel_for(end - begin, [&](unsigned worker, size_t i) { read_one(begin + i, workers[worker], false); });
+    }
     if (options.after_batch) options.after_batch(bytes);
     begin = end;
   }
@@ -240,18 +281,25 @@ void HostReader::read_cold(const std::vector<ReadSource>& sources, const std::ve
     by_device[device_of[r.file]].push_back(r);
     stats.cold_bytes += r.length;
   }
+  std::string root = sysfs_root();
   for (const auto& [device, ranges] : by_device) {
-    ColdShape shape = cold_shape_for_device("/sys", device);
-    ReadOptions o = options;
-    o.chunk_bytes = shape.request_bytes;
-    o.direct = shape.direct;
+    ColdDeviceRead& done = stats.cold.emplace_back();
+    done.device = device;
+    done.path = files[ranges.front().file].path();
+    for (const ReadRange& r : ranges) done.bytes += r.length;
+    done.shape = cold_shape_for_device(root, device);
     std::vector<File> direct_files;
-    if (o.direct) {
-      direct_files = open_direct(sources, files);
-      o.direct = !direct_files.empty();
+    if (done.shape.direct) {
+      direct_files = open_direct(sources, files, device, done.shape.direct_refusal);
+      done.shape.direct = !direct_files.empty();
     }
-    run(*cold_pool(shape.queue_depth), o.direct ? direct_files : files, group_reads(ranges, o.chunk_bytes, o.max_gap),
-        dsts, o, stats);
+    ReadOptions o = options;
+    o.chunk_bytes = done.shape.request_bytes;
+    o.direct = done.shape.direct;
+    // A file system refusing O_DIRECT leaves the shape chosen for it: its reads in turn.
+    o.streams = done.shape.streams;
+    run(*cold_pool(done.shape.queue_depth), o.direct ? direct_files : files,
+        group_reads(ranges, o.chunk_bytes, o.max_gap), dsts, o, stats);
   }
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Sequence, Type, TypeVar
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Type, TypeVar
 from .errors import ArgumentTypeError
 
 __all__ = ["LoadMetrics"]
@@ -39,6 +39,11 @@ class LoadMetrics:
     # Host loads: bytes of bytes_read that were outside the page cache, read with their device's
     # cold shape (docs/usage.md, Cold reads).
     cold_bytes: int = 0
+    # ... of which read through the page cache ("buffered") and with O_DIRECT ("O_DIRECT"): the
+    # cold read mode actually used. O_DIRECT asked for (FASTSAFETENSORS_COLD_ODIRECT=1) but not
+    # possible adds a line to cold_fallbacks (file, device, why), also logged as a warning.
+    cold_bytes_per_mode: Dict[str, int] = field(default_factory=dict)
+    cold_fallbacks: List[str] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -67,11 +72,14 @@ class LoadMetrics:
                 self.bytes_per_file[path] = self.bytes_per_file.get(path, 0) + n
         self.bytes_read += sum(per_file)
 
-    def count_host_reads(self, stats: Dict[str, int]) -> None:
+    def count_host_reads(self, stats: Dict[str, Any]) -> None:
         """Adds what one ``HostReader.read`` reports beyond the bytes (callers count those)."""
         self.gap_bytes += stats["gap_bytes"]
         self.read_calls += stats["reads"]
         self.cold_bytes += stats["cold_bytes"]
+        for device in stats["cold_reads"]:
+            mode = "O_DIRECT" if device["direct"] else "buffered"
+            self.cold_bytes_per_mode[mode] = self.cold_bytes_per_mode.get(mode, 0) + device["bytes"]
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -85,5 +93,6 @@ class LoadMetrics:
         phases = ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items())
         remote = (f"; {self.remote_requests} requests, {self.remote_retries} retries, "
                   f"{self.remote_bytes / 1e9:.3f} GB received" if self.remote_requests else "")
-        return (f"{self.tensors} tensors from {self.files} file(s), {self.bytes_read / 1e9:.3f} GB "
+        cold = "".join(f", {n / 1e9:.3f} GB cold {mode}" for mode, n in sorted(self.cold_bytes_per_mode.items()))
+        return (f"{self.tensors} tensors from {self.files} file(s), {self.bytes_read / 1e9:.3f} GB{cold} "
                 f"in {self.total_seconds:.3f}s ({self.gb_per_s:.2f} GB/s; {phases}{remote})")

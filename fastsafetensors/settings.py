@@ -140,8 +140,8 @@ SETTINGS: Dict[str, Setting] = {s.name: s for s in [
             "CPU loads: bytes outside the page cache are read with their device's cold shape (docs/usage.md, "
             "Cold reads); 0: every byte as a page-cache read"),
     Setting("FASTSAFETENSORS_COLD_THREADS", "int", 0,
-            "cold reads kept in flight (0: by the device rule, docs/usage.md, Cold reads)", maximum=MAX_THREADS,
-            engine=True),
+            "cold read threads: streams through the page cache, O_DIRECT reads in flight (0: by the device rule, "
+            "docs/usage.md, Cold reads)", maximum=MAX_THREADS, engine=True),
     Setting("FASTSAFETENSORS_COLD_REQUEST_KB", "int", 0,
             "KiB per cold read (0: by the device rule)", maximum=1 << 20, engine=True),
     Setting("FASTSAFETENSORS_COLD_ODIRECT", "bool", False,

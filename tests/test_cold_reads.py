@@ -5,6 +5,7 @@ what safetensors reads, bit for bit."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import os
 
@@ -118,7 +119,25 @@ def test_cold_load_equals_safetensors(tmp_path, clean_env, direct, request_kb):
     resident = sum(resident_pages(path))
     assert resident < GRANULE // PAGE if direct == "1" else resident == len(resident_pages(path))  # "": buffered
     assert metrics.cold_bytes == metrics.bytes_read > 0
+    assert metrics.cold_bytes_per_mode == {"O_DIRECT" if direct == "1" else "buffered": metrics.bytes_read}
+    assert metrics.cold_fallbacks == []
     assert_exact(out, path)
+
+
+@pytest.mark.parametrize("streams", ["1", "3", "64"])
+def test_streams_share_the_cold_bytes(tmp_path, clean_env, caplog, streams):
+    """Each stream reads its own contiguous share through descriptors of its own: one stream, a
+    share cutting tensors, and more streams than reads (empty shares) all deliver every byte."""
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    clean_env.setenv("FASTSAFETENSORS_COLD_THREADS", streams)
+    clean_env.setenv("FASTSAFETENSORS_COLD_REQUEST_KB", "64")
+    caplog.set_level(logging.DEBUG, logger="fastsafetensors")
+    evict(path)
+    metrics = LoadMetrics()
+    assert_exact(fastsafetensors.load(path, framework="torch", metrics=metrics), path)
+    assert metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    assert any(f": {metrics.bytes_read} bytes, {streams} streams, 65536-byte requests, buffered;" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_mixed_resident_and_cold_ranges(tmp_path, clean_env):
@@ -157,12 +176,16 @@ def test_cold_reads_off_reads_everything_as_before(tmp_path, clean_env):
 
 # ---------------------------------------------------------------- the rule, from a fake sysfs tree
 
-def fake_sysfs(root, major: int, minor: int, partition: bool = False, **queue) -> int:
-    """/sys/dev/block/MAJ:MIN of a disk (or a partition of one, whose queue is its disk's)."""
+def fake_sysfs(root, major: int, minor: int, partition: bool = False, driver: str = "sd", **queue) -> int:
+    """/sys/dev/block/MAJ:MIN of a disk (or a partition of one, whose queue is its disk's) that
+    `driver` drives."""
     disk = root / "devices" / "disk"
     node = disk / "part1" if partition else disk
     (disk / "queue").mkdir(parents=True)
     node.mkdir(exist_ok=True)
+    (disk / "device").mkdir()
+    (root / "bus" / "drivers" / driver).mkdir(parents=True)
+    os.symlink(os.path.relpath(root / "bus" / "drivers" / driver, disk / "device"), disk / "device" / "driver")
     for name, value in queue.items():
         (disk / "queue" / name).write_text(f"{value}\n")
     (root / "dev" / "block").mkdir(parents=True)
@@ -170,38 +193,55 @@ def fake_sysfs(root, major: int, minor: int, partition: bool = False, **queue) -
     return os.makedev(major, minor)
 
 
-LIMITS = dict(rotational=0, nr_requests=1023, max_sectors_kb=128, optimal_io_size=0, logical_block_size=512)
+LIMITS = dict(rotational=0, nr_requests=1023, max_sectors_kb=128, optimal_io_size=0, logical_block_size=512,
+              read_ahead_kb=128)
 
 
 @pytest.mark.parametrize("limits, want", [
-    # NVMe: 1 MiB reads (8 device requests each), 32 requests in flight.
-    ({}, (4, MiB, False)),
+    # NVMe: 1 MiB reads (8 device requests each, more than its 256 KiB readahead window's), 32
+    # requests in flight.
+    ({}, (4, MiB, 4)),
     # A disk: 16 requests in flight, each its largest.
-    (dict(rotational=1, nr_requests=64, max_sectors_kb=1280), (16, 1280 << 10, False)),
+    (dict(rotational=1, nr_requests=64, max_sectors_kb=1280), (16, 1280 << 10, 16)),
     # ... or its queue's depth if that is less.
-    (dict(rotational=1, nr_requests=8, max_sectors_kb=1280), (8, 1280 << 10, False)),
-    # This project's VM disk (virtio, reported rotational).
-    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096), (16, 4 * MiB, False)),
+    (dict(rotational=1, nr_requests=8, max_sectors_kb=1280), (8, 1280 << 10, 8)),
+    # A disk with a 16 MiB readahead window (8 MiB doubled): 4 requests a stream, so 4 streams keep
+    # 16 in flight; O_DIRECT (no readahead) 16 reads in turn.
+    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096, read_ahead_kb=8192), (4, 4 * MiB, 16)),
+    # This project's VM disk: the same limits, but virtio_blk reports every disk rotational, so it
+    # counts as solid-state: 32 in flight, 8 streams or 32 O_DIRECT reads.
+    (dict(rotational=1, nr_requests=256, max_sectors_kb=4096, read_ahead_kb=8192, driver="virtio_blk"),
+     (8, 4 * MiB, 32)),
     # A RAID stripe: its optimal size per read, the in-flight requests shared among fewer threads.
-    (dict(max_sectors_kb=512, optimal_io_size=8 * MiB), (2, 8 * MiB, False)),
+    (dict(max_sectors_kb=512, optimal_io_size=8 * MiB), (2, 8 * MiB, 2)),
     # A shallow queue bounds what is in flight.
-    (dict(nr_requests=2, max_sectors_kb=4096), (2, 4 * MiB, False)),
+    (dict(nr_requests=2, max_sectors_kb=4096), (2, 4 * MiB, 2)),
     # Huge requests allowed: clamped to 16 MiB, at most 128 MiB of bounce buffers in flight.
-    (dict(max_sectors_kb=1 << 20), (8, 16 * MiB, False)),
-    # Larger blocks: as the others (O_DIRECT, which they would refuse, is off by default anyway).
-    (dict(logical_block_size=8192), (4, MiB, False)),
+    (dict(max_sectors_kb=1 << 20), (8, 16 * MiB, 8)),
+    # Larger blocks: as the others (O_DIRECT, which they refuse, stays off: buffered streams).
+    (dict(logical_block_size=8192), (4, MiB, 4)),
 ])
 @pytest.mark.parametrize("partition", [False, True])
 def test_rule_from_fake_sysfs(tmp_path, clean_env, limits, want, partition):
     dev = fake_sysfs(tmp_path, 259, 3, partition, **{**LIMITS, **limits})
+    streams, request, direct_threads = want
     shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
-    assert (shape["threads"], shape["request_bytes"], shape["direct"]) == want
+    assert (shape["threads"], shape["request_bytes"], shape["direct"], shape["streams"]) == (streams, request, False,
+                                                                                           True)
+    kind = ("rotational as virtio_blk reports every disk, taken as solid-state," if "driver" in limits
+            else "rotational," if limits.get("rotational") else "solid-state,")
     assert shape["rule"].startswith(f"{tmp_path}/dev/block/259:3/")
+    assert shape["rule"].split("queue: ")[1].startswith(kind)
+    clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
+    shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
+    direct = limits.get("logical_block_size", 512) <= 4096
+    assert (shape["threads"], shape["request_bytes"], shape["direct"], shape["streams"]) == (
+        direct_threads if direct else streams, request, direct, not direct)
 
 
 def test_rule_fallback_without_a_queue(tmp_path, clean_env):
     shape = _cpp.testing.cold_read_shape(os.makedev(0, 42), str(tmp_path))
-    assert (shape["threads"], shape["request_bytes"], shape["direct"]) == (16, 16 * MiB, False)
+    assert (shape["threads"], shape["request_bytes"], shape["direct"], shape["streams"]) == (16, 16 * MiB, False, False)
     assert shape["rule"] == "fallback: no block queue for device 0:42"
 
 
@@ -223,12 +263,101 @@ def test_odirect_asked_for_where_the_blocks_allow_it(tmp_path, clean_env, block,
     dev = fake_sysfs(tmp_path, 8, 0, **{**LIMITS, "logical_block_size": block})
     clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
     shape = _cpp.testing.cold_read_shape(dev, str(tmp_path))
-    assert shape["direct"] is want
-    assert shape["rule"].endswith("; overridden by the environment" + ("" if want else
-                                  " (O_DIRECT refused: blocks larger than 4096 bytes)"))
+    assert (shape["direct"], shape["direct_asked"]) == (want, True)
+    assert shape["rule"].endswith("; overridden by the environment")
+    assert shape["direct_refusal"] == ("" if want else "its logical block size is 8192 bytes, larger than the "
+                                       "4096-byte alignment of the O_DIRECT bounce buffers")
 
 
 def test_malformed_override_names_the_variable(tmp_path, clean_env):
     clean_env.setenv("FASTSAFETENSORS_COLD_THREADS", "many")
     with pytest.raises(fastsafetensors.errors.SettingsError, match="FASTSAFETENSORS_COLD_THREADS"):
         _cpp.testing.cold_read_shape(os.makedev(8, 0), str(tmp_path))
+
+
+# ---------------------------------------------------------------- nothing silent: O_DIRECT asked, not used
+
+@pytest.fixture
+def fake_root():
+    """Loads read queue limits from the test's tree (set_sysfs_root), /sys again afterwards."""
+    try:
+        yield _cpp.testing.set_sysfs_root
+    finally:
+        _cpp.testing.set_sysfs_root("")
+
+
+@pytest.fixture
+def refuse_odirect():
+    """Every open with O_DIRECT fails with EINVAL, as on a file system without it. tmpfs would be
+    the natural one, but it has O_DIRECT since Linux 6.6, and its files are always resident: never
+    read cold."""
+    _cpp.testing.refuse_odirect()
+    try:
+        yield
+    finally:
+        _cpp.testing.clear_faults()
+
+
+def cold_load(path: str, caplog, level=logging.WARNING):
+    caplog.set_level(level, logger="fastsafetensors")
+    evict(path)
+    metrics = LoadMetrics()
+    out = fastsafetensors.load(path, framework="torch", metrics=metrics)
+    assert_exact(out, path)
+    assert metrics.cold_bytes == metrics.bytes_read > 0
+    return metrics
+
+
+def device_of(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+
+def only_warning(caplog) -> str:
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    return warnings[0]
+
+
+def test_file_system_refusing_odirect_is_reported(tmp_path, clean_env, caplog, refuse_odirect):
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
+    metrics = cold_load(path, caplog)
+    warning = only_warning(caplog)
+    assert warning == (f"{path} (device {device_of(path)}): FASTSAFETENSORS_COLD_ODIRECT=1 asks for O_DIRECT, but "
+                       f"its file system refuses O_DIRECT (opening {path} with it: EINVAL): its "
+                       f"{metrics.bytes_read} cold bytes were read through the page cache instead")
+    assert metrics.cold_fallbacks == [warning]
+    assert metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    assert all(resident_pages(path))  # read buffered indeed
+    assert "GB cold buffered" in metrics.summary()
+
+
+def test_device_blocks_refusing_odirect_are_reported(tmp_path, clean_env, caplog, fake_root):
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    major, minor = map(int, device_of(path).split(":"))
+    fake_sysfs(tmp_path / "sys", major, minor, **{**LIMITS, "logical_block_size": 8192})
+    fake_root(str(tmp_path / "sys"))
+    clean_env.setenv("FASTSAFETENSORS_COLD_ODIRECT", "1")
+    metrics = cold_load(path, caplog)
+    warning = only_warning(caplog)
+    assert warning == (f"{path} (device {major}:{minor}): FASTSAFETENSORS_COLD_ODIRECT=1 asks for O_DIRECT, but its "
+                       "logical block size is 8192 bytes, larger than the 4096-byte alignment of the O_DIRECT bounce "
+                       f"buffers: its {metrics.bytes_read} cold bytes were read through the page cache instead")
+    assert metrics.cold_fallbacks == [warning]
+    assert metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    assert all(resident_pages(path))
+
+
+def test_cold_shape_is_logged_at_debug(tmp_path, clean_env, caplog, fake_root):
+    path = odd_checkpoint(str(tmp_path / "odd.safetensors"))
+    major, minor = map(int, device_of(path).split(":"))
+    fake_sysfs(tmp_path / "sys", major, minor, **{**LIMITS, "nr_requests": 8, "max_sectors_kb": 512})
+    fake_root(str(tmp_path / "sys"))
+    metrics = cold_load(path, caplog, logging.DEBUG)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert metrics.cold_fallbacks == [] and metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
+    rule = (f"{tmp_path}/sys/dev/block/{major}:{minor}/queue: solid-state, nr_requests 8, max_sectors_kb 512, "
+            "optimal_io_size 0, logical_block_size 512, read_ahead_kb 128")
+    assert (f"cold reads of {path} (device {major}:{minor}): {metrics.bytes_read} bytes, 4 streams, "
+            f"{MiB}-byte requests, buffered; rule: {rule}") in [r.getMessage() for r in caplog.records]

@@ -1,4 +1,4 @@
-// Faults injected into the engine's reads (preadv) and host allocations, for tests of error paths that a
+// Faults injected into the engine's reads (preadv), opens and host allocations, for tests of error paths that a
 // healthy disk never takes. Installed through io_hooks and HostBuffer's fail hook; the normal
 // path pays one atomic load per call when no fault is set.
 #pragma once
@@ -30,10 +30,13 @@ void set_pread_fault(PreadFault kind, uint64_t after_calls, int64_t count);
 void set_allocation_fault(uint64_t after, int64_t count);
 // Reader thread starts: `after` succeed, then `count` (negative: all) fail as if the OS refused them.
 void set_thread_fault(uint64_t after, int64_t count);
+// Every open with O_DIRECT fails with EINVAL, as on a file system that does not support it (a FUSE
+// or network one; tmpfs too before Linux 6.6).
+void set_direct_open_fault();
 // Removes every fault and restores the real pread and allocator.
 void clear();
 
 uint64_t pread_calls() noexcept;      // preads seen since the last set_pread_fault
-uint64_t faults_injected() noexcept;  // pread and allocation faults injected since then
+uint64_t faults_injected() noexcept;  // pread, open and allocation faults injected since then
 
 }  // namespace fst::faults

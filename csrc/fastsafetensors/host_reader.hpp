@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "fastsafetensors/cold_reads.hpp"
 #include "fastsafetensors/file.hpp"
 #include "fastsafetensors/read_groups.hpp"
 #include "fastsafetensors/read_plan.hpp"
@@ -44,6 +45,9 @@ struct ReadOptions {
   // Ranges not in the page cache (mincore) are read with their device's cold shape
   // (cold_reads.hpp) on threads of their own, the others as above. Off with direct.
   bool cold_reads = false;
+  // The pool's threads each read their own contiguous share of every batch, in file order, through
+  // descriptors of their own (ColdShape::streams), rather than the next read in turn.
+  bool streams = false;
 };
 
 struct ReadStats {
@@ -52,6 +56,7 @@ struct ReadStats {
   uint64_t gap_bytes = 0;                // read between ranges and dropped
   uint64_t populated = 0;                // destination bytes faulted in before the copy rather than during it
   uint64_t cold_bytes = 0;               // read with a device's cold shape
+  std::vector<ColdDeviceRead> cold;      // how, per device (O_DIRECT asked, used, or why not)
   std::vector<uint64_t> bytes_per_file;  // delivered from each source
 };
 

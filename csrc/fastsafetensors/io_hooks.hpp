@@ -1,6 +1,6 @@
-// The one place the engine reads a file, so tests can inject faults (EIO, EINTR, short reads)
-// without LD_PRELOAD. Every read is a preadv (a plain read is one piece); in normal use the hook
-// is ::preadv.
+// The one place the engine reads a file, and the one place it opens one, so tests can inject
+// faults (EIO, EINTR, short reads, a file system refusing O_DIRECT) without LD_PRELOAD. Every read
+// is a preadv (a plain read is one piece); in normal use the hooks are ::preadv and ::open.
 #pragma once
 
 #include <sys/types.h>
@@ -15,6 +15,12 @@ using PreadvFn = ssize_t (*)(int fd, const iovec* iov, int iovcnt, off_t offset)
 ssize_t preadv(int fd, const iovec* iov, int iovcnt, off_t offset);
 // Replaces the hook; nullptr restores ::preadv. Returns the previous hook.
 PreadvFn set_preadv(PreadvFn fn) noexcept;
+
+using OpenFn = int (*)(const char* path, int flags);
+
+int open(const char* path, int flags);
+// Replaces the hook; nullptr restores ::open. Returns the previous hook.
+OpenFn set_open(OpenFn fn) noexcept;
 
 // Called by every loop that retries a system call interrupted by a signal (EINTR), so that the
 // user can still stop a load (Ctrl-C): the check throws to abandon the operation. The Python

@@ -22,6 +22,8 @@ void fst::python::bind_testing(py::module_& t) {
         "After `after` good host buffer allocations, make `count` (-1: all) raise MemoryError.");
   t.def("fail_thread_starts", &faults::set_thread_fault, py::arg("after") = 0, py::arg("count") = 1,
         "After `after` good reader thread starts, make `count` (-1: all) fail as if the OS refused them.");
+  t.def("refuse_odirect", &faults::set_direct_open_fault,
+        "Make every open with O_DIRECT fail with EINVAL, as a file system without O_DIRECT does.");
   t.def("clear_faults", &faults::clear, "Remove every injected fault.");
   t.def("pread_calls", &faults::pread_calls, "preads seen since set_fault.");
   t.def("faults_injected", &faults::faults_injected, "Faults injected since set_fault.");

@@ -2,6 +2,8 @@
 // knows no framework; tensors leave it as DLPack capsules that the Python backends import.
 // Bindings only tests and benchmarks use go into its `testing` submodule, which the library never
 // imports (tests/test_surface.py checks that).
+#include <sys/sysmacros.h>
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <pybind11/stl_bind.h>
@@ -111,6 +113,31 @@ void check_python_signals() {
 std::vector<uint32_t> selection_from(const py::object& selection) {
   if (selection.is_none()) return {};
   return selection.cast<std::vector<uint32_t>>();
+}
+
+// A cold shape as cold_read_shape and HostReader.read report it.
+py::dict shape_dict(const ColdShape& s) {
+  py::dict out;
+  out["threads"] = s.queue_depth;
+  out["request_bytes"] = s.request_bytes;
+  out["direct"] = s.direct;
+  out["streams"] = s.streams;
+  out["direct_asked"] = s.direct_asked;
+  out["direct_refusal"] = s.direct_refusal;
+  out["rule"] = s.rule;
+  return out;
+}
+
+py::list cold_list(const std::vector<ColdDeviceRead>& cold) {
+  py::list out;
+  for (const ColdDeviceRead& c : cold) {
+    py::dict d = shape_dict(c.shape);
+    d["device"] = std::to_string(major(c.device)) + ":" + std::to_string(minor(c.device));
+    d["file"] = c.path;
+    d["bytes"] = c.bytes;
+    out.append(d);
+  }
+  return out;
 }
 
 }  // namespace
@@ -354,6 +381,7 @@ PYBIND11_MODULE(_cpp, m) {
             out["gap_bytes"] = stats.gap_bytes;
             out["populated"] = stats.populated;
             out["cold_bytes"] = stats.cold_bytes;
+            out["cold_reads"] = cold_list(stats.cold);
             out["bytes_per_file"] = stats.bytes_per_file;
             return out;
           },
@@ -365,24 +393,24 @@ PYBIND11_MODULE(_cpp, m) {
           "between them pending signals are raised (Ctrl-C) and on_batch(bytes delivered) is called. With "
           "cold_reads (and not direct), ranges outside the page cache are read with their device's cold shape "
           "(cold_read_shape) on threads of their own. Returns {'bytes', 'reads', 'gap_bytes', 'populated' "
-          "(destination bytes faulted in before the copy), 'cold_bytes' (read with a cold shape), "
+          "(destination bytes faulted in before the copy), 'cold_bytes' (read with a cold shape), 'cold_reads' "
+          "(per device read cold: cold_read_shape's keys as used, 'direct' whether O_DIRECT was, and 'device' "
+          "'MAJ:MIN', 'file' (the first read from it), 'bytes'), "
           "'bytes_per_file' (a list indexed by source)}.");
 
   testing.def(
       "cold_read_shape",
       [](uint64_t device, const std::string& sysfs_root) {
-        ColdShape s = cold_shape_for_device(sysfs_root, device);
-        py::dict out;
-        out["threads"] = s.queue_depth;
-        out["request_bytes"] = s.request_bytes;
-        out["direct"] = s.direct;
-        out["rule"] = s.rule;
-        return out;
+        return shape_dict(cold_shape_for_device(sysfs_root, device));
       },
       py::arg("device"), py::arg("sysfs_root") = "/sys",
       "How a load reads bytes of a file on `device` (its st_dev) that are not in the page cache: "
-      "{'threads', 'request_bytes', 'direct', 'rule' (the sysfs values it came from, or why the "
-      "fallback)}, with the environment's overrides applied (docs/usage.md, Cold reads).");
+      "{'threads', 'request_bytes', 'direct', 'streams' (each thread its own contiguous part, buffered), "
+      "'direct_asked' (FASTSAFETENSORS_COLD_ODIRECT=1), "
+      "'direct_refusal' (why the device cannot have O_DIRECT, or ''), 'rule' (the sysfs values it came "
+      "from, or why the fallback)}, with the environment's overrides applied (docs/usage.md, Cold reads).");
+  testing.def("set_sysfs_root", &set_sysfs_root, py::arg("root"),
+              "Loads read block queue limits under `root` instead of /sys ('' restores /sys).");
 
   testing.def(
       "evict_page_cache", [](const std::string& path) { File(path).evict_from_page_cache(); }, py::arg("path"),

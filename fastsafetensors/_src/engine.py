@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, List, Literal, Optional, Sequence, overload
+from typing import Any, Callable, Dict, Hashable, List, Literal, Optional, Sequence, overload
 
 import numpy as np
 
@@ -186,6 +186,7 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
                                     on_batch=bar.update if bar is not None else None,
                                     cold_reads=settings.get("FASTSAFETENSORS_COLD_READS"))
                 metrics.count_host_reads(stats)
+                _report_cold_reads(stats["cold_reads"], metrics)
                 per_file = stats["bytes_per_file"]
     except BaseException:
         # Nothing of a failed load is handed back, and the traceback must not keep it alive.
@@ -202,6 +203,22 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
                  "object(s)" if remote else "file(s)", "ranged GETs" if reader is None else f"{reader.threads} threads",
                  metrics.reused_bytes)
     return out
+
+
+def _report_cold_reads(cold_reads: List[Dict[str, Any]], metrics: LoadMetrics) -> None:
+    """Logs the shape each device's cold bytes were read with (DEBUG), and warns where
+    FASTSAFETENSORS_COLD_ODIRECT=1 asked for O_DIRECT and the engine read through the page cache
+    instead (the device's blocks, or a file system refusing it): nothing silent."""
+    for c in cold_reads:
+        logger.debug("cold reads of %s (device %s): %d bytes, %d %s, %d-byte requests, %s; rule: %s",
+                     c["file"], c["device"], c["bytes"], c["threads"],
+                     "streams" if c["streams"] else "threads taking reads in turn", c["request_bytes"],
+                     "O_DIRECT" if c["direct"] else "buffered", c["rule"])
+        if c["direct_asked"] and not c["direct"]:
+            message = (f"{c['file']} (device {c['device']}): FASTSAFETENSORS_COLD_ODIRECT=1 asks for O_DIRECT, but "
+                       f"{c['direct_refusal']}: its {c['bytes']} cold bytes were read through the page cache instead")
+            logger.warning("%s", message)
+            metrics.cold_fallbacks.append(message)
 
 
 def is_remote(plan: LoadPlan) -> bool:
