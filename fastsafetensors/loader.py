@@ -133,7 +133,7 @@ class FilesBufferOnDevice:
 
     def _local_tensor(self, name: str) -> Any:
         loc = self._plan.tensors[name]
-        return self._framework.from_buffer(self._buffer(loc), loc.offset, loc.dtype, tuple(loc.shape))
+        return self._framework.from_buffer(self._buffer(loc), loc.offset, loc.dtype, loc.shape)
 
     def _buffer(self, loc: TensorLocation) -> "_cpp.HostBuffer":
         buffer = self._buffers[loc.buffer]

@@ -16,7 +16,7 @@ from fastsafetensors._src.api import instantiate  # noqa: E402
 from fastsafetensors._src.device_engine import read_into_device  # noqa: E402
 from fastsafetensors._src.files import read_headers  # noqa: E402
 from fastsafetensors.frameworks import get_framework  # noqa: E402
-from fastsafetensors._src.plan import LoadPlan, TensorLocation, plan_load  # noqa: E402
+from fastsafetensors._src.plan import LoadPlan, plan_load  # noqa: E402
 from fastsafetensors.st_types import Device  # noqa: E402
 
 CUDA = Device.from_str("cuda")
@@ -35,7 +35,7 @@ def per_tensor_plan(plan: LoadPlan) -> LoadPlan:
             start = plan.files[loc.file].header.data_start + info.begin
             ranges.append(_cpp.ReadRange(loc.file, k, start, info.nbytes, 0))
         sizes.append(info.nbytes)
-        tensors[name] = TensorLocation(name, loc.file, k, 0, info)
+        tensors[name] = loc._replace(buffer=k, offset=0)
     return LoadPlan(plan.files, ranges, sizes, tensors)
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import fastsafetensors
-from fastsafetensors import errors
-from fastsafetensors._src.files import read_file_header
+from fastsafetensors import _cpp, errors
+from fastsafetensors._src.files import read_file_header, read_headers
 from fastsafetensors._src.api import load_files
+from fastsafetensors._src.plan import plan_mapped
 
 from .helpers import assert_exact, data_ptr, entry, random_tensor, reference_bytes, save, tensor_bytes, write_raw
 
@@ -110,3 +111,34 @@ def test_what_mmap_cannot_do_is_refused(tmp_path, kwargs, match):
     path = save(tmp_path / "m.safetensors", {"w": random_tensor("F32", (8,), 5)})
     with pytest.raises(ValueError, match=match):
         fastsafetensors.load(path, mmap=True, **kwargs)
+
+
+def test_a_mapped_load_plans_no_reads(tmp_path, monkeypatch):
+    """Its tensors are views of the mapping: no read plan is built (to be thrown away) for them."""
+    path = save(tmp_path / "m.safetensors", {"a": random_tensor("F32", (64,), 6), "b": random_tensor("BF16", (3, 5), 7)})
+
+    def no_reads(*args):
+        raise AssertionError("a mapped load planned reads")
+
+    monkeypatch.setattr(_cpp, "plan_file", no_reads)
+    assert_exact(fastsafetensors.load(path, framework="torch", mmap=True), path)
+
+
+def test_the_mapped_plan_places_tensors_at_their_file_offsets(tmp_path):
+    a = save(tmp_path / "a.safetensors", {"x": random_tensor("F32", (4, 4), 8), "y": random_tensor("I16", (3, 1), 9)})
+    b = save(tmp_path / "b.safetensors", {"z": random_tensor("F64", (2,), 10)})
+    files = read_headers([a, b])
+    plan = plan_mapped(files, ["z", "y"])
+    assert list(plan.tensors) == ["y", "z"]  # file order, as plan_load
+    assert plan.buffer_sizes == [f.size for f in files] and len(plan.ranges) == 0
+    for name, loc in plan.tensors.items():
+        f = files[loc.file]
+        info = f.tensors[name]
+        assert loc.buffer == loc.file and (loc.dtype, loc.shape) == (info.dtype, tuple(info.shape))
+        with open(f.path, "rb") as fh:
+            fh.seek(loc.offset)
+            assert fh.read(info.nbytes) == reference_bytes(f.path)[name]
+    with pytest.raises(errors.TensorNotFound):
+        plan_mapped(files, ["x", "nope"])
+    with pytest.raises(errors.DuplicateTensorName):
+        plan_mapped(read_headers([a, save(tmp_path / "c.safetensors", {"x": random_tensor("U8", (1,), 11)})]))

@@ -14,7 +14,7 @@ from ..errors import InvalidArgumentError, UnsupportedDtype
 from .files import PathLike, SafeTensorsFile, open_checkpoint
 from ..frameworks import Framework, get_framework
 from ..metrics import LoadMetrics
-from .plan import LoadPlan, plan_load
+from .plan import LoadPlan, plan_load, plan_mapped
 from ..st_types import Device, DType, to_dtype
 
 __all__ = ["load", "load_files", "instantiate"]
@@ -35,7 +35,7 @@ def check_dtypes(plan: LoadPlan, framework: Framework, dtype: Any, raw: bool) ->
         framework.check_dtype(cast, ())
     for name, loc in plan.tensors.items():
         try:
-            framework.check_dtype(loc.dtype, tuple(loc.shape))
+            framework.check_dtype(loc.dtype, loc.shape)
         except UnsupportedDtype as exc:
             raise _named(exc, plan, name) from None
 
@@ -63,7 +63,7 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     cast = _cast_of(dtype)
     out: Dict[str, Any] = {}
     for name, loc in plan.tensors.items():
-        t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, tuple(loc.shape), raw)
+        t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, loc.shape, raw)
         to = None if raw else float_cast(loc.dtype, cast)
         if to is not None and to != loc.dtype:
             try:
@@ -141,7 +141,7 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
     if direct_io:
         raise InvalidArgumentError("direct_io=True bypasses the page cache; mmap=True maps its pages: ask for one of them")
     with metrics.phase("plan"):
-        planned = plan_load(files, names)
+        planned = plan_mapped(files, names)
         check_dtypes(planned, fw, dtype, raw)
     with metrics.phase("map"):
         plan, mappings, misaligned = mapping.map_files(planned, metrics)

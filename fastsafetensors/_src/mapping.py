@@ -17,7 +17,6 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import _cpp
 from .dtypes import BITS
-from .files import SafeTensorsFile
 from ..metrics import LoadMetrics
 from .plan import LoadPlan, TensorLocation
 
@@ -26,16 +25,12 @@ __all__ = ["map_files"]
 logger = logging.getLogger("fastsafetensors")
 
 
-def _aligned(f: SafeTensorsFile, info: "_cpp.TensorInfo") -> bool:
-    return (f.header.data_start + info.begin) % max(1, BITS[info.dtype] // 8) == 0
-
-
 def map_files(planned: LoadPlan,
               metrics: LoadMetrics) -> Tuple[LoadPlan, List[Optional["_cpp.FileMapping"]], List[str]]:
-    """Maps the files holding the tensors of a read plan (``plan_load``: it selects, checks and
-    orders them as for any load).
+    """Maps the files holding the tensors of a mapped plan (``plan_mapped``: buffer ``i`` is file
+    ``i``, offsets are file offsets).
 
-    Returns a plan whose buffer ``i`` is the mapping of file ``i`` (offsets are file offsets), the
+    Returns the plan of the aligned tensors, whose buffer ``i`` is the mapping of file ``i``, the
     mappings (None for a file none of whose planned tensors is mapped), and the names of the
     tensors left out because they are misaligned.
     """
@@ -44,9 +39,8 @@ def map_files(planned: LoadPlan,
     misaligned: List[str] = []
     mapped_of: Dict[int, int] = {}  # file -> bytes of its tensors that are mapped
     for name, loc in planned.tensors.items():
-        f = files[loc.file]
-        if _aligned(f, loc.info):
-            tensors[name] = TensorLocation(name, loc.file, loc.file, f.header.data_start + loc.info.begin, loc.info)
+        if loc.offset % max(1, BITS[loc.dtype] // 8) == 0:
+            tensors[name] = loc
             mapped_of[loc.file] = mapped_of.get(loc.file, 0) + loc.info.nbytes
         else:
             misaligned.append(name)
@@ -56,7 +50,7 @@ def map_files(planned: LoadPlan,
         mappings[i] = _cpp.FileMapping.map(_cpp.ReadSource(f.path, f.header))
         metrics.mapped_bytes += nbytes
         metrics.count_files([f.path], [nbytes])
-    plan = LoadPlan(list(files), _cpp.RangeList(), [f.size for f in files], tensors)
+    plan = LoadPlan(list(files), planned.ranges, planned.buffer_sizes, tensors)
     if misaligned:
         logger.debug("mmap: %d misaligned tensor(s) read into host memory instead", len(misaligned))
     return plan, mappings, misaligned

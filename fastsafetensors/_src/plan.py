@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union, overload
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union, overload
 
 from .. import _cpp
 from .dtypes import BITS
 from ..errors import ArgumentTypeError, DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
-__all__ = ["TensorLocation", "LoadPlan", "plan_load", "locate_tensors", "align_up"]
+__all__ = ["TensorLocation", "LoadPlan", "plan_load", "plan_mapped", "locate_tensors", "align_up"]
 
 
 def align_up(n: int, to: int = _cpp.TENSOR_ALIGNMENT) -> int:
@@ -18,26 +18,25 @@ def align_up(n: int, to: int = _cpp.TENSOR_ALIGNMENT) -> int:
     return -(-n // to) * to
 
 
-@dataclass(frozen=True)
-class TensorLocation:
-    """Where one tensor lives after the plan runs: buffer ``buffer`` at byte ``offset``."""
+class TensorLocation(NamedTuple):
+    """Where one tensor lives after the plan runs: buffer ``buffer`` at byte ``offset``.
 
-    # Slots: a plan holds one of these per tensor, and headers may list millions of tensors.
-    __slots__ = ("name", "file", "buffer", "offset", "info")
+    A tuple, not a frozen dataclass: a plan holds one per tensor, headers may list millions of
+    them, and a frozen dataclass takes four times as long to build. ``dtype`` and ``shape`` are
+    copied out of the C++ entry once (``of``), since a load reads them several times per tensor.
+    """
 
     name: str
     file: int
     buffer: int
     offset: int
     info: "_cpp.TensorInfo"
+    dtype: str
+    shape: Tuple[int, ...]
 
-    @property
-    def dtype(self) -> str:
-        return self.info.dtype
-
-    @property
-    def shape(self):
-        return self.info.shape
+    @classmethod
+    def of(cls, info: "_cpp.TensorInfo", file: int, buffer: int, offset: int) -> "TensorLocation":
+        return cls(info.name, file, buffer, offset, info, info.dtype, tuple(info.shape))
 
 
 # DLPack carries dimensions as int64, NumPy arrays have at most 64 of them, and frameworks size
@@ -47,15 +46,15 @@ MAX_LOADABLE_RANK = 64
 _MAX_EXTENT = 2 ** 63 - 1
 
 
-def _check_loadable(f: SafeTensorsFile, info: "_cpp.TensorInfo") -> None:
-    shape = info.shape
-    extent = max(1, BITS[info.dtype] // 8)
+def _check_loadable(f: SafeTensorsFile, loc: TensorLocation) -> None:
+    shape = loc.shape
+    extent = max(1, BITS[loc.dtype] // 8)
     for d in shape:
         extent *= d or 1
     if len(shape) > MAX_LOADABLE_RANK or extent > _MAX_EXTENT:
-        raise TensorInvalidInfo(f"{f.path}: tensor `{info.name}` has shape {shape}, which no framework can hold "
-                                f"(at most {MAX_LOADABLE_RANK} dimensions whose non-zero product fits in "
-                                "2**63-1 bytes)", filename=f.path, tensor=info.name)
+        raise TensorInvalidInfo(f"{f.path}: tensor `{loc.name}` has shape {list(shape)}, which no framework can "
+                                f"hold (at most {MAX_LOADABLE_RANK} dimensions whose non-zero product fits in "
+                                "2**63-1 bytes)", filename=f.path, tensor=loc.name)
 
 
 @dataclass
@@ -131,26 +130,46 @@ def locate_tensors(files: Sequence[SafeTensorsFile],
     return {t.name: (i, k) for i, group in wanted.items() for k, t in enumerate(files[i].infos) if t.name in group}
 
 
-def plan_load(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str], None] = None) -> LoadPlan:
-    """Plans reading ``names`` (every tensor when None; a string is one name) from ``files``, one buffer per file."""
+def _selection(files: Sequence[SafeTensorsFile],
+               names: Union[str, Iterable[str], None]) -> List[Tuple[int, SafeTensorsFile, List[int]]]:
+    """Each file holding some of ``names`` (every tensor when None): (its index, it, the indexes
+    in its header of those tensors). Refuses a name in no file or in two."""
     _check_unique(files)
     wanted = None if names is None else set(name_list(names))
     for name in wanted or ():
         _file_of(files, name)
+    chosen = ((i, f, [k for k, t in enumerate(f.infos) if wanted is None or t.name in wanted])
+              for i, f in enumerate(files))
+    return [c for c in chosen if c[2]]
+
+
+def plan_load(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str], None] = None) -> LoadPlan:
+    """Plans reading ``names`` (every tensor when None; a string is one name) from ``files``, one buffer per file."""
     ranges = _cpp.RangeList()
     sizes: List[int] = []
     tensors: Dict[str, TensorLocation] = {}
-    for i, f in enumerate(files):
-        index = [k for k, t in enumerate(f.infos) if wanted is None or t.name in wanted]
-        if not index:
-            continue
+    for i, f, index in _selection(files, names):
         buffer = len(sizes)
         fp = _cpp.plan_file(f.header, i, buffer, index)
         ranges.extend(fp.ranges)
         sizes.append(fp.dst_size)
         for k, offset in zip(index, fp.tensor_offsets):
-            info = f.infos[k]
-            _check_loadable(f, info)
-            tensors[info.name] = TensorLocation(info.name, i, buffer, offset, info)
+            loc = TensorLocation.of(f.infos[k], i, buffer, offset)
+            _check_loadable(f, loc)
+            tensors[loc.name] = loc
     return LoadPlan(list(files), ranges, sizes, tensors)
 
+
+def plan_mapped(files: Sequence[SafeTensorsFile], names: Union[str, Iterable[str], None] = None) -> LoadPlan:
+    """The plan of a mapped load (``mmap=True``): the same tensors as :func:`plan_load`, checked
+    the same way, but buffer ``i`` is file ``i`` itself and each tensor is at its offset in the
+    file, so there is nothing to read (no ranges)."""
+    tensors: Dict[str, TensorLocation] = {}
+    for i, f, index in _selection(files, names):
+        start = f.header.data_start
+        for k in index:
+            info = f.infos[k]
+            loc = TensorLocation.of(info, i, i, start + info.begin)
+            _check_loadable(f, loc)
+            tensors[loc.name] = loc
+    return LoadPlan(list(files), _cpp.RangeList(), [f.size for f in files], tensors)
