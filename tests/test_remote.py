@@ -423,6 +423,30 @@ def test_03_loaders_read_urls(local, proxy):
           want)
 
 
+def test_parallel_loader_gets_each_header_once_and_keeps_it_pinned(local, proxy, monkeypatch):
+    """Its batches reuse the headers read when it was made: one header GET per object, whatever the
+    number of batches, and an object replaced since fails its batch instead of being read anew."""
+    from fastsafetensors import ParallelLoader
+    from tests.remote_servers import s3_client
+
+    monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "1")  # header GETs are bytes=0-1023, data GETs are not
+    multi = [f"multi/part-{k}.safetensors" for k in range(3)]
+    loader = ParallelLoader(None, [f"s3://{BUCKET}/{k}" for k in multi], storage_options=storage_options(proxy.url))
+    _same(dict(loader.iterate_weights()), _expect(local, *multi))
+    headers = sorted(path for path, r in proxy.ranges() if r == "bytes=0-1023")
+    assert headers == sorted(f"/{BUCKET}/{k}" for k in multi)
+
+    key = "replaced-pl/part-1.safetensors"
+    upload(proxy.url, BUCKET, {"replaced-pl/part-0.safetensors": local[multi[0]], key: local[multi[1]]})
+    loader = ParallelLoader(None, [f"s3://{BUCKET}/replaced-pl/part-{k}.safetensors" for k in range(2)], storage_options=storage_options(proxy.url))
+    s3_client(proxy.url).upload_file(local[multi[2]], BUCKET, key)  # replaced after the headers were read
+    got = {}
+    with pytest.raises(errors.RemoteObjectChangedError, match=f"s3://{BUCKET}/{key}"):
+        for name, tensor in loader.iterate_weights():
+            got[name] = tensor
+    _same(got, _expect(local, multi[0]))  # the first batch, read before
+
+
 def test_03_loaders_read_urls_in_a_gloo_group(proxy):
     """Two gloo ranks, each GETting its objects and sharing their tensors; credentials and endpoint
     from the environment (tests/clients/remote_urls.py)."""
