@@ -24,6 +24,7 @@ tensors the caller keeps. Every rank must pass the same budgets.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ from ._src.budget import Tensor, Unit, plan_units
 from .common import SingleGroup
 from ._src.distributed import Entry, group_of
 from .errors import BudgetInfeasibleError, InvalidArgumentError, LoaderClosedError
-from ._src.files import PathLike, SafeTensorsFile
+from ._src.files import PathLike, SafeTensorsFile, open_checkpoint
 from .loader import OWN_READS, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
 from ._src.plan import LoadPlan
 from .st_types import DType, to_dtype
@@ -105,6 +106,9 @@ class BatchLoader(SafeTensorsFileLoader):
 class ParallelLoader:
     """Yields ``(name, tensor)`` for every tensor of ``hf_weights_files``, each exactly once, on every rank.
 
+    ``hf_weights_files`` is a list of files (or object URLs), or one path or URL naming a checkpoint
+    as ``fastsafetensors.load`` takes it (a directory or prefix, an index), which stands for its files.
+
     ``tensor_filter(name) -> bool``: only the tensors it keeps are read and yielded; it may keep
     different tensors on different ranks (then each rank reads its own from the files, which every
     rank must be able to open). ``all_local=True``: every rank reads every file itself and the
@@ -118,7 +122,7 @@ class ParallelLoader:
     Extra keywords go to each batch's :class:`SafeTensorsFileLoader` (e.g. ``direct_read``).
     """
 
-    def __init__(self, pg: Any, hf_weights_files: Sequence[PathLike], max_concurrent_producers: int = 1,
+    def __init__(self, pg: Any, hf_weights_files: Union[PathLike, Sequence[PathLike]], max_concurrent_producers: int = 1,
                  queue_size: int = 0, use_tqdm_on_load: bool = True, device: str = "cpu",
                  bbuf_size_kb: int = 16 * 1024, max_threads: int = 16, nogds: bool = False, set_numa: bool = True,
                  debug_log: bool = False, framework: str = "pytorch",
@@ -149,7 +153,7 @@ class ParallelLoader:
         # Every header once (a broken or duplicated tensor fails here, on every rank; the batches
         # reuse them), then one collective in the caller's thread: the same file list everywhere,
         # the tensors kept, the read mode.
-        files = self.loader._read_headers(list(hf_weights_files))
+        files = self._read_headers(hf_weights_files)
         batches = [files[i:i + world] for i in range(0, len(files), world)]
         self.loader._add_headers({r: files[r::world] for r in range(world)})
         mode = self.loader.decide_mode(self.loader.kept_catalog())
@@ -165,6 +169,14 @@ class ParallelLoader:
         self._pending: Deque[Future] = deque()
         self._show_progress = use_tqdm_on_load and group_of(pg).rank == 0  # this rank in pg, even with all_local
         self._closed = False
+
+    def _read_headers(self, hf_weights_files: Union[PathLike, Sequence[PathLike]]) -> List[SafeTensorsFile]:
+        """The files' headers, in order. One path or URL is a checkpoint as load() takes it (a
+        file, a directory or prefix, an index): it stands for its files."""
+        if isinstance(hf_weights_files, (str, os.PathLike)):
+            return open_checkpoint(hf_weights_files, storage_options=self.loader.storage_options,
+                                   metrics=self.loader.metrics)
+        return self.loader._read_headers(list(hf_weights_files))
 
     def _plan_work(self, batches: List[List[SafeTensorsFile]]) -> List[_Work]:
         """The batches, cut into units where a budget is set (and ``self._ahead`` lowered to fit)."""

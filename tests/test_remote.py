@@ -447,6 +447,37 @@ def test_parallel_loader_gets_each_header_once_and_keeps_it_pinned(local, proxy,
     _same(got, _expect(local, multi[0]))  # the first batch, read before
 
 
+def test_one_prefix_string_stands_for_its_objects(local, proxy):
+    """ParallelLoader, SafeTensorsFileLoader.add_filenames and fastsafe_open take one prefix (or an
+    index) as load() does; among other URLs it is refused, never GET as one object."""
+    from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, fastsafe_open
+
+    opts = storage_options(proxy.url)
+    multi = [f"multi/part-{k}.safetensors" for k in range(3)]
+    want = _expect(local, *multi)
+    for spec in (f"s3://{BUCKET}/multi/", f"s3://{BUCKET}/multi"):
+        proxy.clear()
+        _same(dict(ParallelLoader(None, spec, storage_options=opts).iterate_weights()), want)
+        assert len([r for r in proxy.requests if r.method == "GET" and "list-type" in r.path]) == 1
+    shards = [k for k in local if k.startswith("sharded/") and k.endswith(".safetensors")]
+    _same(dict(ParallelLoader(None, f"s3://{BUCKET}/sharded/model.safetensors.index.json",
+                              storage_options=opts).iterate_weights()), _expect(local, *shards))
+    _same(dict(ParallelLoader(None, local["multi/part-0.safetensors"]).iterate_weights()), _expect(local, multi[0]))
+    loader = SafeTensorsFileLoader(None, "cpu", storage_options=opts)
+    loader.add_filenames({0: f"s3://{BUCKET}/multi/"})
+    assert sorted(loader.get_keys()) == sorted(want)
+    mixed = [f"s3://{BUCKET}/multi/", f"s3://{BUCKET}/one/model.safetensors"]
+    for refused in (lambda: ParallelLoader(None, mixed, storage_options=opts),
+                    lambda: SafeTensorsFileLoader(None, "cpu", storage_options=opts).add_filenames({0: mixed}),
+                    lambda: fastsafe_open(mixed[::-1], storage_options=opts),
+                    lambda: fastsafetensors.load([f"s3://{BUCKET}/sharded/model.safetensors.index.json", mixed[1]],
+                                                 storage_options=opts)):
+        proxy.clear()
+        with pytest.raises(errors.UnsupportedURLError, match="only when it is the only URL given: pass it alone"):
+            refused()
+        assert proxy.requests == []
+
+
 def test_03_loaders_read_urls_in_a_gloo_group(proxy):
     """Two gloo ranks, each GETting its objects and sharing their tensors; credentials and endpoint
     from the environment (tests/clients/remote_urls.py)."""
