@@ -321,6 +321,25 @@ def server(kind: str, weed: str, workdir: str):
     return seaweedfs_server(weed, workdir) if kind == "seaweedfs" else _servers().moto_server()
 
 
+def server_cpu(endpoint: str) -> Callable[[], Optional[float]]:
+    """The CPU seconds (user + system, all threads) of the process listening on ``endpoint``'s port,
+    as a function: server and clients share the machine's cores, so a client whose requests cost the
+    server more CPU leaves less for itself (None when no one process is found)."""
+    import psutil
+
+    port = int(endpoint.rsplit(":", 1)[1])
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    if len(pids) != 1 or None in pids:
+        return lambda: None
+    proc = psutil.Process(pids.pop())
+
+    def seconds() -> Optional[float]:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    return seconds
+
+
 def upload(endpoint: str, prefix: str, paths: Sequence[str]) -> float:
     start = time.perf_counter()
     _servers().upload(endpoint, BUCKET, {prefix + os.path.basename(p): p for p in paths})
@@ -393,6 +412,7 @@ def _run_child(args: List[str], env: Dict[str, str]) -> Dict[str, Any]:
 class CaseResult:
     seconds: List[float] = field(default_factory=list)
     cpu: List[float] = field(default_factory=list)
+    server_cpu: List[float] = field(default_factory=list)  # the server's CPU during the child (startup included)
     peak_above_kb: List[int] = field(default_factory=list)
     counters: Dict[str, Any] = field(default_factory=dict)
     bytes: int = 0
@@ -405,18 +425,24 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
 
     results = {key: CaseResult() for key in cases}
     env = child_env(endpoint)
+    served = server_cpu(endpoint)
     for r in range(repeats):
         for key in (cases if r % 2 == 0 else list(reversed(cases))):
             res = results[key]
             if res.error:
                 continue
+            before = served()
             out = _run_child(["--child", key, "--url", url, "--endpoint", endpoint], env)
+            after = served()
             if "error" in out:
                 res.error = out["error"]
                 print(f"  {key}: {res.error}", flush=True)
                 continue
             res.seconds.append(out["seconds"])
             res.cpu.append(out["cpu"])
+            server = "" if before is None or after is None else f", server {after - before:.2f} s CPU"
+            if server:
+                res.server_cpu.append(after - before)
             res.peak_above_kb.append(out["peak_kb"] - out["rss_before_kb"])
             res.counters, res.bytes = out["counters"], out["bytes"]
             if out["digests"] is not None:
@@ -424,7 +450,7 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
                 res.same = (res.same is not False) and not bad
                 if bad:
                     print(f"  {key}: {len(bad)} tensors differ from safetensors, e.g. {bad[:3]}", flush=True)
-            print(f"  {key} #{r + 1}: {out['seconds']:.2f} s ({out['cpu']:.2f} s CPU), "
+            print(f"  {key} #{r + 1}: {out['seconds']:.2f} s ({out['cpu']:.2f} s CPU{server}), "
                   f"{out['bytes'] / out['seconds'] / 1e9:.3f} GB/s, "
                   f"peak +{(out['peak_kb'] - out['rss_before_kb']) / 2**20:.2f} GiB", flush=True)
     return results
@@ -472,13 +498,14 @@ def _counter(counters: Dict[str, Any], *names: str) -> Optional[int]:
 
 def _row(key: str, r: CaseResult, gbs: Dict[str, float], peers: Sequence[str], data_bytes: int) -> List[Any]:
     if not r.seconds:
-        return [key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", "-", "-", f"error: {r.error[:200]}"]
+        return [key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", "-", "-", "-", f"error: {r.error[:200]}"]
     from fastsafetensors._src import bench as _bench
 
     peak = max(r.peak_above_kb) * 1024
     requests = _counter(r.counters, "requests", "remote_requests")
     return [key, f"{_bench.median(r.seconds):.2f}", f"{gbs[key]:.3f}", f"{min(r.seconds):.2f}-{max(r.seconds):.2f}",
-            *[f"{gbs[key] / gbs[p]:.2f}" for p in peers], f"{_bench.median(r.cpu):.2f}", f"{peak / data_bytes:.2f}",
+            *[f"{gbs[key] / gbs[p]:.2f}" for p in peers], f"{_bench.median(r.cpu):.2f}",
+            f"{_bench.median(r.server_cpu):.2f}" if r.server_cpu else "-", f"{peak / data_bytes:.2f}",
             f"{(peak - data_bytes) / 2**20:.0f}", "-" if requests is None else requests,
             {None: "not checked", True: "yes", False: "NO"}[r.same]]
 
@@ -493,7 +520,7 @@ def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, 
         gbs = {k: ck.data_bytes / _bench.median(r.seconds) / 1e9 for k, r in results.items() if r.seconds}
         peers = [k for k in results if k in PEER_CASES and k in gbs]
         headers = ["case", "median s", "GB/s", "min-max s"] + [f"x {p}" for p in peers] + \
-                  ["CPU s", "peak RSS above start / data", "beyond data MiB", "requests", "same bytes"]
+                  ["CPU s", "server CPU s", "peak RSS above start / data", "beyond data MiB", "requests", "same bytes"]
         rows = [_row(key, r, gbs, peers, ck.data_bytes) for key, r in results.items()]
         lines += ["", f"Server: {kind}", "", _bench.markdown_table(headers, rows)]
     for kind, outs in sharded.items():
