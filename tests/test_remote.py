@@ -423,6 +423,61 @@ def test_03_loaders_read_urls(local, proxy):
           want)
 
 
+def test_parallel_loader_gets_each_header_once_and_keeps_it_pinned(local, proxy, monkeypatch):
+    """Its batches reuse the headers read when it was made: one header GET per object, whatever the
+    number of batches, and an object replaced since fails its batch instead of being read anew."""
+    from fastsafetensors import ParallelLoader
+    from tests.remote_servers import s3_client
+
+    monkeypatch.setenv("FASTSAFETENSORS_REMOTE_HEADER_KB", "1")  # header GETs are bytes=0-1023, data GETs are not
+    multi = [f"multi/part-{k}.safetensors" for k in range(3)]
+    loader = ParallelLoader(None, [f"s3://{BUCKET}/{k}" for k in multi], storage_options=storage_options(proxy.url))
+    _same(dict(loader.iterate_weights()), _expect(local, *multi))
+    headers = sorted(path for path, r in proxy.ranges() if r == "bytes=0-1023")
+    assert headers == sorted(f"/{BUCKET}/{k}" for k in multi)
+
+    key = "replaced-pl/part-1.safetensors"
+    upload(proxy.url, BUCKET, {"replaced-pl/part-0.safetensors": local[multi[0]], key: local[multi[1]]})
+    loader = ParallelLoader(None, [f"s3://{BUCKET}/replaced-pl/part-{k}.safetensors" for k in range(2)], storage_options=storage_options(proxy.url))
+    s3_client(proxy.url).upload_file(local[multi[2]], BUCKET, key)  # replaced after the headers were read
+    got = {}
+    with pytest.raises(errors.RemoteObjectChangedError, match=f"s3://{BUCKET}/{key}"):
+        for name, tensor in loader.iterate_weights():
+            got[name] = tensor
+    _same(got, _expect(local, multi[0]))  # the first batch, read before
+
+
+def test_one_prefix_string_stands_for_its_objects(local, proxy):
+    """ParallelLoader, SafeTensorsFileLoader.add_filenames and fastsafe_open take one prefix (or an
+    index) as load() does; among other URLs it is refused, never GET as one object."""
+    from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, fastsafe_open
+
+    opts = storage_options(proxy.url)
+    multi = [f"multi/part-{k}.safetensors" for k in range(3)]
+    want = _expect(local, *multi)
+    for spec in (f"s3://{BUCKET}/multi/", f"s3://{BUCKET}/multi"):
+        proxy.clear()
+        _same(dict(ParallelLoader(None, spec, storage_options=opts).iterate_weights()), want)
+        assert len([r for r in proxy.requests if r.method == "GET" and "list-type" in r.path]) == 1
+    shards = [k for k in local if k.startswith("sharded/") and k.endswith(".safetensors")]
+    _same(dict(ParallelLoader(None, f"s3://{BUCKET}/sharded/model.safetensors.index.json",
+                              storage_options=opts).iterate_weights()), _expect(local, *shards))
+    _same(dict(ParallelLoader(None, local["multi/part-0.safetensors"]).iterate_weights()), _expect(local, multi[0]))
+    loader = SafeTensorsFileLoader(None, "cpu", storage_options=opts)
+    loader.add_filenames({0: f"s3://{BUCKET}/multi/"})
+    assert sorted(loader.get_keys()) == sorted(want)
+    mixed = [f"s3://{BUCKET}/multi/", f"s3://{BUCKET}/one/model.safetensors"]
+    for refused in (lambda: ParallelLoader(None, mixed, storage_options=opts),
+                    lambda: SafeTensorsFileLoader(None, "cpu", storage_options=opts).add_filenames({0: mixed}),
+                    lambda: fastsafe_open(mixed[::-1], storage_options=opts),
+                    lambda: fastsafetensors.load([f"s3://{BUCKET}/sharded/model.safetensors.index.json", mixed[1]],
+                                                 storage_options=opts)):
+        proxy.clear()
+        with pytest.raises(errors.UnsupportedURLError, match="only when it is the only URL given: pass it alone"):
+            refused()
+        assert proxy.requests == []
+
+
 def test_03_loaders_read_urls_in_a_gloo_group(proxy, tmp_path):
     """Two gloo ranks; credentials and endpoint from the environment (tests/clients/remote_urls.py):
     each rank GETs its objects and shares their tensors, or GETs only its own slices (direct_read
@@ -506,6 +561,48 @@ def test_plan_gets_split_merge_and_gaps():
     # A range cut across GETs lands contiguously in its destination.
     big = [p for g in small for p in g.parts if p[2] == 1 and g.file == 0]
     assert [(p[0], p[3]) for p in big] == [(0, 0), (16, 16), (32, 32), (48, 48)]
+
+
+def test_destination_pages_are_mapped_in_before_each_piece_is_copied(monkeypatch):
+    """Each piece's destination pages are mapped in by one call before it is copied (reader._populate),
+    so the copy itself takes no page fault (the same bytes, less CPU)."""
+    import ctypes
+    import mmap
+    import resource
+    import types
+
+    from fastsafetensors._cpp import ReadRange
+    from fastsafetensors._src.remote import reader
+    from fastsafetensors._src.remote.requests import Counters
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("MADV_POPULATE_WRITE is Linux's")
+    size, offset, piece_size = 16 << 20, 100, 1 << 20
+    region = mmap.mmap(-1, size + mmap.PAGESIZE)  # fresh anonymous memory: no page mapped in yet
+    data = bytes(range(256)) * (size // 256)
+    copy_faults = []
+    memmove = ctypes.memmove
+
+    def counted_memmove(dst, src, n):
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        memmove(dst, src, n)
+        copy_faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+
+    def stream_range(obj, start, end, counters, deliver):  # the response in 1 MiB pieces, no network
+        for at in range(start, end, piece_size):
+            deliver(at, data[at:at + piece_size])
+
+    monkeypatch.setattr(reader, "stream_range", stream_range)
+    monkeypatch.setattr(ctypes, "memmove", counted_memmove)
+    plan = types.SimpleNamespace(ranges=[ReadRange(0, 0, 0, size, offset)], files=[types.SimpleNamespace(remote=None)])
+    buffer = types.SimpleNamespace(data_ptr=ctypes.addressof(ctypes.c_char.from_buffer(region)))
+    assert reader.read_ranges(plan, [buffer], Counters(), concurrency=1) == ([size], 0)
+    monkeypatch.undo()
+    assert region[offset:offset + size] == data
+    assert len(copy_faults) == size // piece_size
+    assert sum(copy_faults) < 16, f"{sum(copy_faults)} page faults copying {size // mmap.PAGESIZE} pages"
+    del buffer
+    region.close()
 
 
 @pytest.mark.parametrize("argv,match", [(["inspect", "s3://bucket/x.safetensors"], "read local files"),

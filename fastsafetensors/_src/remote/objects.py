@@ -181,6 +181,11 @@ def _resolve(spec: Union[str, Iterable[str]], storage_options: Optional[Mapping[
     if local:
         raise UnsupportedURLError(f"a checkpoint is either URLs or local paths, not both ({local[0]!r} is local)")
     urls = [parse_url(s) for s in specs]
+    many = [u for u in urls if not u.key.endswith(".safetensors")] if len(urls) > 1 else []
+    if many:  # GETting it as one object would fail with a misleading 404, or read the wrong thing
+        raise UnsupportedURLError(f"{many[0].url}: a prefix or an index (a URL not ending in .safetensors) stands "
+                                  "for its objects only when it is the only URL given: pass it alone, or list "
+                                  "its .safetensors objects")
     stores = {u.root: store_for(u, storage_options) for u in urls}
     if len(urls) > 1 or urls[0].key.endswith(".safetensors"):
         return urls, None, stores

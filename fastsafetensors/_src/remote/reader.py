@@ -4,12 +4,15 @@ Ranges are cut at FASTSAFETENSORS_REMOTE_CHUNK_MB and neighbours in one object s
 the bytes between them are at most FASTSAFETENSORS_REMOTE_GAP_KB; each response is copied once,
 piece by piece as it arrives, straight into its destinations in the host buffers. At most
 ``concurrency`` GETs are in flight, each holding about one piece (objects.stream_range), so the
-responses held at once stay near concurrency x 1 MiB whatever the chunk size.
+responses held at once stay near concurrency x 1 MiB whatever the chunk size. The destination
+pages of each piece are mapped in by one call before it is copied (_populate).
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
+import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, cast
@@ -22,6 +25,20 @@ from .objects import RemoteObject, stream_range
 from .requests import Counters
 
 __all__ = ["Get", "plan_gets", "read_ranges"]
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+; older kernels refuse it (EINVAL) and pages fault in as they are written
+
+
+def _madvise() -> Optional[Callable[[int, int, int], int]]:
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    return cast(Callable[[int, int, int], int], libc.madvise)
+
+
+_MADVISE = _madvise()
 
 
 @dataclass
@@ -58,14 +75,28 @@ def plan_gets(ranges: Iterable[Any], chunk: int, gap: int) -> List[Get]:
     return gets
 
 
+def _populate(start: int, length: int) -> None:
+    """Maps in the destination pages of a piece in one madvise(MADV_POPULATE_WRITE) before it is
+    copied there (what the engine's file reads do in C++, detail/populate.hpp): faulting fresh pages in one at a time under the copy cost the client ~0.17 s of
+    CPU more per GiB (0.63 against 0.46 s on the 2-vCPU VMs), CPU that the server on the same
+    cores needs. Per piece, not per GET, so pages are mapped in as their bytes arrive (the peak
+    memory does not move). Only the speed depends on it: a page not mapped in faults in when
+    written, as before."""
+    if _MADVISE is not None:
+        first = start - start % mmap.PAGESIZE  # madvise wants a page-aligned start; it rounds the end up
+        _MADVISE(first, start + length - first, _MADV_POPULATE_WRITE)
+
+
 def _deliver(get: Get, offset: int, piece: Any, addresses: Sequence[int]) -> None:
     """Copies the piece of a response that starts at object ``offset`` to the parts it overlaps
-    (ctypes.memmove lets go of the GIL)."""
+    (madvise and ctypes.memmove let go of the GIL)."""
     src, end = np.frombuffer(piece, dtype=np.uint8).ctypes.data, offset + len(piece)
     for part_offset, n, dst, dst_offset in get.parts:
         lo, hi = max(offset, part_offset), min(end, part_offset + n)
         if lo < hi:
-            ctypes.memmove(addresses[dst] + dst_offset + lo - part_offset, src + lo - offset, hi - lo)
+            to = addresses[dst] + dst_offset + lo - part_offset
+            _populate(to, hi - lo)
+            ctypes.memmove(to, src + lo - offset, hi - lo)
 
 
 def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concurrency: Optional[int] = None,
