@@ -563,46 +563,43 @@ def test_plan_gets_split_merge_and_gaps():
     assert [(p[0], p[3]) for p in big] == [(0, 0), (16, 16), (32, 32), (48, 48)]
 
 
-def test_destination_pages_are_mapped_in_before_each_piece_is_copied(monkeypatch):
-    """Each piece's destination pages are mapped in by one call before it is copied (reader._populate),
-    so the copy itself takes no page fault (the same bytes, less CPU)."""
-    import ctypes
-    import mmap
-    import resource
+def test_pieces_go_into_the_host_buffers_by_bounds_checked_writes(monkeypatch):
+    """The reader copies each response piece with HostBuffer.write (pages mapped in first, no GIL):
+    pieces cut across the parts land at their offsets; a write past the buffer or of strided bytes
+    raises instead of copying."""
     import types
 
+    import numpy as np
+
+    from fastsafetensors import _cpp
     from fastsafetensors._cpp import ReadRange
     from fastsafetensors._src.remote import reader
     from fastsafetensors._src.remote.requests import Counters
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("MADV_POPULATE_WRITE is Linux's")
-    size, offset, piece_size = 16 << 20, 100, 1 << 20
-    region = mmap.mmap(-1, size + mmap.PAGESIZE)  # fresh anonymous memory: no page mapped in yet
-    data = bytes(range(256)) * (size // 256)
-    copy_faults = []
-    memmove = ctypes.memmove
+    size, piece_size = 3 << 20, (1 << 20) + 7  # pieces straddle the two parts below
+    data = bytes(range(251)) * (size // 251 + 1)
 
-    def counted_memmove(dst, src, n):
-        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-        memmove(dst, src, n)
-        copy_faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
-
-    def stream_range(obj, start, end, counters, deliver):  # the response in 1 MiB pieces, no network
+    def stream_range(obj, start, end, counters, deliver):  # the response in pieces, no network
         for at in range(start, end, piece_size):
-            deliver(at, data[at:at + piece_size])
+            deliver(at, data[at:min(end, at + piece_size)])
 
     monkeypatch.setattr(reader, "stream_range", stream_range)
-    monkeypatch.setattr(ctypes, "memmove", counted_memmove)
-    plan = types.SimpleNamespace(ranges=[ReadRange(0, 0, 0, size, offset)], files=[types.SimpleNamespace(remote=None)])
-    buffer = types.SimpleNamespace(data_ptr=ctypes.addressof(ctypes.c_char.from_buffer(region)))
-    assert reader.read_ranges(plan, [buffer], Counters(), concurrency=1) == ([size], 0)
-    monkeypatch.undo()
-    assert region[offset:offset + size] == data
-    assert len(copy_faults) == size // piece_size
-    assert sum(copy_faults) < 16, f"{sum(copy_faults)} page faults copying {size // mmap.PAGESIZE} pages"
-    del buffer
-    region.close()
+    ranges = [ReadRange(0, 0, 0, size // 2, 64), ReadRange(0, 1, size // 2, size - size // 2, 0)]
+    plan = types.SimpleNamespace(ranges=ranges, files=[types.SimpleNamespace(remote=None)])
+    buffers = [_cpp.HostBuffer.allocate(size // 2 + 64), _cpp.HostBuffer.allocate(size - size // 2)]
+    assert reader.read_ranges(plan, buffers, Counters(), concurrency=2) == ([size], 0)
+    got = [np.from_dlpack(b.view(0, [b.size], 1, 8)).tobytes() for b in buffers]
+    assert got[0][64:] == data[:size // 2] and got[1] == data[size // 2:size]
+
+    small = _cpp.HostBuffer.allocate(16)
+    small.write(8, b"12345678")
+    with pytest.raises(ValueError, match="outside its buffer"):
+        small.write(9, b"12345678")
+    with pytest.raises(ValueError, match="outside its buffer"):
+        small.write(1 << 62, b"")
+    with pytest.raises(ValueError, match="contiguous"):
+        small.write(0, memoryview(b"abcdefgh")[::2])
+    assert np.from_dlpack(small.view(8, [8], 1, 8)).tobytes() == b"12345678"
 
 
 @pytest.mark.parametrize("argv,match", [(["inspect", "s3://bucket/x.safetensors"], "read local files"),

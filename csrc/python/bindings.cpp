@@ -8,10 +8,12 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl_bind.h>
 
+#include <cstring>
 #include <optional>
 #include <tuple>
 
 #include "bindings.hpp"
+#include "fastsafetensors/detail/populate.hpp"
 #include "fastsafetensors/buffer.hpp"
 #include "fastsafetensors/cold_reads.hpp"
 #include "fastsafetensors/dlpack.hpp"
@@ -306,6 +308,22 @@ PYBIND11_MODULE(_cpp, m) {
           },
           py::arg("size"), py::arg("huge_pages") = py::none(),
           "Host memory for `size` bytes; huge_pages=None follows FASTSAFETENSORS_HUGE_PAGES (off).")
+      .def(
+          "write",
+          [](HostBuffer& b, uint64_t offset, const py::buffer& data) {
+            py::buffer_info in = data.request();  // the caller's bytes, held until the copy is done
+            if (in.ndim > 1 || (in.ndim == 1 && in.strides[0] != in.itemsize)) {
+              throw py::value_error("write takes contiguous one-dimensional bytes");
+            }
+            auto n = static_cast<uint64_t>(in.size * in.itemsize);
+            if (offset > b.size() || n > b.size() - offset) throw py::value_error("write outside its buffer");
+            py::gil_scoped_release nogil;
+            // Mapping the destination pages in first costs less than faulting them in under the copy.
+            detail::populate(b.data() + offset, n);
+            std::memcpy(b.data() + offset, in.ptr, n);
+          },
+          py::arg("offset"), py::arg("data"),
+          "Copies the bytes of a contiguous buffer `data` to `offset` (bounds checked; without the GIL).")
       .def_property_readonly("huge_pages", &HostBuffer::huge_pages)
       .def_property_readonly("reused", &HostBuffer::reused, "Whether the memory came from the host cache.");
   testing.def("host_live_bytes", &HostBuffer::live_bytes, "Bytes of engine host buffers still alive.");

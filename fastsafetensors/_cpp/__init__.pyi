@@ -1,5 +1,6 @@
 import collections.abc
 import typing
+import typing_extensions
 from typing import Any, overload
 
 MAX_HEADER_LENGTH: int
@@ -90,6 +91,7 @@ class HostBuffer(Buffer):
     def __init__(self, *args, **kwargs) -> None: ...
     @staticmethod
     def allocate(size: typing.SupportsInt | typing.SupportsIndex, huge_pages: bool | None = ...) -> HostBuffer: ...
+    def write(self, offset: typing.SupportsInt | typing.SupportsIndex, data: typing_extensions.Buffer) -> None: ...
     @property
     def huge_pages(self) -> bool: ...
     @property
