@@ -22,9 +22,11 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1 << 20
-# One GET of the whole 64 MiB tensor: collected whole, it alone would be another 64 MiB.
+# One GET of the whole 64 MiB tensor: collected whole, it alone would be another 64 MiB. Streamed,
+# 13-16 MiB were measured on a quiet VM and up to 17 MiB on a loaded one (the client's receive
+# buffers run ahead of a starved consumer): half the collected-whole cost still tells them apart.
 CHUNK_MB = 64
-ALLOWED_BEYOND_DATA = 16 * MIB
+ALLOWED_BEYOND_DATA = 32 * MIB
 
 CHILD = """
 import hashlib, json, sys
