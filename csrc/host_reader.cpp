@@ -34,7 +34,8 @@ struct Worker {
   std::vector<iovec> spans;                      // its destinations, merged where one continues another
   std::vector<uint8_t> scratch;                  // where gaps go
   std::unique_ptr<uint8_t, FreeDeleter> bounce;  // O_DIRECT only
-  std::vector<std::unique_ptr<File>> own;        // streams only: its descriptors, by file, opened when first read
+  std::unique_ptr<File> own;                     // streams only: its descriptor of the file it reads now
+  size_t own_index = 0;                          // which file `own` is
   uint64_t populated = 0;                        // bytes faulted in ahead of the copy
 };
 
@@ -143,16 +144,19 @@ std::vector<File> open_direct(const std::vector<ReadSource>& sources, const std:
 }
 
 // The worker's own descriptor of files[i] (a stream's readahead state is its descriptor's),
-// checked to be the same file.
+// checked to be the same file. One at a time: a stream reads in file order, so it never returns
+// to a file it left, and a descriptor per stream per file would hold streams x files of them
+// (past the usual limit of 1024 for a few hundred files).
 const File& own_file(const std::vector<File>& files, size_t i, Worker& w) {
-  if (w.own.size() != files.size()) w.own.resize(files.size());
-  if (w.own[i] == nullptr) {
+  if (w.own == nullptr || w.own_index != i) {
+    w.own.reset();  // closed before the next is opened
     auto f = std::make_unique<File>(files[i].path(), files[i].direct());
     f->check_identity(files[i].identity());
     f->advise_sequential(0, 0);
-    w.own[i] = std::move(f);
+    w.own = std::move(f);
+    w.own_index = i;
   }
-  return *w.own[i];
+  return *w.own;
 }
 
 // Where each of `streams` contiguous shares of reads [begin, end) starts, by bytes, and `end`.

@@ -9,7 +9,9 @@ import logging
 import mmap
 import os
 
+import numpy as np
 import pytest
+from safetensors.torch import load_file
 
 import fastsafetensors
 from fastsafetensors import _cpp
@@ -138,6 +140,34 @@ def test_streams_share_the_cold_bytes(tmp_path, clean_env, caplog, streams):
     assert metrics.cold_bytes_per_mode == {"buffered": metrics.bytes_read}
     assert any(f": {metrics.bytes_read} bytes, {streams} streams, 65536-byte requests, buffered;" in r.getMessage()
                for r in caplog.records)
+
+
+def test_streams_hold_one_descriptor_each(tmp_path, clean_env):
+    """A stream keeps a descriptor only of the file it reads now: across batches every stream reads
+    from every file, and one descriptor per stream per file ran out of them (streams x files; 8
+    streams and 191 shards is past the usual limit of 1024). Descriptors counted between batches."""
+    from fastsafetensors._src.files import read_headers
+    from fastsafetensors._src.plan import plan_load
+
+    streams, count = 4, 12
+    paths = [save(str(tmp_path / f"f{i}.safetensors"), {f"t{i}": random_tensor("U8", (MiB + 3 * i,), seed=i)})
+             for i in range(count)]
+    for p in paths:
+        evict(p)
+    clean_env.setenv("FASTSAFETENSORS_COLD_THREADS", str(streams))
+    clean_env.setenv("FASTSAFETENSORS_COLD_REQUEST_KB", "64")
+    plan = plan_load(read_headers(paths))
+    buffers = [_cpp.HostBuffer.allocate(n) for n in plan.buffer_sizes]
+    base = len(os.listdir("/proc/self/fd"))
+    seen = []
+    stats = _cpp.HostReader(2).read(plan.sources(), plan.ranges, buffers, MiB, False, batch_bytes=MiB // 2,
+                                    on_batch=lambda n: seen.append(len(os.listdir("/proc/self/fd"))),
+                                    cold_reads=True)
+    assert stats["cold_bytes"] == sum(r.length for r in plan.ranges) and len(seen) >= count
+    assert max(seen) - base <= count + streams, f"{max(seen) - base} descriptors open beyond the {base} before"
+    for name, loc in plan.tensors.items():
+        want = load_file(paths[int(name[1:])])[name].numpy().tobytes()
+        assert np.from_dlpack(buffers[loc.buffer].view(loc.offset, [len(want)], 1, 8)).tobytes() == want, name
 
 
 def test_mixed_resident_and_cold_ranges(tmp_path, clean_env):
