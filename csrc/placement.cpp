@@ -1,11 +1,15 @@
 #include "fastsafetensors/placement.hpp"
 
+#include <sys/uio.h>
+
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "fastsafetensors/detail/checked.hpp"
+#include "fastsafetensors/read_plan.hpp"
 
 namespace fst {
 
@@ -248,6 +252,81 @@ void copy_strided(const uint8_t* src, uint64_t src_size, uint8_t* dst, uint64_t 
     const uint64_t at = c.dst_offset + task.begin * c.dst_strides[0] * c.itemsize;
     copy_any(c.itemsize, src + c.src_offset + task.begin * row, dst + at, ext, c.dst_strides);
   });
+}
+
+namespace {
+
+// What one thread of read_strided reuses from one box to the next.
+struct BoxWorker {
+  std::vector<uint8_t> box;      // the box read, then copied out
+  std::vector<uint8_t> scratch;  // where gaps go
+  std::vector<iovec> pieces;
+  uint64_t reads = 0, gap_bytes = 0;
+};
+
+// The ranges [first, last) (of one box, in file order where they follow each other) into the
+// worker's box buffer: neighbours in one file with gaps of at most max_gap in one preadv.
+void read_box(const std::vector<File>& files, const std::vector<ReadRange>& ranges, size_t first, size_t last,
+              uint64_t max_gap, BoxWorker& w) {
+  size_t k = first;
+  while (k < last) {
+    if (ranges[k].length == 0) {
+      ++k;
+      continue;
+    }
+    const ReadRange& head = ranges[k];
+    w.pieces.clear();
+    uint64_t at = head.file_offset;
+    for (; k < last && w.pieces.size() + 2 <= IOV_MAX; ++k) {
+      const ReadRange& r = ranges[k];
+      if (r.length == 0) continue;
+      if (r.file != head.file || r.file_offset < at || r.file_offset - at > max_gap) break;
+      if (r.file_offset > at) {
+        w.pieces.push_back({w.scratch.data(), r.file_offset - at});
+        w.gap_bytes += r.file_offset - at;
+      }
+      w.pieces.push_back({w.box.data() + r.dst_offset, r.length});
+      at = r.file_offset + r.length;
+    }
+    files[head.file].read_exact(w.pieces.data(), static_cast<int>(w.pieces.size()), head.file_offset);
+    ++w.reads;
+  }
+}
+
+}  // namespace
+
+ReadStats read_strided(const std::vector<File>& files, const std::vector<ReadRange>& ranges,
+                       const std::vector<StridedCopy>& copies, uint64_t box_bytes, uint64_t max_gap, uint8_t* dst,
+                       uint64_t dst_size, ThreadPool& pool) {
+  for (const StridedCopy& c : copies) check_copy(c, box_bytes, dst_size);
+  check_ranges(ranges, files.size(), std::vector<uint64_t>(copies.size(), box_bytes));
+  std::vector<size_t> first(copies.size() + 1, ranges.size());  // box k's ranges: [first[k], first[k + 1])
+  for (size_t i = ranges.size(); i-- > 0;) {
+    if (i + 1 < ranges.size() && ranges[i].dst > ranges[i + 1].dst) {
+      throw std::invalid_argument("read_strided: ranges not grouped by box in increasing order");
+    }
+    first[ranges[i].dst] = i;
+  }
+  for (size_t k = copies.size(); k-- > 0;) first[k] = std::min(first[k], first[k + 1]);
+  std::vector<BoxWorker> workers(pool.size());
+  for (BoxWorker& w : workers) {
+    w.box.resize(box_bytes);
+    w.scratch.resize(max_gap);
+  }
+  pool.parallel_for(copies.size(), [&](unsigned worker, size_t k) {
+    BoxWorker& w = workers[worker];
+    read_box(files, ranges, first[k], first[k + 1], max_gap, w);
+    const StridedCopy& c = copies[k];
+    copy_any(c.itemsize, w.box.data() + c.src_offset, dst + c.dst_offset, c.shape, c.dst_strides);
+  });
+  ReadStats stats;
+  for (const BoxWorker& w : workers) {
+    stats.reads += w.reads;
+    stats.gap_bytes += w.gap_bytes;
+  }
+  stats.bytes_per_file = bytes_per_file(ranges, files.size());
+  for (uint64_t n : stats.bytes_per_file) stats.bytes += n;
+  return stats;
 }
 
 }  // namespace fst

@@ -31,6 +31,17 @@ void fst::python::raise_python(const char* name, const std::string& message, con
   PyErr_SetObject(cls.ptr(), exc.ptr());
 }
 
+py::dict fst::python::read_stats_dict(const ReadStats& stats) {
+  py::dict out;
+  out["bytes"] = stats.bytes;
+  out["reads"] = stats.reads;
+  out["gap_bytes"] = stats.gap_bytes;
+  out["populated"] = stats.populated;
+  out["cold_bytes"] = stats.cold_bytes;
+  out["bytes_per_file"] = stats.bytes_per_file;
+  return out;
+}
+
 namespace {
 using fst::python::raise_python;
 
@@ -348,14 +359,7 @@ PYBIND11_MODULE(_cpp, m) {
               py::gil_scoped_release nogil;
               stats = r.read(sources, ranges, dsts, sizes, options);
             }
-            py::dict out;
-            out["bytes"] = stats.bytes;
-            out["reads"] = stats.reads;
-            out["gap_bytes"] = stats.gap_bytes;
-            out["populated"] = stats.populated;
-            out["cold_bytes"] = stats.cold_bytes;
-            out["bytes_per_file"] = stats.bytes_per_file;
-            return out;
+            return fst::python::read_stats_dict(stats);
           },
           py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
           py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap, py::arg("batch_bytes") = 0,
