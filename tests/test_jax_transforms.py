@@ -286,8 +286,10 @@ def test_transposed_pieces_read_and_copied_in_boxes(narrow, monkeypatch, case, s
     real = _cpp.read_strided
 
     def spy(reader, sources, ranges, copies, box, dst, **kw):
+        stats = real(reader, sources, ranges, copies, box, dst, **kw)
         calls.append((len(copies), box))
-        return real(reader, sources, ranges, copies, box, dst, **kw)
+        assert stats["populated"] >= sum(np.prod(c[1]) * c[4] for c in copies)  # faulted in ahead of the copies
+        return stats
 
     monkeypatch.setattr(transform_reads, "BOX_BYTES", box_bytes)
     monkeypatch.setattr(transform_reads._cpp, "read_strided", spy)

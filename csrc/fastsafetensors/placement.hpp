@@ -45,7 +45,8 @@ void copy_strided(const uint8_t* src, uint64_t src_size, uint8_t* dst, uint64_t 
 // src_offset is into that buffer), the next box read while another thread copies: one pass over
 // the bytes, no staging buffer to fill and read back. Ranges of a file that follow with gaps of
 // at most `max_gap` bytes go in one vectored read. The ranges are grouped by box, in increasing
-// box order. Throws std::invalid_argument, before reading anything, for a range or a copy outside
+// box order. The bytes the copies write are faulted in first, in 2 MiB pieces on the pool
+// (ReadStats::populated). Throws std::invalid_argument, before reading anything, for a range or a copy outside
 // its box or destination; ReadError as HostReader::read does.
 ReadStats read_strided(const std::vector<File>& files, const std::vector<ReadRange>& ranges,
                        const std::vector<StridedCopy>& copies, uint64_t box_bytes, uint64_t max_gap, uint8_t* dst,
