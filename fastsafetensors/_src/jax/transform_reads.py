@@ -115,7 +115,7 @@ class _Staged:
     box: Box  # the chunk: a part of piece.box
     dst: int  # byte offset of its first element in the shard buffer
     out: np.dtype  # the shard's dtype
-    box_bytes: int  # the most it was cut to: BOX_BYTES (read_strided) or STAGING_BYTES
+    one_pass: bool  # read and copied by read_strided (cut to BOX_BYTES), else staged (STAGING_BYTES)
 
     @property
     def nbytes(self) -> int:
@@ -129,11 +129,11 @@ def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> D
         direct, staged = _plan(files, leaves_, slots, read_options)
     if len(direct):
         read_into_host(LoadPlan(files, direct, [buffer.size], {}), metrics=metrics, buffers=[buffer], **read_options)
-    boxes = [s for s in staged if s.box_bytes == BOX_BYTES]
+    boxes = [s for s in staged if s.one_pass]
     if boxes:
         _read_boxes(files, buffer, boxes, metrics, read_options["threads"])
     if len(boxes) < len(staged):
-        _read_staged(files, buffer, [s for s in staged if s.box_bytes != BOX_BYTES], metrics, read_options)
+        _read_staged(files, buffer, [s for s in staged if not s.one_pass], metrics, read_options)
     out: Dict[str, jax.Array] = {}
     for leaf in leaves_:
         with metrics.phase("transfer"):
@@ -183,9 +183,11 @@ def _plan(files, leaves_: List[Leaf], slots, read_options) -> Tuple["_cpp.RangeL
                     _cpp.plan_strided(files[fi].header, k, list(p.shape), [a for a, _ in p.box], [b for _, b in p.box],
                                      fi, 0, base // size + p.offset, list(p.strides), direct)
                     continue
-                cut = BOX_BYTES if boxes and not converts else STAGING_BYTES
+                one_pass = boxes and not converts
+                cut = BOX_BYTES if one_pass else STAGING_BYTES
                 for chunk, delta in _chunks(p.box, p.strides, max(1, cut // np.dtype(NUMPY_DTYPES[st]).itemsize)):
-                    staged.append(_Staged((fi, k), st, p, chunk, base + (p.offset + delta) * size, leaf.dtype, cut))
+                    staged.append(_Staged((fi, k), st, p, chunk, base + (p.offset + delta) * size, leaf.dtype,
+                                          one_pass))
     return direct, staged
 
 
