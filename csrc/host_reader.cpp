@@ -217,6 +217,7 @@ ReadStats HostReader::read(const std::vector<ReadSource>& sources, const std::ve
   ReadStats stats;
   ResidencySplit split;
   if (options.cold_reads && !options.direct) split = split_by_residency(files, ranges, kResidencyGranule);
+  stats.residency_steps = split.steps_asked;
   if (!options.cold_reads || options.direct || split.all_resident) {
     run(pool_, files, group_reads(ranges, options.chunk_bytes, options.max_gap), dsts, options, stats);
   } else {

@@ -1,11 +1,21 @@
 #include "fastsafetensors/placement.hpp"
 
+#include <sys/uio.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
+#include <climits>
 #include <cstring>
+#include <utility>
 #include <stdexcept>
 #include <string>
 
 #include "fastsafetensors/detail/checked.hpp"
+#include "fastsafetensors/detail/populate.hpp"
+#include "fastsafetensors/read_plan.hpp"
 
 namespace fst {
 
@@ -107,6 +117,52 @@ struct Elem {
   uint8_t b[N];
 };
 
+// tile[x * kTile + y] = s[y * ssb + x] for x < ha, y < hb: a block of rows ssb apart transposed
+// into a tile, element by element.
+template <typename T>
+void fill_tile_scalar(const T* s, uint64_t ssb, uint64_t ha, uint64_t hb, uint64_t from_x, uint64_t from_y, T* tile) {
+  for (uint64_t y = 0; y < hb; ++y) {
+    for (uint64_t x = y < from_y ? from_x : 0; x < ha; ++x) tile[x * kTile + y] = s[y * ssb + x];
+  }
+}
+
+template <typename T>
+void fill_tile(const T* s, uint64_t ssb, uint64_t ha, uint64_t hb, T* tile) {
+  fill_tile_scalar(s, ssb, ha, hb, 0, 0, tile);
+}
+
+#if defined(__SSE2__)
+// 2-byte elements (bf16, fp16: most checkpoints) 8x8 at a time in SSE2 registers (x86-64's
+// baseline), three rounds of interleaving: a whole transpose (640x2048, one thread, into memory
+// already faulted in) ran 1.2-1.7x as fast as with the element loop on the project's VM.
+template <>
+void fill_tile<uint16_t>(const uint16_t* s, uint64_t ssb, uint64_t ha, uint64_t hb, uint16_t* tile) {
+  const uint64_t ha8 = ha / 8 * 8, hb8 = hb / 8 * 8;
+  for (uint64_t y = 0; y < hb8; y += 8) {
+    for (uint64_t x = 0; x < ha8; x += 8) {
+      __m128i r[8], t[8];
+      for (int j = 0; j < 8; ++j) r[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + (y + j) * ssb + x));
+      for (int j = 0; j < 4; ++j) {
+        t[j] = _mm_unpacklo_epi16(r[2 * j], r[2 * j + 1]);
+        t[j + 4] = _mm_unpackhi_epi16(r[2 * j], r[2 * j + 1]);
+      }
+      for (int j = 0; j < 2; ++j) {
+        r[j] = _mm_unpacklo_epi32(t[2 * j], t[2 * j + 1]);
+        r[j + 2] = _mm_unpackhi_epi32(t[2 * j], t[2 * j + 1]);
+        r[j + 4] = _mm_unpacklo_epi32(t[2 * j + 4], t[2 * j + 5]);
+        r[j + 6] = _mm_unpackhi_epi32(t[2 * j + 4], t[2 * j + 5]);
+      }
+      for (int j = 0; j < 4; ++j) {
+        uint16_t* out = tile + (x + 2 * j) * kTile + y;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi64(r[2 * j], r[2 * j + 1]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + kTile), _mm_unpackhi_epi64(r[2 * j], r[2 * j + 1]));
+      }
+    }
+  }
+  fill_tile_scalar(s, ssb, ha, hb, ha8, hb8, tile);
+}
+#endif
+
 // One C-contiguous block of `ext` to `dst` with strides `ds` (elements of type T). Where the
 // destination's densest axis is not the source's innermost one (a transpose), tile by tile over
 // both axes; otherwise row by row.
@@ -165,10 +221,7 @@ void copy_block(const uint8_t* src_bytes, uint8_t* dst_bytes, const std::vector<
       const uint64_t hb = std::min(nb - ib, kTile);
       for (uint64_t ia = 0; ia < na; ia += kTile) {
         const uint64_t ha = std::min(na - ia, kTile);
-        for (uint64_t y = 0; y < hb; ++y) {
-          const T* s = src + s0 + (ib + y) * ssb + ia;
-          for (uint64_t x = 0; x < ha; ++x) tile[x * kTile + y] = s[x];
-        }
+        fill_tile(src + s0 + ib * ssb + ia, ssb, ha, hb, tile);
         T* o = dst + o0 + ia * dsa + ib * dsb;
         for (uint64_t x = 0; x < ha; ++x) {
           if (dsb == 1) {
@@ -248,6 +301,109 @@ void copy_strided(const uint8_t* src, uint64_t src_size, uint8_t* dst, uint64_t 
     const uint64_t at = c.dst_offset + task.begin * c.dst_strides[0] * c.itemsize;
     copy_any(c.itemsize, src + c.src_offset + task.begin * row, dst + at, ext, c.dst_strides);
   });
+}
+
+namespace {
+
+// What one thread of read_strided reuses from one box to the next.
+struct BoxWorker {
+  std::vector<uint8_t> box;      // the box read, then copied out
+  std::vector<uint8_t> scratch;  // where gaps go
+  std::vector<iovec> pieces;
+  uint64_t reads = 0, gap_bytes = 0;
+};
+
+// The ranges [first, last) (of one box, in file order where they follow each other) into the
+// worker's box buffer: neighbours in one file with gaps of at most max_gap in one preadv.
+void read_box(const std::vector<File>& files, const std::vector<ReadRange>& ranges, size_t first, size_t last,
+              uint64_t max_gap, BoxWorker& w) {
+  size_t k = first;
+  while (k < last) {
+    if (ranges[k].length == 0) {
+      ++k;
+      continue;
+    }
+    const ReadRange& head = ranges[k];
+    w.pieces.clear();
+    uint64_t at = head.file_offset;
+    for (; k < last && w.pieces.size() + 2 <= IOV_MAX; ++k) {
+      const ReadRange& r = ranges[k];
+      if (r.length == 0) continue;
+      if (r.file != head.file || r.file_offset < at || r.file_offset - at > max_gap) break;
+      if (r.file_offset > at) {
+        w.pieces.push_back({w.scratch.data(), r.file_offset - at});
+        w.gap_bytes += r.file_offset - at;
+      }
+      w.pieces.push_back({w.box.data() + r.dst_offset, r.length});
+      at = r.file_offset + r.length;
+    }
+    files[head.file].read_exact(w.pieces.data(), static_cast<int>(w.pieces.size()), head.file_offset);
+    ++w.reads;
+  }
+}
+
+// Faults in the bytes the copies write, on the pool and ahead of them: one madvise per 2 MiB rather
+// than a page fault per 4 KiB inside the tiles (the shards are fresh memory; measured: the load's
+// system time 0.95 -> 0.35 s for 0.53 GB of shards). Returns the bytes populated.
+uint64_t populate_extents(const std::vector<StridedCopy>& copies, uint8_t* dst, ThreadPool& pool) {
+  constexpr uint64_t kPiece = uint64_t{2} << 20;
+  std::vector<std::pair<uint64_t, uint64_t>> spans;  // [begin, end) bytes of dst, checked by check_copy
+  for (const StridedCopy& c : copies) {
+    if (product(c.shape, "strided copy size") == 0) continue;
+    uint64_t last = 0;
+    for (size_t d = 0; d < c.shape.size(); ++d) last += (c.shape[d] - 1) * c.dst_strides[d];
+    spans.push_back({c.dst_offset, c.dst_offset + (last + 1) * c.itemsize});
+  }
+  std::sort(spans.begin(), spans.end());
+  std::vector<std::pair<uint64_t, uint64_t>> pieces;
+  for (size_t i = 0; i < spans.size();) {
+    uint64_t begin = spans[i].first, end = spans[i].second;
+    for (++i; i < spans.size() && spans[i].first <= end; ++i) end = std::max(end, spans[i].second);
+    for (uint64_t at = begin; at < end; at += kPiece) pieces.push_back({at, std::min(end, at + kPiece)});
+  }
+  pool.parallel_for(pieces.size(), [&](unsigned, size_t i) {
+    detail::populate(dst + pieces[i].first, pieces[i].second - pieces[i].first);
+  });
+  uint64_t bytes = 0;
+  for (const auto& [begin, end] : pieces) bytes += end - begin;
+  return bytes;
+}
+
+}  // namespace
+
+ReadStats read_strided(const std::vector<File>& files, const std::vector<ReadRange>& ranges,
+                       const std::vector<StridedCopy>& copies, uint64_t box_bytes, uint64_t max_gap, uint8_t* dst,
+                       uint64_t dst_size, ThreadPool& pool) {
+  for (const StridedCopy& c : copies) check_copy(c, box_bytes, dst_size);
+  check_ranges(ranges, files.size(), std::vector<uint64_t>(copies.size(), box_bytes));
+  std::vector<size_t> first(copies.size() + 1, ranges.size());  // box k's ranges: [first[k], first[k + 1])
+  for (size_t i = ranges.size(); i-- > 0;) {
+    if (i + 1 < ranges.size() && ranges[i].dst > ranges[i + 1].dst) {
+      throw std::invalid_argument("read_strided: ranges not grouped by box in increasing order");
+    }
+    first[ranges[i].dst] = i;
+  }
+  for (size_t k = copies.size(); k-- > 0;) first[k] = std::min(first[k], first[k + 1]);
+  ReadStats stats;
+  stats.populated = populate_extents(copies, dst, pool);
+  std::vector<BoxWorker> workers(pool.size());
+  for (BoxWorker& w : workers) {
+    w.box.resize(box_bytes);
+    w.scratch.resize(max_gap);
+  }
+  pool.parallel_for(copies.size(), [&](unsigned worker, size_t k) {
+    BoxWorker& w = workers[worker];
+    read_box(files, ranges, first[k], first[k + 1], max_gap, w);
+    const StridedCopy& c = copies[k];
+    copy_any(c.itemsize, w.box.data() + c.src_offset, dst + c.dst_offset, c.shape, c.dst_strides);
+  });
+  for (const BoxWorker& w : workers) {
+    stats.reads += w.reads;
+    stats.gap_bytes += w.gap_bytes;
+  }
+  stats.bytes_per_file = bytes_per_file(ranges, files.size());
+  for (uint64_t n : stats.bytes_per_file) stats.bytes += n;
+  return stats;
 }
 
 }  // namespace fst

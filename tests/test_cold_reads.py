@@ -5,6 +5,7 @@ what safetensors reads, bit for bit."""
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import mmap
 import os
@@ -202,6 +203,34 @@ def test_cold_reads_off_reads_everything_as_before(tmp_path, clean_env):
     metrics = LoadMetrics()
     assert_exact(fastsafetensors.load(path, framework="torch", metrics=metrics), path)
     assert metrics.cold_bytes == 0
+
+
+
+def test_residency_asked_only_of_the_steps_read(tmp_path, clean_env):
+    """A read of a few MiB of a huge file asks about the steps it touches, not the whole file:
+    staged layout transforms read 4 MiB at a time, and sampling a 10 GB file (10,000 steps of
+    1 MiB) each time cost more than the reads. A 1 TiB sparse file: 2 steps, not 2**20."""
+    from fastsafetensors._src.files import read_headers
+    from fastsafetensors._src.plan import plan_load
+
+    small = np.arange(MiB, dtype=np.uint8) * np.uint8(7)
+    header = json.dumps({"small": {"dtype": "U8", "shape": [MiB], "data_offsets": [0, MiB]},
+                         "big": {"dtype": "U8", "shape": [1 << 40], "data_offsets": [MiB, MiB + (1 << 40)]}})
+    header += " " * (-len(header) % 8)
+    path = str(tmp_path / "huge.safetensors")
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header.encode() + small.tobytes())
+        f.truncate(8 + len(header) + MiB + (1 << 40))
+    make_resident(path, 0, 2 * MiB)  # the steps the tensor touches (it ends in the second)
+    plan = plan_load(read_headers([path]), ["small"])
+    buffers = [_cpp.HostBuffer.allocate(n) for n in plan.buffer_sizes]
+    stats = _cpp.HostReader(2).read(plan.sources(), plan.ranges, buffers, MiB, False, cold_reads=True)
+    assert stats["residency_steps"] == 2 and stats["cold_bytes"] == 0
+    loc = plan.tensors["small"]
+    assert np.from_dlpack(buffers[loc.buffer].view(loc.offset, [MiB], 1, 8)).tobytes() == small.tobytes()
+    metrics = LoadMetrics()
+    out = fastsafetensors.load(path, names=["small"], metrics=metrics)
+    assert np.array_equal(out["small"], small) and metrics.cold_bytes == 0
 
 
 # ---------------------------------------------------------------- the rule, from a fake sysfs tree

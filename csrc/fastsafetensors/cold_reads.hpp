@@ -66,6 +66,7 @@ void set_sysfs_root(const std::string& root);
 // A file that cannot be mapped counts resident: it is read as before the split existed.
 struct ResidencySplit {
   bool all_resident = false;  // every step of every file read is resident: both lists stay empty
+  uint64_t steps_asked = 0;   // steps whose residency was sampled (those the ranges touch)
   std::vector<ReadRange> resident;
   std::vector<ReadRange> cold;
 };

@@ -56,6 +56,7 @@ struct ReadStats {
   uint64_t gap_bytes = 0;                // read between ranges and dropped
   uint64_t populated = 0;                // destination bytes faulted in before the copy rather than during it
   uint64_t cold_bytes = 0;               // read with a device's cold shape
+  uint64_t residency_steps = 0;          // steps of files asked whether they are in the page cache
   std::vector<ColdDeviceRead> cold;      // how, per device (O_DIRECT asked, used, or why not)
   std::vector<uint64_t> bytes_per_file;  // delivered from each source
 };

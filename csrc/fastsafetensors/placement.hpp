@@ -1,13 +1,16 @@
 // Placing boxes of tensors into strided destinations: the shards of layout transforms (docs/jax.md).
 // A box whose innermost axis lands contiguous in the destination is read straight into it
-// (plan_strided); any other (a transpose) is read into a staging buffer and copied from there
-// (copy_strided), tiled so that both sides stay in cache.
+// (plan_strided); any other (a transpose) is read in small boxes, each into a buffer of the thread
+// that copies it into the shard while it is still in cache (read_strided), or from a staging buffer
+// (copy_strided); the copies are tiled so that both sides stay in cache.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "fastsafetensors/file.hpp"
 #include "fastsafetensors/header.hpp"
+#include "fastsafetensors/host_reader.hpp"
 #include "fastsafetensors/read_plan.hpp"
 #include "fastsafetensors/thread_pool.hpp"
 
@@ -36,5 +39,17 @@ struct StridedCopy {
 // std::invalid_argument, before copying anything, for a copy outside either buffer.
 void copy_strided(const uint8_t* src, uint64_t src_size, uint8_t* dst, uint64_t dst_size,
                   const std::vector<StridedCopy>& copies, ThreadPool& pool);
+
+// Reads box k (the ranges whose dst is k, at dst_offset bytes into the box) into a buffer of
+// `box_bytes` of one of the pool's threads and copies it into `dst` as copies[k] says (its
+// src_offset is into that buffer), the next box read while another thread copies: one pass over
+// the bytes, no staging buffer to fill and read back. Ranges of a file that follow with gaps of
+// at most `max_gap` bytes go in one vectored read. The ranges are grouped by box, in increasing
+// box order. The bytes the copies write are faulted in first, in 2 MiB pieces on the pool
+// (ReadStats::populated). Throws std::invalid_argument, before reading anything, for a range or a copy outside
+// its box or destination; ReadError as HostReader::read does.
+ReadStats read_strided(const std::vector<File>& files, const std::vector<ReadRange>& ranges,
+                       const std::vector<StridedCopy>& copies, uint64_t box_bytes, uint64_t max_gap, uint8_t* dst,
+                       uint64_t dst_size, ThreadPool& pool);
 
 }  // namespace fst

@@ -144,6 +144,19 @@ py::list cold_list(const std::vector<ColdDeviceRead>& cold) {
 
 }  // namespace
 
+py::dict fst::python::read_stats_dict(const ReadStats& stats) {
+  py::dict out;
+  out["bytes"] = stats.bytes;
+  out["reads"] = stats.reads;
+  out["gap_bytes"] = stats.gap_bytes;
+  out["populated"] = stats.populated;
+  out["cold_bytes"] = stats.cold_bytes;
+  out["cold_reads"] = cold_list(stats.cold);
+  out["residency_steps"] = stats.residency_steps;
+  out["bytes_per_file"] = stats.bytes_per_file;
+  return out;
+}
+
 PYBIND11_MODULE(_cpp, m) {
   m.doc() = "fastsafetensors engine: header parsing, read planning, parallel reads, DLPack export";
   py::module_ testing = m.def_submodule("testing", "Bindings for tests and benchmarks; never needed in normal use.");
@@ -393,15 +406,7 @@ PYBIND11_MODULE(_cpp, m) {
               py::gil_scoped_release nogil;
               stats = r.read(sources, ranges, dsts, sizes, options);
             }
-            py::dict out;
-            out["bytes"] = stats.bytes;
-            out["reads"] = stats.reads;
-            out["gap_bytes"] = stats.gap_bytes;
-            out["populated"] = stats.populated;
-            out["cold_bytes"] = stats.cold_bytes;
-            out["cold_reads"] = cold_list(stats.cold);
-            out["bytes_per_file"] = stats.bytes_per_file;
-            return out;
+            return fst::python::read_stats_dict(stats);
           },
           py::arg("sources"), py::arg("ranges"), py::arg("buffers"), py::arg("chunk_bytes") = uint64_t{8} << 20,
           py::arg("direct") = false, py::arg("max_gap") = ReadOptions{}.max_gap, py::arg("batch_bytes") = 0,

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fastsafetensors/header.hpp"
+#include "fastsafetensors/host_reader.hpp"
 #include "fastsafetensors/numa.hpp"
 #include "fastsafetensors/read_plan.hpp"
 
@@ -20,6 +21,10 @@ namespace fst::python {
 
 // Raises the fastsafetensors.errors class `name`(message, **extra) as the current Python error.
 void raise_python(const char* name, const std::string& message, const pybind11::dict& extra);
+
+// What HostReader::read (and read_strided) did, as Python sees it: {'bytes', 'reads', 'gap_bytes',
+// 'populated', 'cold_bytes', 'bytes_per_file'}.
+pybind11::dict read_stats_dict(const ReadStats& stats);
 
 // `testing` is the engine's testing submodule: bindings only tests and benchmarks use go there.
 void bind_integrity(pybind11::module_& m, pybind11::module_& testing);
