@@ -153,7 +153,13 @@ class ParallelLoader:
         # Every header once (a broken or duplicated tensor fails here, on every rank; the batches
         # reuse them), then one collective in the caller's thread: the same file list everywhere,
         # the tensors kept, the read mode.
-        files = self._read_headers(hf_weights_files)
+        error: Optional[BaseException] = None
+        files: List[SafeTensorsFile] = []
+        try:
+            files = self._read_headers(hf_weights_files)
+        except Exception as exc:  # re-raised by agree() once every rank has heard of it (none waits in decide_mode)
+            error = exc
+        self._group.agree(error, "reading the checkpoint's headers")
         batches = [files[i:i + world] for i in range(0, len(files), world)]
         self.loader._add_headers({r: files[r::world] for r in range(world)})
         mode = self.loader.decide_mode(self.loader.kept_catalog())
