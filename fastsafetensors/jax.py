@@ -61,8 +61,7 @@ class JaxLoadMetrics(LoadMetrics):
     bytes_per_process: Dict[int, int] = field(default_factory=dict)
 
     def count_load(self) -> None:
-        """After a load's reads: the files they touched and this process's bytes."""
-        self.files = len(self.bytes_per_file)  # each read call counted its files again
+        """After a load's reads: this process's bytes."""
         self.bytes_per_process[self.process_index] = self.bytes_read
 
     def count_device(self, device: "jax.Device", nbytes: int) -> None:

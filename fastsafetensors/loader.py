@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from . import _cpp
 from ._src.direct_read import read_pieces, readable_by_me
 from ._src.distributed import (ALIGN, Entry, Group, Piece, TorchGroup, build_catalog, exchange, fingerprint, group_of,
-                          names_fingerprint, push, resolve, row_piece, blocks_from_rows,
+                          names_fingerprint, object_versions, push, resolve, row_piece, blocks_from_rows,
                           versions_fingerprint)
 from ._src.dtypes import RAW_BYTES, float_cast
 from ._src.device_engine import gds_mode, read_into_device
@@ -509,11 +509,7 @@ class SafeTensorsFileLoader:
         if len({row[0] for row in rows}) > 1:
             raise ShardRequestError("add_filenames was given different {rank: files} maps on different ranks")
         if len({row[3] for row in rows}) > 1:
-            # Each rank GETs from the version it read the header of: they must all have read the same one.
-            urls = [f.path for f in self._all_files() if f.remote is not None]
-            raise RemoteObjectChangedError(f"the ranks read the headers of different versions (ETags) of some of "
-                                           f"the {len(urls)} object(s) added (the first: {urls[0]}): one was replaced "
-                                           "while the ranks added them; add them again", filename=urls[0])
+            self._raise_changed_objects()
         everyone = all(row[1] for row in rows)
         if self.direct_read and self.group.distributed and not everyone:  # one process reads its files anyway
             raise ShardRequestError("direct_read=True, but some rank cannot open every file; use direct_read=False")
@@ -529,6 +525,17 @@ class SafeTensorsFileLoader:
         if self.direct_read or not self.framework.group_shareable or not self.group.moves_bytes:
             return OWN_READS
         return HYBRID
+
+    def _raise_changed_objects(self) -> None:
+        """Names the objects whose versions differ between ranks (every rank gets here, after the same
+        file maps were agreed on, so each sends one digest per object, in the same order)."""
+        versions = object_versions(self._files)
+        rows = self.group.agree(None, "comparing object versions", list(versions.values()))
+        changed = [url for i, url in enumerate(versions) if len({row[i] for row in rows}) > 1]
+        # Each rank GETs from the version it read the header of: they must all have read the same one.
+        raise RemoteObjectChangedError(f"the ranks read the headers of different versions (ETags) of "
+                                       f"{', '.join(changed)}: replaced while the ranks added them; add them again",
+                                       filename=changed[0])
 
     def read_local(self, mode: str, catalog: Dict[str, Entry], everything: bool = False,
                    max_copy_block_size: int = 16 * 1024 ** 3,

@@ -17,6 +17,8 @@ _M = TypeVar("_M", bound="LoadMetrics")
 class LoadMetrics:
     """Filled in by a load. ``seconds`` holds wall time per phase (headers, plan, read, ...)."""
 
+    # Distinct files (or objects) the load read bytes from, each once however many reads touched it
+    # (kept by count_files, so every read path counts alike).
     files: int = 0
     tensors: int = 0
     bytes_read: int = 0
@@ -70,6 +72,7 @@ class LoadMetrics:
         for path, n in zip(paths, per_file):
             if n:
                 self.bytes_per_file[path] = self.bytes_per_file.get(path, 0) + n
+        self.files = len(self.bytes_per_file)
         self.bytes_read += sum(per_file)
 
     def count_host_reads(self, stats: Dict[str, Any]) -> None:

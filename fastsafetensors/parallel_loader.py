@@ -151,9 +151,16 @@ class ParallelLoader:
         self._group = self.loader.group
         world = self._group.size
         # Every header once (a broken or duplicated tensor fails here, on every rank; the batches
-        # reuse them), then one collective in the caller's thread: the same file list everywhere,
-        # the tensors kept, the read mode.
-        files = self._read_headers(hf_weights_files)
+        # reuse them), then two small collectives in the caller's thread: whether every rank read its
+        # headers (a rank that could not, e.g. a missing file or a failed LIST, must not leave the
+        # others waiting in the next one), then the same file list everywhere, the tensors kept, the read mode.
+        error: Optional[BaseException] = None
+        files: List[SafeTensorsFile] = []
+        try:
+            files = self._read_headers(hf_weights_files)
+        except Exception as exc:  # re-raised by agree() once every rank has heard of it
+            error = exc
+        self._group.agree(error, "reading the checkpoint's headers")
         batches = [files[i:i + world] for i in range(0, len(files), world)]
         self.loader._add_headers({r: files[r::world] for r in range(world)})
         mode = self.loader.decide_mode(self.loader.kept_catalog())

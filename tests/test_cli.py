@@ -326,6 +326,25 @@ def test_bench_catches_a_loader_returning_wrong_bytes(sharded):
         _bench.run_alternating([_bench.Case("broken", broken)], paths, 1, reference)
 
 
+def test_bench_numpy_memmap_types_every_dtype_numpy_has(tmp_path):
+    """The np.memmap case (bench and benchmarks/mmap_bench.py) views each tensor as the NumPy
+    backend types it: ints, bools and F64 too, not raw bytes; advise sees each whole mapping."""
+    from fastsafetensors._src import bench as _bench
+
+    path = str(tmp_path / "dtypes.safetensors")
+    want = {"f64": torch.randn(3, 2, dtype=torch.float64), "i16": torch.arange(-4, 4, dtype=torch.int16),
+            "i8": torch.arange(-3, 3, dtype=torch.int8).reshape(2, 3), "u8": torch.arange(5, dtype=torch.uint8),
+            "bool": torch.tensor([True, False, True]), "bf16": torch.randn(4).to(torch.bfloat16)}
+    save_file(want, path)
+    advised = []
+    got = _bench.numpy_memmap([path], advised.append, touch=False)
+    assert [a.size for a in advised] == [os.path.getsize(path)]
+    for name, t in want.items():
+        assert str(got[name].dtype) == str(t.dtype).removeprefix("torch."), name
+        assert got[name].shape == tuple(t.shape), name
+        assert got[name].tobytes() == t.contiguous().view(torch.uint8).numpy().tobytes(), name
+
+
 def test_module_entry_point_lists_the_commands():
     proc = _run("--help")
     assert proc.returncode == 0

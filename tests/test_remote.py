@@ -610,3 +610,26 @@ def test_command_line_says_what_it_does_with_urls(argv, match, capsys):
 
     assert main(argv) == 1
     assert match in capsys.readouterr().err
+
+
+def test_pieces_count_each_file_once_local_or_remote(local, proxy):
+    """LoadMetrics.files counts each file read from once, however many reads touched it, whether
+    the pieces come from local files (preadv) or from objects (ranged GETs)."""
+    import numpy as np
+
+    from fastsafetensors._src.direct_read import read_pieces
+    from fastsafetensors._src.distributed import Entry, Piece
+
+    keys = [f"multi/part-{k}.safetensors" for k in range(3)]
+    want = _expect(local, *keys)
+    for paths, opts in (([local[k] for k in keys], None),
+                        ([f"s3://{BUCKET}/{k}" for k in keys], storage_options(proxy.url))):
+        metrics = fastsafetensors.LoadMetrics()
+        files = open_checkpoint(paths, storage_options=opts)
+        pieces = [Piece(Entry(info.name, 0, 0, f, i), -1, 0, 0) for f in files for i, info in enumerate(f.infos)]
+        for _ in range(2):  # two reads of the same files: still three files
+            buffer, offsets = read_pieces(pieces, metrics=metrics)
+            for p, at in zip(pieces, offsets):
+                got = np.from_dlpack(buffer.view(at, [p.nbytes], 1, 8)).tobytes()
+                assert got == want[p.entry.name].contiguous().view(torch.uint8).numpy().tobytes(), p.entry.name
+        assert metrics.files == 3, (paths[0], metrics.files)

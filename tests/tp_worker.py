@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 import fastsafetensors
 from fastsafetensors import ParallelLoader, SafeTensorsFileLoader, _cpp
-from fastsafetensors.errors import (LoaderClosedError, PeerRankError, ShardRequestError, TensorNotFound,
+from fastsafetensors.errors import (LoaderClosedError, PeerRankError, ReadError, ShardRequestError, TensorNotFound,
                                     TruncatedFileError)
 from fastsafetensors.st_types import DType
 from tests.helpers import assert_same_tensor as same
@@ -236,6 +236,25 @@ def scenario_parallel_loader():
                 seen.append(name)
             assert sorted(seen) == sorted(REF) and len(seen) == len(set(seen)), f"{what}: not every tensor once"
             loader.close()
+
+
+def scenario_parallel_loader_missing_file_on_one_rank():
+    """A file only the last rank cannot open: it raises the read error, every other rank a
+    PeerRankError (none is left waiting in the collective that agrees on the files)."""
+    missing = os.path.join(OUT, "missing", os.path.basename(FILES[0]))
+    files = [missing, *FILES[1:]] if RANK == WORLD - 1 else FILES
+    try:
+        ParallelLoader(dist.group.WORLD, files, use_tqdm_on_load=False, device=DEVICE, nogds=True)
+    except ReadError as exc:
+        assert RANK == WORLD - 1 and exc.filename == missing, repr(exc)
+    except PeerRankError:
+        assert RANK != WORLD - 1, "the failing rank raised PeerRankError, not its own error"
+    else:
+        raise AssertionError("ParallelLoader raised nothing")
+    loader = ParallelLoader(dist.group.WORLD, FILES[:WORLD], use_tqdm_on_load=False, device=DEVICE, nogds=True)
+    for name, t in loader.iterate_weights():
+        same(t, REF[name], f"after the failure: {name}")
+    loader.close()
 
 
 def scenario_parallel_loader_close_frees_batches():

@@ -151,7 +151,6 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
                          direct_io=direct_io, progress=False, metrics=metrics)
     with metrics.phase("instantiate"):
         mapped = instantiate(plan, mappings, fw, dtype=dtype, raw=raw, device=target)
-    metrics.files += sum(m is not None for m in mappings)
     metrics.tensors += len(mapped)
     out.update(mapped)
     logger.debug("load (mmap): %s", metrics.summary())

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Case", "flat_bytes", "touch_pages", "digests", "reference_digests", "mismatches", "cases",
+__all__ = ["Case", "flat_bytes", "touch_pages", "numpy_memmap", "digests", "reference_digests", "mismatches", "cases",
            "run_alternating", "median", "markdown_table", "PAGE"]
 
 PAGE = 4096
@@ -113,15 +113,16 @@ def _safetensors(module: str, touch: bool = False) -> LoadFn:
     return load
 
 
-def _numpy_memmap(paths: Sequence[str]) -> Dict[str, Any]:
+def numpy_memmap(paths: Sequence[str], advise: Optional[Callable[[np.memmap], None]] = None,
+                 touch: bool = True) -> Dict[str, Any]:
     """The NumPy way to map a safetensors file: its JSON header parsed, each tensor a view of a
-    copy-on-write ``np.memmap`` of the whole file, pages touched."""
+    copy-on-write ``np.memmap`` of the whole file (typed as the NumPy backend types it; raw bytes
+    where NumPy has no type), pages touched unless ``touch`` is False. ``advise(whole)`` runs on
+    each whole-file mapping before its views are taken (benchmarks/mmap_bench.py's madvise cases)."""
     import json
 
-    import ml_dtypes
+    from .frameworks.numpy import NUMPY_DTYPES
 
-    types = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
-             "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
     out: Dict[str, Any] = {}
     for p in paths:
         with open(p, "rb") as f:
@@ -129,12 +130,15 @@ def _numpy_memmap(paths: Sequence[str]) -> Dict[str, Any]:
             header = json.loads(f.read(n))
         header.pop("__metadata__", None)
         whole = np.memmap(p, dtype=np.uint8, mode="c")
+        if advise is not None:
+            advise(whole)
         for name, e in header.items():
             begin, end = e["data_offsets"]
             raw = whole[8 + n + begin:8 + n + end]
-            dtype = types.get(e["dtype"])
+            dtype = NUMPY_DTYPES.get(e["dtype"])
             out[name] = raw.view(dtype).reshape(e["shape"]) if dtype is not None else raw
-    touch_pages(out)
+    if touch:
+        touch_pages(out)
     return out
 
 
@@ -151,7 +155,7 @@ def cases(names: Optional[Sequence[str]] = None) -> List[Case]:
         ("fastsafetensors torch", ("torch",), _ours("torch")),
         ("fastsafetensors numpy mmap (pages touched)", (), _ours("numpy", mmap=True)),
         ("fastsafetensors torch mmap (pages touched)", ("torch",), _ours("torch", mmap=True)),
-        ("numpy memmap (pages touched)", (), _numpy_memmap),
+        ("numpy memmap (pages touched)", (), numpy_memmap),
         ("safetensors numpy", ("safetensors",), _safetensors("numpy")),
         ("safetensors torch (mmap, pages touched)", ("safetensors", "torch"), _safetensors("torch", touch=True)),
         ("safetensors flax", ("safetensors", "jax"), _safetensors("flax")),

@@ -183,7 +183,6 @@ def read_into_device(plan: LoadPlan, framework: Optional[Framework], device: Dev
     with metrics.phase("read"):
         stats = reader.read(plan.sources(), plan.ranges, ptrs, list(plan.buffer_sizes), use_mapping=use_mapping,
                             stage_cached=mapping != "only", gds=gds)
-    metrics.files += len(plan.files)
     metrics.count_files([f.path for f in plan.files], _cpp.bytes_per_file(plan.ranges, len(plan.files)))
     for path in ("staged", "mapped", "gds"):
         metrics.bytes_per_path[path] = metrics.bytes_per_path.get(path, 0) + stats[f"{path}_bytes"]

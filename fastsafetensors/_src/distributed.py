@@ -27,7 +27,7 @@ from .plan import align_up
 
 __all__ = ["split_bounds", "Entry", "Piece", "build_catalog", "resolve", "Group", "TorchGroup", "PaddleGroup",
            "group_of", "exchange", "push", "row_piece", "blocks_from_rows", "fingerprint", "names_fingerprint",
-           "versions_fingerprint"]
+           "object_versions", "versions_fingerprint"]
 
 logger = logging.getLogger("fastsafetensors")
 
@@ -332,11 +332,17 @@ def fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
                    for rank in sorted(files_by_rank) for f in files_by_rank[rank])
 
 
+def object_versions(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> Dict[str, int]:
+    """``{url: digest of the version (ETag, version id) this rank read}`` for every object, in rank order."""
+    objects = [f.remote for rank in sorted(files_by_rank) for f in files_by_rank[rank] if f.remote is not None]
+    return {o.url.url: _digest([f"{o.url.url}\0{o.etag}\0{o.version}"]) for o in objects}
+
+
 def versions_fingerprint(files_by_rank: Mapping[int, Sequence[SafeTensorsFile]]) -> int:
     """A number every rank computes alike when every rank read the same version (ETag, version id)
     of every object (0 without objects): each rank's ranged GETs are pinned to the one it read."""
-    objects = [f.remote for rank in sorted(files_by_rank) for f in files_by_rank[rank] if f.remote is not None]
-    return _digest(f"{o.url.url}\0{o.etag}\0{o.version}" for o in objects) if objects else 0
+    versions = object_versions(files_by_rank)
+    return _digest(str(v) for v in versions.values()) if versions else 0
 
 
 def names_fingerprint(names: Iterable[str]) -> int:

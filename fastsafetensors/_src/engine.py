@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Hashable, List, Literal, Optional, Sequence, overload
+from typing import Any, Callable, Dict, Hashable, List, Literal, Optional, overload
 
 import numpy as np
 
@@ -147,29 +147,18 @@ def _allocate(size: int, label: str, metrics: LoadMetrics) -> "_cpp.HostBuffer":
     return buffer
 
 
-@overload
-def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
-                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
-                   metrics: Optional[LoadMetrics] = None, buffers: None = None) -> List["_cpp.HostBuffer"]: ...
-
-
-@overload
-def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
-                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
-                   metrics: Optional[LoadMetrics] = None, buffers: List["_cpp.Buffer"]) -> List["_cpp.Buffer"]: ...
-
-
 def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
                    metrics: Optional[LoadMetrics] = None,
-                   buffers: Optional[List["_cpp.Buffer"]] = None) -> Sequence["_cpp.Buffer"]:
+                   buffers: Optional[List["_cpp.HostBuffer"]] = None) -> List["_cpp.HostBuffer"]:
     """Allocates one host buffer per planned file (unless ``buffers`` are given to reuse) and reads
-    every range into its buffer; returns the buffers (those it allocated, or ``buffers``)."""
+    every range into its buffer; returns the buffers (those it allocated, or ``buffers``). Host
+    buffers only: objects' pieces go in by ``HostBuffer.write``, which other buffers lack."""
     metrics = metrics if metrics is not None else LoadMetrics()
     remote = is_remote(plan)
     reader = None if remote else get_reader(threads)
     owned = buffers is None
-    out: List["_cpp.Buffer"] = [] if buffers is None else buffers
+    out: List["_cpp.HostBuffer"] = [] if buffers is None else buffers
     bar = None
     try:
         if owned:
@@ -196,7 +185,6 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
     finally:
         if bar is not None:
             bar.close()
-    metrics.files += len(plan.files)
     total = sum(per_file)
     metrics.count_files([f.path for f in plan.files], per_file)
     logger.debug("read %d bytes from %d %s with %s (%d bytes into reused memory)", total, len(plan.files),
@@ -229,7 +217,7 @@ def is_remote(plan: LoadPlan) -> bool:
     return any(remote)
 
 
-def _read_remote(plan: LoadPlan, buffers: List["_cpp.Buffer"], threads: Optional[int], direct_io: bool, bar,
+def _read_remote(plan: LoadPlan, buffers: List["_cpp.HostBuffer"], threads: Optional[int], direct_io: bool, bar,
                  metrics: LoadMetrics) -> List[int]:
     """The plan's ranges as ranged GETs (fastsafetensors._src.remote.reader); ``threads`` GETs at once."""
     if direct_io:

@@ -244,7 +244,10 @@ def seq_ranks_read_different_versions(pg, files):
     dist.barrier()
     if rank != 0:
         loader.add_filenames(by_rank)
-    with pytest.raises(RemoteObjectChangedError, match="different versions"):
+    with pytest.raises(RemoteObjectChangedError, match="different versions") as caught:
         loader.copy_files_to_device()
+    # the replaced object is the second added: the one named, not the first
+    assert caught.value.filename == by_rank[1][0], caught.value
+    assert by_rank[1][0] in str(caught.value) and by_rank[0][0] not in str(caught.value), caught.value
     loader.close()
 

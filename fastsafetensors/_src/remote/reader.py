@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, cast
 
-from ... import settings
+from ... import _cpp, settings
 from ..plan import LoadPlan
 from .objects import RemoteObject, stream_range
 from .requests import Counters
@@ -58,7 +58,7 @@ def plan_gets(ranges: Iterable[Any], chunk: int, gap: int) -> List[Get]:
     return gets
 
 
-def _deliver(get: Get, offset: int, piece: Any, targets: Sequence[Any]) -> None:
+def _deliver(get: Get, offset: int, piece: Any, targets: Sequence["_cpp.HostBuffer"]) -> None:
     """Copies the piece of a response that starts at object ``offset`` to the parts it overlaps
     (HostBuffer.write lets go of the GIL)."""
     data, end = memoryview(piece), offset + len(piece)
@@ -68,7 +68,7 @@ def _deliver(get: Get, offset: int, piece: Any, targets: Sequence[Any]) -> None:
             targets[dst].write(dst_offset + lo - part_offset, data[lo - offset:hi - offset])
 
 
-def read_ranges(plan: LoadPlan, buffers: List[Any], counters: Counters, *, concurrency: Optional[int] = None,
+def read_ranges(plan: LoadPlan, buffers: List["_cpp.HostBuffer"], counters: Counters, *, concurrency: Optional[int] = None,
                 on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[List[int], int]:
     """Runs the plan's ranges as ranged GETs into ``buffers``, counting requests in ``counters``.
     Returns the wanted bytes per file and the unwanted gap bytes fetched. The first failure (or
