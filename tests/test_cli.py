@@ -328,8 +328,15 @@ def test_bench_catches_a_loader_returning_wrong_bytes(sharded):
 
 def test_bench_numpy_memmap_types_every_dtype_numpy_has(tmp_path):
     """The np.memmap case (bench and benchmarks/mmap_bench.py) views each tensor as the NumPy
-    backend types it: ints, bools and F64 too, not raw bytes; advise sees each whole mapping."""
-    from fastsafetensors._src import bench as _bench
+    backend types it: ints, bools and F64 too, not raw bytes; advise sees each whole mapping.
+    bench.py loaded by path, outside its package, as benchmarks/cpu_bench.py's children load it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fst_bench_by_path", os.path.join(
+        os.path.dirname(fastsafetensors.__file__), "_src", "bench.py"))
+    _bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = _bench  # dataclasses look their module up there
+    spec.loader.exec_module(_bench)
 
     path = str(tmp_path / "dtypes.safetensors")
     want = {"f64": torch.randn(3, 2, dtype=torch.float64), "i16": torch.arange(-4, 4, dtype=torch.int16),

@@ -121,7 +121,8 @@ def numpy_memmap(paths: Sequence[str], advise: Optional[Callable[[np.memmap], No
     each whole-file mapping before its views are taken (benchmarks/mmap_bench.py's madvise cases)."""
     import json
 
-    from .frameworks.numpy import NUMPY_DTYPES
+    # Absolute: benchmarks/cpu_bench.py's children load this file by path, outside its package.
+    from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
 
     out: Dict[str, Any] = {}
     for p in paths:
