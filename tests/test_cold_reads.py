@@ -165,6 +165,7 @@ def test_streams_hold_one_descriptor_each(tmp_path, clean_env):
                                     on_batch=lambda n: seen.append(len(os.listdir("/proc/self/fd"))),
                                     cold_reads=True)
     assert stats["cold_bytes"] == sum(r.length for r in plan.ranges) and len(seen) >= count
+    assert all(c["streams"] for c in stats["cold_reads"])  # else no stream held a descriptor
     assert max(seen) - base <= count + streams, f"{max(seen) - base} descriptors open beyond the {base} before"
     for name, loc in plan.tensors.items():
         want = load_file(paths[int(name[1:])])[name].numpy().tobytes()
@@ -220,7 +221,10 @@ def test_residency_asked_only_of_the_steps_read(tmp_path, clean_env):
     path = str(tmp_path / "huge.safetensors")
     with open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little") + header.encode() + small.tobytes())
-        f.truncate(8 + len(header) + MiB + (1 << 40))
+        try:
+            f.truncate(8 + len(header) + MiB + (1 << 40))
+        except OSError as exc:  # EFBIG: a file system with a smaller file size limit
+            pytest.skip(f"no 1 TiB sparse file here: {exc}")
     make_resident(path, 0, 2 * MiB)  # the steps the tensor touches (it ends in the second)
     plan = plan_load(read_headers([path]), ["small"])
     buffers = [_cpp.HostBuffer.allocate(n) for n in plan.buffer_sizes]

@@ -277,30 +277,38 @@ NARROW = {
 @pytest.mark.parametrize("box_bytes", [1000, 64 << 10])
 def test_transposed_pieces_read_and_copied_in_boxes(narrow, monkeypatch, case, spec, box_bytes):
     """Transposed pieces go through the engine's one-pass read-and-copy (read_strided), in boxes
-    of at most BOX_BYTES (1000: boxes of odd sizes, most of a tile's rows cut), bit-exact."""
+    of at most BOX_BYTES (1000: boxes of odd sizes, most of a tile's rows cut), in calls of a few
+    boxes (the loop over calls), the shard bytes faulted in once for the load, bit-exact."""
     from fastsafetensors import _cpp
     from fastsafetensors._src.jax import transform_reads
 
     path, r = narrow
-    calls = []
-    real = _cpp.read_strided
+    calls, populated = [], []
+    real_read, real_populate = _cpp.read_strided, _cpp.populate_strided
 
-    def spy(reader, sources, ranges, copies, box, dst, **kw):
-        stats = real(reader, sources, ranges, copies, box, dst, **kw)
-        calls.append((len(copies), box))
-        assert stats["populated"] >= sum(np.prod(c[1]) * c[4] for c in copies)  # faulted in ahead of the copies
-        return stats
+    def read_spy(reader, sources, ranges, copies, box, dst, **kw):
+        calls.append((list(copies), box))
+        return real_read(reader, sources, ranges, copies, box, dst, **kw)
+
+    def populate_spy(reader, copies, box, dst):
+        populated.append((list(copies), real_populate(reader, copies, box, dst)))
+        return populated[-1][1]
 
     monkeypatch.setattr(transform_reads, "BOX_BYTES", box_bytes)
-    monkeypatch.setattr(transform_reads._cpp, "read_strided", spy)
+    monkeypatch.setattr(transform_reads, "_BATCH_BYTES", 3 * box_bytes)
+    monkeypatch.setattr(transform_reads._cpp, "read_strided", read_spy)
+    monkeypatch.setattr(transform_reads._cpp, "populate_strided", populate_spy)
     transforms, want = NARROW[case](r)
     metrics = fj.JaxLoadMetrics()
     out = fj.load(path, mesh=jax.make_mesh((2, 4), ("x", "y")), rules=[(".", SPECS[spec])], transforms=transforms,
                   metrics=metrics)
     _check_shards(out, want)
-    assert calls and all(box == box_bytes for _, box in calls)
+    assert calls and all(box == box_bytes and len(copies) <= 3 for copies, box in calls)
     if box_bytes == 1000:
-        assert sum(n for n, _ in calls) > 4
+        assert len(calls) > 4
+    # One populate per load, over every copy any read_strided call makes, covering their bytes.
+    assert len(populated) == 1 and populated[0][0] == [c for copies, _ in calls for c in copies]
+    assert populated[0][1] >= sum(np.prod(c[1]) * c[4] for c in populated[0][0])
     assert metrics.bytes_read >= want["t"].nbytes // 2  # counted: the 2x4 mesh holds 4 distinct shards or 1
 
 
@@ -319,10 +327,12 @@ def test_read_strided_refuses_ranges_outside_their_box(narrow):
         rl = _cpp.RangeList()
         for file, box, offset, length, at in ranges:
             rl.append(_cpp.ReadRange(file, box, offset, length, at))
-        with pytest.raises((ValueError, IndexError), match=match):
+        with pytest.raises(ValueError, match=match):
             _cpp.read_strided(get_reader(2), sources, rl, [copy, copy], 100, dst)
     with pytest.raises(ValueError, match="outside its destination"):
         _cpp.read_strided(get_reader(2), sources, _cpp.RangeList(), [(0, [100], 4000, [1], 1)], 100, dst)
+    with pytest.raises(ValueError, match="outside its destination"):
+        _cpp.populate_strided(get_reader(2), [(0, [100], 4000, [1], 1)], 100, dst)
 
 def test_shards_are_imported_without_a_copy(ckpt):
     """Replicas share one aligned host slot: JAX imports it instead of copying (it copies unaligned memory)."""

@@ -45,11 +45,18 @@ void copy_strided(const uint8_t* src, uint64_t src_size, uint8_t* dst, uint64_t 
 // src_offset is into that buffer), the next box read while another thread copies: one pass over
 // the bytes, no staging buffer to fill and read back. Ranges of a file that follow with gaps of
 // at most `max_gap` bytes go in one vectored read. The ranges are grouped by box, in increasing
-// box order. The bytes the copies write are faulted in first, in 2 MiB pieces on the pool
-// (ReadStats::populated). Throws std::invalid_argument, before reading anything, for a range or a copy outside
-// its box or destination; ReadError as HostReader::read does.
+// box order. Throws, before reading anything, std::invalid_argument for a copy outside its box or
+// destination and std::out_of_range for a range outside its box; ReadError as HostReader::read does.
 ReadStats read_strided(const std::vector<File>& files, const std::vector<ReadRange>& ranges,
                        const std::vector<StridedCopy>& copies, uint64_t box_bytes, uint64_t max_gap, uint8_t* dst,
                        uint64_t dst_size, ThreadPool& pool);
+
+// Faults in the bytes `copies` write into `dst` (fresh shard memory), in 2 MiB pieces on the pool:
+// one madvise per piece rather than a page fault per 4 KiB inside the tiles. Once per load, over
+// every copy of it: a transpose's boxes each span nearly its whole shard, so doing it per
+// read_strided call walked the shard again each call. Returns the bytes populated. Throws
+// std::invalid_argument for a copy outside `dst` or a box of `box_bytes`.
+uint64_t populate_strided(const std::vector<StridedCopy>& copies, uint64_t box_bytes, uint8_t* dst, uint64_t dst_size,
+                          ThreadPool& pool);
 
 }  // namespace fst

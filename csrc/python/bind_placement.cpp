@@ -77,6 +77,8 @@ void bind_placement(py::module_& m) {
           stats = read_strided(files, ranges, cs, box_bytes, max_gap, dst->data(), dst->size(), reader.pool());
         } catch (const std::invalid_argument& e) {
           throw py::value_error(e.what());
+        } catch (const std::out_of_range& e) {  // check_ranges: a range outside its box
+          throw py::value_error(e.what());
         }
         return read_stats_dict(stats);
       },
@@ -86,6 +88,22 @@ void bind_placement(py::module_& m) {
       "order) into a box_bytes buffer of one of the reader's threads, and copy it into `dst` as copies[k] "
       "(src_offset into that buffer, shape, dst_offset, dst_strides, itemsize) says, while another thread "
       "reads the next. Returns HostReader.read's statistics.");
+  m.def(
+      "populate_strided",
+      [](HostReader& reader, const std::vector<CopyTuple>& copies, uint64_t box_bytes,
+         const std::shared_ptr<Buffer>& dst) {
+        if (dst->device().device_type != kDLCPU) throw py::value_error("populate_strided takes host buffers only");
+        std::vector<StridedCopy> cs = strided_copies(copies);
+        try {
+          py::gil_scoped_release nogil;
+          return populate_strided(cs, box_bytes, dst->data(), dst->size(), reader.pool());
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("reader"), py::arg("copies"), py::arg("box_bytes"), py::arg("dst"),
+      "Fault in the bytes of `dst` that read_strided's `copies` (every copy of a load, once) will write, on the "
+      "reader's threads; returns the bytes populated.");
 }
 
 }  // namespace fst::python

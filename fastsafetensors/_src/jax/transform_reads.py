@@ -230,17 +230,18 @@ def _read_boxes(files, buffer, boxes: List[_Staged], metrics, threads) -> None:
     (``_cpp.read_strided``), in calls of about ``_BATCH_BYTES``."""
     reader = get_reader(threads)
     sources = LoadPlan(files, _cpp.RangeList(), [], {}).sources()
+    copies = [(0, [b - a for a, b in s.box], s.dst, list(s.piece.strides), s.out.itemsize) for s in boxes]
+    with metrics.phase("transform"):  # once for the load: each box of a transpose spans most of its shard
+        _cpp.populate_strided(reader, copies, BOX_BYTES, buffer)
     step = _BATCH_BYTES // BOX_BYTES
     for at in range(0, len(boxes), step):
         with metrics.phase("plan"):
-            ranges, copies = _cpp.RangeList(), []
+            ranges = _cpp.RangeList()
             for k, s in enumerate(boxes[at:at + step]):
-                ext = [b - a for a, b in s.box]
                 _cpp.plan_strided(files[s.tensor[0]].header, s.tensor[1], list(s.piece.shape), [a for a, _ in s.box],
-                                  [b for _, b in s.box], s.tensor[0], k, 0, c_strides(ext), ranges)
-                copies.append((0, ext, s.dst, list(s.piece.strides), s.out.itemsize))
+                                  [b for _, b in s.box], s.tensor[0], k, 0, c_strides(copies[at + k][1]), ranges)
         with metrics.phase("transform"):
-            stats = _cpp.read_strided(reader, sources, ranges, copies, BOX_BYTES, buffer)
+            stats = _cpp.read_strided(reader, sources, ranges, copies[at:at + step], BOX_BYTES, buffer)
         metrics.count_host_reads(stats)
         metrics.count_files([f.path for f in files], stats["bytes_per_file"])
 
