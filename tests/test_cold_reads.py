@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import fastsafetensors
@@ -185,6 +186,27 @@ def test_mixed_resident_and_cold_ranges(tmp_path, clean_env):
     out = fastsafetensors.load(path, framework="torch", metrics=metrics)
     assert_exact(out, path)
     assert metrics.cold_bytes == want_cold
+
+
+def test_rank_blocks_of_a_cold_file_take_the_cold_reads(tmp_path, clean_env):
+    """Tensor-parallel direct reads (a rank's row and column blocks: read_pieces) of a file out of
+    the page cache are read the cold way, as a whole load is, and land exactly."""
+    from fastsafetensors._src.direct_read import read_pieces
+    from fastsafetensors._src.distributed import Entry, Piece
+
+    path = str(tmp_path / "tp.safetensors")
+    save(path, {"w": random_tensor("BF16", (512, 3000), seed=6), "v": random_tensor("F32", (700, 900), seed=7)})
+    f = read_file_header(path)
+    entry = {info.name: Entry(info.name, 0, 0, f, i) for i, info in enumerate(f.infos)}
+    pieces = [Piece(entry["w"], 1, 1000, 2000), Piece(entry["v"], 0, 350, 700)]
+    evict(path)
+    metrics = LoadMetrics()
+    buffer, offsets = read_pieces(pieces, metrics=metrics)
+    assert metrics.cold_bytes == metrics.bytes_read == sum(p.nbytes for p in pieces)
+    want = load_file(path)
+    for p, at, block in zip(pieces, offsets, (want["w"][:, 1000:2000], want["v"][350:700])):
+        got = np.from_dlpack(buffer.view(at, [p.nbytes], 1, 8)).tobytes()
+        assert got == block.contiguous().view(-1).view(torch.uint8).numpy().tobytes(), p.entry.name
 
 
 def test_resident_file_reads_nothing_cold(tmp_path, clean_env):

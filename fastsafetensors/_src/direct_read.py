@@ -3,9 +3,10 @@
 Used where every rank can reach every file (local disk, shared filesystem, an object store every
 rank read the headers from): a rank reads only the bytes of its blocks (``_cpp.plan_box`` turns a
 block into runs of contiguous bytes) instead of waiting for the owner rank to read the whole file
-and scatter it. No collective is involved. Objects are read by the remote reader's ranged GETs
-(``engine.read_into_host``), whose gap merging decides how many of a column block's row runs
-share a GET (the bytes between them are counted in ``LoadMetrics.gap_bytes``).
+and scatter it. No collective is involved. The read is a whole load's (``engine.read_into_host``):
+ranges out of the page cache take the cold-read shape, objects the remote reader's ranged GETs, whose
+gap merging decides how many of a column block's row runs share a GET (the bytes between them are
+counted in ``LoadMetrics.gap_bytes``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import _cpp
 from .distributed import ALIGN, Piece
-from .engine import DEFAULT_CHUNK_BYTES, get_reader, is_remote, read_into_host
+from .engine import DEFAULT_CHUNK_BYTES, read_into_host
 from .files import SafeTensorsFile
 from ..metrics import LoadMetrics
 from .plan import LoadPlan, align_up
@@ -56,12 +57,7 @@ def read_pieces(pieces: Sequence[Piece], *, threads: Optional[int] = None, metri
     buffer = _cpp.HostBuffer.allocate(max(total, ALIGN))
     if not len(ranges):
         return buffer, offsets
-    plan = LoadPlan(files, ranges, [buffer.size], {})
-    if is_remote(plan):
-        read_into_host(plan, threads=threads, metrics=metrics, buffers=[buffer])
-        return buffer, offsets
-    stats = get_reader(threads).read(plan.sources(), ranges, [buffer], chunk_bytes, False)
-    if metrics is not None:
-        metrics.count_files([f.path for f in files], stats["bytes_per_file"])
-        metrics.count_host_reads(stats)
+    # The same read as a whole load's: pages out of the page cache go the cold-read way, objects by ranged GETs.
+    read_into_host(LoadPlan(files, ranges, [buffer.size], {}), threads=threads, chunk_bytes=chunk_bytes,
+                   metrics=metrics, buffers=[buffer])
     return buffer, offsets
