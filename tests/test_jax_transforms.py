@@ -340,3 +340,38 @@ def test_shards_are_imported_without_a_copy(ckpt):
     out = fj.load(ckpt, mesh=jax.make_mesh((2, 4), ("x", "y")), rules=[(".", P())], transforms={"t": fj.transpose("big")})
     pointers = {s.data.unsafe_buffer_pointer() for s in out["t"].addressable_shards}
     assert len(pointers) == 1 and pointers.pop() % 64 == 0
+
+
+class _Bar:
+    def __init__(self, total):
+        self.total, self.n, self.closed = total, 0, False
+
+    def update(self, n):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+def test_one_progress_bar_counts_every_shard_byte(ckpt, ref, monkeypatch):
+    """progress=True: one bar for the load, over the bytes read (the shards', the converted one's
+    at its source dtype), advanced by all three kinds of reads (straight into shards, read and copied in boxes, staged for a dtype change), closed at
+    the end; the reads inside do not open bars of their own (one per 4 MiB staging group)."""
+    from fastsafetensors._src import engine
+    from fastsafetensors._src.jax import transform_reads
+
+    bars = []
+
+    def record(total, progress):
+        bars.append(_Bar(total()) if progress else None)
+        return bars[-1]
+
+    monkeypatch.setattr(engine, "progress_bar", record)
+    monkeypatch.setattr(transform_reads, "progress_bar", record)
+    transforms = {"st": fj.stack(r"w\.(\d+)"), "t": fj.transpose("big"), "a": fj.astype("w.5", "BF16")}
+    out = fj.load(ckpt, mesh=jax.make_mesh((2, 4), ("x", "y")), rules=[(".", P("x", "y"))], transforms=transforms,
+                  progress=True)
+    distinct = {(name, str(s.index)): s.data.nbytes for name, leaf in out.items() for s in leaf.addressable_shards}
+    read = sum(n * (2 if name == "a" else 1) for (name, _), n in distinct.items())  # "a": F32 read, BF16 kept
+    assert len(bars) == 1 and bars[0].closed
+    assert bars[0].n == bars[0].total == read

@@ -131,7 +131,7 @@ def test_progress_bar_counts_the_bytes(local, proxy, monkeypatch):
     from fastsafetensors._src import engine
 
     bars = []
-    monkeypatch.setattr(engine, "_progress_bar", lambda plan, progress: bars.append(_Bar(plan.total_bytes)) or bars[-1])
+    monkeypatch.setattr(engine, "progress_bar", lambda total, progress: bars.append(_Bar(total())) or bars[-1])
     metrics = fastsafetensors.LoadMetrics()
     fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url),
                          progress=True, metrics=metrics)

@@ -120,15 +120,18 @@ def get_reader(threads: Optional[int] = None) -> "_cpp.HostReader":
     return _readers.get(n, lambda: _cpp.HostReader(n))
 
 
-def _progress_bar(plan: LoadPlan, progress: Optional[bool]):
-    if progress is None:
-        # The total walks every range (millions for column shards): only where a bar may show.
-        progress = sys.stderr.isatty() and plan.total_bytes >= PROGRESS_MIN_BYTES
-    if not progress:
+def progress_bar(total_bytes: Callable[[], int], progress: Optional[bool]):
+    """A tqdm bar over ``total_bytes()`` bytes, or None. ``progress=None`` shows one only on a
+    terminal and for loads of at least PROGRESS_MIN_BYTES."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    # Asked only now: a plan's total walks every range (millions for column shards).
+    total = total_bytes()
+    if progress is None and total < PROGRESS_MIN_BYTES:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="fastsafetensors", leave=False)
+    return tqdm(total=total, unit="B", unit_scale=True, desc="fastsafetensors", leave=False)
 
 
 def _buffer_labels(plan: LoadPlan) -> List[str]:
@@ -150,23 +153,25 @@ def _allocate(size: int, label: str, metrics: LoadMetrics) -> "_cpp.HostBuffer":
 def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: bool = False,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: Optional[bool] = None,
                    metrics: Optional[LoadMetrics] = None,
-                   buffers: Optional[List["_cpp.HostBuffer"]] = None) -> List["_cpp.HostBuffer"]:
+                   buffers: Optional[List["_cpp.HostBuffer"]] = None, bar: Any = None) -> List["_cpp.HostBuffer"]:
     """Allocates one host buffer per planned file (unless ``buffers`` are given to reuse) and reads
     every range into its buffer; returns the buffers (those it allocated, or ``buffers``). Host
-    buffers only: objects' pieces go in by ``HostBuffer.write``, which other buffers lack."""
+    buffers only: objects' pieces go in by ``HostBuffer.write``, which other buffers lack. ``bar``:
+    the progress bar of a larger load this read is part of (updated, left open; ``progress`` unused)."""
     metrics = metrics if metrics is not None else LoadMetrics()
     remote = is_remote(plan)
     reader = None if remote else get_reader(threads)
     owned = buffers is None
     out: List["_cpp.HostBuffer"] = [] if buffers is None else buffers
-    bar = None
+    own_bar = bar is None
     try:
         if owned:
             with metrics.phase("allocate"):
                 for size, label in zip(plan.buffer_sizes, _buffer_labels(plan)):
                     out.append(_allocate(size, label, metrics))
         sources = [] if remote else plan.sources()
-        bar = _progress_bar(plan, progress)
+        if own_bar:
+            bar = progress_bar(lambda: plan.total_bytes, progress)
         with metrics.phase("read"):
             if reader is None:
                 per_file = _read_remote(plan, out, threads, direct_io, bar, metrics)
@@ -183,7 +188,7 @@ def read_into_host(plan: LoadPlan, *, threads: Optional[int] = None, direct_io: 
             out.clear()
         raise
     finally:
-        if bar is not None:
+        if own_bar and bar is not None:
             bar.close()
     total = sum(per_file)
     metrics.count_files([f.path for f in plan.files], per_file)

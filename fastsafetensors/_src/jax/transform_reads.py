@@ -34,7 +34,7 @@ from fastsafetensors._src.jax.placement import BoxKey, Placer
 from fastsafetensors._src.jax.transforms import AsType, Box, Context, Expr, Piece, Transforms, bind, c_strides, leaves, \
     pieces
 from fastsafetensors._src.dtypes import FLOAT_DTYPES
-from fastsafetensors._src.engine import get_reader, read_into_host
+from fastsafetensors._src.engine import get_reader, progress_bar, read_into_host
 from fastsafetensors.errors import TransformError, UnsupportedDtype
 from fastsafetensors.frameworks import get_framework
 from fastsafetensors._src.frameworks.numpy import NUMPY_DTYPES
@@ -127,13 +127,20 @@ def load(files, leaves_: List[Leaf], metrics, read_options: Dict[str, Any]) -> D
         buffer, slots = _shard_memory(leaves_)
     with metrics.phase("plan"):
         direct, staged = _plan(files, leaves_, slots, read_options)
-    if len(direct):
-        read_into_host(LoadPlan(files, direct, [buffer.size], {}), metrics=metrics, buffers=[buffer], **read_options)
-    boxes = [s for s in staged if s.one_pass]
-    if boxes:
-        _read_boxes(files, buffer, boxes, metrics, read_options["threads"])
-    if len(boxes) < len(staged):
-        _read_staged(files, buffer, [s for s in staged if not s.one_pass], metrics, read_options)
+    # One bar over the bytes the load's three kinds of reads take from the files.
+    straight = LoadPlan(files, direct, [buffer.size], {})
+    bar = progress_bar(lambda: straight.total_bytes + sum(s.nbytes for s in staged), read_options["progress"])
+    try:
+        if len(direct):
+            read_into_host(straight, metrics=metrics, buffers=[buffer], bar=bar, **read_options)
+        boxes = [s for s in staged if s.one_pass]
+        if boxes:
+            _read_boxes(files, buffer, boxes, metrics, read_options["threads"], bar)
+        if len(boxes) < len(staged):
+            _read_staged(files, buffer, [s for s in staged if not s.one_pass], metrics, read_options, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     out: Dict[str, jax.Array] = {}
     for leaf in leaves_:
         with metrics.phase("transfer"):
@@ -225,7 +232,7 @@ def _staging_groups(staged: List[_Staged]) -> Iterator[List[_Staged]]:
         yield group
 
 
-def _read_boxes(files, buffer, boxes: List[_Staged], metrics, threads) -> None:
+def _read_boxes(files, buffer, boxes: List[_Staged], metrics, threads, bar) -> None:
     """Every box read and copied into its shard by the engine's threads, in one pass
     (``_cpp.read_strided``), in calls of about ``_BATCH_BYTES``."""
     reader = get_reader(threads)
@@ -244,9 +251,11 @@ def _read_boxes(files, buffer, boxes: List[_Staged], metrics, threads) -> None:
             stats = _cpp.read_strided(reader, sources, ranges, copies[at:at + step], BOX_BYTES, buffer)
         metrics.count_host_reads(stats)
         metrics.count_files([f.path for f in files], stats["bytes_per_file"])
+        if bar is not None:
+            bar.update(stats["bytes"])
 
 
-def _read_staged(files, buffer, staged: List[_Staged], metrics, read_options) -> None:
+def _read_staged(files, buffer, staged: List[_Staged], metrics, read_options, bar) -> None:
     """Each group of chunks read into the staging buffer, then copied into the shards: by the
     engine (tiled, on the reader's threads) where the dtype stays, by NumPy where it changes."""
     staging = _cpp.HostBuffer.allocate(min(STAGING_BYTES, sum(align_up(s.nbytes) for s in staged)))
@@ -264,7 +273,8 @@ def _read_staged(files, buffer, staged: List[_Staged], metrics, read_options) ->
                 else:
                     copies.append((at, ext, s.dst, list(s.piece.strides), itemsize))
                 at = align_up(at + s.nbytes)
-        read_into_host(LoadPlan(files, ranges, [staging.size], {}), metrics=metrics, buffers=[staging], **read_options)
+        read_into_host(LoadPlan(files, ranges, [staging.size], {}), metrics=metrics, buffers=[staging], bar=bar,
+                       **read_options)
         with metrics.phase("transform"):
             _cpp.copy_strided(reader, staging, buffer, copies)
             for s, at, ext in converts:
