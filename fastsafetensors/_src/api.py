@@ -62,8 +62,9 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     target = Device.from_str(device)
     cast = _cast_of(dtype)
     out: Dict[str, Any] = {}
+    prepared: List[Any] = [b if b is None else framework.prepare_buffer(b) for b in buffers]
     for name, loc in plan.tensors.items():
-        t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, loc.shape, raw)
+        t = framework.from_buffer(prepared[loc.buffer], loc.offset, loc.dtype, loc.shape, raw)
         to = None if raw else float_cast(loc.dtype, cast)
         if to is not None and to != loc.dtype:
             try:
