@@ -125,7 +125,8 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     with metrics.phase("instantiate"):
         out = instantiate(plan, buffers, fw, dtype=dtype, raw=raw, device=device)
     metrics.tensors += len(out)
-    logger.debug("load: %s", metrics.summary())
+    if logger.isEnabledFor(logging.DEBUG):  # a summary costs more than a mapped load's instantiate
+        logger.debug("load: %s", metrics.summary())
     return out
 
 
@@ -154,7 +155,8 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
         mapped = instantiate(plan, mappings, fw, dtype=dtype, raw=raw, device=target)
     metrics.tensors += len(mapped)
     out.update(mapped)
-    logger.debug("load (mmap): %s", metrics.summary())
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("load (mmap): %s", metrics.summary())
     return out
 
 
