@@ -61,7 +61,7 @@ def test_writes_never_reach_the_file(tmp_path, framework):
 
 @pytest.mark.parametrize("mmap", [True, False])
 def test_numpy_exports_each_buffer_once(tmp_path, monkeypatch, mmap):
-    """NumPy arrays view one array of each buffer's bytes: a DLPack export per tensor cost most
+    """NumPy arrays view one array of each buffer's bytes: a DLPack export per tensor took a third
     of a mapped load's own time (issue 14)."""
     paths = [save(tmp_path / f"{i}.safetensors", {f"{k}{i}": random_tensor(dt, (5, 3), 12 + i)
                                                   for k, dt in (("a", "F32"), ("b", "BF16"), ("c", "I8"))})
