@@ -62,8 +62,9 @@ def instantiate(plan: LoadPlan, buffers: List[Any], framework: Framework, *,
     target = Device.from_str(device)
     cast = _cast_of(dtype)
     out: Dict[str, Any] = {}
+    prepared: List[Any] = [b if b is None else framework.prepare_buffer(b) for b in buffers]
     for name, loc in plan.tensors.items():
-        t = framework.from_buffer(buffers[loc.buffer], loc.offset, loc.dtype, loc.shape, raw)
+        t = framework.from_buffer(prepared[loc.buffer], loc.offset, loc.dtype, loc.shape, raw)
         to = None if raw else float_cast(loc.dtype, cast)
         if to is not None and to != loc.dtype:
             try:
@@ -124,7 +125,8 @@ def load_files(files: List[SafeTensorsFile], framework: Union[str, Framework] = 
     with metrics.phase("instantiate"):
         out = instantiate(plan, buffers, fw, dtype=dtype, raw=raw, device=device)
     metrics.tensors += len(out)
-    logger.debug("load: %s", metrics.summary())
+    if logger.isEnabledFor(logging.DEBUG):  # a summary costs more than a mapped load's instantiate
+        logger.debug("load: %s", metrics.summary())
     return out
 
 
@@ -153,7 +155,8 @@ def _load_mapped(files: List[SafeTensorsFile], fw: Framework, target: Device, *,
         mapped = instantiate(plan, mappings, fw, dtype=dtype, raw=raw, device=target)
     metrics.tensors += len(mapped)
     out.update(mapped)
-    logger.debug("load (mmap): %s", metrics.summary())
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("load (mmap): %s", metrics.summary())
     return out
 
 

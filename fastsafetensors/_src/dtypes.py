@@ -18,6 +18,10 @@ _TABLE = _cpp.dtype_table()
 # safetensors dtype -> bits per element (below 8 for the packed F4 and F6).
 BITS: Dict[str, int] = {name: bits for name, bits, _ in _TABLE}
 
+# safetensors dtype -> the bytes a whole element takes (1 for the packed F4 and F6): what a tensor's
+# offset is aligned to, and its size unit when no dimension is zero.
+ELEMENT_BYTES: Dict[str, int] = {name: max(1, bits // 8) for name, bits in BITS.items()}
+
 # safetensors dtype -> (DLPack code, bits) for dtypes every consumer accepts.
 NATIVE: Dict[str, Tuple[int, int]] = {name: (code, bits) for name, bits, code in _TABLE if code is not None}
 

@@ -16,7 +16,7 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 from .. import _cpp
-from .dtypes import BITS
+from .dtypes import ELEMENT_BYTES
 from ..metrics import LoadMetrics
 from .plan import LoadPlan, TensorLocation
 
@@ -35,15 +35,13 @@ def map_files(planned: LoadPlan,
     tensors left out because they are misaligned.
     """
     files = planned.files
-    tensors: Dict[str, TensorLocation] = {}
-    misaligned: List[str] = []
+    tensors: Dict[str, TensorLocation] = planned.tensors
+    misaligned = [name for name, loc in tensors.items() if loc.offset % ELEMENT_BYTES[loc.dtype]]
+    if misaligned:  # rare: most writers align every tensor
+        tensors = {name: loc for name, loc in tensors.items() if loc.offset % ELEMENT_BYTES[loc.dtype] == 0}
     mapped_of: Dict[int, int] = {}  # file -> bytes of its tensors that are mapped
-    for name, loc in planned.tensors.items():
-        if loc.offset % max(1, BITS[loc.dtype] // 8) == 0:
-            tensors[name] = loc
-            mapped_of[loc.file] = mapped_of.get(loc.file, 0) + loc.info.nbytes
-        else:
-            misaligned.append(name)
+    for loc in tensors.values():
+        mapped_of[loc.file] = mapped_of.get(loc.file, 0) + loc.info.nbytes
     mappings: List[Optional["_cpp.FileMapping"]] = [None] * len(files)
     for i, nbytes in sorted(mapped_of.items()):
         f = files[i]

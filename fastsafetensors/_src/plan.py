@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union, overload
 
 from .. import _cpp
-from .dtypes import BITS
+from .dtypes import ELEMENT_BYTES
 from ..errors import ArgumentTypeError, DuplicateTensorName, TensorInvalidInfo, TensorNotFound
 from .files import SafeTensorsFile
 
@@ -48,7 +48,7 @@ _MAX_EXTENT = 2 ** 63 - 1
 
 def _check_loadable(f: SafeTensorsFile, loc: TensorLocation) -> None:
     shape = loc.shape
-    extent = max(1, BITS[loc.dtype] // 8)
+    extent = ELEMENT_BYTES[loc.dtype]
     for d in shape:
         extent *= d or 1
     if len(shape) > MAX_LOADABLE_RANK or extent > _MAX_EXTENT:

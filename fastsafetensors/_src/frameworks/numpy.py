@@ -8,8 +8,8 @@ import ml_dtypes
 import numpy as np
 
 from ... import _cpp
-from ..dtypes import NATIVE, TYPE_NAMES
-from .base import Framework, native_view, raw_view, uint_view
+from ..dtypes import RAW_BYTES, TYPE_NAMES, packed_shape
+from .base import Framework
 
 
 def _numpy_type(name: str):
@@ -21,13 +21,13 @@ def _numpy_type(name: str):
 
 
 NUMPY_DTYPES = {st: t for st, t in ((st, _numpy_type(name)) for st, name in TYPE_NAMES.items()) if t is not None}
-# NumPy has no DLPack code for these (bf16 included): their bytes come in as unsigned ints, viewed as the type.
-_VIEW_TYPES = {st: t for st, t in NUMPY_DTYPES.items() if st not in NATIVE or st == "BF16"}
 
 
-def _from_dlpack(view: "_cpp.DLPackTensor") -> np.ndarray:
+def _all_bytes(buffer: "_cpp.Buffer") -> np.ndarray:
+    """The whole buffer as one uint8 array (one DLPack export), which keeps the buffer alive."""
+    code, bits = RAW_BYTES
     # The binding types __dlpack__'s result as object; it is the DLPack capsule NumPy's stub asks for.
-    return np.from_dlpack(cast(Any, view))
+    return np.from_dlpack(cast(Any, buffer.view(0, [buffer.size], code, bits)))
 
 
 class NumpyFramework(Framework):
@@ -36,14 +36,18 @@ class NumpyFramework(Framework):
     maps_files = True
     dtypes = NUMPY_DTYPES
 
+    def prepare_buffer(self, buffer: "_cpp.Buffer") -> Any:
+        return _all_bytes(buffer)
+
     def from_buffer(self, buffer, offset: int, dtype: str, shape: Tuple[int, ...], raw: bool = False) -> Any:
+        """Arrays over the bytes of the buffer (or of its prepare_buffer array): NumPy types the
+        bytes itself, bf16 and fp8 included, and each array's base keeps the buffer alive."""
+        data = buffer if isinstance(buffer, np.ndarray) else _all_bytes(buffer)
         if raw:
-            return _from_dlpack(raw_view(buffer, offset, dtype, shape))
-        if dtype in NATIVE and dtype not in _VIEW_TYPES:
-            return _from_dlpack(native_view(buffer, offset, dtype, shape))
-        if dtype in _VIEW_TYPES:
-            return _from_dlpack(uint_view(buffer, offset, dtype, shape)).view(_VIEW_TYPES[dtype])
-        raise self.unsupported(dtype)
+            return np.ndarray(packed_shape(dtype, shape), np.uint8, data, offset)
+        if dtype not in NUMPY_DTYPES:
+            raise self.unsupported(dtype)
+        return np.ndarray(shape, NUMPY_DTYPES[dtype], data, offset)
 
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in NUMPY_DTYPES:
