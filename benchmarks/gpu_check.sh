@@ -61,6 +61,9 @@ log "profile (one process: first vs later loads, each path, lanes, staging, thre
 cat "$CKPT"/*.safetensors > /dev/null
 timeout 90 python3 "$ROOT/benchmarks/gpu_profile.py" "$CKPT" 2>&1 | grep -v Warning | tee "$OUT/profile.txt"
 
+log "column shards (rows as 2D copies) against row shards of the same bytes"
+timeout 120 python3 "$ROOT/benchmarks/column_bench.py" 2>&1 | tee "$OUT/columns.txt"
+
 python3 - "$OUT/results.jsonl" "$OUT/memory.jsonl" <<'PY' | tee "$OUT/table.txt"
 import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

@@ -96,6 +96,12 @@ class CudaDevice final : public Device {
     cuda_check(rt_->MemcpyAsync(dst, src, size, shim::cudaMemcpyHostToDevice, s),
                "cudaMemcpyAsync of " + std::to_string(size) + " bytes to the GPU");
   }
+  void copy_2d_to_device_async(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                               size_t height, Stream s) override {
+    cuda_check(
+        rt_->Memcpy2DAsync(dst, dst_pitch, src, src_pitch, width, height, shim::cudaMemcpyHostToDevice, s),
+        "cudaMemcpy2DAsync of " + std::to_string(height) + " rows of " + std::to_string(width) + " bytes to the GPU");
+  }
   void record_event(Event e, Stream s) override { cuda_check(rt_->EventRecord(e, s), "cudaEventRecord"); }
   void sync_event(Event e) override { cuda_check(rt_->EventSynchronize(e), "a copy to the GPU"); }
   void sync_stream(Stream s) override { cuda_check(rt_->StreamSynchronize(s), "copies to the GPU"); }

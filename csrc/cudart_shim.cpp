@@ -30,6 +30,7 @@ void load() {
             bind(h, "cudaHostRegister", g_rt.HostRegister, missing) &&
             bind(h, "cudaHostUnregister", g_rt.HostUnregister, missing) &&
             bind(h, "cudaMemcpyAsync", g_rt.MemcpyAsync, missing) &&
+            bind(h, "cudaMemcpy2DAsync", g_rt.Memcpy2DAsync, missing) &&
             bind(h, "cudaStreamCreateWithFlags", g_rt.StreamCreateWithFlags, missing) &&
             bind(h, "cudaStreamDestroy", g_rt.StreamDestroy, missing) &&
             bind(h, "cudaStreamSynchronize", g_rt.StreamSynchronize, missing) &&

@@ -18,11 +18,19 @@ namespace {
 
 // A stream: queued copies run in order on the stream's own thread.
 struct HostStream {
+  // `height` rows of `width` bytes, `pitch` apart on each side (a plain copy is one row).
   struct Copy {
     void* dst;
+    size_t dst_pitch;
     const void* src;
-    size_t size;
+    size_t src_pitch;
+    size_t width;
+    size_t height;
     bool fail;
+
+    // Bytes from the first row's start to the last row's end.
+    size_t dst_span() const { return height == 0 ? 0 : (height - 1) * dst_pitch + width; }
+    size_t src_span() const { return height == 0 ? 0 : (height - 1) * src_pitch + width; }
   };
   std::thread thread;
   std::mutex mutex;
@@ -61,7 +69,8 @@ struct HostDevice::State {
 
   bool copy_allowed(const HostStream::Copy& c) {
     std::lock_guard<std::mutex> lock(mutex);
-    return (inside(pinned, c.src, c.size) || inside(registered, c.src, c.size)) && inside(device, c.dst, c.size);
+    return (inside(pinned, c.src, c.src_span()) || inside(registered, c.src, c.src_span())) &&
+           inside(device, c.dst, c.dst_span());
   }
 
   void run(HostStream* s) {
@@ -74,13 +83,17 @@ struct HostDevice::State {
       if (delay_us) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
       std::exception_ptr err;
       if (c.fail) {
-        err = std::make_exception_ptr(DeviceError("HostDevice: injected failure of an asynchronous copy"));
+        std::string what = c.height == 1 ? "copy" : "2D copy of " + std::to_string(c.height) + " rows";
+        err = std::make_exception_ptr(DeviceError("HostDevice: injected failure of an asynchronous " + what));
       } else if (!copy_allowed(c)) {
         err = std::make_exception_ptr(
             DeviceError("HostDevice: asynchronous copy from memory that is not pinned or registered, or into "
                         "memory that is not device memory"));
       } else {
-        std::memcpy(c.dst, c.src, c.size);
+        for (size_t r = 0; r < c.height; ++r) {
+          std::memcpy(static_cast<uint8_t*>(c.dst) + r * c.dst_pitch,
+                      static_cast<const uint8_t*>(c.src) + r * c.src_pitch, c.width);
+        }
       }
       lock.lock();
       if (err && !s->error) s->error = err;
@@ -177,11 +190,24 @@ Device::Event HostDevice::create_event() { return new HostEvent(); }
 void HostDevice::destroy_event(Event e) noexcept { delete static_cast<HostEvent*>(e); }
 
 void HostDevice::copy_to_device_async(void* dst, const void* src, size_t size, Stream stream) {
+  copy_2d_to_device_async(dst, size, src, size, size, 1, stream);
+}
+
+void HostDevice::copy_2d_to_device_async(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                                         size_t height, Stream stream) {
+  // What cudaMemcpy2DAsync refuses before queueing anything (cudaErrorInvalidPitchValue/Value).
+  if (height > 1 &&
+      (width > dst_pitch || width > src_pitch || dst_pitch > kMaxCopyPitch || src_pitch > kMaxCopyPitch)) {
+    throw DeviceError("HostDevice: cudaMemcpy2DAsync refuses rows of " + std::to_string(width) +
+                      " bytes with pitches " + std::to_string(src_pitch) + " (source) and " +
+                      std::to_string(dst_pitch) + " (destination): each must be at least the row and at most " +
+                      std::to_string(kMaxCopyPitch));
+  }
   auto* s = static_cast<HostStream*>(stream);
   uint64_t n = ++copies_;
   bool fail = n == state_->fail_copy.load();
   std::lock_guard<std::mutex> lock(s->mutex);
-  s->queue.push_back({dst, src, size, fail});
+  s->queue.push_back({dst, dst_pitch, src, src_pitch, width, height, fail});
   ++s->queued;
   s->cv.notify_all();
 }

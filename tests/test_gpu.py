@@ -219,6 +219,30 @@ def test_engine_buffers_export_zero_copy_and_free(ckpt, ref):
     assert dev.dl_device == (2, 0)
 
 
+@pytest.mark.parametrize("path", [{"use_mapping": False}, {"stage_cached": False, "map_group_bytes": 1 << 20}])
+def test_column_shards_as_2d_copies(tmp_path, path):
+    """cudaMemcpy2DAsync from the staging slots and from registered page-cache groups: column shards
+    of a bf16 and a U8 matrix (rows at uneven offsets, across 256 KiB slots) bit for bit."""
+    g = torch.Generator().manual_seed(1)
+    p = str(tmp_path / "cols.safetensors")
+    tensors = {"pad": _make(torch.uint8, (5,), g), "bf16": _make(torch.bfloat16, (2048, 1024), g),
+               "u8": _make(torch.uint8, (3000, 777), g)}
+    save_file(tensors, p)
+    files = read_headers([p])
+    header = files[0].header
+    names = [t.name for t in header.tensors]
+    dev = device_engine.cuda_device(0)
+    reader = _cpp.DeviceReader(dev, 2, 2 * 2 * (256 << 10), 1)
+    for name, (start, stop) in {"bf16": ((0, 384), (2048, 512)), "u8": ((0, 101), (3000, 198))}.items():
+        ranges = _cpp.RangeList()
+        _cpp.plan_boxes(header, names.index(name), 0, [(list(start), list(stop), 0, 0)], ranges)
+        nbytes = sum(r.length for r in ranges)
+        buf = _cpp.DeviceBuffer.allocate(dev, nbytes)
+        reader.read([_cpp.ReadSource(f.path, f.header) for f in files], ranges, [buf.data_ptr], [nbytes], **path)
+        got = torch.from_dlpack(buf.view(0, [nbytes], 1, 8))
+        assert _bytes(got) == _bytes(tensors[name][start[0]:stop[0], start[1]:stop[1]]), name
+
+
 def test_memory_returned_after_outputs_dropped(ckpt):
     fastsafetensors.load(ckpt, framework="torch", device="cuda:0")  # warm up the reader
     gc.collect()

@@ -1,5 +1,6 @@
-"""fastsafetensors.jax on GPUs, run on the CPU: shards that are one run in the file are read by the
-device engine straight into one JAX allocation per device. Here the engine's HostDevice stands in
+"""fastsafetensors.jax on GPUs, run on the CPU: shards whose runs in the file are evenly spaced (one
+run, or a run per row: column shards, 2-D boxes, last-axis shards) are read by the device engine
+straight into one JAX allocation per device, rows as 2D copies. Here the engine's HostDevice stands in
 for the GPUs (its copies land only in memory it allocated, imported into JAX as device 0's), so the
 whole route runs: planning per device, the device reader, views, assembly; the other devices get
 a copy of their views, which on a GPU are already on their device."""
@@ -60,6 +61,20 @@ def test_contiguous_boxes(box, want):
     assert gpu_reads._contiguous(box, (16, 24)) is want
 
 
+@pytest.mark.parametrize("box,shape,want", [
+    (((0, 16), (0, 12)), (16, 24), True),            # columns: a run per row, evenly spaced
+    (((4, 9), (3, 11)), (16, 24), True),             # a 2-D box
+    (((0, 4), (0, 8), (4, 8)), (4, 8, 16), True),    # last axis of a 3-D tensor
+    (((0, 4), (2, 6), (0, 16)), (4, 8, 16), True),   # middle axis: a run per outer index
+    (((1, 2), (2, 6), (4, 8)), (4, 8, 16), True),    # one outer index, two inner axes cut
+    (((0, 4), (2, 6), (4, 8)), (4, 8, 16), False),   # two inner axes cut: the spacing changes
+    (((0, 16), (0, 24)), (16, 24), True),            # whole
+    ((), (), True),                                  # scalar
+])
+def test_regular_boxes(box, shape, want):
+    assert gpu_reads._regular(box, shape) is want
+
+
 def test_one_device_every_dtype_in_one_allocation(engine, ckpt):
     calls, dev = engine
     path, ref = ckpt
@@ -79,8 +94,8 @@ def test_one_device_every_dtype_in_one_allocation(engine, ckpt):
     assert dev.live_device_bytes == 0  # the last view gone, the allocation is freed
 
 
-def test_rows_and_replicas_per_device_columns_through_host(engine, ckpt):
-    calls, _ = engine
+def test_rows_columns_and_replicas_through_the_device_engine(engine, ckpt):
+    calls, dev = engine
     path, ref = ckpt
     mesh = jax.make_mesh((2, 4), ("x", "y"))
     rules = [(r"^w\.", P("x", None)), ("cols", P(None, ("x", "y")))]
@@ -89,12 +104,35 @@ def test_rows_and_replicas_per_device_columns_through_host(engine, ckpt):
     for name, arr in out.items():
         assert_shards_match(arr, ref[name])
     assert len(calls) == 8  # one allocation per device
-    # Row shards and replicas went through the device engine, each device reading its own;
-    # the column-sharded tensor through host memory (1/8 of it per device, read once).
+    # Every device read its own row shards, replicas and column shard through the device engine
+    # (the column-sharded tensor 1/8 per device, read once); nothing through host memory.
     rows = sum(a.nbytes for n, a in ref.items() if n.startswith("w.")) // 2 * 8  # half on each of 8
     replicated = (ref["scalar"].nbytes + ref["norm"].nbytes) * 8
-    assert m.bytes_per_path["staged"] == rows + replicated
-    assert m.bytes_read == rows + replicated + ref["cols"].nbytes
+    assert m.bytes_per_path["staged"] == m.bytes_read == rows + replicated + ref["cols"].nbytes
+    # The 8 rows of each column shard are one 2D copy: at most one copy per tensor per device.
+    assert dev.copies <= 8 * len(ref)
+
+
+def test_column_and_last_axis_shards_across_staging_slots(engine, tmp_path, monkeypatch):
+    """Rows crossing 256 KiB staging slots (1 MiB of staging, 2 lanes), at uneven offsets, in bf16
+    and U8: bit for bit, no host read, a few 2D copies for thousands of rows."""
+    _, dev = engine
+    monkeypatch.setenv("FASTSAFETENSORS_STAGING_MB", "1")
+    gen = torch.Generator().manual_seed(7)
+    path = tmp_path / "wide.safetensors"
+    save_file({"pad": random_tensor((5,), torch.uint8, gen), "bf16": random_tensor((512, 1024), torch.bfloat16, gen),
+               "u8": random_tensor((1000, 776), torch.uint8, gen),
+               "cube": random_tensor((4, 128, 512), torch.bfloat16, gen)}, str(path))
+    ref = reference(path)
+    mesh = jax.make_mesh((8,), ("x",))
+    rules = [("bf16", P(None, "x")), ("u8", P(None, "x")), ("cube", P(None, None, "x")), ("pad", P())]
+    m = fj.JaxLoadMetrics()
+    out = fj.load(path, mesh=mesh, rules=rules, metrics=m, threads=2)
+    for name, arr in out.items():
+        assert_shards_match(arr, ref[name])
+    assert m.bytes_per_path["staged"] == m.bytes_read == sum(a.nbytes for a in ref.values()) + 7 * ref["pad"].nbytes
+    runs = 8 * (512 + 1000 + 4 * 128)  # a run per row of each shard
+    assert dev.copies * 20 < runs
 
 
 def test_wide_dtypes_narrowed_on_the_host(engine, tmp_path):

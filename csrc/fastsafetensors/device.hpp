@@ -15,6 +15,10 @@
 
 namespace fst {
 
+// The largest pitch a 2D copy takes: cudaDevAttrMaxPitch (cudaDeviceProp::memPitch) of current
+// GPUs; callers copy rows further apart one by one.
+inline constexpr size_t kMaxCopyPitch = (size_t{1} << 31) - 1;
+
 class Device {
  public:
   using Stream = void*;
@@ -43,6 +47,11 @@ class Device {
   virtual void destroy_event(Event e) noexcept = 0;
   // Queues a copy of pinned or registered host memory to the device on `s`.
   virtual void copy_to_device_async(void* dst, const void* src, size_t size, Stream s) = 0;
+  // Queues `height` rows of `width` bytes, row r from src + r * src_pitch to dst + r * dst_pitch,
+  // on `s` as one copy (cudaMemcpy2DAsync). Both pitches are at least `width` and at most
+  // kMaxCopyPitch; the rows come from pinned or registered host memory.
+  virtual void copy_2d_to_device_async(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                                       size_t height, Stream s) = 0;
   virtual void record_event(Event e, Stream s) = 0;
   // Waits for the work before the event's last record; throws if any of it failed.
   virtual void sync_event(Event e) = 0;
@@ -81,6 +90,10 @@ class HostDevice final : public Device {
   Event create_event() override;
   void destroy_event(Event e) noexcept override;
   void copy_to_device_async(void* dst, const void* src, size_t size, Stream s) override;
+  // A row loop on the stream's thread, counted as one copy (delay, fault hooks and memory checks
+  // included); refuses pitches CUDA would refuse, when it is queued.
+  void copy_2d_to_device_async(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                               size_t height, Stream s) override;
   void record_event(Event e, Stream s) override;
   void sync_event(Event e) override;
   void sync_stream(Stream s) override;

@@ -34,6 +34,7 @@ struct CudaRuntime {
   cudaError_t (*HostRegister)(void*, size_t, unsigned);
   cudaError_t (*HostUnregister)(void*);
   cudaError_t (*MemcpyAsync)(void*, const void*, size_t, int, cudaStream_t);
+  cudaError_t (*Memcpy2DAsync)(void*, size_t, const void*, size_t, size_t, size_t, int, cudaStream_t);
   cudaError_t (*StreamCreateWithFlags)(cudaStream_t*, unsigned);
   cudaError_t (*StreamDestroy)(cudaStream_t);
   cudaError_t (*StreamSynchronize)(cudaStream_t);

@@ -2,9 +2,11 @@
 
 Each GPU gets one plan of its shards, read by the device engine (pinned staging lanes overlapped
 with the copies, or cuFile) into one JAX allocation for all of them; every shard is a zero-copy
-DLPack view of it, and the global array is assembled from the views. Taken by shards that are one
-contiguous run in the file (whole tensors, slices along the leading axes, replicas); column
-shards, each a run per row, still go through host memory (``per_device`` host path).
+DLPack view of it, and the global array is assembled from the views. Taken by shards whose runs
+in the file are evenly spaced: one run (whole tensors, slices along the leading axes, replicas),
+or a run per row (column shards, 2-D boxes, last-axis shards of 3-D tensors), which the engine
+copies from its staging slots as one 2D copy per slot. Other boxes (cut along two inner axes of a
+3-D tensor, where the spacing changes between rows) go through host memory (``per_device``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ def _contiguous(box: BoxKey, shape: Tuple[int, ...]) -> bool:
     return True
 
 
+def _regular(box: BoxKey, shape: Tuple[int, ...]) -> bool:
+    """Evenly spaced runs in the file: the dimensions before the innermost one the box cuts short
+    (which ends each run) hold the box's rows as one contiguous block of their index space."""
+    cut = [i for i, ((a, b), n) in enumerate(zip(box, shape)) if (a, b) != (0, n)]
+    return not cut or _contiguous(box[:cut[-1]], shape[:cut[-1]])
+
+
 def takes(t: Target, boxes: Dict[BoxKey, List["jax.Device"]]) -> bool:
     """Whether `t` is read straight into its GPUs' memory."""
     devices = [d for ds in boxes.values() for d in ds]
@@ -48,7 +57,7 @@ def takes(t: Target, boxes: Dict[BoxKey, List["jax.Device"]]) -> bool:
         return False
     if t.info.dtype in NEEDS_X64 and not jax.config.jax_enable_x64:
         return False  # narrowed on the host instead (placement checked a 32-bit target was asked)
-    return all(_contiguous(box, t.shape) for box in boxes)
+    return all(_regular(box, t.shape) for box in boxes)
 
 
 def _plans(files, targets: List[Target], boxes_of) -> Dict["jax.Device", Tuple[LoadPlan, list]]:
