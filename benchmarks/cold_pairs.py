@@ -78,13 +78,17 @@ def write_back(paths: Sequence[str]) -> None:
             os.close(fd)
 
 
+def evict(case: Case, ck: cpu_bench.Checkpoint) -> None:
+    resident = cpu_bench.evict(ck.paths)
+    if resident is not None:
+        case.resident_after_evict.append(resident)
+
+
 def load_once(case: Case, ck: cpu_bench.Checkpoint, peer05: str, timeout: float) -> float:
     """One cold load in a fresh child; the first load of each case also checks its bytes."""
     child = cpu_bench.Child(LOAD_CASES[case.key], ck.paths, peer05, timeout)
     try:
-        resident = cpu_bench.evict(ck.paths)  # after the child's start, which may read files itself
-        if resident is not None:
-            case.resident_after_evict.append(resident)
+        evict(case, ck)  # after the child's start, which may read files itself
         digest = case.checked is None
         out = child.load(digest)
         if digest:
@@ -107,7 +111,7 @@ def run_rounds(cases: Dict[str, Case], ck: cpu_bench.Checkpoint, rounds: int, pe
             if case.error is None:
                 try:
                     if case.key == CEILING:
-                        cpu_bench.evict(ck.paths)
+                        evict(case, ck)
                         gbps = ceiling_read(ck.paths, timeout)
                     else:
                         gbps = load_once(case, ck, peer05, timeout)
@@ -162,6 +166,10 @@ def report(summary: Dict[str, Any], ck: cpu_bench.Checkpoint, command: str) -> s
         stats = f"{c['median']:.2f} | {c['q1']:.2f}-{c['q3']:.2f}" if c["rounds"] else "- | -"
         err = f" (ERROR {c['reason']})" if c["status"] == "error" else ""
         lines.append(f"| {key}{err} | {c['rounds']} | {stats} | {c['bytes'] if key != CEILING else 'n/a'} |")
+    residues = [c["max_resident_after_evict"] for c in summary["cases"].values()]
+    worst = max((r for r in residues if r is not None), default=None)
+    lines += ["", f"Before each load at most {worst if worst is not None else '(unchecked: no fincore)'} bytes of the "
+              "checkpoint were still in the page cache (fincore)."]
     lines += ["", "| per round | rounds | median | bootstrap 90% | rounds > 1 |", "|---|---|---|---|---|"]
     for name, p in summary["pairs"].items():
         lines.append(f"| {name} | {p['rounds']} | " + (

@@ -46,6 +46,7 @@ def test_no_peer_is_not_run_and_corrupted_bytes_are_not_equal(tmp_path):
     assert pair["rounds"] == 2 and 0 <= pair["wins"] <= 2
     assert pair["ci90"][0] <= pair["median"] <= pair["ci90"][1]
     assert "| fst05-buffered | not run: no fastsafetensors 0.5.0" in proc.stdout
+    assert "Before each load at most " in proc.stdout
 
     # One byte of tensor data changed in place: the checkpoint's reference digests stay, ours must differ.
     shard = sorted((tmp_path / "cache" / "llama-4mb").glob("*.safetensors"))[0]
