@@ -47,6 +47,8 @@ def test_no_peer_is_not_run_and_corrupted_bytes_are_not_equal(tmp_path):
     assert pair["ci90"][0] <= pair["median"] <= pair["ci90"][1]
     assert "| fst05-buffered | not run: no fastsafetensors 0.5.0" in proc.stdout
     assert "Before each load at most " in proc.stdout
+    order = [line.split()[1:3] for line in proc.stdout.splitlines() if line.startswith("  round ")]
+    assert order == [["1/2", "ours-numpy"], ["1/2", "ceiling"], ["2/2", "ceiling"], ["2/2", "ours-numpy"]]
 
     # One byte of tensor data changed in place: the checkpoint's reference digests stay, ours must differ.
     shard = sorted((tmp_path / "cache" / "llama-4mb").glob("*.safetensors"))[0]
