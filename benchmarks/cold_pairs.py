@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cold loads in back-to-back rounds: ours against fastsafetensors 0.5.0 and the disk's ceiling.
+"""Cold loads in back-to-back rounds: ours against fastsafetensors 0.5.0 (or other peers) and the disk's ceiling.
 
 The disk this runs on may swing 2x within a minute, so separate runs of each case cannot rank
 them. Each round here loads the checkpoint once per case, back to back, every case in a fresh
@@ -9,6 +9,7 @@ round cancel the drift the rounds share. See benchmarks/README.md.
 
     python benchmarks/cold_pairs.py                    # 25 rounds on the ~1 GB checkpoint
     python benchmarks/cold_pairs.py --size 8MB --rounds 2
+    python benchmarks/cold_pairs.py --peers fst05-buffered,readinto,st-torch
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_bench  # noqa: E402  (its children, eviction and checkpoints; no copies)
 
 OURS, PEER, CEILING = "ours-numpy", "fst05-buffered", "ceiling"
-LOAD_CASES = {c.key: c for c in cpu_bench.CASES if c.key in (OURS, PEER)}
+LOAD_CASES = {c.key: c for c in cpu_bench.CASES}
 # The best median of disk_ceiling.sh's session of 2026-11-30 16:24 UTC (docs/benchmarks.md).
 FIO_CEILING = ["--ioengine=libaio", "--direct=1", "--bs=1M", "--iodepth=16"]
 DD_CEILING = ["bs=16M", "iflag=direct"]  # where fio is missing: dd's best point at 16 MiB
-PAIRS = [(OURS, PEER), (OURS, CEILING), (PEER, CEILING)]
 BOOTSTRAP = 2000
 
 
@@ -144,7 +144,8 @@ def summarise(cases: Dict[str, Case], seed: int) -> Dict[str, Any]:
             "bytes": {None: "not checked", True: "equal", False: "NOT equal"}[c.checked],
             "max_resident_after_evict": max(c.resident_after_evict, default=None),
             **(quartiles(done) if done else {})}
-    for a, b in PAIRS:
+    peers = [k for k in cases if k not in (OURS, CEILING)]
+    for a, b in [(OURS, k) for k in peers] + [(OURS, CEILING)] + [(k, CEILING) for k in peers]:
         ratios = [x / y for x, y in zip(cases[a].gbps, cases[b].gbps) if x is not None and y is not None]
         pair: Dict[str, Any] = {"rounds": len(ratios)}
         if ratios:
@@ -193,6 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--size", default="1GB", help="checkpoint: 1GB, 6GB or <N>MB (default 1GB)")
     p.add_argument("--cache", default="/tmp/fst-bench", help="where checkpoints are written once (default /tmp/fst-bench)")
     p.add_argument("--peer05", default=cpu_bench.PEER_05, help="folder holding fastsafetensors 0.5.0 (pip --target)")
+    p.add_argument("--peers", default=PEER,
+                   help=f"cpu_bench cases each round loads besides {OURS} and the ceiling, comma-separated "
+                   f"(default {PEER}; e.g. {PEER},readinto,st-torch)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--timeout", type=float, default=600, help="seconds a child or a ceiling read may take")
     p.add_argument("--out", help="also write the report (Markdown) to this file")
@@ -202,9 +206,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     ck = cpu_bench.prepare_checkpoint(args.cache, args.size, size, shards)
     write_back(ck.paths)
-    cases = {k: Case(k) for k in (OURS, PEER, CEILING)}
-    if not os.path.isdir(os.path.join(args.peer05, "fastsafetensors")):
-        cases[PEER].not_run = f"no fastsafetensors 0.5.0 in {args.peer05}"
+    peers = [k for k in args.peers.split(",") if k]
+    unknown = [k for k in peers if k not in LOAD_CASES or k == OURS]
+    if unknown:
+        p.error(f"--peers: {', '.join(unknown)}: not one of {', '.join(k for k in LOAD_CASES if k != OURS)}")
+    cases = {k: Case(k) for k in (OURS, *peers, CEILING)}
+    for k in peers:
+        if LOAD_CASES[k].peer05 and not os.path.isdir(os.path.join(args.peer05, "fastsafetensors")):
+            cases[k].not_run = f"no fastsafetensors 0.5.0 in {args.peer05}"
     print(f"{args.size}: {len(ck.paths)} files, {ck.data_bytes / 1e9:.3f} GB of tensors; {args.rounds} rounds", flush=True)
     run_rounds(cases, ck, args.rounds, args.peer05, args.timeout)
     summary = summarise(cases, args.seed)

@@ -92,3 +92,21 @@ def test_paired_statistics(monkeypatch):
     ours = got["cases"]["ours-numpy"]  # quartiles of 0.5, 1, 2, 3 (inclusive: linear between the rounds)
     assert (ours["q1"], ours["median"], ours["q3"]) == pytest.approx((0.875, 1.5, 2.25))
     assert cold_pairs.summarise(cases, seed=3) == got
+
+
+def test_other_peers_are_paired_with_ours_and_unknown_ones_refused(tmp_path, monkeypatch):
+    """--peers adds cpu_bench cases to each round, each paired with ours and with the ceiling; a
+    key cpu_bench does not have is refused before anything runs."""
+    proc = subprocess.run([sys.executable, SCRIPT, "--peers", "readinto,no-such-case", "--cache", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no-such-case" in proc.stderr and not os.listdir(tmp_path)
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import cold_pairs
+
+    cases = {k: cold_pairs.Case(k) for k in ("ours-numpy", "readinto", "st-torch", "ceiling")}
+    for c, rates in zip(cases.values(), ([2.0, 2.0], [1.0, 4.0], [4.0, 1.0], [1.0, 1.0])):
+        c.gbps = rates
+    pairs = cold_pairs.summarise(cases, seed=0)["pairs"]
+    assert set(pairs) == {"ours-numpy/readinto", "ours-numpy/st-torch", "ours-numpy/ceiling", "readinto/ceiling",
+                          "st-torch/ceiling"}
+    assert pairs["ours-numpy/readinto"]["ratios"] == [2.0, 0.5] and pairs["st-torch/ceiling"]["ratios"] == [4.0, 1.0]
