@@ -203,13 +203,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", help="also write the summary, every round included, to this JSON file")
     args = p.parse_args(argv)
     size, shards = checkpoint_size(args.size)
-
-    ck = cpu_bench.prepare_checkpoint(args.cache, args.size, size, shards)
-    write_back(ck.paths)
     peers = [k for k in args.peers.split(",") if k]
     unknown = [k for k in peers if k not in LOAD_CASES or k == OURS]
     if unknown:
         p.error(f"--peers: {', '.join(unknown)}: not one of {', '.join(k for k in LOAD_CASES if k != OURS)}")
+
+    ck = cpu_bench.prepare_checkpoint(args.cache, args.size, size, shards)
+    write_back(ck.paths)
     cases = {k: Case(k) for k in (OURS, *peers, CEILING)}
     for k in peers:
         if LOAD_CASES[k].peer05 and not os.path.isdir(os.path.join(args.peer05, "fastsafetensors")):
