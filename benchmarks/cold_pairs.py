@@ -15,7 +15,6 @@ round cancel the drift the rounds share. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -218,14 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_rounds(cases, ck, args.rounds, args.peer05, args.timeout)
     summary = summarise(cases, args.seed)
     command = "python benchmarks/cold_pairs.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(summary, ck, command.strip())
-    print("\n" + text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+    cpu_bench.write_report(report(summary, ck, command.strip()), args.out, summary, args.json)
     return 1 if any(c.checked is False or c.error for c in cases.values()) else 0
 
 

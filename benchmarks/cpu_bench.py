@@ -566,6 +566,17 @@ def pmd_note(ck: Checkpoint, cases: Sequence[CaseDef], results: Dict[str, Dict[s
             "holds 2 MiB folios; the cases compare fairly at equal shares.", ""]
 
 
+def write_report(text: str, out: Optional[str], data: Any, json_path: Optional[str]) -> None:
+    """Prints the Markdown report, and writes it to ``out`` and ``data`` to ``json_path`` where given."""
+    print("\n" + text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=1)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the ~1 GB checkpoint only (same as --sizes 1GB)")
@@ -631,14 +642,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "checkpoint were still in the page cache after eviction (fincore).", ""]
         dump[label] = {reg: {k: vars(r) for k, r in res.items()} for reg, res in results.items()}
         failed = failed or any(r.checked is False or r.error for res in results.values() for r in res.values())
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dump, f, indent=1)
+    write_report("\n".join(lines), args.out, dump, args.json)
     return 1 if failed else 0
 
 

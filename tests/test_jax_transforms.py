@@ -12,7 +12,7 @@ from safetensors.numpy import load_file  # noqa: E402
 import fastsafetensors.jax as fj  # noqa: E402
 from fastsafetensors.errors import ShardingMismatch, TensorNotFound, TransformError, UnsupportedDtype  # noqa: E402
 
-from .helpers import save  # noqa: E402
+from .helpers import RecordingBar, save  # noqa: E402
 
 LAYERS = 8
 
@@ -342,17 +342,6 @@ def test_shards_are_imported_without_a_copy(ckpt):
     assert len(pointers) == 1 and pointers.pop() % 64 == 0
 
 
-class _Bar:
-    def __init__(self, total):
-        self.total, self.n, self.closed = total, 0, False
-
-    def update(self, n):
-        self.n += n
-
-    def close(self):
-        self.closed = True
-
-
 def test_one_progress_bar_counts_every_shard_byte(ckpt, ref, monkeypatch):
     """progress=True: one bar for the load, over the bytes read (the shards', the converted one's
     at its source dtype), advanced by all three kinds of reads (straight into shards, read and copied in boxes, staged for a dtype change), closed at
@@ -363,7 +352,7 @@ def test_one_progress_bar_counts_every_shard_byte(ckpt, ref, monkeypatch):
     bars = []
 
     def record(total, progress):
-        bars.append(_Bar(total()) if progress else None)
+        bars.append(RecordingBar(total()) if progress else None)
         return bars[-1]
 
     monkeypatch.setattr(engine, "progress_bar", record)

@@ -21,7 +21,7 @@ import fastsafetensors
 from fastsafetensors import errors
 from fastsafetensors._src.files import open_checkpoint
 
-from tests.helpers import assert_same_tensor, random_tensor, save
+from tests.helpers import RecordingBar, assert_same_tensor, random_tensor, save
 from tests.remote_servers import (TEST_CREDENTIALS, Fault, FaultProxy, moto_server, nginx_missing, nginx_server,
                              storage_options, upload)
 
@@ -114,24 +114,11 @@ def test_one_object_bit_for_bit_and_metrics(local, proxy):
     assert f"{metrics.remote_requests} requests, 0 retries" in metrics.summary()
 
 
-class _Bar:
-    """Stands in for the engine's tqdm bar (which draws at most every 0.1 s): counts what it is told."""
-
-    def __init__(self, total):
-        self.total, self.n, self.closed = total, 0, False
-
-    def update(self, n):
-        self.n += n
-
-    def close(self):
-        self.closed = True
-
-
 def test_progress_bar_counts_the_bytes(local, proxy, monkeypatch):
     from fastsafetensors._src import engine
 
     bars = []
-    monkeypatch.setattr(engine, "progress_bar", lambda total, progress: bars.append(_Bar(total())) or bars[-1])
+    monkeypatch.setattr(engine, "progress_bar", lambda total, progress: bars.append(RecordingBar(total())) or bars[-1])
     metrics = fastsafetensors.LoadMetrics()
     fastsafetensors.load(f"s3://{BUCKET}/one/model.safetensors", storage_options=storage_options(proxy.url),
                          progress=True, metrics=metrics)
