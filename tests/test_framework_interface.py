@@ -22,3 +22,20 @@ def test_only_torch_tensors_travel_over_a_process_group():
 def test_file_mappings_are_viewed_by_numpy_and_torch_only():
     assert get_framework("numpy").maps_files and get_framework("torch").maps_files
     assert not Framework.maps_files  # a new backend maps nothing until it says so
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("offset, shape", [(60, (2,)), (-4, (1,)), (0, (-1,)), (65, (0,))])
+def test_from_buffer_refuses_a_view_outside_its_buffer(framework, offset, shape):
+    """Every backend refuses what the engine's Buffer.view refuses, NumPy's arrays over its
+    prepare_buffer array included: a negative offset would read the bytes before the buffer, a -1
+    dimension would be inferred from what the buffer has left."""
+    from fastsafetensors import _cpp
+
+    fw = get_framework(framework)
+    buf = _cpp.HostBuffer.allocate(64)
+    for source in (buf, fw.prepare_buffer(buf)):
+        with pytest.raises((ValueError, TypeError)):
+            fw.from_buffer(source, offset, "F32", shape)
+        with pytest.raises((ValueError, TypeError)):
+            fw.from_buffer(source, offset, "F32", shape, raw=True)

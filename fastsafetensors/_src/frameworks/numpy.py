@@ -44,10 +44,19 @@ class NumpyFramework(Framework):
         bytes itself, bf16 and fp8 included, and each array's base keeps the buffer alive."""
         data = buffer if isinstance(buffer, np.ndarray) else _all_bytes(buffer)
         if raw:
-            return np.ndarray(packed_shape(dtype, shape), np.uint8, data, offset)
-        if dtype not in NUMPY_DTYPES:
+            shape, kind = packed_shape(dtype, shape), np.uint8
+        elif dtype in NUMPY_DTYPES:
+            kind = NUMPY_DTYPES[dtype]
+        else:
             raise self.unsupported(dtype)
-        return np.ndarray(shape, NUMPY_DTYPES[dtype], data, offset)
+        # np.ndarray checks the end and refuses dimensions below -1, but views the bytes before
+        # the buffer at a negative offset and infers a -1 dimension: refused as Buffer.view does.
+        if offset < 0 or -1 in shape:
+            raise ValueError("view outside its buffer")
+        try:
+            return np.ndarray(shape, kind, data, offset)
+        except TypeError:  # "buffer is too small for requested array"
+            raise ValueError("view outside its buffer") from None
 
     def convert(self, tensor: Any, dtype: str) -> Any:
         if dtype not in NUMPY_DTYPES:
